@@ -1,0 +1,1 @@
+"""Ember's message bus: the wire contract, subjects and NATS plumbing shared by the gateway and workers."""

@@ -1,0 +1,50 @@
+"""Connecting to NATS the same way everywhere: reconnect forever, name the client, log state changes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+
+log = logging.getLogger("ember.bus")
+
+
+async def connect(url: str, *, name: str) -> NATS:
+    """Connect to NATS; the client retries the first connection and every reconnect forever."""
+
+    async def on_disconnect() -> None:
+        log.warning("%s: disconnected from NATS", name)
+
+    async def on_reconnect() -> None:
+        log.info("%s: reconnected to NATS", name)
+
+    async def on_error(e: Exception) -> None:
+        log.warning("%s: NATS error: %s", name, e)
+
+    delay = 0.2
+    while True:
+        try:
+            return await _connect_once(url, name, on_disconnect, on_reconnect, on_error)
+        except (OSError, nats.errors.NoServersError, TimeoutError) as e:
+            # The first connect is retried forever too: a worker may start before its NATS does.
+            log.warning("%s: cannot reach NATS at %s (%s); retrying in %.1fs", name, url, e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def _connect_once(url: str, name: str, on_disconnect: Any, on_reconnect: Any, on_error: Any) -> NATS:
+    return await nats.connect(
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        allow_reconnect=True,
+        connect_timeout=5,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        error_cb=on_error,
+    )

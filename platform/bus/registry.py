@@ -1,0 +1,42 @@
+"""Which workers are alive, from their announcements; the gateway reads it for /v1/models and /readyz."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ember.bus.messages import WorkerInfo
+
+# A worker that missed this many announcements in a row is taken for gone.
+MISSED_ANNOUNCEMENTS = 3
+
+
+@dataclass
+class WorkerRegistry:
+    _workers: dict[str, tuple[WorkerInfo, float]] = field(default_factory=dict)
+
+    def update(self, info: WorkerInfo, now: float | None = None) -> None:
+        if info.leaving:
+            self._workers.pop(info.worker_id, None)
+        else:
+            self._workers[info.worker_id] = (info, time.monotonic() if now is None else now)
+
+    def forget(self, worker_id: str) -> None:
+        self._workers.pop(worker_id, None)
+
+    def alive(self, now: float | None = None) -> list[WorkerInfo]:
+        now = time.monotonic() if now is None else now
+        live = []
+        for wid, (info, seen) in list(self._workers.items()):
+            if now - seen > MISSED_ANNOUNCEMENTS * info.interval_s:
+                del self._workers[wid]
+            else:
+                live.append(info)
+        return live
+
+    def models(self) -> dict[str, list[WorkerInfo]]:
+        """Live workers grouped by model id."""
+        out: dict[str, list[WorkerInfo]] = {}
+        for info in self.alive():
+            out.setdefault(info.model, []).append(info)
+        return out

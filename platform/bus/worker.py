@@ -1,0 +1,224 @@
+"""The bus side of every worker: take jobs from a model's queue group, answer pings, cancels and discovery.
+
+A runtime plugs in a ``JobHandler``; ``WorkerHost`` does the NATS part the same way for every modality::
+
+    start()   subscribe (jobs in the model's queue group, cancel, ping, discover), announce, heartbeat
+    <job>     decode -> handler.handle(job, sink) in its own task; a bad message gets JobFailed, not a crash
+    stop()    announce leaving, stop taking jobs, let running ones finish (up to a grace period), close
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import ValidationError
+
+from ember.bus import subjects
+from ember.bus.messages import (
+    ErrorInfo,
+    JobAccepted,
+    JobFailed,
+    JobStatus,
+    Modality,
+    TextChunk,
+    TextJob,
+    TokenLogprob,
+    Usage,
+    WireVersionError,
+    WorkerInfo,
+    decode_cancel,
+    decode_job,
+    encode,
+)
+
+log = logging.getLogger("ember.worker")
+
+
+class ReplySink:
+    """Sends one job's replies, numbering the chunks; ignores sends after the final one."""
+
+    def __init__(self, nc: NATS, reply: str, request_id: str, worker_id: str) -> None:
+        self._nc = nc
+        self._reply = reply
+        self.request_id = request_id
+        self.worker_id = worker_id
+        self._seq = 0
+        self.closed = False
+
+    async def accepted(self, prompt_tokens: int) -> None:
+        msg = JobAccepted(request_id=self.request_id, worker_id=self.worker_id, prompt_tokens=prompt_tokens)
+        await self._nc.publish(self._reply, encode(msg))
+
+    async def failed(self, error: ErrorInfo) -> None:
+        """The job's last message, before or after acceptance."""
+        if self.closed:
+            return
+        self.closed = True
+        msg = JobFailed(request_id=self.request_id, worker_id=self.worker_id, error=error)
+        await self._nc.publish(self._reply, encode(msg))
+
+    async def chunk(
+        self,
+        text: str = "",
+        token_ids: list[int] | None = None,
+        *,
+        logprobs: list[TokenLogprob] | None = None,
+        status: JobStatus = JobStatus.RUNNING,
+        usage: Usage | None = None,
+    ) -> None:
+        if self.closed:
+            return
+        self.closed = status.finished
+        msg = TextChunk(
+            request_id=self.request_id,
+            seq=self._seq,
+            text=text,
+            token_ids=token_ids or [],
+            logprobs=logprobs,
+            status=status,
+            usage=usage,
+        )
+        self._seq += 1
+        await self._nc.publish(self._reply, encode(msg))
+
+
+class JobHandler(abc.ABC):
+    """What a runtime implements to serve one model on the bus."""
+
+    modality: Modality
+    model: str
+    max_batch: int
+    context_length: int | None = None
+
+    @abc.abstractmethod
+    async def handle(self, job: TextJob, sink: ReplySink) -> None:
+        """Run one job to the end, sending accepted/chunks/failed through ``sink``; must not raise."""
+
+    @abc.abstractmethod
+    def cancel(self, request_id: str) -> None:
+        """Stop a job early (its client went away); its final chunk says FINISHED_ABORTED."""
+
+    def load(self) -> tuple[int, int]:
+        """(running, waiting) jobs, for announcements."""
+        return (0, 0)
+
+
+def internal_error(e: BaseException) -> ErrorInfo:
+    return ErrorInfo(status=500, type="server_error", code="internal_error", message=f"worker failed: {e}")
+
+
+@dataclass
+class WorkerHost:
+    nc: NATS
+    handler: JobHandler
+    worker_id: str = field(default_factory=lambda: f"w-{uuid.uuid4().hex[:12]}")
+    announce_every_s: float = 2.0
+    _subs: list[Subscription] = field(default_factory=list, init=False)
+    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
+    _heartbeat: asyncio.Task[None] | None = field(default=None, init=False)
+
+    async def start(self) -> None:
+        h = self.handler
+        sub = self.nc.subscribe
+        group = subjects.queue_group(h.modality, h.model)
+        self._subs = [
+            await sub(subjects.jobs(h.modality, h.model), queue=group, cb=self._on_job),
+            await sub(subjects.worker_cancel(self.worker_id), cb=self._on_cancel),
+            await sub(subjects.worker_ping(self.worker_id), cb=self._on_ping),
+            await sub(subjects.WORKERS_DISCOVER, cb=self._on_discover),
+        ]
+        await self.nc.flush()
+        await self.announce()
+        self._heartbeat = asyncio.create_task(self._announce_forever())
+        log.info("worker %s serving %s model %r", self.worker_id, h.modality, h.model)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Leave the queue group first so no new job arrives, then let running jobs finish."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        with contextlib.suppress(Exception):
+            await self.announce(leaving=True)
+        for s in self._subs[:1]:
+            with contextlib.suppress(Exception):
+                await s.unsubscribe()
+        if self._tasks:
+            _, pending = await asyncio.wait(list(self._tasks.values()), timeout=grace_s)
+            for rid, task in list(self._tasks.items()):
+                if task in pending:
+                    self.handler.cancel(rid)
+            if pending:
+                await asyncio.wait(pending, timeout=2.0)
+        for s in self._subs[1:]:
+            with contextlib.suppress(Exception):
+                await s.unsubscribe()
+        self._subs.clear()
+
+    async def announce(self, leaving: bool = False) -> None:
+        h = self.handler
+        running, waiting = h.load()
+        info = WorkerInfo(
+            worker_id=self.worker_id,
+            modality=h.modality,
+            model=h.model,
+            context_length=h.context_length,
+            max_batch=h.max_batch,
+            running=running,
+            waiting=waiting,
+            leaving=leaving,
+            interval_s=self.announce_every_s,
+        )
+        await self.nc.publish(subjects.WORKERS_ANNOUNCE, encode(info))
+
+    async def _announce_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.announce_every_s)
+            try:
+                await self.announce()
+            except Exception as e:  # a reconnecting client; the next beat will do
+                log.debug("announce failed: %s", e)
+
+    async def _on_job(self, msg: Msg) -> None:
+        if not msg.reply:
+            log.warning("dropping a job with no reply subject")
+            return
+        try:
+            job = decode_job(msg.data)
+        except (ValidationError, WireVersionError, ValueError) as e:
+            error = ErrorInfo(status=400, type="invalid_request_error", code="bad_job", message=f"bad job: {e}")
+            await ReplySink(self.nc, msg.reply, "?", self.worker_id).failed(error)
+            return
+        sink = ReplySink(self.nc, msg.reply, job.request_id, self.worker_id)
+        # Callbacks of one subscription run one after another: hand the job to its own task at once.
+        task = asyncio.create_task(self._run(job, sink))
+        self._tasks[job.request_id] = task
+
+    async def _run(self, job: TextJob, sink: ReplySink) -> None:
+        try:
+            await self.handler.handle(job, sink)
+        except Exception as e:
+            log.exception("job %s failed", job.request_id)
+            with contextlib.suppress(Exception):
+                await sink.failed(internal_error(e))
+        finally:
+            self._tasks.pop(job.request_id, None)
+
+    async def _on_cancel(self, msg: Msg) -> None:
+        try:
+            self.handler.cancel(decode_cancel(msg.data).request_id)
+        except (ValidationError, WireVersionError, ValueError) as e:
+            log.warning("ignoring a bad cancel: %s", e)
+
+    async def _on_ping(self, msg: Msg) -> None:
+        if msg.reply:
+            await self.nc.publish(msg.reply, b"pong")
+
+    async def _on_discover(self, msg: Msg) -> None:
+        await self.announce()

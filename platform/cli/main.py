@@ -1,0 +1,118 @@
+"""``ember``: serve everything on one machine, or run the gateway and workers as separate processes.
+
+ember serve [--nats URL]               embedded NATS (unless --nats) + gateway + a worker per configured model
+ember gateway --nats URL               the HTTP gateway alone
+ember worker text --model ID --nats URL
+ember models                           what is configured and where its weights are
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from ember.config import ConfigError, Settings, load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ember", description="Ember: multimodal serverless inference.")
+    p.add_argument("--config", type=Path, help="config file (TOML); default $EMBER_CONFIG or ./ember.toml")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: from config")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run NATS (embedded unless --nats), the gateway and the workers")
+    serve.add_argument("--nats", help="join this NATS instead of starting an embedded one")
+    serve.add_argument("--host", help="gateway address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="gateway port (default 8000)")
+    serve.add_argument("--model", action="append", dest="models", help="serve only this model (repeatable)")
+
+    gw = sub.add_parser("gateway", help="run the HTTP gateway alone")
+    gw.add_argument("--nats", help="NATS URL (default: nats.url from config)")
+    gw.add_argument("--host")
+    gw.add_argument("--port", type=int)
+
+    worker = sub.add_parser("worker", help="run one model worker")
+    worker.add_argument("modality", choices=["text"])
+    worker.add_argument("--model", required=True, help="a model id from the config")
+    worker.add_argument("--nats", help="NATS URL (default: nats.url from config)")
+
+    sub.add_parser("models", help="list the configured models")
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, Any] = {}
+    gateway = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
+    if gateway:
+        overrides["gateway"] = gateway
+    if args.log_level:
+        overrides["log_level"] = args.log_level
+    settings = load_settings(args.config, **overrides)
+    if gateway:
+        # Keyword overrides replace the whole section; keep the file's other gateway keys.
+        merged = load_settings(args.config).gateway.model_copy(update=gateway)
+        settings = settings.model_copy(update={"gateway": merged})
+    return settings
+
+
+def _nats_url(args: argparse.Namespace, settings: Settings) -> str:
+    url = args.nats or settings.nats.url
+    if not url:
+        raise ConfigError("no NATS to join: pass --nats URL or set nats.url (only `ember serve` embeds one)")
+    return str(url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if args.command == "serve":
+            from ember.cli.serve import serve
+
+            return serve(settings, nats_url=args.nats, only=args.models, config_path=args.config)
+        if args.command == "gateway":
+            from ember.gateway.server import run_gateway
+
+            asyncio.run(run_gateway(settings, _nats_url(args, settings)))
+            return 0
+        if args.command == "worker":
+            return _worker(args, settings)
+        if args.command == "models":
+            return _models(settings)
+    except ConfigError as e:
+        print(f"ember: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        print(f"ember: {e.name} is not installed; install the server extras: pip install 'ember[all]'", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    settings.model(args.model)  # fail on an unknown id before importing torch
+    url = _nats_url(args, settings)
+    from ember.runtimes.text.worker import run_text_worker
+
+    asyncio.run(run_text_worker(settings, args.model, url))
+    return 0
+
+
+def _models(settings: Settings) -> int:
+    from ember.config.weights import resolve_weights
+
+    for model_id, spec in sorted(settings.models.items()):
+        try:
+            where = str(resolve_weights(spec))
+        except ConfigError as e:
+            where = f"MISSING: {e}"
+        print(f"{model_id}\t{spec.modality.value}\tworkers={spec.workers}\tmax_batch={spec.max_batch}\t{where}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Settings and the model registry, validated at the edge with pydantic."""
+
+from ember.config.settings import (
+    DEFAULT_MODEL,
+    ConfigError,
+    GatewaySettings,
+    ModelSpec,
+    NatsSettings,
+    Settings,
+    load_settings,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ConfigError",
+    "GatewaySettings",
+    "ModelSpec",
+    "NatsSettings",
+    "Settings",
+    "load_settings",
+]

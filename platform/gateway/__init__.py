@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP gateway: it validates requests, sends jobs over the bus and streams replies."""

@@ -1,0 +1,63 @@
+"""The gateway as an ASGI app: routes, middleware, error handlers, and the NATS connection it lives on."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+from ember.bus.client import JobClient, StreamTiming
+from ember.bus.connection import connect
+from ember.config import Settings
+from ember.gateway import errors
+from ember.gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from ember.gateway.routes import chat, completions, health, models
+
+log = logging.getLogger("ember.gateway")
+
+
+def create_app(settings: Settings, nats_url: str) -> Starlette:
+    """An app that connects to NATS at startup and drains the connection at shutdown."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        nc = await connect(nats_url, name="ember-gateway")
+        timing = StreamTiming(
+            accept_timeout_s=settings.gateway.accept_timeout_s, idle_probe_s=settings.gateway.idle_probe_s
+        )
+        client = JobClient(nc, timing=timing)
+        await client.start()
+        app.state.bus = client
+        try:
+            yield
+        finally:
+            await client.stop()
+            await nc.drain()
+
+    app = Starlette(
+        routes=[
+            Route("/healthz", health.healthz, methods=["GET"]),
+            Route("/readyz", health.readyz, methods=["GET"]),
+            Route("/v1/models", models.list_models, methods=["GET"]),
+            Route("/v1/models/{model:path}", models.retrieve, methods=["GET"]),
+            Route("/v1/chat/completions", chat.create, methods=["POST"]),
+            Route("/v1/completions", completions.create, methods=["POST"]),
+        ],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes),
+        ],
+        exception_handlers={
+            errors.GatewayError: errors.handle_gateway_error,
+            HTTPException: errors.handle_http_exception,
+            Exception: errors.handle_unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    return app

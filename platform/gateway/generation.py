@@ -1,0 +1,128 @@
+"""Running text jobs for a request: one job per choice (n, or several prompts), started together.
+
+``start`` publishes every job, then waits until each was accepted, so that a refusal (bad prompt, context too
+long, no worker) becomes an HTTP error before any response byte is sent, streaming or not. ``merged`` then reads
+all choices' chunks as they come; leaving it early cancels every unfinished job on its worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+
+from ember.bus.client import JobClient, JobRefused, JobStream
+from ember.bus.errors import NoWorkerError, ReplyTimeoutError, WorkerLostError
+from ember.bus.messages import ErrorInfo, JobStatus, TextChunk, TextJob, TokenLogprob
+from ember.gateway.errors import GatewayError, ServiceUnavailable, UpstreamError
+
+
+def bus_error(e: Exception, model: str) -> GatewayError:
+    """The client-facing error for a failure on the bus."""
+    if isinstance(e, JobRefused):
+        return UpstreamError(e.failed.error)
+    if isinstance(e, NoWorkerError):
+        return ServiceUnavailable(f"no worker is serving model {model!r} right now", code="no_worker")
+    if isinstance(e, WorkerLostError):
+        return ServiceUnavailable(f"the worker serving this request went away: {e}", code="worker_lost")
+    if isinstance(e, ReplyTimeoutError):
+        return ServiceUnavailable(f"model {model!r}: {e}", code="worker_timeout")
+    raise e
+
+
+async def start(bus: JobClient, jobs: list[TextJob], accept_timeout_s: float) -> list[JobStream]:
+    """Publish all jobs and wait for every one to be accepted; on any refusal, cancel the rest and raise."""
+    streams = [await bus.submit(job) for job in jobs]
+    results = await asyncio.gather(*(s.wait_accepted(accept_timeout_s) for s in streams), return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    if failures:
+        for s in streams:
+            await s.cancel()
+        first = failures[0]
+        if not isinstance(first, Exception):
+            raise first
+        raise bus_error(first, jobs[0].model)
+    return streams
+
+
+@dataclass
+class Choice:
+    """What one choice has produced so far."""
+
+    index: int
+    text: list[str] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    status: JobStatus = JobStatus.RUNNING
+    completion_tokens: int = 0
+
+    def add(self, chunk: TextChunk) -> None:
+        self.text.append(chunk.text)
+        self.token_ids.extend(chunk.token_ids)
+        if chunk.logprobs:
+            self.logprobs.extend(chunk.logprobs)
+        self.status = chunk.status
+        if chunk.usage is not None:
+            self.completion_tokens = chunk.usage.completion_tokens
+
+
+def finish_reason(status: JobStatus) -> str:
+    if status == JobStatus.FINISHED_LENGTH:
+        return "length"
+    return "stop"
+
+
+def aborted_error() -> GatewayError:
+    info = ErrorInfo(status=503, type="server_error", code="worker_stopping", message="the worker stopped this job")
+    return UpstreamError(info)
+
+
+async def merged(streams: list[JobStream], model: str) -> AsyncGenerator[tuple[int, TextChunk], None]:
+    """(choice index, chunk) from all streams as they arrive; raises a GatewayError for the first failure."""
+    if len(streams) == 1:
+        # The common case, without a task per choice.
+        try:
+            async for chunk in streams[0]:
+                if chunk.status == JobStatus.FINISHED_ABORTED:
+                    raise aborted_error()
+                yield 0, chunk
+        except (JobRefused, WorkerLostError, NoWorkerError) as e:
+            raise bus_error(e, model) from e
+        finally:
+            await streams[0].cancel()
+        return
+
+    queue: asyncio.Queue[tuple[int, TextChunk | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: JobStream) -> None:
+        try:
+            async for chunk in stream:
+                await queue.put((index, chunk))
+            await queue.put((index, None))
+        except Exception as e:
+            await queue.put((index, e))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, Exception):
+                raise bus_error(item, model) from item
+            elif isinstance(item, BaseException):
+                raise item
+            elif item.status == JobStatus.FINISHED_ABORTED:
+                raise aborted_error()
+            else:
+                yield index, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        for s in streams:
+            await s.cancel()

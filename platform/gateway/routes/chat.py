@@ -1,0 +1,130 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ember.bus.client import JobStream
+from ember.bus.messages import ChatMessage, TextJob, TokenLogprob
+from ember.gateway import generation, sse
+from ember.gateway.errors import GatewayError, InvalidRequest
+from ember.gateway.routes.common import bus, check_model, now, parse_body, settings
+from ember.gateway.schemas import ChatCompletionRequest
+
+
+def to_job_messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
+    out = []
+    for i, m in enumerate(body.messages):
+        try:
+            text = m.text()
+        except ValueError as e:
+            raise InvalidRequest(str(e), code="invalid_value", param=f"messages.{i}.content") from None
+        # "developer" is OpenAI's newer name for "system"; model templates only know the latter.
+        role = "system" if m.role == "developer" else m.role
+        extra = {k: v for k, v in (m.model_extra or {}).items() if v is not None}
+        out.append(ChatMessage(role=role, content=text, name=m.name, **extra))
+    return tuple(out)
+
+
+def logprobs_content(entries: list[TokenLogprob]) -> dict[str, Any]:
+    return {"content": [e.model_dump() for e in entries], "refusal": None}
+
+
+async def create(request: Request) -> Response:
+    body = await parse_body(request, ChatCompletionRequest)
+    check_model(request, body.model)
+    request_id: str = request.state.request_id
+    messages = to_job_messages(body)
+    jobs = [
+        TextJob(request_id=f"{request_id}-{i}", model=body.model, messages=messages, sampling=body.sampling(i))
+        for i in range(body.n)
+    ]
+    streams = await generation.start(bus(request), jobs, settings(request).gateway.accept_timeout_s)
+    prompt_tokens = streams[0].accepted.prompt_tokens if streams[0].accepted else 0
+    completion_id = f"chatcmpl-{request_id.removeprefix('req_')}"
+    created = now()
+    if body.stream:
+        events = _stream(body, streams, completion_id, created, prompt_tokens)
+        return sse.EventStreamResponse(events)
+
+    choices = [generation.Choice(index=i) for i in range(body.n)]
+    async for index, chunk in generation.merged(streams, body.model):
+        choices[index].add(chunk)
+    completion_tokens = sum(c.completion_tokens for c in choices)
+    return JSONResponse(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": body.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": c.index,
+                    "message": {"role": "assistant", "content": "".join(c.text), "refusal": None},
+                    "logprobs": logprobs_content(c.logprobs) if body.logprobs else None,
+                    "finish_reason": generation.finish_reason(c.status),
+                }
+                for c in choices
+            ],
+            "usage": _usage(prompt_tokens, completion_tokens),
+        }
+    )
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+async def _stream(
+    body: ChatCompletionRequest,
+    streams: list[JobStream],
+    completion_id: str,
+    created: int,
+    prompt_tokens: int,
+) -> AsyncGenerator[bytes, None]:
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+        data: dict[str, Any] = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if include_usage:
+            data["usage"] = usage
+        return sse.event(data)
+
+    def choice(index: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> dict[str, Any]:
+        return {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
+
+    # OpenAI opens every choice with the role and an empty content.
+    for i in range(body.n):
+        yield chunk([choice(i, {"role": "assistant", "content": ""})])
+    completion_tokens = 0
+    try:
+        async for index, part in generation.merged(streams, body.model):
+            lp = logprobs_content(part.logprobs) if body.logprobs and part.logprobs else None
+            if part.text or lp:
+                yield chunk([choice(index, {"content": part.text}, lp=lp)])
+            if part.finished:
+                completion_tokens += part.usage.completion_tokens if part.usage else 0
+                yield chunk([choice(index, {}, generation.finish_reason(part.status))])
+    except GatewayError as e:
+        yield sse.event(e.body())
+        yield sse.DONE
+        return
+    if include_usage:
+        yield chunk([], _usage(prompt_tokens, completion_tokens))
+    yield sse.DONE

@@ -1,0 +1,137 @@
+"""POST /v1/completions (the legacy text completions API)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ember.bus.client import JobStream
+from ember.bus.messages import TextJob, TokenLogprob
+from ember.gateway import generation, sse
+from ember.gateway.errors import GatewayError
+from ember.gateway.routes.common import bus, check_model, now, parse_body, settings
+from ember.gateway.schemas import CompletionRequest
+
+
+def legacy_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """The completions API's column-wise logprobs; ``offset`` is where this text starts in the choice."""
+    tokens, offsets = [], []
+    for e in entries:
+        offsets.append(offset)
+        tokens.append(e.token)
+        offset += len(e.token)
+    return {
+        "tokens": tokens,
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e.top_logprobs} for e in entries],
+        "text_offset": offsets,
+    }
+
+
+async def create(request: Request) -> Response:
+    body = await parse_body(request, CompletionRequest)
+    check_model(request, body.model)
+    request_id: str = request.state.request_id
+    prompts = body.prompts()
+    # Choice index = prompt index * n + sample index, as OpenAI numbers them.
+    jobs = [
+        TextJob(request_id=f"{request_id}-{p}-{i}", model=body.model, prompt=prompt, sampling=body.sampling(i))
+        for p, prompt in enumerate(prompts)
+        for i in range(body.n)
+    ]
+    streams = await generation.start(bus(request), jobs, settings(request).gateway.accept_timeout_s)
+    # Each prompt is counted once, however many samples it has.
+    prompt_tokens = sum(s.accepted.prompt_tokens for s in streams[:: body.n] if s.accepted)
+    completion_id = f"cmpl-{request_id.removeprefix('req_')}"
+    created = now()
+    echoes = [prompts[i // body.n] if body.echo else "" for i in range(len(jobs))]
+    if body.stream:
+        return sse.EventStreamResponse(_stream(body, streams, echoes, completion_id, created, prompt_tokens))
+
+    choices = [generation.Choice(index=i) for i in range(len(jobs))]
+    async for index, chunk in generation.merged(streams, body.model):
+        choices[index].add(chunk)
+    completion_tokens = sum(c.completion_tokens for c in choices)
+    return JSONResponse(
+        {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": body.model,
+            "system_fingerprint": None,
+            "choices": [
+                {
+                    "index": c.index,
+                    "text": echoes[c.index] + "".join(c.text),
+                    "logprobs": legacy_logprobs(c.logprobs, len(echoes[c.index]))
+                    if body.logprobs is not None
+                    else None,
+                    "finish_reason": generation.finish_reason(c.status),
+                }
+                for c in choices
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+    )
+
+
+async def _stream(
+    body: CompletionRequest,
+    streams: list[JobStream],
+    echoes: list[str],
+    completion_id: str,
+    created: int,
+    prompt_tokens: int,
+) -> AsyncGenerator[bytes, None]:
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    offsets = [len(e) for e in echoes]
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+        data: dict[str, Any] = {
+            "id": completion_id,
+            "object": "text_completion",
+            "created": created,
+            "model": body.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if include_usage:
+            data["usage"] = usage
+        return sse.event(data)
+
+    for i, echo in enumerate(echoes):
+        if echo:
+            yield chunk([{"index": i, "text": echo, "logprobs": None, "finish_reason": None}])
+    completion_tokens = 0
+    try:
+        async for index, part in generation.merged(streams, body.model):
+            lp = None
+            if body.logprobs is not None and part.logprobs:
+                lp = legacy_logprobs(part.logprobs, offsets[index])
+            offsets[index] += len(part.text)
+            finish = generation.finish_reason(part.status) if part.finished else None
+            if part.text or lp or finish:
+                yield chunk([{"index": index, "text": part.text, "logprobs": lp, "finish_reason": finish}])
+            if part.finished and part.usage:
+                completion_tokens += part.usage.completion_tokens
+    except GatewayError as e:
+        yield sse.event(e.body())
+        yield sse.DONE
+        return
+    if include_usage:
+        yield chunk(
+            [],
+            {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        )
+    yield sse.DONE

@@ -1,0 +1,1 @@
+"""The text runtime: our own torch LLM engine for the Llama / Qwen2 family."""

@@ -1,0 +1,153 @@
+"""The text worker: takes text jobs off the bus, turns them into token ids, and streams the engine's output back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+import torch
+
+from ember.bus.connection import connect
+from ember.bus.messages import ErrorInfo, Modality, TextJob
+from ember.bus.worker import JobHandler, ReplySink, WorkerHost
+from ember.config import ModelSpec, Settings
+from ember.config.weights import resolve_weights
+from ember.runtimes.text.engine import EngineConfig, EngineOverloaded, GenerateRequest, TextEngine
+from ember.runtimes.text.loader import LoadedModel, load_model
+from ember.runtimes.text.runner import ModelRunner
+
+log = logging.getLogger("ember.text.worker")
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class RequestError(Exception):
+    """A job the worker refuses before running it; carries the error the client sees."""
+
+    def __init__(self, message: str, code: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.info = ErrorInfo(status=status, type="invalid_request_error", code=code, message=message, param=param)
+
+
+@dataclass
+class PreparedJob:
+    prompt_ids: list[int]
+    max_tokens: int
+
+
+class TextJobHandler(JobHandler):
+    modality = Modality.TEXT
+
+    def __init__(self, model_id: str, loaded: LoadedModel, engine: TextEngine) -> None:
+        self.model = model_id
+        self.loaded = loaded
+        self.engine = engine
+        self.max_batch = engine.config.max_batch
+        self.context_length = engine.runner.max_context
+
+    def load(self) -> tuple[int, int]:
+        return self.engine.load()
+
+    def cancel(self, request_id: str) -> None:
+        self.engine.abort(request_id)
+
+    def prepare(self, job: TextJob) -> PreparedJob:
+        """Render and tokenize the prompt and check it against the context; raises RequestError."""
+        tok = self.loaded.tokenizer
+        if job.messages is not None:
+            if not job.messages:
+                raise RequestError("messages must not be empty", "invalid_value", "messages")
+            try:
+                text = tok.apply_chat_template([m.model_dump(exclude_none=True) for m in job.messages])
+            except ValueError as e:
+                raise RequestError(
+                    f"cannot render these messages with the model's chat template: {e}", "invalid_value", "messages"
+                ) from e
+            ids = tok.encode(text, add_special_tokens=False)
+        elif job.prompt is not None:
+            ids = tok.encode(job.prompt, add_special_tokens=True)
+        else:
+            raise RequestError("a text job needs messages or a prompt", "invalid_value")
+        if not ids:
+            raise RequestError("the prompt is empty after tokenization", "invalid_value", "prompt")
+        ctx = self.context_length
+        requested = job.sampling.max_tokens
+        if len(ids) + (requested or 1) > ctx:
+            raise RequestError(
+                f"This model's maximum context length is {ctx} tokens. However, you requested "
+                f"{len(ids) + (requested or 0)} tokens ({len(ids)} in the prompt, {requested or 0} in the "
+                "completion). Please reduce the length of the prompt or max_tokens.",
+                "context_length_exceeded",
+                "max_tokens" if requested else "messages",
+            )
+        return PreparedJob(prompt_ids=ids, max_tokens=requested or ctx - len(ids))
+
+    async def handle(self, job: TextJob, sink: ReplySink) -> None:
+        try:
+            # Off the event loop: a long prompt's template + tokenization must not delay pings and other jobs.
+            prepared = await asyncio.to_thread(self.prepare, job)
+        except RequestError as e:
+            await sink.failed(e.info)
+            return
+        request = GenerateRequest(
+            request_id=job.request_id,
+            prompt_ids=prepared.prompt_ids,
+            sampling=job.sampling,
+            max_tokens=prepared.max_tokens,
+            priority=job.priority,
+        )
+        try:
+            stream = self.engine.generate(request)
+        except EngineOverloaded as e:
+            await sink.failed(ErrorInfo(status=503, type="server_error", code="overloaded", message=str(e)))
+            return
+        await sink.accepted(len(prepared.prompt_ids))
+        async for out in stream:
+            if out.error is not None:
+                await sink.failed(out.error)
+                return
+            await sink.chunk(out.text, out.token_ids, logprobs=out.logprobs, status=out.status, usage=out.usage)
+
+
+def build_engine(spec: ModelSpec, loaded: LoadedModel) -> TextEngine:
+    ctx = min(loaded.context_length, spec.max_context or loaded.context_length)
+    runner = ModelRunner(
+        loaded.model,
+        loaded.config,
+        max_slots=spec.max_batch,
+        max_context=ctx,
+        device=torch.device("cpu"),
+        dtype=_DTYPES[spec.dtype],
+    )
+    return TextEngine(runner, loaded.tokenizer, EngineConfig(max_batch=spec.max_batch, max_waiting=spec.max_waiting))
+
+
+async def run_text_worker(
+    settings: Settings, model_id: str, nats_url: str, *, stop: asyncio.Event | None = None
+) -> None:
+    """Load the model, join its queue group and serve until ``stop`` is set, or SIGINT/SIGTERM without one."""
+    spec = settings.model(model_id)
+    path = resolve_weights(spec)
+    log.info("loading %s from %s", model_id, path)
+    loaded = await asyncio.to_thread(
+        load_model, path, dtype=_DTYPES[spec.dtype], device=torch.device("cpu"), cache_dir=settings.cache_dir
+    )
+    engine = build_engine(spec, loaded)
+    engine.start()
+    nc = await connect(nats_url, name=f"ember-worker-text-{model_id}")
+    host = WorkerHost(nc, TextJobHandler(model_id, loaded, engine))
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await host.start()
+        print(f"ember worker: text model {model_id!r} ready ({host.worker_id})", flush=True)
+        await stop.wait()
+    finally:
+        await host.stop()
+        await nc.drain()
+        engine.stop()

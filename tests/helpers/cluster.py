@@ -1,0 +1,115 @@
+"""A real Ember on loopback for tests: nats-server, worker processes and a gateway, started and stopped by us."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from ember.bus.nats_server import free_port
+from ember.config import Settings
+from ember.gateway.app import create_app
+from ember.gateway.server import uvicorn_config
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(path: Path, models: dict[str, dict[str, Any]], **sections: dict[str, Any]) -> Path:
+    """An ember.toml with these models (model id -> ModelSpec fields) and top-level sections."""
+    lines = []
+    for name, values in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
+    for model_id, spec in models.items():
+        lines.append(f'[models."{model_id}"]')
+        lines += [f"{k} = {toml_value(v)}" for k, v in spec.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def start_worker(config: Path, model: str, nats_url: str, *, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """A real `ember worker text` process."""
+    cmd = [sys.executable, "-m", "ember.cli", "--config", str(config), "worker", "text", "--model", model]
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([*cmd, "--nats", nats_url], stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_for_model(base_url: str, model: str, workers: int = 1, timeout: float = 120.0) -> None:
+    """Until GET /v1/models lists ``model`` with at least ``workers`` live workers."""
+    deadline = time.monotonic() + timeout
+    seen: Any = None
+    while time.monotonic() < deadline:
+        try:
+            seen = httpx.get(f"{base_url}/v1/models", timeout=5).json()
+            for m in seen["data"]:
+                if m["id"] == model and m["workers"] >= workers:
+                    return
+        except httpx.HTTPError as e:
+            seen = e
+        time.sleep(0.1)
+    raise TimeoutError(f"model {model!r} did not get {workers} worker(s) within {timeout}s; last: {seen}")
+
+
+def wait_for_workers_gone(base_url: str, model: str, workers: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = httpx.get(f"{base_url}/v1/models", timeout=5).json()["data"]
+        count = next((m["workers"] for m in data if m["id"] == model), 0)
+        if count <= workers:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"model {model!r} still has more than {workers} worker(s)")
+
+
+class GatewayThread:
+    """The real gateway app under uvicorn on a free loopback port, in its own thread and event loop.
+
+    Its own loop (not the tests') so that sync clients, like the official openai client, can call it.
+    """
+
+    def __init__(self, settings: Settings, nats_url: str) -> None:
+        port = free_port()
+        self.settings = settings.model_copy(update={"gateway": settings.gateway.model_copy(update={"port": port})})
+        self.app = create_app(self.settings, nats_url)
+        self.server = uvicorn.Server(uvicorn_config(self.settings, self.app))
+        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), daemon=True)
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self, timeout: float = 30.0) -> GatewayThread:
+        self.thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the gateway did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
