@@ -97,15 +97,10 @@ class JobStream:
                 try:
                     reply = await self._next_message(timing.idle_probe_s)
                 except TimeoutError:
-                    if await self._client.ping(self.accepted.worker_id):
-                        missed = 0
-                        continue
-                    missed += 1
+                    missed = 0 if await self._ping() else missed + 1
                     if missed >= timing.max_missed_pings:
                         raise WorkerLostError(f"worker {self.accepted.worker_id} stopped answering") from None
                     continue
-                except NoWorkerError as e:
-                    raise WorkerLostError(f"worker {self.accepted.worker_id} went away") from e
                 missed = 0
                 if isinstance(reply, JobFailed):
                     self._done = True
@@ -120,6 +115,13 @@ class JobStream:
                 yield reply
         finally:
             self.close()
+
+    async def _ping(self) -> bool:
+        assert self.accepted is not None
+        try:
+            return await self._client.ping(self.accepted.worker_id)
+        except NoWorkerError as e:
+            raise WorkerLostError(f"worker {self.accepted.worker_id} went away") from e
 
     async def cancel(self) -> None:
         """Ask the worker to stop this job (the client went away); safe to call at any point."""

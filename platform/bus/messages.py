@@ -201,8 +201,8 @@ class WorkerInfo(_Message):
 
 # Everything a worker sends back on a job's reply subject.
 JobReply = Annotated[JobAccepted | JobFailed | TextChunk, Field(discriminator="kind")]
-_REPLY = TypeAdapter(JobReply)
-_JOB = TypeAdapter(Annotated[TextJob, Field(discriminator="kind")])
+_REPLY: TypeAdapter[JobAccepted | JobFailed | TextChunk] = TypeAdapter(JobReply)
+_JOB: TypeAdapter[TextJob] = TypeAdapter(TextJob)
 
 
 class WireVersionError(ValueError):

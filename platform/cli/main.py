@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("modality", choices=["text"])
     worker.add_argument("--model", required=True, help="a model id from the config")
     worker.add_argument("--nats", help="NATS URL (default: nats.url from config)")
+    worker.add_argument("--worker-id", help="a stable name for this worker (default: random)")
 
     sub.add_parser("models", help="list the configured models")
     return p
@@ -98,7 +99,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     url = _nats_url(args, settings)
     from ember.runtimes.text.worker import run_text_worker
 
-    asyncio.run(run_text_worker(settings, args.model, url))
+    asyncio.run(run_text_worker(settings, args.model, url, worker_id=args.worker_id))
     return 0
 
 

@@ -46,6 +46,12 @@ async def start(bus: JobClient, jobs: list[TextJob], accept_timeout_s: float) ->
     return streams
 
 
+def worker_header(streams: list[JobStream]) -> dict[str, str]:
+    """Which workers served a request, for operators tracing a response (``x-ember-worker``)."""
+    ids = dict.fromkeys(s.accepted.worker_id for s in streams if s.accepted is not None)
+    return {"x-ember-worker": ",".join(ids)}
+
+
 @dataclass
 class Choice:
     """What one choice has produced so far."""

@@ -19,7 +19,7 @@ import heapq
 import itertools
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -95,23 +95,28 @@ class _Sequence:
 
 
 class OutputStream:
-    """One request's outputs, until the finished one; leaving the loop early aborts the request."""
+    """One request's outputs, until the finished one. ``aclose()`` before the end aborts the request."""
 
     def __init__(self, engine: TextEngine, request_id: str, queue: asyncio.Queue[StepOutput]) -> None:
         self._engine = engine
         self.request_id = request_id
         self._queue = queue
+        self.finished = False
 
-    async def __aiter__(self) -> AsyncIterator[StepOutput]:
-        finished = False
-        try:
-            while not finished:
-                out = await self._queue.get()
-                finished = out.status.finished
-                yield out
-        finally:
-            if not finished:
-                self._engine.abort(self.request_id)
+    def __aiter__(self) -> OutputStream:
+        return self
+
+    async def __anext__(self) -> StepOutput:
+        if self.finished:
+            raise StopAsyncIteration
+        out = await self._queue.get()
+        self.finished = out.status.finished
+        return out
+
+    async def aclose(self) -> None:
+        if not self.finished:
+            self.finished = True
+            self._engine.abort(self.request_id)
 
 
 class TextEngine:

@@ -103,12 +103,15 @@ class TextJobHandler(JobHandler):
         except EngineOverloaded as e:
             await sink.failed(ErrorInfo(status=503, type="server_error", code="overloaded", message=str(e)))
             return
-        await sink.accepted(len(prepared.prompt_ids))
-        async for out in stream:
-            if out.error is not None:
-                await sink.failed(out.error)
-                return
-            await sink.chunk(out.text, out.token_ids, logprobs=out.logprobs, status=out.status, usage=out.usage)
+        try:
+            await sink.accepted(len(prepared.prompt_ids))
+            async for out in stream:
+                if out.error is not None:
+                    await sink.failed(out.error)
+                    return
+                await sink.chunk(out.text, out.token_ids, logprobs=out.logprobs, status=out.status, usage=out.usage)
+        finally:
+            await stream.aclose()  # stops the generation if sending failed (e.g. NATS went away)
 
 
 def build_engine(spec: ModelSpec, loaded: LoadedModel) -> TextEngine:
@@ -125,7 +128,12 @@ def build_engine(spec: ModelSpec, loaded: LoadedModel) -> TextEngine:
 
 
 async def run_text_worker(
-    settings: Settings, model_id: str, nats_url: str, *, stop: asyncio.Event | None = None
+    settings: Settings,
+    model_id: str,
+    nats_url: str,
+    *,
+    worker_id: str | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
     """Load the model, join its queue group and serve until ``stop`` is set, or SIGINT/SIGTERM without one."""
     spec = settings.model(model_id)
@@ -137,7 +145,8 @@ async def run_text_worker(
     engine = build_engine(spec, loaded)
     engine.start()
     nc = await connect(nats_url, name=f"ember-worker-text-{model_id}")
-    host = WorkerHost(nc, TextJobHandler(model_id, loaded, engine))
+    handler = TextJobHandler(model_id, loaded, engine)
+    host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -41,12 +41,17 @@ def write_config(path: Path, models: dict[str, dict[str, Any]], **sections: dict
     return path
 
 
-def start_worker(config: Path, model: str, nats_url: str, *, log: Path | None = None) -> subprocess.Popen[bytes]:
+def start_worker(
+    config: Path, model: str, nats_url: str, *, log: Path | None = None, worker_id: str | None = None
+) -> subprocess.Popen[bytes]:
     """A real `ember worker text` process."""
     cmd = [sys.executable, "-m", "ember.cli", "--config", str(config), "worker", "text", "--model", model]
-    out = open(log, "ab") if log else subprocess.DEVNULL
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([*cmd, "--nats", nats_url], stdout=out, stderr=subprocess.STDOUT, env=env)
+    args = [*cmd, "--nats", nats_url, *(["--worker-id", worker_id] if worker_id else [])]
+    if log is None:
+        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
+    with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:

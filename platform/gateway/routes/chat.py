@@ -49,7 +49,7 @@ async def create(request: Request) -> Response:
     created = now()
     if body.stream:
         events = _stream(body, streams, completion_id, created, prompt_tokens)
-        return sse.EventStreamResponse(events)
+        return sse.EventStreamResponse(events, generation.worker_header(streams))
 
     choices = [generation.Choice(index=i) for i in range(body.n)]
     async for index, chunk in generation.merged(streams, body.model):
@@ -72,7 +72,8 @@ async def create(request: Request) -> Response:
                 for c in choices
             ],
             "usage": _usage(prompt_tokens, completion_tokens),
-        }
+        },
+        headers=generation.worker_header(streams),
     )
 
 

@@ -49,7 +49,8 @@ async def create(request: Request) -> Response:
     created = now()
     echoes = [prompts[i // body.n] if body.echo else "" for i in range(len(jobs))]
     if body.stream:
-        return sse.EventStreamResponse(_stream(body, streams, echoes, completion_id, created, prompt_tokens))
+        events = _stream(body, streams, echoes, completion_id, created, prompt_tokens)
+        return sse.EventStreamResponse(events, generation.worker_header(streams))
 
     choices = [generation.Choice(index=i) for i in range(len(jobs))]
     async for index, chunk in generation.merged(streams, body.model):
@@ -78,7 +79,8 @@ async def create(request: Request) -> Response:
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
             },
-        }
+        },
+        headers=generation.worker_header(streams),
     )
 
 

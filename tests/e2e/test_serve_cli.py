@@ -1,0 +1,112 @@
+"""`ember serve` as a user runs it: one command starts NATS, the gateway and a worker; Ctrl-C stops them all."""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from ember.bus.nats_server import free_port
+from tests.helpers.cluster import write_config
+
+
+def read_lines(proc: subprocess.Popen[str], into: queue.Queue[str]) -> None:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        into.put(line)
+
+
+def wait_for_line(lines: queue.Queue[str], needle: str, seen: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if needle in line:
+            return
+    raise AssertionError(f"{needle!r} not printed within {timeout}s:\n{''.join(seen)}")
+
+
+def children_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_serve_runs_everything_and_stops_everything(tiny_model: Path, tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(
+        tmp_path / "ember.toml",
+        {"tiny": {"path": str(tiny_model), "max_batch": 2}},
+        gateway={"port": port},
+        nats={"port": 0, "data_dir": str(tmp_path / "nats-data")},
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ember.cli", "--config", str(config), "serve"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=read_lines, args=(proc, lines), daemon=True)
+    reader.start()
+    seen: list[str] = []
+    try:
+        wait_for_line(lines, "all models ready", seen, timeout=90)
+        printed = "".join(seen)
+        assert "embedded NATS with JetStream" in printed
+        assert f"listening on http://127.0.0.1:{port}/v1" in printed
+        assert "model 'tiny' ready" in printed
+        children = children_of(proc.pid)
+        assert len(children) == 2  # nats-server and the worker
+
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert r.usage is not None and r.usage.completion_tokens >= 1
+        assert (tmp_path / "nats-data" / "jetstream").is_dir()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        finally:
+            reader.join(timeout=5)
+            assert proc.stdout is not None
+            proc.stdout.close()
+    assert code == 0
+    for child in children:
+        assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    try:
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+        raise AssertionError("the gateway still answers after Ctrl-C")
+    except httpx.ConnectError:
+        pass
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "bad.toml", {"m": {"path": "/nowhere", "max_batch": 0}})
+    out = subprocess.run(
+        [sys.executable, "-m", "ember.cli", "--config", str(config), "models"], capture_output=True, text=True
+    )
+    assert out.returncode == 2
+    assert "models.m.max_batch" in out.stderr and "greater than or equal to 1" in out.stderr
+    config = write_config(tmp_path / "missing.toml", {"m": {"path": "/nowhere"}})
+    out = subprocess.run(
+        [sys.executable, "-m", "ember.cli", "--config", str(config), "serve", "--nats", "nats://127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "/nowhere does not exist" in out.stderr

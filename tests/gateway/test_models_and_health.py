@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import TINY
+
+
+def test_models_lists_what_live_workers_serve(tiny_worker: str) -> None:
+    body = httpx.get(f"{tiny_worker}/v1/models").json()
+    assert body["object"] == "list"
+    ids = [m["id"] for m in body["data"]]
+    assert TINY in ids and "tiny-unserved" not in ids
+    tiny = next(m for m in body["data"] if m["id"] == TINY)
+    assert tiny["object"] == "model" and tiny["owned_by"] == "ember"
+    assert tiny["context_length"] == 512 and tiny["modality"] == "text" and tiny["workers"] >= 1
+
+
+def test_retrieve_one_model(tiny_worker: str) -> None:
+    assert httpx.get(f"{tiny_worker}/v1/models/{TINY}").json()["id"] == TINY
+    r = httpx.get(f"{tiny_worker}/v1/models/unknown")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_health_and_readiness(tiny_worker: str) -> None:
+    assert httpx.get(f"{tiny_worker}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{tiny_worker}/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["nats"] == "connected" and TINY in ready.json()["models"]

@@ -1,0 +1,222 @@
+"""The continuous-batching engine on a tiny real-format checkpoint, checked against HF transformers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import torch
+
+from ember.bus.messages import JobStatus, SamplingParams
+from ember.runtimes.text.engine import EngineConfig, EngineOverloaded, GenerateRequest, StepOutput, TextEngine
+from ember.runtimes.text.loader import LoadedModel, load_model
+from ember.runtimes.text.runner import ModelRunner
+
+GREEDY = SamplingParams(temperature=0.0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model: Path) -> LoadedModel:
+    return load_model(tiny_model)
+
+
+def make_engine(loaded: LoadedModel, *, max_batch: int = 4, max_waiting: int = 16, runner=None) -> TextEngine:
+    runner = runner or ModelRunner(
+        loaded.model,
+        loaded.config,
+        max_slots=max_batch,
+        max_context=256,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    engine = TextEngine(
+        runner, loaded.tokenizer, EngineConfig(max_batch=max_batch, max_waiting=max_waiting, prefill_chunk=16)
+    )
+    engine.start()
+    return engine
+
+
+async def run(engine: TextEngine, req: GenerateRequest) -> list[StepOutput]:
+    return [out async for out in engine.generate(req)]
+
+
+def request(loaded: LoadedModel, rid: str, prompt: str, max_tokens: int = 12, **sampling: object) -> GenerateRequest:
+    params = GREEDY.model_copy(update=sampling) if sampling else GREEDY
+    ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)
+    return GenerateRequest(request_id=rid, prompt_ids=ids, sampling=params, max_tokens=max_tokens)
+
+
+def tokens(outs: list[StepOutput]) -> list[int]:
+    return [t for o in outs for t in o.token_ids]
+
+
+PROMPTS = [
+    "The quick brown fox jumps over the lazy dog and keeps running far away",
+    "hello",
+    "Once upon a time",
+    "a b c d e f g h i j k l m n o p q r s t u v w x y z",  # longer than one prefill chunk of 16
+    "12345",
+]
+
+
+def hf_greedy(model_dir: Path, prompt_ids: list[int], n: int) -> list[int]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    return out[0, len(prompt_ids) :].tolist()
+
+
+async def test_batched_greedy_equals_transformers_token_for_token(loaded: LoadedModel, tiny_model: Path) -> None:
+    engine = make_engine(loaded, max_batch=3)  # 5 prompts, 3 slots: some wait and join mid-flight
+    try:
+        reqs = [request(loaded, f"r{i}", p, max_tokens=20) for i, p in enumerate(PROMPTS)]
+        results = await asyncio.gather(*(run(engine, r) for r in reqs))
+    finally:
+        engine.stop()
+    for req, outs in zip(reqs, results, strict=True):
+        assert tokens(outs) == hf_greedy(tiny_model, req.prompt_ids, 20), req.request_id
+        assert outs[-1].status == JobStatus.FINISHED_LENGTH
+        assert outs[-1].usage is not None and outs[-1].usage.completion_tokens == 20
+
+
+async def test_requests_joining_mid_flight_do_not_change_each_other(loaded: LoadedModel) -> None:
+    engine = make_engine(loaded)
+    try:
+        alone = [tokens(await run(engine, request(loaded, f"a{i}", p))) for i, p in enumerate(PROMPTS[:4])]
+
+        async def delayed(i: int, p: str) -> list[int]:
+            await asyncio.sleep(0.01 * i)
+            return tokens(await run(engine, request(loaded, f"b{i}", p)))
+
+        together = await asyncio.gather(*(delayed(i, p) for i, p in enumerate(PROMPTS[:4])))
+    finally:
+        engine.stop()
+    assert together == alone
+
+
+async def test_text_is_streamed_in_step_sized_pieces_that_add_up(loaded: LoadedModel) -> None:
+    engine = make_engine(loaded)
+    try:
+        outs = await run(engine, request(loaded, "s", "hello there", max_tokens=10))
+    finally:
+        engine.stop()
+    assert all(len(o.token_ids) <= 1 for o in outs)  # one decode step -> one token per message
+    assert "".join(o.text for o in outs) == loaded.tokenizer.decode(tokens(outs))
+
+
+async def test_eos_ends_a_request_unless_ignored(loaded: LoadedModel) -> None:
+    engine = make_engine(loaded)
+    eos = next(iter(loaded.tokenizer.eos_token_ids))
+    try:
+        ids = tokens(await run(engine, request(loaded, "e", "hello", max_tokens=40)))
+        # Whatever the random model says, a sampled EOS would have stopped it; ignore_eos forces all 40.
+        assert len(ids) == 40
+        plain = request(loaded, "p", "hello", max_tokens=40, ignore_eos=False)
+        outs = await run(engine, plain)
+    finally:
+        engine.stop()
+    got = tokens(outs)
+    if eos in got:
+        assert got[-1] == eos and outs[-1].status == JobStatus.FINISHED_STOPPED
+    else:
+        assert outs[-1].status == JobStatus.FINISHED_LENGTH
+
+
+async def test_abort_frees_the_slot(loaded: LoadedModel) -> None:
+    engine = make_engine(loaded, max_batch=1)
+    try:
+        stream = engine.generate(request(loaded, "long", "hello", max_tokens=200))
+        async for _ in stream:
+            break
+        await stream.aclose()  # leaving early aborts
+        # The only slot is free again: the next request runs to the end.
+        outs = await asyncio.wait_for(run(engine, request(loaded, "next", "hi", max_tokens=3)), 30)
+        assert outs[-1].status == JobStatus.FINISHED_LENGTH
+        assert engine.load() == (0, 0)
+    finally:
+        engine.stop()
+
+
+async def test_explicit_abort_reports_aborted(loaded: LoadedModel) -> None:
+    engine = make_engine(loaded, max_batch=1)
+    try:
+        stream = engine.generate(request(loaded, "x", "hello", max_tokens=200))
+        seen = []
+        async for out in stream:
+            seen.append(out)
+            if len(seen) == 2:
+                engine.abort("x")
+        assert seen[-1].status == JobStatus.FINISHED_ABORTED
+        assert len(tokens(seen)) < 200
+    finally:
+        engine.stop()
+
+
+async def test_higher_priority_is_admitted_first(loaded: LoadedModel) -> None:
+    engine = make_engine(loaded, max_batch=1)
+    order: list[str] = []
+
+    async def finish(stream: object, rid: str) -> None:
+        async for out in stream:  # type: ignore[attr-defined]
+            if out.status.finished:
+                order.append(rid)
+
+    try:
+        blocker = engine.generate(request(loaded, "blocker", "hello", max_tokens=200))
+        await anext(blocker)  # it holds the only slot now
+        low = engine.generate(request(loaded, "low", "hello", max_tokens=3))
+        high_req = request(loaded, "high", "hello", max_tokens=3)
+        high_req.priority = 5
+        high = engine.generate(high_req)
+        await blocker.aclose()
+        await asyncio.gather(finish(low, "low"), finish(high, "high"))
+    finally:
+        engine.stop()
+    assert order == ["high", "low"]
+
+
+async def test_a_full_queue_refuses_at_once(loaded: LoadedModel) -> None:
+    engine = make_engine(loaded, max_batch=1, max_waiting=1)
+    try:
+        a = engine.generate(request(loaded, "a", "hello", max_tokens=50))
+        b = engine.generate(request(loaded, "b", "hello", max_tokens=50))
+        with pytest.raises(EngineOverloaded):
+            engine.generate(request(loaded, "c", "hello", max_tokens=50))
+        await a.aclose()
+        await b.aclose()
+    finally:
+        engine.stop()
+
+
+class FlakyRunner(ModelRunner):
+    """A real runner whose next decode fails once, as a device error would."""
+
+    fail_next = False
+
+    def decode(self, slots, token_ids, positions):  # type: ignore[no-untyped-def]
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("simulated device error")
+        return super().decode(slots, token_ids, positions)
+
+
+async def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(loaded: LoadedModel) -> None:
+    runner = FlakyRunner(
+        loaded.model, loaded.config, max_slots=2, max_context=256, device=torch.device("cpu"), dtype=torch.float32
+    )
+    engine = make_engine(loaded, max_batch=2, runner=runner)
+    try:
+        stream = engine.generate(request(loaded, "doomed", "hello", max_tokens=100))
+        outs = []
+        async for out in stream:
+            outs.append(out)
+            if len(outs) == 1:
+                runner.fail_next = True
+        assert outs[-1].status == JobStatus.FINISHED_ERROR
+        assert outs[-1].error is not None and "simulated device error" in outs[-1].error.message
+        fine = await run(engine, request(loaded, "fine", "hello", max_tokens=5))
+        assert fine[-1].status == JobStatus.FINISHED_LENGTH
+    finally:
+        engine.stop()
