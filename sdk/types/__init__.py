@@ -1,0 +1,69 @@
+"""Typed results (pydantic models in OpenAI's shapes) and request parameters (TypedDicts)."""
+
+from .chat_completion import ChatCompletion, Choice, FinishReason
+from .chat_completion_chunk import (
+    ChatCompletionChunk,
+    ChoiceDelta,
+    ChoiceDeltaFunctionCall,
+    ChoiceDeltaToolCall,
+    ChoiceDeltaToolCallFunction,
+    ChunkChoice,
+)
+from .chat_completion_create_params import (
+    ChatCompletionContentPartParam,
+    ChatCompletionCreateParams,
+    ChatCompletionMessageParam,
+    ChatCompletionMessageToolCallParam,
+    ChatCompletionNamedToolChoiceParam,
+    ChatCompletionStreamOptionsParam,
+    ChatCompletionToolChoiceOptionParam,
+    ChatCompletionToolParam,
+    ResponseFormat,
+)
+from .chat_completion_message import ChatCompletionMessage, ChatCompletionMessageToolCall, Function, FunctionCall
+from .chat_completion_token_logprob import ChatCompletionTokenLogprob, ChoiceLogprobs, TopLogprob
+from .completion import Completion, CompletionChoice, Logprobs
+from .completion_create_params import CompletionCreateParams
+from .completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
+from .model import Model, ModelList
+
+# The name the OpenAI API reference uses for the object.
+Usage = CompletionUsage
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionContentPartParam",
+    "ChatCompletionCreateParams",
+    "ChatCompletionMessage",
+    "ChatCompletionMessageParam",
+    "ChatCompletionMessageToolCall",
+    "ChatCompletionMessageToolCallParam",
+    "ChatCompletionNamedToolChoiceParam",
+    "ChatCompletionStreamOptionsParam",
+    "ChatCompletionTokenLogprob",
+    "ChatCompletionToolChoiceOptionParam",
+    "ChatCompletionToolParam",
+    "Choice",
+    "ChoiceDelta",
+    "ChoiceDeltaFunctionCall",
+    "ChoiceDeltaToolCall",
+    "ChoiceDeltaToolCallFunction",
+    "ChoiceLogprobs",
+    "ChunkChoice",
+    "Completion",
+    "CompletionChoice",
+    "CompletionCreateParams",
+    "CompletionTokensDetails",
+    "CompletionUsage",
+    "FinishReason",
+    "Function",
+    "FunctionCall",
+    "Logprobs",
+    "Model",
+    "ModelList",
+    "PromptTokensDetails",
+    "ResponseFormat",
+    "TopLogprob",
+    "Usage",
+]
