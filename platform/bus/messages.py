@@ -171,6 +171,8 @@ class TextChunk(_Message):
     status: JobStatus = JobStatus.RUNNING
     # Set on the final chunk only. A job that fails ends with JobFailed instead of a final chunk.
     usage: Usage | None = None
+    # Final chunk only: milliseconds from the worker receiving the job to this chunk (queue + prefill + decode).
+    worker_ms: float | None = None
 
     @property
     def finished(self) -> bool:

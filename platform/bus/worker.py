@@ -13,6 +13,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -52,6 +53,7 @@ class ReplySink:
         self.worker_id = worker_id
         self._seq = 0
         self.closed = False
+        self._received = time.perf_counter()
 
     async def accepted(self, prompt_tokens: int) -> None:
         msg = JobAccepted(request_id=self.request_id, worker_id=self.worker_id, prompt_tokens=prompt_tokens)
@@ -85,6 +87,7 @@ class ReplySink:
             logprobs=logprobs,
             status=status,
             usage=usage,
+            worker_ms=(time.perf_counter() - self._received) * 1000 if status.finished else None,
         )
         self._seq += 1
         await self._nc.publish(self._reply, encode(msg))

@@ -62,6 +62,7 @@ class Choice:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     status: JobStatus = JobStatus.RUNNING
     completion_tokens: int = 0
+    worker_ms: float = 0.0
 
     def add(self, chunk: TextChunk) -> None:
         self.text.append(chunk.text)
@@ -71,6 +72,13 @@ class Choice:
         self.status = chunk.status
         if chunk.usage is not None:
             self.completion_tokens = chunk.usage.completion_tokens
+        if chunk.worker_ms is not None:
+            self.worker_ms = chunk.worker_ms
+
+
+def response_headers(streams: list[JobStream], choices: list[Choice]) -> dict[str, str]:
+    """``x-ember-worker`` plus the workers' own time (like OpenAI's ``openai-processing-ms``)."""
+    return {**worker_header(streams), "x-ember-processing-ms": f"{max(c.worker_ms for c in choices):.1f}"}
 
 
 def finish_reason(status: JobStatus) -> str:

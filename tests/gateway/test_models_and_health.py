@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
+from ember.bus.nats_server import EmbeddedNats
+from ember.config import Settings
 from tests.conftest import TINY
+from tests.helpers.cluster import GatewayThread
 
 
 def test_models_lists_what_live_workers_serve(tiny_worker: str) -> None:
@@ -26,3 +31,15 @@ def test_health_and_readiness(tiny_worker: str) -> None:
     ready = httpx.get(f"{tiny_worker}/readyz")
     assert ready.status_code == 200
     assert ready.json()["nats"] == "connected" and TINY in ready.json()["models"]
+
+
+def test_not_ready_without_workers(tmp_path: Path) -> None:
+    with EmbeddedNats(data_dir=tmp_path / "nats") as nats:
+        gw = GatewayThread(Settings(), nats.url).start()
+        try:
+            r = httpx.get(f"{gw.url}/readyz")
+            assert r.status_code == 503 and r.json()["workers"] == 0
+            assert httpx.get(f"{gw.url}/healthz").status_code == 200
+            assert httpx.get(f"{gw.url}/v1/models").json()["data"] == []
+        finally:
+            gw.stop()

@@ -73,7 +73,7 @@ async def create(request: Request) -> Response:
             ],
             "usage": _usage(prompt_tokens, completion_tokens),
         },
-        headers=generation.worker_header(streams),
+        headers=generation.response_headers(streams, choices),
     )
 
 

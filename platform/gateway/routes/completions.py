@@ -80,7 +80,7 @@ async def create(request: Request) -> Response:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         },
-        headers=generation.worker_header(streams),
+        headers=generation.response_headers(streams, choices),
     )
 
 
