@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
-import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
@@ -14,10 +12,12 @@ log = logging.getLogger("ember.bus")
 
 
 async def connect(url: str, *, name: str) -> NATS:
-    """Connect to NATS; the client retries the first connection and every reconnect forever."""
+    """Connect to NATS; the first connection and every reconnect are retried forever."""
+    nc = NATS()
 
     async def on_disconnect() -> None:
-        log.warning("%s: disconnected from NATS", name)
+        if not (nc.is_closed or nc.is_draining):  # a shutdown of our own is not worth a warning
+            log.warning("%s: disconnected from NATS; reconnecting", name)
 
     async def on_reconnect() -> None:
         log.info("%s: reconnected to NATS", name)
@@ -28,23 +28,20 @@ async def connect(url: str, *, name: str) -> NATS:
     delay = 0.2
     while True:
         try:
-            return await _connect_once(url, name, on_disconnect, on_reconnect, on_error)
+            await nc.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+                connect_timeout=5,
+                disconnected_cb=on_disconnect,
+                reconnected_cb=on_reconnect,
+                error_cb=on_error,
+            )
+            return nc
         except (OSError, nats.errors.NoServersError, TimeoutError) as e:
-            # The first connect is retried forever too: a worker may start before its NATS does.
+            # A worker may start before its NATS does.
             log.warning("%s: cannot reach NATS at %s (%s); retrying in %.1fs", name, url, e, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
-
-
-async def _connect_once(url: str, name: str, on_disconnect: Any, on_reconnect: Any, on_error: Any) -> NATS:
-    return await nats.connect(
-        url,
-        name=name,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        allow_reconnect=True,
-        connect_timeout=5,
-        disconnected_cb=on_disconnect,
-        reconnected_cb=on_reconnect,
-        error_cb=on_error,
-    )

@@ -166,7 +166,7 @@ class TextEngine:
         queue: asyncio.Queue[StepOutput] = asyncio.Queue()
         seq = _Sequence(
             req=req,
-            sampling=SequenceSampling.create(req.sampling, self.runner.vocab_size, torch.device("cpu")),
+            sampling=SequenceSampling.create(req.sampling, self.runner.vocab_size, self.runner.device),
             detok=IncrementalDetokenizer(self.tokenizer, req.prompt_ids, stop=req.sampling.stop),
             emit=lambda out: loop.call_soon_threadsafe(queue.put_nowait, out),
             arrival=next(self._counter),
