@@ -85,10 +85,7 @@ async def concurrent_streams(url: str, model: str, concurrency: int, max_tokens:
         for r in range(rounds):
             start = time.perf_counter()
             batch = await asyncio.gather(
-                *(
-                    one_stream(client, model, PROMPTS[(r + i) % len(PROMPTS)], max_tokens)
-                    for i in range(concurrency)
-                )
+                *(one_stream(client, model, PROMPTS[(r + i) % len(PROMPTS)], max_tokens) for i in range(concurrency))
             )
             wall += time.perf_counter() - start
             results += batch
@@ -175,7 +172,9 @@ def main() -> None:
             wait_ready(url, args.model)
             ready_s = time.perf_counter() - started
             asyncio.run(concurrent_streams(url, args.model, 1, 8, 1))  # warm up
-            rows = {c: asyncio.run(concurrent_streams(url, args.model, c, args.max_tokens, args.rounds)) for c in (1, 8)}
+            rows = {
+                c: asyncio.run(concurrent_streams(url, args.model, c, args.max_tokens, args.rounds)) for c in (1, 8)
+            }
             short = overhead(url, args.model, args.overhead_requests, 1)
             longer = overhead(url, args.model, max(5, args.overhead_requests // 3), 32)
         finally:
@@ -197,9 +196,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for c, row in rows.items():
         peer = f"{hf[c]:.1f}" if c in hf else "-"
-        print(
-            f"| {c} | {row['ttft_p50_ms']:.0f} | {row['per_stream_tok_s']:.1f} | {row['aggregate_tok_s']:.1f} | {peer} |"
-        )
+        ttft, per, total = row["ttft_p50_ms"], row["per_stream_tok_s"], row["aggregate_tok_s"]
+        print(f"| {c} | {ttft:.0f} | {per:.1f} | {total:.1f} | {peer} |")
     print("\ngateway + bus overhead per request (client wall time - worker processing time):")
     print("| request | p50 (ms) | p99 (ms) |")
     print("|---|---|---|")
