@@ -32,7 +32,7 @@ async def connect(url: str, *, name: str) -> NATS:
                 url,
                 name=name,
                 max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # typed int, but any sleep() value works
                 allow_reconnect=True,
                 connect_timeout=5,
                 disconnected_cb=on_disconnect,
