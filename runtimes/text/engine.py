@@ -72,10 +72,11 @@ class StepOutput:
 @dataclass
 class _Sequence:
     req: GenerateRequest
-    sampling: SequenceSampling
     detok: IncrementalDetokenizer
     emit: Callable[[StepOutput], None]
     arrival: int
+    # Made on the engine thread when the sequence is admitted (see the NOTE on threads in TextEngine).
+    sampling: SequenceSampling | None = None
     slot: int = -1
     num_prefilled: int = 0
     output_ids: list[int] = field(default_factory=list)
@@ -120,7 +121,13 @@ class OutputStream:
 
 
 class TextEngine:
-    """Runs a ModelRunner over many concurrent requests; ``generate`` is the asyncio entry point."""
+    """Runs a ModelRunner over many concurrent requests; ``generate`` is the asyncio entry point.
+
+    NOTE: one thread owns every torch call of a worker process: it loads the model and then runs this loop.
+    A parallel torch op on any other thread starts a second OpenMP team, and the two teams then share the cores
+    so badly that decoding runs at half speed (measured: 42 -> 21 tok/s on SmolLM2-135M, 2 cores). Hence the
+    asyncio side never touches torch, and sampling state is made here on admission.
+    """
 
     def __init__(self, runner: ModelRunner, tokenizer: TextTokenizer, config: EngineConfig) -> None:
         if config.max_batch > runner.max_slots:
@@ -145,14 +152,14 @@ class TextEngine:
     # ---- asyncio side -------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="ember-text-engine", daemon=True)
-        self._thread.start()
+        """Run the engine loop on a new thread (``run`` it yourself to use a thread that already holds the model)."""
+        threading.Thread(target=self.run, name="ember-text-engine", daemon=True).start()
 
     def stop(self) -> None:
         with self._lock:
             self._stop = True
             self._lock.notify()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
 
     def load(self) -> tuple[int, int]:
@@ -166,7 +173,6 @@ class TextEngine:
         queue: asyncio.Queue[StepOutput] = asyncio.Queue()
         seq = _Sequence(
             req=req,
-            sampling=SequenceSampling.create(req.sampling, self.runner.vocab_size, self.runner.device),
             detok=IncrementalDetokenizer(self.tokenizer, req.prompt_ids, stop=req.sampling.stop),
             emit=lambda out: loop.call_soon_threadsafe(queue.put_nowait, out),
             arrival=next(self._counter),
@@ -193,7 +199,9 @@ class TextEngine:
 
     # ---- engine thread ------------------------------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def run(self) -> None:
+        """The engine loop; blocks until ``stop``."""
+        self._thread = threading.current_thread()
         torch.set_grad_enabled(False)
         while True:
             with self._lock:
@@ -234,6 +242,7 @@ class TextEngine:
             _, _, seq = heapq.heappop(self._waiting)
             seq.slot = self._free_slots.pop()
             seq.status = JobStatus.RUNNING
+            seq.sampling = SequenceSampling.create(seq.req.sampling, self.runner.vocab_size, self.runner.device)
             self._running.append(seq)
 
     def _step(self) -> None:
@@ -265,13 +274,14 @@ class TextEngine:
             budget -= n
             if seq.prefilled:
                 # logits: [V] of the last prompt position -> the first generated token
+                assert seq.sampling is not None  # set on admission
                 self._accept(seq, self.sampler.sample(logits[None], [seq.sampling]), 0)
 
     def _decode(self, seqs: Sequence[_Sequence]) -> None:
         logits = self.runner.decode(
             [s.slot for s in seqs], [s.output_ids[-1] for s in seqs], [s.num_tokens - 1 for s in seqs]
         )  # [B, V]
-        sampled = self.sampler.sample(logits, [s.sampling for s in seqs])
+        sampled = self.sampler.sample(logits, [s.sampling for s in seqs if s.sampling is not None])
         for i, seq in enumerate(seqs):
             self._accept(seq, sampled, i)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -127,6 +128,30 @@ def build_engine(spec: ModelSpec, loaded: LoadedModel) -> TextEngine:
     return TextEngine(runner, loaded.tokenizer, EngineConfig(max_batch=spec.max_batch, max_waiting=spec.max_waiting))
 
 
+async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedModel, TextEngine]:
+    """Load the model and run its engine on one dedicated thread (see the NOTE in TextEngine)."""
+    spec = settings.model(model_id)
+    path = resolve_weights(spec)
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[tuple[LoadedModel, TextEngine]] = loop.create_future()
+
+    def model_thread() -> None:
+        try:
+            loaded = load_model(
+                path, dtype=_DTYPES[spec.dtype], device=torch.device("cpu"), cache_dir=settings.cache_dir
+            )
+            engine = build_engine(spec, loaded)
+        except BaseException as e:
+            loop.call_soon_threadsafe(ready.set_exception, e)
+            return
+        loop.call_soon_threadsafe(ready.set_result, (loaded, engine))
+        engine.run()
+
+    log.info("loading %s from %s", model_id, path)
+    threading.Thread(target=model_thread, name="ember-text-model", daemon=True).start()
+    return await ready
+
+
 async def run_text_worker(
     settings: Settings,
     model_id: str,
@@ -136,14 +161,7 @@ async def run_text_worker(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Load the model, join its queue group and serve until ``stop`` is set, or SIGINT/SIGTERM without one."""
-    spec = settings.model(model_id)
-    path = resolve_weights(spec)
-    log.info("loading %s from %s", model_id, path)
-    loaded = await asyncio.to_thread(
-        load_model, path, dtype=_DTYPES[spec.dtype], device=torch.device("cpu"), cache_dir=settings.cache_dir
-    )
-    engine = build_engine(spec, loaded)
-    engine.start()
+    loaded, engine = await start_model_thread(model_id, settings)
     nc = await connect(nats_url, name=f"ember-worker-text-{model_id}")
     handler = TextJobHandler(model_id, loaded, engine)
     host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
