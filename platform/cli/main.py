@@ -52,12 +52,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["gateway"] = gateway
     if args.log_level:
         overrides["log_level"] = args.log_level
-    settings = load_settings(args.config, **overrides)
-    if gateway:
-        # Keyword overrides replace the whole section; keep the file's other gateway keys.
-        merged = load_settings(args.config).gateway.model_copy(update=gateway)
-        settings = settings.model_copy(update={"gateway": merged})
-    return settings
+    # Overrides merge into the file's and environment's sections key by key.
+    return load_settings(args.config, **overrides)
 
 
 def _nats_url(args: argparse.Namespace, settings: Settings) -> str:

