@@ -81,6 +81,15 @@ def response_headers(streams: list[JobStream], choices: list[Choice]) -> dict[st
     return {**worker_header(streams), "x-ember-processing-ms": f"{max(c.worker_ms for c in choices):.1f}"}
 
 
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's usage object."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
 def finish_reason(status: JobStatus) -> str:
     if status == JobStatus.FINISHED_LENGTH:
         return "length"

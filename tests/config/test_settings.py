@@ -79,3 +79,12 @@ def test_ember_models_lists_what_is_configured(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     lines = dict(line.split("\t", 1) for line in out.stdout.strip().splitlines())
     assert str(tmp_path) in lines["here"] and "MISSING" in lines["gone"]
+
+
+def test_the_readme_config_example_is_valid(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "ember.toml").write_text(example)
+    settings = load_settings(tmp_path / "ember.toml")
+    assert settings.models["smollm2-135m-instruct"].sampling is not None
+    assert settings.models["my-qwen"].max_context == 4096

@@ -71,18 +71,10 @@ async def create(request: Request) -> Response:
                 }
                 for c in choices
             ],
-            "usage": _usage(prompt_tokens, completion_tokens),
+            "usage": generation.usage(prompt_tokens, completion_tokens),
         },
         headers=generation.response_headers(streams, choices),
     )
-
-
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
 
 
 async def _stream(
@@ -127,5 +119,5 @@ async def _stream(
         yield sse.DONE
         return
     if include_usage:
-        yield chunk([], _usage(prompt_tokens, completion_tokens))
+        yield chunk([], generation.usage(prompt_tokens, completion_tokens))
     yield sse.DONE

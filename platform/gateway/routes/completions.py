@@ -74,11 +74,7 @@ async def create(request: Request) -> Response:
                 }
                 for c in choices
             ],
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
+            "usage": generation.usage(prompt_tokens, completion_tokens),
         },
         headers=generation.response_headers(streams, choices),
     )
@@ -128,12 +124,5 @@ async def _stream(
         yield sse.DONE
         return
     if include_usage:
-        yield chunk(
-            [],
-            {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion_tokens,
-                "total_tokens": prompt_tokens + completion_tokens,
-            },
-        )
+        yield chunk([], generation.usage(prompt_tokens, completion_tokens))
     yield sse.DONE
