@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from tests.helpers.cluster import GatewayThread, start_worker, stop_process, wai
 from tests.helpers.tiny_checkpoint import write_tiny_llama
 
 TINY = "tiny-llama"
+
+# Tests never reach a model hub: transformers (the reference in a few tests) must fail fast, not wait on a network.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session")

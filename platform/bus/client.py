@@ -54,9 +54,10 @@ class StreamTiming:
 class JobStream:
     """The replies to one job, in order; iterate for chunks until the finished one."""
 
-    def __init__(self, client: JobClient, request_id: str, reply: str, queue: asyncio.Queue[Msg]) -> None:
+    def __init__(self, client: JobClient, job: TextJob, reply: str, queue: asyncio.Queue[Msg]) -> None:
         self._client = client
-        self.request_id = request_id
+        self.request_id = job.request_id
+        self.model = job.model
         self._reply = reply
         self._queue = queue
         self.accepted: JobAccepted | None = None
@@ -76,6 +77,10 @@ class JobStream:
         except TimeoutError as e:
             self.close()
             raise ReplyTimeoutError(f"no worker accepted the job within {within_s:.0f}s") from e
+        except NoWorkerError:
+            self.close()
+            self._client.registry.forget_model(self.model)
+            raise
         except BaseException:
             self.close()
             raise
@@ -184,7 +189,7 @@ class JobClient:
         reply = f"{subjects.reply_prefix(self.gateway_id)}.{next(self._counter)}"
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._routes[reply] = queue
-        stream = JobStream(self, job.request_id, reply, queue)
+        stream = JobStream(self, job, reply, queue)
         await self.nc.publish(subjects.jobs(modality, job.model), encode(job), reply=reply)
         return stream
 

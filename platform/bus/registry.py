@@ -24,6 +24,12 @@ class WorkerRegistry:
     def forget(self, worker_id: str) -> None:
         self._workers.pop(worker_id, None)
 
+    def forget_model(self, model: str) -> None:
+        """NATS said nobody serves ``model``: whatever announced it before is gone."""
+        for wid, (info, _) in list(self._workers.items()):
+            if info.model == model:
+                del self._workers[wid]
+
     def alive(self, now: float | None = None) -> list[WorkerInfo]:
         now = time.monotonic() if now is None else now
         live = []

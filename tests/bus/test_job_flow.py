@@ -195,3 +195,15 @@ async def test_a_malformed_job_gets_an_error_and_the_worker_survives(
     finally:
         await host.stop()
         await host.nc.close()
+
+
+async def test_no_responders_clears_the_models_stale_registry_entries(client: JobClient, model: str) -> None:
+    from ember.bus.messages import WorkerInfo
+
+    # An announcement from a worker that has since died without saying goodbye.
+    client.registry.update(WorkerInfo(worker_id="ghost", modality=Modality.TEXT, model=model, max_batch=1))
+    assert model in client.registry.models()
+    stream = await client.submit(job(model, "x"))
+    with pytest.raises(NoWorkerError):
+        await stream.wait_accepted(5)
+    assert model not in client.registry.models()

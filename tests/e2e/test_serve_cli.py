@@ -15,7 +15,7 @@ import httpx
 import openai
 
 from ember.bus.nats_server import free_port
-from tests.helpers.cluster import write_config
+from tests.helpers.cluster import wait_for_model, write_config
 
 
 def read_lines(proc: subprocess.Popen[str], into: queue.Queue[str]) -> None:
@@ -61,6 +61,7 @@ def test_serve_runs_everything_and_stops_everything(tiny_model: Path, tmp_path: 
     reader = threading.Thread(target=read_lines, args=(proc, lines), daemon=True)
     reader.start()
     seen: list[str] = []
+    closing: list[openai.OpenAI] = []
     try:
         wait_for_line(lines, "all models ready", seen, timeout=90)
         printed = "".join(seen)
@@ -71,10 +72,25 @@ def test_serve_runs_everything_and_stops_everything(tiny_model: Path, tmp_path: 
         assert len(children) == 2  # nats-server and the worker
 
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
+        closing.append(client)
         r = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
         assert r.usage is not None and r.usage.completion_tokens >= 1
         assert (tmp_path / "nats-data" / "jetstream").is_dir()
+
+        # A worker that crashes is restarted by `ember serve`, and the model serves again.
+        worker = next(pid for pid in children if "worker" in Path(f"/proc/{pid}/cmdline").read_text())
+        os.kill(worker, signal.SIGKILL)
+        wait_for_line(lines, "restarting (1/5)", seen, timeout=30)
+        # Until the new worker is up the model answers 503 (never a hang), and the SDK's retries ride it out.
+        patient = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=10)
+        closing.append(patient)
+        r = patient.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+        assert r.choices[0].finish_reason in ("length", "stop")
+        wait_for_model(f"http://127.0.0.1:{port}", "tiny", timeout=5)
+        children = children_of(proc.pid)
     finally:
+        for c in closing:
+            c.close()
         proc.send_signal(signal.SIGINT)
         try:
             code = proc.wait(timeout=30)
