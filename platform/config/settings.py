@@ -24,10 +24,11 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from ember.bus.messages import Modality, SamplingDefaults
+from ember.limits.tiers import Tier, default_tiers
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -99,6 +100,16 @@ class ModelSpec(_Section):
         return self
 
 
+class AuthSettings(_Section):
+    """API keys. With ``enabled = false`` the gateway serves anyone (dev mode) and says so at start."""
+
+    enabled: bool = True
+    # Guards the admin API (/v1/admin/*); set it from the environment: EMBER_AUTH__ADMIN_KEY.
+    admin_key: str | None = Field(default=None, min_length=16)
+    # The tier of requests in dev mode (no key).
+    anonymous_tier: str = "enterprise"
+
+
 def default_models() -> dict[str, ModelSpec]:
     # SmolLM2's model card recommends temperature 0.2 and top_p 0.9; at OpenAI's default of 1.0 a 135M model
     # rambles. Requests that set their own values still get them.
@@ -127,6 +138,9 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     nats: NatsSettings = NatsSettings()
     models: dict[str, ModelSpec] = Field(default_factory=default_models)
+    auth: AuthSettings = AuthSettings()
+    # Named tiers; a config file's [tiers.NAME] replaces or adds one.
+    tiers: dict[str, Tier] = Field(default_factory=default_tiers)
     # Converted checkpoints (GGUF -> safetensors) live here, outside the repo.
     cache_dir: Path = Field(default_factory=lambda: _cache_home() / "models")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -141,6 +155,21 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _FileSource(settings_cls))
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _tiers_extend_the_defaults(cls, value: Any) -> Any:
+        """[tiers.NAME] in a config file replaces or adds that tier; the other defaults stay."""
+        if isinstance(value, dict):
+            return {**default_tiers(), **value}
+        return value
+
+    def tier(self, name: str) -> Tier:
+        try:
+            return self.tiers[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tiers))
+            raise ConfigError(f"tier {name!r} is not configured (configured: {known})") from None
 
     def model(self, model_id: str) -> ModelSpec:
         try:

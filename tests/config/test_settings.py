@@ -88,3 +88,15 @@ def test_the_readme_config_example_is_valid(tmp_path: Path) -> None:
     settings = load_settings(tmp_path / "ember.toml")
     assert settings.models["smollm2-135m-instruct"].sampling is not None
     assert settings.models["my-qwen"].max_context == 4096
+
+
+def test_tiers_extend_and_override_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "e.toml"
+    path.write_text("[tiers.pro]\nrequests_per_minute = 7\n\n[tiers.internal]\npriority = 50\n")
+    tiers = load_settings(path).tiers
+    assert {"free", "developer", "pro", "enterprise", "internal"} <= set(tiers)
+    assert tiers["pro"].requests_per_minute == 7 and tiers["internal"].priority == 50
+    assert tiers["free"].requests_per_minute == 20
+    path.write_text("[tiers.pro]\nrequests_per_minute = -1\n")
+    with pytest.raises(ConfigError, match=r"tiers\.pro\.requests_per_minute"):
+        load_settings(path)

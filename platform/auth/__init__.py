@@ -1,0 +1,1 @@
+"""API keys: issuing, storing (only as SHA-256 hashes, in NATS JetStream key/value) and checking them."""
