@@ -221,6 +221,27 @@ class WorkerInfo(_Message):
     interval_s: float = Field(default=2.0, gt=0)
 
 
+class UsageRecord(_Message):
+    """What one finished request used; the gateway writes one per request to the usage stream."""
+
+    kind: Literal["usage"] = "usage"
+    request_id: str
+    key_id: str
+    model: str
+    modality: Modality
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    images: int = Field(default=0, ge=0)
+    audio_seconds: float = Field(default=0.0, ge=0)
+    duration_ms: float = Field(ge=0)
+    # "ok", or the error code the client got (e.g. "rate_limit_exceeded", "worker_lost").
+    status: str = "ok"
+
+
+def decode_usage(raw: bytes) -> UsageRecord:
+    return UsageRecord.model_validate(_load(raw))
+
+
 # Everything a worker sends back on a job's reply subject.
 JobReply = Annotated[JobAccepted | JobFailed | TextChunk, Field(discriminator="kind")]
 _REPLY: TypeAdapter[JobAccepted | JobFailed | TextChunk] = TypeAdapter(JobReply)

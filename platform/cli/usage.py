@@ -1,0 +1,62 @@
+"""``ember usage [--key ID] [--since 1h|2026-11-01T00:00]``: totals from the usage stream."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import re
+
+from ember.bus.connection import connect
+from ember.config import ConfigError
+from ember.usage import stream
+
+_AGO = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_since(text: str | None, now: dt.datetime | None = None) -> dt.datetime | None:
+    """'90m', '24h', '7d' ago, or an ISO date/time (UTC unless it says otherwise)."""
+    if not text:
+        return None
+    now = now or dt.datetime.now(dt.UTC)
+    if m := _AGO.match(text.strip()):
+        return now - dt.timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        at = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--since {text!r} is neither a duration like 24h nor an ISO date") from None
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("usage", help="summarise recorded usage per key and model")
+    p.add_argument("--nats", help="NATS URL (default: nats.url from config)")
+    p.add_argument("--key", help="only this key id")
+    p.add_argument("--since", help="a duration back from now (90m, 24h, 7d) or an ISO date")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+async def run(args: argparse.Namespace, nats_url: str) -> int:
+    since = parse_since(args.since)
+    nc = await connect(nats_url, name="ember-cli-usage")
+    try:
+        js = nc.jetstream()
+        await stream.ensure_stream(js)
+        totals = await stream.summarize(js, key_id=args.key, since=since)
+    finally:
+        await nc.close()
+    if args.json:
+        print(json.dumps([t.as_dict() for t in totals], indent=2))
+        return 0
+    header = ("key", "model", "requests", "errors", "prompt_tok", "completion_tok", "images", "audio_s")
+    rows = [
+        (t.key_id, t.model, t.requests, t.errors, t.prompt_tokens, t.completion_tokens, t.images, t.audio_seconds)
+        for t in totals
+    ]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)))
+    if not rows:
+        print("(no usage recorded" + (f" since {since.isoformat()}" if since else "") + ")")
+    return 0
