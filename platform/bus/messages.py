@@ -140,6 +140,8 @@ class TextJob(_Message):
     sampling: SamplingParams = SamplingParams()
     # Higher runs first when the worker is saturated (tiers map onto this).
     priority: int = 0
+    # The API key it runs for; workers share their slots fairly between keys of one priority.
+    key_id: str | None = None
 
 
 class JobAccepted(_Message):

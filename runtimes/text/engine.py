@@ -3,7 +3,8 @@
 The engine owns one thread that runs the model; the asyncio side only queues requests and reads outputs.
 Each step::
 
-    admit      waiting requests (highest priority first, then oldest) take free KV slots
+    admit      waiting requests take free KV slots: highest priority first, then the key served least
+               (start-time fair queuing, fair_queue.py), then the oldest
     prefill    admitted prompts run in chunks of at most ``prefill_chunk`` tokens per step, so one long
                prompt delays the running decodes by a bounded amount; a finished prefill samples token 1
     decode     every running sequence advances one token in ONE batched forward
@@ -15,7 +16,6 @@ A failing step fails only the sequences in it; the engine keeps running.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 import logging
 import threading
@@ -26,6 +26,7 @@ import torch
 
 from ember.bus.messages import ErrorInfo, JobStatus, SamplingParams, TokenLogprob, Usage
 from ember.runtimes.text.detokenizer import IncrementalDetokenizer
+from ember.runtimes.text.fair_queue import FairQueue
 from ember.runtimes.text.runner import ModelRunner
 from ember.runtimes.text.sampling import SampleOutput, Sampler, SequenceSampling
 from ember.runtimes.text.tokenizer import TextTokenizer
@@ -55,6 +56,8 @@ class GenerateRequest:
     # Already resolved against the context: prompt + max_tokens <= max_context.
     max_tokens: int
     priority: int = 0
+    # Whose request it is (an API key id); fairness in the queue is per key.
+    key: str = ""
 
 
 @dataclass
@@ -140,7 +143,7 @@ class TextEngine:
         self._lock = threading.Condition()
         self._arrivals: list[_Sequence] = []
         self._aborts: set[str] = set()
-        self._waiting: list[tuple[int, int, _Sequence]] = []  # heap of (-priority, arrival, seq)
+        self._waiting: FairQueue[_Sequence] = FairQueue()
         self._running: list[_Sequence] = []
         self._by_id: dict[str, _Sequence] = {}
         self._free_slots = list(range(config.max_batch - 1, -1, -1))
@@ -212,26 +215,21 @@ class TextEngine:
                 arrivals, self._arrivals = self._arrivals, []
                 aborts, self._aborts = self._aborts, set()
             for seq in arrivals:
-                heapq.heappush(self._waiting, (-seq.req.priority, seq.arrival, seq))
+                r = seq.req
+                self._waiting.push(seq, request_id=r.request_id, key=r.key, priority=r.priority, arrival=seq.arrival)
             self._apply_aborts(aborts)
             self._admit()
             if self._running:
                 self._step()
-        for seq in [*self._running, *(s for _, _, s in self._waiting)]:
+        for seq in [*self._running, *self._waiting]:
             self._finish(seq, JobStatus.FINISHED_ABORTED)
         self._flush()
 
     def _apply_aborts(self, aborts: set[str]) -> None:
         if not aborts:
             return
-        kept = []
-        for item in self._waiting:
-            if item[2].req.request_id in aborts:
-                self._finish(item[2], JobStatus.FINISHED_ABORTED)
-            else:
-                kept.append(item)
-        heapq.heapify(kept)
-        self._waiting = kept
+        for seq in self._waiting.remove(aborts):
+            self._finish(seq, JobStatus.FINISHED_ABORTED)
         for seq in list(self._running):
             if seq.req.request_id in aborts:
                 self._finish(seq, JobStatus.FINISHED_ABORTED)
@@ -239,7 +237,7 @@ class TextEngine:
 
     def _admit(self) -> None:
         while self._waiting and self._free_slots:
-            _, _, seq = heapq.heappop(self._waiting)
+            seq = self._waiting.pop()
             seq.slot = self._free_slots.pop()
             seq.status = JobStatus.RUNNING
             seq.sampling = SequenceSampling.create(seq.req.sampling, self.runner.vocab_size, self.runner.device)

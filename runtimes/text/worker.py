@@ -124,6 +124,7 @@ class TextJobHandler(JobHandler):
             sampling=prepared.sampling,
             max_tokens=prepared.max_tokens,
             priority=job.priority,
+            key=job.key_id or "",
         )
         try:
             stream = self.engine.generate(request)

@@ -220,3 +220,29 @@ async def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(loaded: 
         assert fine[-1].status == JobStatus.FINISHED_LENGTH
     finally:
         engine.stop()
+
+
+async def test_keys_of_one_priority_share_the_slots_fairly(loaded: LoadedModel) -> None:
+    engine = make_engine(loaded, max_batch=1)
+    order: list[str] = []
+
+    async def finish(stream: object, rid: str) -> None:
+        async for out in stream:  # type: ignore[attr-defined]
+            if out.status.finished:
+                order.append(rid)
+
+    def queued(rid: str, key: str) -> object:
+        req = request(loaded, rid, "hello", max_tokens=3)
+        req.key = key
+        return engine.generate(req)
+
+    try:
+        blocker = queued("blocker", "a")
+        await anext(blocker)  # type: ignore[call-overload]
+        streams = {rid: queued(rid, rid[0]) for rid in ("a1", "a2", "a3", "b1")}
+        await blocker.aclose()  # type: ignore[attr-defined]
+        await asyncio.gather(*(finish(s, rid) for rid, s in streams.items()))
+    finally:
+        engine.stop()
+    # a queued three requests before b's one, but a already had the slot (the blocker): b goes first, not last.
+    assert order == ["b1", "a1", "a2", "a3"]
