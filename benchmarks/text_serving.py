@@ -162,7 +162,8 @@ def main() -> None:
     spec = settings.model(args.model)
     with tempfile.TemporaryDirectory() as tmp, EmbeddedNats(data_dir=Path(tmp) / "nats") as nats:
         port = free_port()
-        env = {**os.environ, "EMBER_GATEWAY__PORT": str(port), "EMBER_LOG_LEVEL": "warning"}
+        # Dev mode: this measures serving, not auth (benchmarks/ has its own auth + limits overhead figure).
+        env = {**os.environ, "EMBER_GATEWAY__PORT": str(port), "EMBER_LOG_LEVEL": "warning", "EMBER_AUTH__ENABLED": "0"}
         cli = [sys.executable, "-m", "ember.cli"]
         worker = subprocess.Popen([*cli, "worker", "text", "--model", args.model, "--nats", nats.url], env=env)
         gateway = subprocess.Popen([*cli, "gateway", "--nats", nats.url], env=env, stdout=subprocess.DEVNULL)

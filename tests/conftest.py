@@ -43,6 +43,8 @@ def cluster_config(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -
             "tiny-unserved": spec,
         },
         gateway={"max_body_bytes": 64 * 1024, "idle_probe_s": 0.5},
+        # The API-surface tests run in dev mode; tests/auth and tests/limits cover keys and limits.
+        auth={"enabled": False},
     )
 
 

@@ -151,6 +151,9 @@ class JobAccepted(_Message):
     request_id: str
     worker_id: str
     prompt_tokens: int = Field(ge=0)
+    # The most tokens the job may generate (its max_tokens, or what the context leaves); the gateway
+    # reserves this much of the key's token limit until the real count is known.
+    max_tokens: int | None = Field(default=None, ge=0)
 
 
 class JobFailed(_Message):

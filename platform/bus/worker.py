@@ -55,8 +55,10 @@ class ReplySink:
         self.closed = False
         self._received = time.perf_counter()
 
-    async def accepted(self, prompt_tokens: int) -> None:
-        msg = JobAccepted(request_id=self.request_id, worker_id=self.worker_id, prompt_tokens=prompt_tokens)
+    async def accepted(self, prompt_tokens: int, max_tokens: int | None = None) -> None:
+        msg = JobAccepted(
+            request_id=self.request_id, worker_id=self.worker_id, prompt_tokens=prompt_tokens, max_tokens=max_tokens
+        )
         await self._nc.publish(self._reply, encode(msg))
 
     async def failed(self, error: ErrorInfo) -> None:

@@ -4,6 +4,8 @@ ember serve [--nats URL]               embedded NATS (unless --nats) + gateway +
 ember gateway --nats URL               the HTTP gateway alone
 ember worker text --model ID --nats URL
 ember models                           what is configured and where its weights are
+ember keys create|list|revoke|set-tier API keys, on the NATS at --nats URL (see ember.cli.keys)
+ember usage [--key ID] [--since 24h]   usage totals per key and model
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ember.cli import keys as keys_cli
+from ember.cli import usage as usage_cli
 from ember.config import ConfigError, Settings, load_settings
 
 
@@ -29,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="gateway address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="gateway port (default 8000)")
     serve.add_argument("--model", action="append", dest="models", help="serve only this model (repeatable)")
+    serve.add_argument("--dev", action="store_true", help="dev mode: no API keys needed (never expose it)")
 
     gw = sub.add_parser("gateway", help="run the HTTP gateway alone")
     gw.add_argument("--nats", help="NATS URL (default: nats.url from config)")
@@ -42,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--worker-id", help="a stable name for this worker (default: random)")
 
     sub.add_parser("models", help="list the configured models")
+    keys_cli.add_parser(sub)
+    usage_cli.add_parser(sub)
     return p
 
 
@@ -52,6 +59,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["gateway"] = gateway
     if args.log_level:
         overrides["log_level"] = args.log_level
+    if getattr(args, "dev", False):
+        overrides["auth"] = {"enabled": False}
     # Overrides merge into the file's and environment's sections key by key.
     return load_settings(args.config, **overrides)
 
@@ -81,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             return _worker(args, settings)
         if args.command == "models":
             return _models(settings)
+        if args.command == "usage":
+            return asyncio.run(usage_cli.run(args, _nats_url(args, settings)))
+        if args.command == "keys":
+            return keys_cli.run(args, settings, lambda: _nats_url(args, settings))
     except ConfigError as e:
         print(f"ember: {e}", file=sys.stderr)
         return 2

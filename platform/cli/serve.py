@@ -131,6 +131,14 @@ def serve(settings: Settings, *, nats_url: str | None, only: list[str] | None, c
         print(f"ember: embedded NATS with JetStream at {nats_url} (data in {settings.nats.data_dir})", flush=True)
     else:
         print(f"ember: joining NATS at {nats_url}", flush=True)
+    if not settings.auth.enabled:
+        print(
+            "ember: WARNING: DEV MODE: API keys are off; anyone who can reach the gateway can use it "
+            f"(as tier {settings.auth.anonymous_tier!r}). Never expose this.",
+            flush=True,
+        )
+    else:
+        print(f"ember: API keys required; create one with: ember keys create --tier developer --nats {nats_url}")
     supervisor = Supervisor()
     try:
         supervisor.workers = worker_commands(settings, nats_url, only, config_path)

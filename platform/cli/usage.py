@@ -3,30 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import re
 
 from ember.bus.connection import connect
-from ember.config import ConfigError
 from ember.usage import stream
-
-_AGO = re.compile(r"^(\d+)([smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-def parse_since(text: str | None, now: dt.datetime | None = None) -> dt.datetime | None:
-    """'90m', '24h', '7d' ago, or an ISO date/time (UTC unless it says otherwise)."""
-    if not text:
-        return None
-    now = now or dt.datetime.now(dt.UTC)
-    if m := _AGO.match(text.strip()):
-        return now - dt.timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
-    try:
-        at = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"--since {text!r} is neither a duration like 24h nor an ISO date") from None
-    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)
+from ember.usage.stream import parse_since
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

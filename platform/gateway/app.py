@@ -11,12 +11,16 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from ember.auth.nats_kv import NatsKeyStore
 from ember.bus.client import JobClient, StreamTiming
 from ember.bus.connection import connect
 from ember.config import Settings
 from ember.gateway import errors
+from ember.gateway.auth import AuthMiddleware
 from ember.gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from ember.gateway.routes import chat, completions, health, models
+from ember.gateway.routes import admin, chat, completions, health, models, usage
+from ember.limits.nats_kv import NatsRateLimiter
+from ember.usage import stream as usage_stream
 
 log = logging.getLogger("ember.gateway")
 
@@ -33,9 +37,22 @@ def create_app(settings: Settings, nats_url: str) -> Starlette:
         client = JobClient(nc, timing=timing)
         await client.start()
         app.state.bus = client
+        js = nc.jetstream()
+        await usage_stream.ensure_stream(js)
+        app.state.usage = js
+        app.state.limiter = await NatsRateLimiter.open(nc)
+        store: NatsKeyStore | None = None
+        # The admin API manages keys in dev mode too, whenever an admin key is set.
+        if settings.auth.enabled or settings.auth.admin_key:
+            store = NatsKeyStore(nc)
+            await store.start()
+        app.state.key_store = store
         try:
             yield
         finally:
+            if store is not None:
+                await store.stop()
+            await app.state.limiter.close()
             await client.stop()
             await nc.drain()
 
@@ -47,9 +64,13 @@ def create_app(settings: Settings, nats_url: str) -> Starlette:
             Route("/v1/models/{model:path}", models.retrieve, methods=["GET"]),
             Route("/v1/chat/completions", chat.create, methods=["POST"]),
             Route("/v1/completions", completions.create, methods=["POST"]),
+            *admin.routes(),
+            Route("/v1/usage", usage.summary, methods=["GET"]),
         ],
         middleware=[
             Middleware(RequestIdMiddleware),
+            # Before the body is read: a request without a valid key costs us no more than its headers.
+            Middleware(AuthMiddleware, settings=settings),
             Middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes),
         ],
         exception_handlers={

@@ -2,9 +2,12 @@
 
 GatewayError                       {"error": {"message", "type", "param", "code"}}
 ├── InvalidRequest        400      invalid_request_error: a bad field, bad JSON, an unsupported parameter
+├── AuthenticationError   401      invalid_api_key: no key, a malformed, unknown or revoked one, a wrong admin key
+├── PermissionDenied      403      the admin API is off (no auth.admin_key configured)
 ├── NotFound              404      model_not_found, or an unknown route
 ├── MethodNotAllowed      405
 ├── RequestTooLarge       413      the body passed gateway.max_body_bytes
+├── RateLimitExceeded     429      rate_limit_exceeded: the key is over a limit of its tier (ember.limits.headers)
 ├── ServiceUnavailable    503      no worker serves the model, or the workers are overloaded (with Retry-After)
 └── UpstreamError         any      an error a worker reported (ErrorInfo), passed through
 """
@@ -52,6 +55,18 @@ class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
     code = "invalid_request"
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
 
 
 class NotFound(GatewayError):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
 from ember.bus.client import JobClient, JobRefused, JobStream
 from ember.bus.errors import NoWorkerError, ReplyTimeoutError, WorkerLostError
 from ember.bus.messages import ErrorInfo, JobStatus, TextChunk, TextJob, TokenLogprob
 from ember.gateway.errors import GatewayError, ServiceUnavailable, UpstreamError
+from ember.gateway.quota import Quota
 
 
 def bus_error(e: Exception, model: str) -> GatewayError:
@@ -44,6 +45,67 @@ async def start(bus: JobClient, jobs: list[TextJob], accept_timeout_s: float) ->
             raise first
         raise bus_error(first, jobs[0].model)
     return streams
+
+
+async def start_metered(
+    bus: JobClient,
+    quota: Quota,
+    jobs: list[TextJob],
+    accept_timeout_s: float,
+    count_prompt: Callable[[list[JobStream]], int],
+) -> tuple[list[JobStream], int]:
+    """Start the jobs and admit their tokens; a refusal closes the quota with its error code and is re-raised."""
+    try:
+        streams = await start(bus, jobs, accept_timeout_s)
+        prompt_tokens = count_prompt(streams)
+        await admit_tokens(quota, streams, prompt_tokens)
+    except GatewayError as e:
+        await quota.close(status=e.code or "error")
+        raise
+    return streams, prompt_tokens
+
+
+async def collect(streams: list[JobStream], quota: Quota, prompt_tokens: int) -> list[Choice]:
+    """Every choice to the end; the quota is closed with what was generated, whatever happens."""
+    choices = [Choice(index=i) for i in range(len(streams))]
+    status = "ok"
+    try:
+        async for index, chunk in merged(streams, quota.model):
+            choices[index].add(chunk)
+    except GatewayError as e:
+        status = e.code or "error"
+        raise
+    finally:
+        await quota.close(prompt_tokens, sum(len(c.token_ids) for c in choices), status)
+    return choices
+
+
+async def metered(
+    streams: list[JobStream], quota: Quota, prompt_tokens: int
+) -> AsyncGenerator[tuple[int, TextChunk], None]:
+    """``merged``, closing the quota at the end with what was generated, also when the client goes away."""
+    produced, status = 0, "client_closed"
+    try:
+        async for index, chunk in merged(streams, quota.model):
+            produced += len(chunk.token_ids)
+            yield index, chunk
+        status = "ok"
+    except GatewayError as e:
+        status = e.code or "error"
+        raise
+    finally:
+        await quota.close(prompt_tokens, produced, status)
+
+
+async def admit_tokens(quota: Quota, streams: list[JobStream], prompt_tokens: int) -> None:
+    """Admit the accepted jobs' tokens (prompt + each job's max_tokens); over the limit, cancel them all."""
+    reserve = sum(s.accepted.max_tokens or 0 for s in streams if s.accepted is not None)
+    try:
+        await quota.admit_tokens(prompt_tokens, reserve)
+    except GatewayError:
+        for s in streams:
+            await s.cancel()
+        raise
 
 
 def worker_header(streams: list[JobStream]) -> dict[str, str]:

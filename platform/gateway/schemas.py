@@ -145,9 +145,11 @@ class ChatCompletionRequest(_Sampling):
             return "response_format", f"response_format {self.response_format.type!r} is not supported yet"
         return super().unsupported()
 
-    def sampling(self, choice: int) -> SamplingParams:
-        limit = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        return self._sampling(limit, self.logprobs, self.top_logprobs or 0, choice)
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def sampling(self, choice: int, max_tokens: int | None) -> SamplingParams:
+        return self._sampling(max_tokens, self.logprobs, self.top_logprobs or 0, choice)
 
 
 class CompletionRequest(_Sampling):
@@ -176,5 +178,8 @@ class CompletionRequest(_Sampling):
             return "best_of", "best_of other than n is not supported"
         return super().unsupported()
 
-    def sampling(self, choice: int) -> SamplingParams:
-        return self._sampling(self.max_tokens, self.logprobs is not None, self.logprobs or 0, choice)
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    def sampling(self, choice: int, max_tokens: int | None) -> SamplingParams:
+        return self._sampling(max_tokens, self.logprobs is not None, self.logprobs or 0, choice)

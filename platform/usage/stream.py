@@ -7,6 +7,7 @@ duplicate window; summaries also count each request id once, so a copy that arri
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 
 from ember.bus import subjects
 from ember.bus.messages import UsageRecord, WireVersionError, decode_usage, encode
+from ember.config import ConfigError
 
 STREAM = "EMBER_USAGE"
 SUBJECTS = f"{subjects.PREFIX}.usage.>"
@@ -125,3 +127,21 @@ async def summarize(
         seen.add(rec.request_id)
         totals.setdefault((rec.key_id, rec.model), Summary(rec.key_id, rec.model)).add(at, rec)
     return sorted(totals.values(), key=lambda s: (s.key_id, s.model))
+
+
+_AGO = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_since(text: str | None, now: dt.datetime | None = None) -> dt.datetime | None:
+    """'90m', '24h', '7d' ago, or an ISO date/time (UTC unless it says otherwise)."""
+    if not text:
+        return None
+    now = now or dt.datetime.now(dt.UTC)
+    if m := _AGO.match(text.strip()):
+        return now - dt.timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        at = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"--since {text!r} is neither a duration like 24h nor an ISO date") from None
+    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)

@@ -132,7 +132,7 @@ class TextJobHandler(JobHandler):
             await sink.failed(ErrorInfo(status=503, type="server_error", code="overloaded", message=str(e)))
             return
         try:
-            await sink.accepted(len(prepared.prompt_ids))
+            await sink.accepted(len(prepared.prompt_ids), prepared.max_tokens)
             async for out in stream:
                 if out.error is not None:
                     await sink.failed(out.error)

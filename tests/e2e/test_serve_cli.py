@@ -51,7 +51,7 @@ def test_serve_runs_everything_and_stops_everything(tiny_model: Path, tmp_path: 
         nats={"port": 0, "data_dir": str(tmp_path / "nats-data")},
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ember.cli", "--config", str(config), "serve"],
+        [sys.executable, "-m", "ember.cli", "--config", str(config), "serve", "--dev"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -66,6 +66,7 @@ def test_serve_runs_everything_and_stops_everything(tiny_model: Path, tmp_path: 
         wait_for_line(lines, "all models ready", seen, timeout=90)
         printed = "".join(seen)
         assert "embedded NATS with JetStream" in printed
+        assert "DEV MODE" in printed
         assert f"listening on http://127.0.0.1:{port}/v1" in printed
         assert "model 'tiny' ready" in printed
         children = children_of(proc.pid)

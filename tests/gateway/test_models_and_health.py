@@ -35,7 +35,7 @@ def test_health_and_readiness(tiny_worker: str) -> None:
 
 def test_not_ready_without_workers(tmp_path: Path) -> None:
     with EmbeddedNats(data_dir=tmp_path / "nats") as nats:
-        gw = GatewayThread(Settings(), nats.url).start()
+        gw = GatewayThread(Settings(auth={"enabled": False}), nats.url).start()
         try:
             r = httpx.get(f"{gw.url}/readyz")
             assert r.status_code == 503 and r.json()["workers"] == 0

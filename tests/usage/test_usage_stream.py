@@ -89,8 +89,8 @@ async def test_usage_survives_a_nats_restart(tmp_path: Path) -> None:
 
 
 def test_since_accepts_durations_and_dates() -> None:
-    from ember.cli.usage import parse_since
     from ember.config import ConfigError
+    from ember.usage.stream import parse_since
 
     now = dt.datetime(2026, 11, 25, 12, 0, tzinfo=dt.UTC)
     assert parse_since("90m", now) == now - dt.timedelta(minutes=90)

@@ -8,10 +8,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ember.bus.client import JobStream
-from ember.bus.messages import ChatMessage, TextJob, TokenLogprob
+from ember.bus.messages import ChatMessage, TextChunk, TextJob, TokenLogprob
 from ember.gateway import generation, sse
 from ember.gateway.errors import GatewayError, InvalidRequest
+from ember.gateway.quota import Quota
 from ember.gateway.routes.common import bus, check_model, now, parse_body, settings
 from ember.gateway.schemas import ChatCompletionRequest
 
@@ -37,23 +37,38 @@ def logprobs_content(entries: list[TokenLogprob]) -> dict[str, Any]:
 async def create(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     check_model(request, body.model)
+    quota = await Quota.open(request, body.model)
     request_id: str = request.state.request_id
-    messages = to_job_messages(body)
+    try:
+        messages = to_job_messages(body)
+        max_tokens = quota.max_tokens(body.requested_max_tokens())
+    except GatewayError as e:
+        await quota.close(status=e.code or "error")
+        raise
     jobs = [
-        TextJob(request_id=f"{request_id}-{i}", model=body.model, messages=messages, sampling=body.sampling(i))
+        TextJob(
+            request_id=f"{request_id}-{i}",
+            model=body.model,
+            messages=messages,
+            sampling=body.sampling(i, max_tokens),
+            priority=quota.tier.priority,
+            key_id=quota.key.id,
+        )
         for i in range(body.n)
     ]
-    streams = await generation.start(bus(request), jobs, settings(request).gateway.accept_timeout_s)
-    prompt_tokens = streams[0].accepted.prompt_tokens if streams[0].accepted else 0
+    timeout = settings(request).gateway.accept_timeout_s
+    # All choices share one prompt: it is counted once, as OpenAI does.
+    streams, prompt_tokens = await generation.start_metered(
+        bus(request), quota, jobs, timeout, lambda s: s[0].accepted.prompt_tokens if s[0].accepted else 0
+    )
     completion_id = f"chatcmpl-{request_id.removeprefix('req_')}"
     created = now()
     if body.stream:
-        events = _stream(body, streams, completion_id, created, prompt_tokens)
-        return sse.EventStreamResponse(events, generation.worker_header(streams))
+        parts = generation.metered(streams, quota, prompt_tokens)
+        events = _stream(body, parts, completion_id, created, prompt_tokens)
+        return sse.EventStreamResponse(events, {**generation.worker_header(streams), **quota.headers()})
 
-    choices = [generation.Choice(index=i) for i in range(body.n)]
-    async for index, chunk in generation.merged(streams, body.model):
-        choices[index].add(chunk)
+    choices = await generation.collect(streams, quota, prompt_tokens)
     completion_tokens = sum(c.completion_tokens for c in choices)
     return JSONResponse(
         {
@@ -73,13 +88,13 @@ async def create(request: Request) -> Response:
             ],
             "usage": generation.usage(prompt_tokens, completion_tokens),
         },
-        headers=generation.response_headers(streams, choices),
+        headers={**generation.response_headers(streams, choices), **quota.headers()},
     )
 
 
 async def _stream(
     body: ChatCompletionRequest,
-    streams: list[JobStream],
+    parts: AsyncGenerator[tuple[int, TextChunk], None],
     completion_id: str,
     created: int,
     prompt_tokens: int,
@@ -107,7 +122,7 @@ async def _stream(
         yield chunk([choice(i, {"role": "assistant", "content": ""})])
     completion_tokens = 0
     try:
-        async for index, part in generation.merged(streams, body.model):
+        async for index, part in parts:
             lp = logprobs_content(part.logprobs) if body.logprobs and part.logprobs else None
             if part.text or lp:
                 yield chunk([choice(index, {"content": part.text}, lp=lp)])

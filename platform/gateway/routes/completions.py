@@ -8,10 +8,10 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ember.bus.client import JobStream
-from ember.bus.messages import TextJob, TokenLogprob
+from ember.bus.messages import TextChunk, TextJob, TokenLogprob
 from ember.gateway import generation, sse
 from ember.gateway.errors import GatewayError
+from ember.gateway.quota import Quota
 from ember.gateway.routes.common import bus, check_model, now, parse_body, settings
 from ember.gateway.schemas import CompletionRequest
 
@@ -34,27 +34,41 @@ def legacy_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
 async def create(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
     check_model(request, body.model)
+    quota = await Quota.open(request, body.model)
     request_id: str = request.state.request_id
     prompts = body.prompts()
+    try:
+        max_tokens = quota.max_tokens(body.requested_max_tokens())
+    except GatewayError as e:
+        await quota.close(status=e.code or "error")
+        raise
     # Choice index = prompt index * n + sample index, as OpenAI numbers them.
     jobs = [
-        TextJob(request_id=f"{request_id}-{p}-{i}", model=body.model, prompt=prompt, sampling=body.sampling(i))
+        TextJob(
+            request_id=f"{request_id}-{p}-{i}",
+            model=body.model,
+            prompt=prompt,
+            sampling=body.sampling(i, max_tokens),
+            priority=quota.tier.priority,
+            key_id=quota.key.id,
+        )
         for p, prompt in enumerate(prompts)
         for i in range(body.n)
     ]
-    streams = await generation.start(bus(request), jobs, settings(request).gateway.accept_timeout_s)
+    timeout = settings(request).gateway.accept_timeout_s
     # Each prompt is counted once, however many samples it has.
-    prompt_tokens = sum(s.accepted.prompt_tokens for s in streams[:: body.n] if s.accepted)
+    streams, prompt_tokens = await generation.start_metered(
+        bus(request), quota, jobs, timeout, lambda s: sum(x.accepted.prompt_tokens for x in s[:: body.n] if x.accepted)
+    )
     completion_id = f"cmpl-{request_id.removeprefix('req_')}"
     created = now()
     echoes = [prompts[i // body.n] if body.echo else "" for i in range(len(jobs))]
     if body.stream:
-        events = _stream(body, streams, echoes, completion_id, created, prompt_tokens)
-        return sse.EventStreamResponse(events, generation.worker_header(streams))
+        parts = generation.metered(streams, quota, prompt_tokens)
+        events = _stream(body, parts, echoes, completion_id, created, prompt_tokens)
+        return sse.EventStreamResponse(events, {**generation.worker_header(streams), **quota.headers()})
 
-    choices = [generation.Choice(index=i) for i in range(len(jobs))]
-    async for index, chunk in generation.merged(streams, body.model):
-        choices[index].add(chunk)
+    choices = await generation.collect(streams, quota, prompt_tokens)
     completion_tokens = sum(c.completion_tokens for c in choices)
     return JSONResponse(
         {
@@ -67,22 +81,20 @@ async def create(request: Request) -> Response:
                 {
                     "index": c.index,
                     "text": echoes[c.index] + "".join(c.text),
-                    "logprobs": legacy_logprobs(c.logprobs, len(echoes[c.index]))
-                    if body.logprobs is not None
-                    else None,
+                    "logprobs": None if body.logprobs is None else legacy_logprobs(c.logprobs, len(echoes[c.index])),
                     "finish_reason": generation.finish_reason(c.status),
                 }
                 for c in choices
             ],
             "usage": generation.usage(prompt_tokens, completion_tokens),
         },
-        headers=generation.response_headers(streams, choices),
+        headers={**generation.response_headers(streams, choices), **quota.headers()},
     )
 
 
 async def _stream(
     body: CompletionRequest,
-    streams: list[JobStream],
+    parts: AsyncGenerator[tuple[int, TextChunk], None],
     echoes: list[str],
     completion_id: str,
     created: int,
@@ -109,7 +121,7 @@ async def _stream(
             yield chunk([{"index": i, "text": echo, "logprobs": None, "finish_reason": None}])
     completion_tokens = 0
     try:
-        async for index, part in generation.merged(streams, body.model):
+        async for index, part in parts:
             lp = None
             if body.logprobs is not None and part.logprobs:
                 lp = legacy_logprobs(part.logprobs, offsets[index])

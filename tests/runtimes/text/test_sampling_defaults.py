@@ -19,9 +19,9 @@ def write_generation_config(folder: Path, **values: object) -> Path:
 
 
 def test_the_gateway_leaves_unset_fields_unset() -> None:
-    params = ChatCompletionRequest(model="m", messages=MSG).sampling(0)  # type: ignore[arg-type]
+    params = ChatCompletionRequest(model="m", messages=MSG).sampling(0, None)  # type: ignore[arg-type]
     assert (params.temperature, params.top_p, params.top_k) == (None, None, None)
-    params = ChatCompletionRequest(model="m", messages=MSG, temperature=0.7, top_p=0).sampling(0)  # type: ignore[arg-type]
+    params = ChatCompletionRequest(model="m", messages=MSG, temperature=0.7, top_p=0).sampling(0, None)  # type: ignore[arg-type]
     assert params.temperature == 0.0  # top_p=0 means only the most likely token
 
 

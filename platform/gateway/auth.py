@@ -1,0 +1,94 @@
+"""API keys at the gateway: a pure ASGI middleware that lets a request in only with a live key.
+
+Where it sits: inside ``RequestIdMiddleware`` (so a 401 carries ``x-request-id``) and outside the body limit and
+the routes (so a request without a key is refused before its body is read)::
+
+    RequestIdMiddleware -> AuthMiddleware -> BodyLimitMiddleware -> routes
+
+What it does with ``Authorization: Bearer <secret>``:
+
+- ``/healthz``, ``/readyz`` and the admin API (``/v1/admin/...``, which checks the admin key itself) pass as they are;
+- every other request needs a live key: no header, a malformed secret, an unknown one and a revoked one all get
+  the same 401, byte for byte, so a caller learns nothing about which keys exist;
+- a good key lands on ``request.state.api_key`` (an ``ApiKey``) for the routes and the rate limiter;
+- with ``auth.enabled = false`` nothing is checked and every request carries ``anonymous_key(auth.anonymous_tier)``.
+
+The key store is ``app.state.key_store``, which the app's lifespan starts (it needs the NATS connection), so the
+middleware finds it per request, as the routes find ``app.state.bus``. ``KeyStore.authenticate`` answers from
+memory, so this adds no network round trip to a request.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ember.auth.interface import KeyStore
+from ember.auth.keys import ApiKey, anonymous_key
+from ember.config import Settings
+from ember.gateway.errors import AuthenticationError, ServiceUnavailable, error_response
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+ADMIN_PREFIX = "/v1/admin"
+# Admin routes outside /v1/admin (OpenAI-style names); like those, they check the admin key themselves.
+ADMIN_PATHS = frozenset({"/v1/usage"})
+
+# One message for every refusal: which of "missing", "malformed", "unknown" and "revoked" it was is not said.
+INVALID_KEY_MESSAGE = "Incorrect API key provided. Send a valid Ember key as 'Authorization: Bearer em_...'."
+
+
+def bearer_token(scope: Scope) -> str | None:
+    """The credentials of the first ``Authorization: Bearer ...`` header, or None."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+def key_store(app: object) -> KeyStore:
+    """The app's running key store (503 if the app has none: auth is on but the store did not start)."""
+    store = getattr(getattr(app, "state", None), "key_store", None)
+    if not isinstance(store, KeyStore):
+        raise ServiceUnavailable("the API key store is not running", code="key_store_unavailable")
+    return store
+
+
+def current_key(request: Request) -> ApiKey:
+    """The key a request was let in with (the anonymous one when auth is off)."""
+    key: ApiKey = request.state.api_key
+    return key
+
+
+def _is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path in ADMIN_PATHS or path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
+
+
+class AuthMiddleware:
+    """Refuse requests without a live API key with 401; put the key on ``request.state.api_key``."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.enabled = settings.auth.enabled
+        self.anonymous = anonymous_key(settings.auth.anonymous_tier)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = scope.setdefault("state", {})
+        if not self.enabled:
+            state["api_key"] = self.anonymous
+        elif not _is_open(scope["path"]):
+            secret = bearer_token(scope)
+            try:
+                key = None if secret is None else await key_store(scope.get("app")).authenticate(secret)
+            except ServiceUnavailable as e:  # out here the app's exception handlers do not apply
+                await error_response(e, state.get("request_id"))(scope, receive, send)
+                return
+            if key is None:
+                error = AuthenticationError(INVALID_KEY_MESSAGE)
+                await error_response(error, state.get("request_id"))(scope, receive, send)
+                return
+            state["api_key"] = key
+        await self.app(scope, receive, send)

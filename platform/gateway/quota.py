@@ -1,0 +1,139 @@
+"""What one request may use, and what it leaves behind: its key's tier, limits, and usage record.
+
+A generation route goes through a Quota in two steps, so that no model work is done for a key over its limits
+and token limits count the prompt's real tokens, not a guess::
+
+    quota = await Quota.open(request, model)      # tier, a concurrency slot, one request admitted    -> 429
+    ... publish the jobs; the workers accept them and report the prompt's exact token count ...
+    await quota.admit_tokens(prompt, reserved)     # prompt + max_tokens admitted (jobs cancelled)      -> 429
+    ... stream or collect; quota.headers() go on the response ...
+    await quota.close(usage, status)               # refund unused tokens, free the slot, write usage
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from nats.js import JetStreamContext
+from starlette.requests import Request
+
+from ember.auth.keys import ApiKey
+from ember.bus.messages import Modality, UsageRecord
+from ember.config import ConfigError, Settings
+from ember.gateway.auth import current_key
+from ember.gateway.errors import InvalidRequest, PermissionDenied, ServiceUnavailable
+from ember.limits.headers import RateLimitExceeded, rate_limit_headers
+from ember.limits.interface import Cost, Decision, Lease, LimiterUnavailable, RateLimiter
+from ember.limits.tiers import Tier
+from ember.usage import stream as usage_stream
+
+log = logging.getLogger("ember.gateway.quota")
+
+
+@dataclass
+class Quota:
+    request_id: str
+    key: ApiKey
+    tier: Tier
+    model: str
+    limiter: RateLimiter | None
+    usage: JetStreamContext | None
+    modality: Modality = Modality.TEXT
+    lease: Lease | None = None
+    decision: Decision | None = None
+    reserved: Cost = field(default_factory=lambda: Cost(requests=0))
+    started: float = field(default_factory=time.perf_counter)
+    closed: bool = False
+
+    @classmethod
+    async def open(cls, request: Request, model: str) -> Quota:
+        """Check the key's tier, take a concurrency slot and admit one request; raises 429 / 503."""
+        settings: Settings = request.app.state.settings
+        key = current_key(request)
+        try:
+            tier = settings.tier(key.tier)
+        except ConfigError:
+            raise PermissionDenied(f"this key's tier {key.tier!r} is not configured on this server") from None
+        quota = cls(
+            request_id=request.state.request_id,
+            key=key,
+            tier=tier,
+            model=model,
+            limiter=getattr(request.app.state, "limiter", None),
+            usage=getattr(request.app.state, "usage", None),
+        )
+        if quota.limiter is None:
+            return quota
+        try:
+            quota.lease = await quota.limiter.acquire_slot(key.id, tier)
+            if quota.lease is None:
+                raise RateLimitExceeded.too_many_concurrent(tier.concurrent_requests or 0)
+            quota.decision = await quota.limiter.admit(key.id, tier, Cost(requests=1))
+        except LimiterUnavailable as e:
+            await quota.close(status="limiter_unavailable")
+            raise ServiceUnavailable(f"rate limits cannot be checked right now: {e}", code="limiter_unavailable") from e
+        except RateLimitExceeded:
+            await quota.close(status="rate_limit_exceeded")
+            raise
+        if not quota.decision.allowed:
+            await quota.close(status="rate_limit_exceeded")
+            raise RateLimitExceeded.from_decision(quota.decision)
+        return quota
+
+    def max_tokens(self, requested: int | None) -> int | None:
+        """The request's max_tokens within its tier's cap (the cap when it asked for none)."""
+        cap = self.tier.max_tokens_per_request
+        if requested is not None and cap is not None and requested > cap:
+            raise InvalidRequest(
+                f"max_tokens={requested} exceeds this key's tier limit of {cap} tokens per request",
+                code="max_tokens_exceeds_tier",
+                param="max_tokens",
+            )
+        return requested if requested is not None else cap
+
+    async def admit_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Admit the prompt's tokens and the most the completion may use; raises 429 (or 503)."""
+        if self.limiter is None:
+            return
+        cost = Cost(requests=0, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        try:
+            decision = await self.limiter.admit(self.key.id, self.tier, cost)
+        except LimiterUnavailable as e:
+            raise ServiceUnavailable(f"rate limits cannot be checked right now: {e}", code="limiter_unavailable") from e
+        self.decision = decision
+        if not decision.allowed:
+            raise RateLimitExceeded.from_decision(decision)
+        self.reserved = cost
+
+    def headers(self) -> dict[str, str]:
+        """The x-ratelimit-* headers of the latest admission (every response carries them)."""
+        return rate_limit_headers(self.decision) if self.decision is not None else {}
+
+    async def close(self, prompt_tokens: int = 0, completion_tokens: int = 0, status: str = "ok") -> None:
+        """Settle the tokens, free the slot and record the usage; safe to call more than once."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.limiter is not None:
+            actual = Cost(requests=0, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+            if self.reserved != Cost(requests=0):
+                await self.limiter.reconcile(self.key.id, self.tier, self.reserved, actual)
+            if self.lease is not None:
+                await self.limiter.release(self.lease)
+        if self.usage is not None:
+            record = UsageRecord(
+                request_id=self.request_id,
+                key_id=self.key.id,
+                model=self.model,
+                modality=self.modality,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                duration_ms=(time.perf_counter() - self.started) * 1000,
+                status=status,
+            )
+            try:
+                await usage_stream.record(self.usage, record)
+            except Exception as e:  # usage must never fail the request it describes
+                log.warning("usage record for %s not written: %s", self.request_id, e)

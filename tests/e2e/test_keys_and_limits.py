@@ -1,0 +1,177 @@
+"""Issue 3 end to end: keys, tiers, limits and usage on the real gateway, NATS and a tiny-model worker."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+
+from ember.config import load_settings
+from ember.limits.tiers import Tier
+from ember.usage import stream as usage_stream
+from tests.conftest import TINY
+from tests.helpers.cluster import GatewayThread
+
+ADMIN = "admin-" + "x" * 24
+TIGHT = Tier(
+    requests_per_minute=3,
+    burst_fraction=0.0,
+    concurrent_requests=1,
+    max_tokens_per_request=8,
+    prompt_tokens_per_minute=100_000,
+    completion_tokens_per_minute=100_000,
+    priority=5,
+)
+
+
+@pytest.fixture(scope="module")
+def secured(cluster_config: Path, nats_url: str, tiny_worker: str) -> Iterator[str]:
+    """A second gateway on the same NATS and worker, with keys required and a tight tier."""
+    base = load_settings(cluster_config)
+    settings = base.model_copy(
+        update={
+            "auth": base.auth.model_copy(update={"enabled": True, "admin_key": ADMIN}),
+            "tiers": {**base.tiers, "tight": TIGHT},
+        }
+    )
+    gw = GatewayThread(settings, nats_url).start()
+    yield gw.url
+    gw.stop()
+
+
+def admin(url: str, method: str, path: str, **kw: object) -> httpx.Response:
+    return httpx.request(method, f"{url}/v1/admin{path}", headers={"authorization": f"Bearer {ADMIN}"}, **kw)  # type: ignore[arg-type]
+
+
+def new_key(url: str, tier: str = "tight") -> dict:
+    r = admin(url, "POST", "/keys", json={"tier": tier, "name": "e2e"})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def chat(url: str, secret: str | None, **body: object) -> httpx.Response:
+    headers = {"authorization": f"Bearer {secret}"} if secret else {}
+    payload = {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **body}
+    return httpx.post(f"{url}/v1/chat/completions", json=payload, headers=headers, timeout=60)
+
+
+def test_requests_without_a_valid_key_get_the_same_401(secured: str) -> None:
+    revoked = new_key(secured)
+    admin(secured, "DELETE", f"/keys/{revoked['id']}")
+    bodies = set()
+    for secret in (None, "not-a-key", "em_" + "A" * 43, revoked["secret"]):
+        r = chat(secured, secret)
+        assert r.status_code == 401, (secret, r.text)
+        bodies.add(r.content)
+    assert len(bodies) == 1
+    assert httpx.get(f"{secured}/healthz").status_code == 200
+
+
+def test_a_key_is_limited_by_its_tier(secured: str) -> None:
+    key = new_key(secured)["secret"]
+    ok = chat(secured, key)
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["x-ratelimit-limit-requests"] == "3"
+    remaining = [int(ok.headers["x-ratelimit-remaining-requests"])]
+    assert {"x-ratelimit-reset-requests", "x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens"} <= set(ok.headers)
+
+    too_long = chat(secured, key, max_tokens=100)
+    assert too_long.status_code == 400 and too_long.json()["error"]["code"] == "max_tokens_exceeds_tier"
+
+    statuses = []
+    for _ in range(4):
+        r = chat(secured, key)
+        statuses.append(r.status_code)
+        if r.status_code == 200:
+            remaining.append(int(r.headers["x-ratelimit-remaining-requests"]))
+        else:
+            limited = r
+    assert statuses.count(429) >= 1 and remaining == sorted(remaining, reverse=True)
+    error = limited.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and "requests per min" in error["message"]
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.headers["x-ratelimit-remaining-requests"] == "0"
+
+
+def test_another_key_of_the_same_tier_is_not_affected(secured: str) -> None:
+    greedy, other = new_key(secured)["secret"], new_key(secured)["secret"]
+    while chat(secured, greedy).status_code == 200:
+        pass
+    assert chat(secured, other).status_code == 200
+
+
+def test_revocation_is_seen_at_once_and_tier_changes_apply(secured: str) -> None:
+    key = new_key(secured)
+    assert chat(secured, key["secret"]).status_code == 200
+    assert admin(secured, "PATCH", f"/keys/{key['id']}", json={"tier": "pro"}).json()["tier"] == "pro"
+    deadline = time.monotonic() + 5
+    while chat(secured, key["secret"]).headers.get("x-ratelimit-limit-requests") != "600":
+        assert time.monotonic() < deadline, "the new tier did not apply"
+    admin(secured, "DELETE", f"/keys/{key['id']}")
+    deadline = time.monotonic() + 5
+    while chat(secured, key["secret"]).status_code != 401:
+        assert time.monotonic() < deadline, "the revoked key still works"
+
+
+def test_the_tier_sets_the_jobs_priority_and_the_prompt_tokens_are_charged(secured: str) -> None:
+    key = new_key(secured, tier="pro")["secret"]
+    r = chat(secured, key, max_tokens=5, temperature=0, ignore_eos=True)
+    assert r.status_code == 200
+    # The token headers count the prompt the worker really tokenized, plus the reserved max_tokens.
+    assert int(r.headers["x-ratelimit-remaining-tokens"]) < 400_000
+
+
+def test_every_request_leaves_one_usage_record(secured: str, nats_url: str) -> None:
+    created = new_key(secured)
+    secret = created["secret"]
+    responses = [chat(secured, secret) for _ in range(5)]
+    assert [r.status_code for r in responses].count(429) == 2
+    served = [r.json()["usage"] for r in responses if r.status_code == 200]
+    assert len(served) == 3
+
+    async def totals() -> list:
+        nc = await nats.connect(nats_url)
+        try:
+            return await usage_stream.summarize(nc.jetstream(), key_id=created["id"])
+        finally:
+            await nc.close()
+
+    [summary] = asyncio.run(totals())
+    assert summary.model == TINY and summary.requests == 5 and summary.errors == 2
+    assert summary.prompt_tokens == sum(u["prompt_tokens"] for u in served)
+    assert summary.completion_tokens == sum(u["completion_tokens"] for u in served)
+
+
+def test_usage_summaries_over_http_and_the_cli(secured: str, nats_url: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    created = new_key(secured, tier="pro")
+    for _ in range(2):
+        assert chat(secured, created["secret"]).status_code == 200
+    r = httpx.get(
+        f"{secured}/v1/usage",
+        params={"key_id": created["id"], "since": "1h"},
+        headers={"authorization": f"Bearer {ADMIN}"},
+    )
+    assert r.status_code == 200, r.text
+    [row] = r.json()["data"]
+    assert row["key_id"] == created["id"] and row["requests"] == 2
+    assert httpx.get(f"{secured}/v1/usage").status_code == 401
+    bad = httpx.get(f"{secured}/v1/usage", params={"since": "soon"}, headers={"authorization": f"Bearer {ADMIN}"})
+    assert bad.status_code == 400
+
+    out = subprocess.run(
+        [sys.executable, "-m", "ember.cli", "usage", "--nats", nats_url, "--key", created["id"], "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)[0]["requests"] == 2
