@@ -133,8 +133,8 @@ def serve(settings: Settings, *, nats_url: str | None, only: list[str] | None, c
         print(f"ember: joining NATS at {nats_url}", flush=True)
     if not settings.auth.enabled:
         print(
-            "ember: WARNING: DEV MODE: API keys are off; anyone who can reach the gateway can use it "
-            f"(as tier {settings.auth.anonymous_tier!r}). Never expose this.",
+            "ember: WARNING: DEV MODE: API keys and rate limits are off; anyone who can reach the gateway "
+            "can use it. Never expose this.",
             flush=True,
         )
     else:

@@ -40,7 +40,8 @@ def create_app(settings: Settings, nats_url: str) -> Starlette:
         js = nc.jetstream()
         await usage_stream.ensure_stream(js)
         app.state.usage = js
-        app.state.limiter = await NatsRateLimiter.open(nc)
+        # Dev mode (auth off) has no keys to limit: requests run unmetered, though their usage is still recorded.
+        app.state.limiter = await NatsRateLimiter.open(nc) if settings.auth.enabled else None
         store: NatsKeyStore | None = None
         # The admin API manages keys in dev mode too, whenever an admin key is set.
         if settings.auth.enabled or settings.auth.admin_key:
@@ -52,7 +53,8 @@ def create_app(settings: Settings, nats_url: str) -> Starlette:
         finally:
             if store is not None:
                 await store.stop()
-            await app.state.limiter.close()
+            if app.state.limiter is not None:
+                await app.state.limiter.close()
             await client.stop()
             await nc.drain()
 
