@@ -60,7 +60,8 @@ async def start_metered(
         prompt_tokens = count_prompt(streams)
         await admit_tokens(quota, streams, prompt_tokens)
     except GatewayError as e:
-        await quota.close(status=e.code or "error")
+        # Nothing was generated: a 503 (no worker, workers full) is the platform's failure, not the key's.
+        await quota.close(status=e.code or "error", refund=e.status == 503)
         raise
     return streams, prompt_tokens
 

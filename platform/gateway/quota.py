@@ -111,13 +111,21 @@ class Quota:
         """The x-ratelimit-* headers of the latest admission (every response carries them)."""
         return rate_limit_headers(self.decision) if self.decision is not None else {}
 
-    async def close(self, prompt_tokens: int = 0, completion_tokens: int = 0, status: str = "ok") -> None:
-        """Settle the tokens, free the slot and record the usage; safe to call more than once."""
+    async def close(
+        self, prompt_tokens: int = 0, completion_tokens: int = 0, status: str = "ok", *, refund: bool = False
+    ) -> None:
+        """Settle the tokens, free the slot and record the usage; safe to call more than once.
+
+        ``refund``: the platform, not the client, failed the request before any generation (no worker, workers
+        overloaded): the request is given back to the key's limit, since a 503 must not cost quota.
+        """
         if self.closed:
             return
         self.closed = True
         if self.limiter is not None:
             actual = Cost(requests=0, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+            if refund and self.decision is not None and self.decision.allowed:
+                await self.limiter.reconcile(self.key.id, self.tier, Cost(requests=1), Cost(requests=0))
             if self.reserved != Cost(requests=0):
                 await self.limiter.reconcile(self.key.id, self.tier, self.reserved, actual)
             if self.lease is not None:

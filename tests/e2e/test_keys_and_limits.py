@@ -175,3 +175,11 @@ def test_usage_summaries_over_http_and_the_cli(secured: str, nats_url: str) -> N
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)[0]["requests"] == 2
+
+
+def test_a_503_from_the_platform_costs_no_quota(secured: str) -> None:
+    key = new_key(secured)["secret"]  # 3 requests per minute, no burst
+    for _ in range(5):
+        r = chat(secured, key, model="tiny-unserved")  # configured, but no worker serves it
+        assert r.status_code == 503 and r.json()["error"]["code"] == "no_worker"
+    assert [chat(secured, key).status_code for _ in range(3)] == [200, 200, 200]
