@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
+
+import anyio
 
 from ember.bus.client import JobClient, JobRefused, JobStream
 from ember.bus.errors import NoWorkerError, ReplyTimeoutError, WorkerLostError
@@ -47,6 +49,16 @@ async def start(bus: JobClient, jobs: list[TextJob], accept_timeout_s: float) ->
     return streams
 
 
+async def settled(cleanup: Awaitable[None]) -> None:
+    """Run a cleanup to the end even when the request is being cancelled (the client went away).
+
+    NOTE: anyio cancellation is level-triggered: inside a cancelled scope every await is cancelled again, so a
+    ``finally`` that settles the quota or cancels jobs would stop at its first await without the shield.
+    """
+    with anyio.CancelScope(shield=True):
+        await cleanup
+
+
 async def start_metered(
     bus: JobClient,
     quota: Quota,
@@ -71,13 +83,14 @@ async def collect(streams: list[JobStream], quota: Quota, prompt_tokens: int) ->
     choices = [Choice(index=i) for i in range(len(streams))]
     status = "ok"
     try:
-        async for index, chunk in merged(streams, quota.model):
-            choices[index].add(chunk)
+        async with contextlib.aclosing(merged(streams, quota.model)) as parts:
+            async for index, chunk in parts:
+                choices[index].add(chunk)
     except GatewayError as e:
         status = e.code or "error"
         raise
     finally:
-        await quota.close(prompt_tokens, sum(len(c.token_ids) for c in choices), status)
+        await settled(quota.close(prompt_tokens, sum(len(c.token_ids) for c in choices), status))
     return choices
 
 
@@ -87,15 +100,18 @@ async def metered(
     """``merged``, closing the quota at the end with what was generated, also when the client goes away."""
     produced, status = 0, "client_closed"
     try:
-        async for index, chunk in merged(streams, quota.model):
-            produced += len(chunk.token_ids)
-            yield index, chunk
+        # NOTE: closing an async generator does not close the one it iterates; aclosing does, so that the
+        # jobs are cancelled and the quota settled the moment the client goes, not when the GC gets to it.
+        async with contextlib.aclosing(merged(streams, quota.model)) as parts:
+            async for index, chunk in parts:
+                produced += len(chunk.token_ids)
+                yield index, chunk
         status = "ok"
     except GatewayError as e:
         status = e.code or "error"
         raise
     finally:
-        await quota.close(prompt_tokens, produced, status)
+        await settled(quota.close(prompt_tokens, produced, status))
 
 
 async def admit_tokens(quota: Quota, streams: list[JobStream], prompt_tokens: int) -> None:
@@ -176,7 +192,8 @@ async def merged(streams: list[JobStream], model: str) -> AsyncGenerator[tuple[i
         except (JobRefused, WorkerLostError, NoWorkerError) as e:
             raise bus_error(e, model) from e
         finally:
-            await streams[0].cancel()
+            with anyio.CancelScope(shield=True):  # see settled()
+                await streams[0].cancel()
         return
 
     queue: asyncio.Queue[tuple[int, TextChunk | BaseException | None]] = asyncio.Queue()
@@ -207,8 +224,9 @@ async def merged(streams: list[JobStream], model: str) -> AsyncGenerator[tuple[i
     finally:
         for t in tasks:
             t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
-        for s in streams:
-            await s.cancel()
+        with anyio.CancelScope(shield=True):  # see settled()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            for s in streams:
+                await s.cancel()

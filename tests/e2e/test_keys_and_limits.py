@@ -28,6 +28,23 @@ TIGHT = Tier(
     priority=5,
 )
 
+# 20 completion tokens a minute (22 with the burst): two 8-token requests fit, a third does not.
+TOKENS = Tier(
+    requests_per_minute=1000,
+    completion_tokens_per_minute=20,
+    prompt_tokens_per_minute=100_000,
+    concurrent_requests=10,
+    max_tokens_per_request=None,
+)
+# One request at a time.
+SOLO = Tier(
+    requests_per_minute=1000,
+    concurrent_requests=1,
+    prompt_tokens_per_minute=1_000_000,
+    completion_tokens_per_minute=1_000_000,
+    max_tokens_per_request=None,
+)
+
 
 @pytest.fixture(scope="module")
 def secured(cluster_config: Path, nats_url: str, tiny_worker: str) -> Iterator[str]:
@@ -36,7 +53,7 @@ def secured(cluster_config: Path, nats_url: str, tiny_worker: str) -> Iterator[s
     settings = base.model_copy(
         update={
             "auth": base.auth.model_copy(update={"enabled": True, "admin_key": ADMIN}),
-            "tiers": {**base.tiers, "tight": TIGHT},
+            "tiers": {**base.tiers, "tight": TIGHT, "tokens": TOKENS, "solo": SOLO},
         }
     )
     gw = GatewayThread(settings, nats_url).start()
@@ -183,3 +200,64 @@ def test_a_503_from_the_platform_costs_no_quota(secured: str) -> None:
         r = chat(secured, key, model="tiny-unserved")  # configured, but no worker serves it
         assert r.status_code == 503 and r.json()["error"]["code"] == "no_worker"
     assert [chat(secured, key).status_code for _ in range(3)] == [200, 200, 200]
+
+
+def test_token_limits_count_max_tokens_and_refund_what_was_not_used(secured: str) -> None:
+    key = new_key(secured, tier="tokens")["secret"]
+    # Each reserves 8 completion tokens but stops after 2: 6 come back, so many fit in the 22.
+    for _ in range(5):
+        r = chat(secured, key, max_tokens=8, stop=None, ignore_eos=False, temperature=0, seed=1)
+        assert r.status_code == 200, r.text
+        if r.json()["usage"]["completion_tokens"] == 8:
+            break
+    spender = new_key(secured, tier="tokens")["secret"]
+    codes = [chat(secured, spender, max_tokens=8, ignore_eos=True).status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+    denied = chat(secured, spender, max_tokens=8, ignore_eos=True)
+    assert denied.status_code == 429 and denied.json()["error"]["type"] == "tokens"
+    assert int(denied.headers["retry-after"]) >= 1
+    # A request that could never fit (more than the whole bucket) says so, with no Retry-After.
+    never = chat(secured, spender, max_tokens=100, ignore_eos=True)
+    assert never.status_code == 429 and "never fit" in never.json()["error"]["message"]
+
+
+def test_concurrent_requests_beyond_the_tier_get_429(secured: str) -> None:
+    key = new_key(secured, tier="solo")["secret"]
+    body = {
+        "model": TINY,
+        "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": 480,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    with httpx.stream(
+        "POST", f"{secured}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=60
+    ) as first:
+        assert first.status_code == 200
+        lines = first.iter_lines()  # NOTE: keep it referenced; a collected iterator makes httpx hang up
+        next(lines)  # the first request is running
+        second = chat(secured, key)
+        assert second.status_code == 429 and "concurrent" in second.json()["error"]["message"]
+        assert sum(1 for _ in lines) > 400  # the first one ran to the end, undisturbed
+    deadline = time.monotonic() + 10
+    while (r := chat(secured, key)).status_code != 200:  # the slot is freed when the first one ends
+        assert time.monotonic() < deadline, r.text
+
+
+def test_a_client_that_hangs_up_gives_its_slot_back_at_once(secured: str) -> None:
+    key = new_key(secured, tier="solo")["secret"]
+    body = {
+        "model": TINY,
+        "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": 480,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    headers = {"authorization": f"Bearer {key}"}
+    with httpx.stream("POST", f"{secured}/v1/chat/completions", json=body, headers=headers, timeout=60) as first:
+        lines = first.iter_lines()
+        next(lines)
+    # Hung up mid-stream. The slot comes back when the gateway notices, not when its 30 s lease lapses.
+    started = time.monotonic()
+    while (r := chat(secured, key)).status_code != 200:
+        assert time.monotonic() - started < 5, r.text

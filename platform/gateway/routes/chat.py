@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -117,22 +118,23 @@ async def _stream(
     def choice(index: int, delta: dict[str, Any], finish: str | None = None, lp: Any = None) -> dict[str, Any]:
         return {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish}
 
-    # OpenAI opens every choice with the role and an empty content.
-    for i in range(body.n):
-        yield chunk([choice(i, {"role": "assistant", "content": ""})])
-    completion_tokens = 0
-    try:
-        async for index, part in parts:
-            lp = logprobs_content(part.logprobs) if body.logprobs and part.logprobs else None
-            if part.text or lp:
-                yield chunk([choice(index, {"content": part.text}, lp=lp)])
-            if part.finished:
-                completion_tokens += part.usage.completion_tokens if part.usage else 0
-                yield chunk([choice(index, {}, generation.finish_reason(part.status))])
-    except GatewayError as e:
-        yield sse.event(e.body())
+    async with contextlib.aclosing(parts):  # settles the quota at once if the client goes
+        # OpenAI opens every choice with the role and an empty content.
+        for i in range(body.n):
+            yield chunk([choice(i, {"role": "assistant", "content": ""})])
+        completion_tokens = 0
+        try:
+            async for index, part in parts:
+                lp = logprobs_content(part.logprobs) if body.logprobs and part.logprobs else None
+                if part.text or lp:
+                    yield chunk([choice(index, {"content": part.text}, lp=lp)])
+                if part.finished:
+                    completion_tokens += part.usage.completion_tokens if part.usage else 0
+                    yield chunk([choice(index, {}, generation.finish_reason(part.status))])
+        except GatewayError as e:
+            yield sse.event(e.body())
+            yield sse.DONE
+            return
+        if include_usage:
+            yield chunk([], generation.usage(prompt_tokens, completion_tokens))
         yield sse.DONE
-        return
-    if include_usage:
-        yield chunk([], generation.usage(prompt_tokens, completion_tokens))
-    yield sse.DONE

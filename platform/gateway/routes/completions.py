@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -116,25 +117,26 @@ async def _stream(
             data["usage"] = usage
         return sse.event(data)
 
-    for i, echo in enumerate(echoes):
-        if echo:
-            yield chunk([{"index": i, "text": echo, "logprobs": None, "finish_reason": None}])
-    completion_tokens = 0
-    try:
-        async for index, part in parts:
-            lp = None
-            if body.logprobs is not None and part.logprobs:
-                lp = legacy_logprobs(part.logprobs, offsets[index])
-            offsets[index] += len(part.text)
-            finish = generation.finish_reason(part.status) if part.finished else None
-            if part.text or lp or finish:
-                yield chunk([{"index": index, "text": part.text, "logprobs": lp, "finish_reason": finish}])
-            if part.finished and part.usage:
-                completion_tokens += part.usage.completion_tokens
-    except GatewayError as e:
-        yield sse.event(e.body())
+    async with contextlib.aclosing(parts):  # settles the quota at once if the client goes
+        for i, echo in enumerate(echoes):
+            if echo:
+                yield chunk([{"index": i, "text": echo, "logprobs": None, "finish_reason": None}])
+        completion_tokens = 0
+        try:
+            async for index, part in parts:
+                lp = None
+                if body.logprobs is not None and part.logprobs:
+                    lp = legacy_logprobs(part.logprobs, offsets[index])
+                offsets[index] += len(part.text)
+                finish = generation.finish_reason(part.status) if part.finished else None
+                if part.text or lp or finish:
+                    yield chunk([{"index": index, "text": part.text, "logprobs": lp, "finish_reason": finish}])
+                if part.finished and part.usage:
+                    completion_tokens += part.usage.completion_tokens
+        except GatewayError as e:
+            yield sse.event(e.body())
+            yield sse.DONE
+            return
+        if include_usage:
+            yield chunk([], generation.usage(prompt_tokens, completion_tokens))
         yield sse.DONE
-        return
-    if include_usage:
-        yield chunk([], generation.usage(prompt_tokens, completion_tokens))
-    yield sse.DONE
