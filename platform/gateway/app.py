@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -23,6 +24,23 @@ from ember.limits.nats_kv import NatsRateLimiter
 from ember.usage import stream as usage_stream
 
 log = logging.getLogger("ember.gateway")
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    errors.GatewayError: errors.handle_gateway_error,
+    HTTPException: errors.handle_http_exception,
+    Exception: errors.handle_unexpected,
+}
+
+
+def middleware(settings: Settings) -> list[Middleware]:
+    """The gateway's middleware, outermost first."""
+    return [
+        Middleware(RequestIdMiddleware),
+        # Before the body is read: a request without a valid key costs us no more than its headers.
+        Middleware(AuthMiddleware, settings=settings),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes),
+    ]
 
 
 def create_app(settings: Settings, nats_url: str) -> Starlette:
@@ -69,17 +87,8 @@ def create_app(settings: Settings, nats_url: str) -> Starlette:
             *admin.routes(),
             Route("/v1/usage", usage.summary, methods=["GET"]),
         ],
-        middleware=[
-            Middleware(RequestIdMiddleware),
-            # Before the body is read: a request without a valid key costs us no more than its headers.
-            Middleware(AuthMiddleware, settings=settings),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes),
-        ],
-        exception_handlers={
-            errors.GatewayError: errors.handle_gateway_error,
-            HTTPException: errors.handle_http_exception,
-            Exception: errors.handle_unexpected,
-        },
+        middleware=middleware(settings),
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.settings = settings

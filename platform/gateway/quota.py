@@ -82,10 +82,11 @@ class Quota:
             raise RateLimitExceeded.from_decision(quota.decision)
         return quota
 
-    def max_tokens(self, requested: int | None) -> int | None:
-        """The request's max_tokens within its tier's cap (the cap when it asked for none)."""
+    async def max_tokens(self, requested: int | None) -> int | None:
+        """The request's max_tokens within its tier's cap (the cap when it asked for none); over it, a 400."""
         cap = self.tier.max_tokens_per_request
         if requested is not None and cap is not None and requested > cap:
+            await self.close(status="max_tokens_exceeds_tier")
             raise InvalidRequest(
                 f"max_tokens={requested} exceeds this key's tier limit of {cap} tokens per request",
                 code="max_tokens_exceeds_tier",

@@ -8,8 +8,6 @@ from typing import Any
 import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -17,9 +15,8 @@ from starlette.routing import Route
 from ember.auth.keys import new_secret
 from ember.auth.nats_kv import NatsKeyStore
 from ember.config import Settings
-from ember.gateway import errors
-from ember.gateway.auth import AuthMiddleware, current_key
-from ember.gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from ember.gateway import app as ember_app
+from ember.gateway.auth import current_key
 from ember.gateway.routes import admin, health
 
 ADMIN = "admin-" + "s3cret" * 4
@@ -45,16 +42,8 @@ def gateway_app(settings: Settings, store: NatsKeyStore | None) -> Starlette:
             Route("/v1/whoami", whoami, methods=["GET", "POST"]),
             *admin.routes(),
         ],
-        middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(AuthMiddleware, settings=settings),
-            Middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes),
-        ],
-        exception_handlers={
-            errors.GatewayError: errors.handle_gateway_error,
-            HTTPException: errors.handle_http_exception,
-            Exception: errors.handle_unexpected,
-        },
+        middleware=ember_app.middleware(settings),
+        exception_handlers=ember_app.EXCEPTION_HANDLERS,
     )
     app.state.settings = settings
     app.state.key_store = store

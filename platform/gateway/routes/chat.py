@@ -38,14 +38,10 @@ def logprobs_content(entries: list[TokenLogprob]) -> dict[str, Any]:
 async def create(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     check_model(request, body.model)
+    messages = to_job_messages(body)  # every check of the request itself comes before any quota is spent
     quota = await Quota.open(request, body.model)
     request_id: str = request.state.request_id
-    try:
-        messages = to_job_messages(body)
-        max_tokens = quota.max_tokens(body.requested_max_tokens())
-    except GatewayError as e:
-        await quota.close(status=e.code or "error")
-        raise
+    max_tokens = await quota.max_tokens(body.requested_max_tokens())
     jobs = [
         TextJob(
             request_id=f"{request_id}-{i}",

@@ -38,11 +38,7 @@ async def create(request: Request) -> Response:
     quota = await Quota.open(request, body.model)
     request_id: str = request.state.request_id
     prompts = body.prompts()
-    try:
-        max_tokens = quota.max_tokens(body.requested_max_tokens())
-    except GatewayError as e:
-        await quota.close(status=e.code or "error")
-        raise
+    max_tokens = await quota.max_tokens(body.requested_max_tokens())
     # Choice index = prompt index * n + sample index, as OpenAI numbers them.
     jobs = [
         TextJob(
