@@ -7,7 +7,6 @@ loaded like any other folder, so later starts skip the dequantization.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from ember.runtimes.text.config import ModelConfig, ModelLoadError
 from ember.runtimes.text.model import CausalLM
 from ember.runtimes.text.tokenizer import TextTokenizer
 
-__all__ = ["LoadedModel", "ModelLoadError", "find_package_file", "load_model"]
+__all__ = ["LoadedModel", "ModelLoadError", "load_model"]
 
 # Bump when the converter's output changes, so stale conversions in the cache are not reused.
 CONVERTER_VERSION = "1"
@@ -212,15 +211,3 @@ def convert_gguf_cached(gguf_file: Path, *, cache_dir: Path | None) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-def find_package_file(package: str, pattern: str) -> Path:
-    """The one file matching glob pattern inside an installed package's folder, without importing it."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError(f"package {package!r} is not installed")
-    for location in spec.submodule_search_locations:
-        found = sorted(Path(location).glob(pattern))
-        if found:
-            return found[0]
-    raise ModelLoadError(f"package {package!r} has no file matching {pattern!r}")

