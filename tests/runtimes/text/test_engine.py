@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from ember.bus.messages import JobStatus, SamplingParams
-from ember.runtimes.text.engine import EngineConfig, EngineOverloaded, GenerateRequest, StepOutput, TextEngine
+from ember.runtimes.text.engine import (
+    EngineConfig,
+    EngineOverloaded,
+    GenerateRequest,
+    OutputStream,
+    StepOutput,
+    TextEngine,
+)
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.runner import ModelRunner
 
@@ -41,10 +48,28 @@ async def run(engine: TextEngine, req: GenerateRequest) -> list[StepOutput]:
     return [out async for out in engine.generate(req)]
 
 
-def request(loaded: LoadedModel, rid: str, prompt: str, max_tokens: int = 12, **sampling: object) -> GenerateRequest:
+def request(
+    loaded: LoadedModel,
+    rid: str,
+    prompt: str,
+    max_tokens: int = 12,
+    *,
+    priority: int = 0,
+    key: str = "",
+    **sampling: object,
+) -> GenerateRequest:
     params = GREEDY.model_copy(update=sampling) if sampling else GREEDY
     ids = loaded.tokenizer.encode(prompt, add_special_tokens=False)
-    return GenerateRequest(request_id=rid, prompt_ids=ids, sampling=params, max_tokens=max_tokens)
+    return GenerateRequest(
+        request_id=rid, prompt_ids=ids, sampling=params, max_tokens=max_tokens, priority=priority, key=key
+    )
+
+
+async def finish_into(order: list[str], stream: OutputStream) -> None:
+    """Read a request to its end and note when it finished, relative to the others."""
+    async for out in stream:
+        if out.status.finished:
+            order.append(stream.request_id)
 
 
 def tokens(outs: list[StepOutput]) -> list[int]:
@@ -157,21 +182,13 @@ async def test_explicit_abort_reports_aborted(loaded: LoadedModel) -> None:
 async def test_higher_priority_is_admitted_first(loaded: LoadedModel) -> None:
     engine = make_engine(loaded, max_batch=1)
     order: list[str] = []
-
-    async def finish(stream: object, rid: str) -> None:
-        async for out in stream:  # type: ignore[attr-defined]
-            if out.status.finished:
-                order.append(rid)
-
     try:
         blocker = engine.generate(request(loaded, "blocker", "hello", max_tokens=200))
         await anext(blocker)  # it holds the only slot now
         low = engine.generate(request(loaded, "low", "hello", max_tokens=3))
-        high_req = request(loaded, "high", "hello", max_tokens=3)
-        high_req.priority = 5
-        high = engine.generate(high_req)
+        high = engine.generate(request(loaded, "high", "hello", max_tokens=3, priority=5))
         await blocker.aclose()
-        await asyncio.gather(finish(low, "low"), finish(high, "high"))
+        await asyncio.gather(finish_into(order, low), finish_into(order, high))
     finally:
         engine.stop()
     assert order == ["high", "low"]
@@ -225,23 +242,13 @@ async def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(loaded: 
 async def test_keys_of_one_priority_share_the_slots_fairly(loaded: LoadedModel) -> None:
     engine = make_engine(loaded, max_batch=1)
     order: list[str] = []
-
-    async def finish(stream: object, rid: str) -> None:
-        async for out in stream:  # type: ignore[attr-defined]
-            if out.status.finished:
-                order.append(rid)
-
-    def queued(rid: str, key: str) -> object:
-        req = request(loaded, rid, "hello", max_tokens=3)
-        req.key = key
-        return engine.generate(req)
-
     try:
-        blocker = queued("blocker", "a")
-        await anext(blocker)  # type: ignore[call-overload]
-        streams = {rid: queued(rid, rid[0]) for rid in ("a1", "a2", "a3", "b1")}
-        await blocker.aclose()  # type: ignore[attr-defined]
-        await asyncio.gather(*(finish(s, rid) for rid, s in streams.items()))
+        blocker = engine.generate(request(loaded, "blocker", "hello", max_tokens=3, key="a"))
+        await anext(blocker)
+        rids = ("a1", "a2", "a3", "b1")
+        streams = [engine.generate(request(loaded, rid, "hello", max_tokens=3, key=rid[0])) for rid in rids]
+        await blocker.aclose()
+        await asyncio.gather(*(finish_into(order, s) for s in streams))
     finally:
         engine.stop()
     # a queued three requests before b's one, but a already had the slot (the blocker): b goes first, not last.
