@@ -23,7 +23,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.helpers
 
 from ember.bus.nats_server import EmbeddedNats, free_port
-from tests.helpers.cluster import write_config
+from tests.helpers.cluster import wait_ready, write_config
 from tests.helpers.tiny_checkpoint import write_tiny_llama
 
 ADMIN = "bench-admin-key-0123456789"
@@ -32,18 +32,6 @@ ADMIN = "bench-admin-key-0123456789"
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
-
-
-def wait_ready(url: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not become ready")
 
 
 def main() -> None:

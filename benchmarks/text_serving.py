@@ -23,9 +23,12 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.helpers
+
 from ember.bus.nats_server import EmbeddedNats, free_port
 from ember.config import DEFAULT_MODEL, load_settings
 from ember.config.weights import resolve_weights
+from tests.helpers.cluster import wait_for_model
 
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
@@ -136,19 +139,6 @@ def hf_baseline(folder: Path, max_tokens: int, batch: int) -> float:
     return (out.shape[1] - enc["input_ids"].shape[1]) * batch / elapsed
 
 
-def wait_ready(url: str, model: str, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            data = httpx.get(f"{url}/v1/models", timeout=2).json()["data"]
-            if any(m["id"] == model for m in data):
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{model} did not come up")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -170,7 +160,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         try:
             started = time.perf_counter()
-            wait_ready(url, args.model)
+            wait_for_model(url, args.model, timeout=600)
             ready_s = time.perf_counter() - started
             asyncio.run(concurrent_streams(url, args.model, 1, 8, 1))  # warm up
             rows = {

@@ -16,7 +16,7 @@ import pytest
 
 from ember.bus.nats_server import free_port
 from tests.conftest import TINY
-from tests.helpers.cluster import stop_process, write_config
+from tests.helpers.cluster import stop_process, wait_ready, write_config
 
 ADMIN = "three-gateways-admin-key"
 
@@ -53,16 +53,8 @@ def gateways(
     ]
     urls = [f"http://127.0.0.1:{p}" for p in ports]
     try:
-        deadline = time.monotonic() + 60
         for url in urls:
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, f"gateway {url} did not get ready"
-                time.sleep(0.1)
+            wait_ready(url, timeout=60)
         yield urls
     finally:
         for proc in procs:

@@ -80,6 +80,19 @@ def wait_for_model(base_url: str, model: str, workers: int = 1, timeout: float =
     raise TimeoutError(f"model {model!r} did not get {workers} worker(s) within {timeout}s; last: {seen}")
 
 
+def wait_ready(base_url: str, timeout: float = 120.0) -> None:
+    """Until the gateway's /readyz says it is connected and sees a worker (it needs no API key)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"gateway {base_url} was not ready within {timeout}s")
+
+
 def wait_for_workers_gone(base_url: str, model: str, workers: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
