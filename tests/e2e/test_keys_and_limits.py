@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,6 +76,19 @@ def chat(url: str, secret: str | None, **body: object) -> httpx.Response:
     headers = {"authorization": f"Bearer {secret}"} if secret else {}
     payload = {"model": TINY, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **body}
     return httpx.post(f"{url}/v1/chat/completions", json=payload, headers=headers, timeout=60)
+
+
+def long_stream(url: str, secret: str) -> contextlib.AbstractContextManager[httpx.Response]:
+    """A streamed chat that runs for 480 tokens: it holds a concurrency slot while the test looks."""
+    body = {
+        "model": TINY,
+        "messages": [{"role": "user", "content": "go"}],
+        "max_tokens": 480,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    headers = {"authorization": f"Bearer {secret}"}
+    return httpx.stream("POST", f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60)
 
 
 def test_requests_without_a_valid_key_get_the_same_401(secured: str) -> None:
@@ -223,16 +237,7 @@ def test_token_limits_count_max_tokens_and_refund_what_was_not_used(secured: str
 
 def test_concurrent_requests_beyond_the_tier_get_429(secured: str) -> None:
     key = new_key(secured, tier="solo")["secret"]
-    body = {
-        "model": TINY,
-        "messages": [{"role": "user", "content": "go"}],
-        "max_tokens": 480,
-        "ignore_eos": True,
-        "stream": True,
-    }
-    with httpx.stream(
-        "POST", f"{secured}/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=60
-    ) as first:
+    with long_stream(secured, key) as first:
         assert first.status_code == 200
         lines = first.iter_lines()  # NOTE: keep it referenced; a collected iterator makes httpx hang up
         next(lines)  # the first request is running
@@ -246,15 +251,7 @@ def test_concurrent_requests_beyond_the_tier_get_429(secured: str) -> None:
 
 def test_a_client_that_hangs_up_gives_its_slot_back_at_once(secured: str) -> None:
     key = new_key(secured, tier="solo")["secret"]
-    body = {
-        "model": TINY,
-        "messages": [{"role": "user", "content": "go"}],
-        "max_tokens": 480,
-        "ignore_eos": True,
-        "stream": True,
-    }
-    headers = {"authorization": f"Bearer {key}"}
-    with httpx.stream("POST", f"{secured}/v1/chat/completions", json=body, headers=headers, timeout=60) as first:
+    with long_stream(secured, key) as first:
         lines = first.iter_lines()
         next(lines)
     # Hung up mid-stream. The slot comes back when the gateway notices, not when its 30 s lease lapses.
