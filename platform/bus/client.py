@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar, overload
 
 import nats.errors
 from nats.aio.client import Client as NATS
@@ -21,9 +22,13 @@ from nats.aio.subscription import Subscription
 from ember.bus import subjects
 from ember.bus.errors import NoWorkerError, ReplyTimeoutError, WorkerLostError
 from ember.bus.messages import (
+    JOB_MODALITY,
     CancelJob,
+    Job,
     JobAccepted,
     JobFailed,
+    Reply,
+    StreamReply,
     TextChunk,
     TextJob,
     WireVersionError,
@@ -35,6 +40,8 @@ from ember.bus.messages import (
 from ember.bus.registry import WorkerRegistry
 
 log = logging.getLogger("ember.bus.client")
+
+R = TypeVar("R", bound=StreamReply)
 
 
 @dataclass(frozen=True)
@@ -51,11 +58,16 @@ class StreamTiming:
     max_missed_pings: int = 5
 
 
-class JobStream:
-    """The replies to one job, in order; iterate for chunks until the finished one."""
+class JobStream(Generic[R]):
+    """The replies to one job, in order; iterate for them until the finished one.
 
-    def __init__(self, client: JobClient, job: TextJob, reply: str, queue: asyncio.Queue[Msg]) -> None:
+    ``reply_type`` is what the caller expects (``TextChunk`` for text, ``StreamReply`` to take every kind);
+    a reply of another kind is a protocol error.
+    """
+
+    def __init__(self, client: JobClient, job: Job, reply: str, queue: asyncio.Queue[Msg], reply_type: type[R]) -> None:
         self._client = client
+        self._reply_type = reply_type
         self.request_id = job.request_id
         self.model = job.model
         self._reply = reply
@@ -64,7 +76,7 @@ class JobStream:
         self._done = False
         self._next_seq = 0
 
-    async def _next_message(self, within_s: float) -> JobAccepted | JobFailed | TextChunk:
+    async def _next_message(self, within_s: float) -> Reply:
         msg = await asyncio.wait_for(self._queue.get(), within_s)
         if msg.headers and msg.headers.get("Status") == "503":
             raise NoWorkerError("no worker is serving this model")
@@ -93,7 +105,7 @@ class JobStream:
         self.accepted = first
         return first
 
-    async def __aiter__(self) -> AsyncIterator[TextChunk]:
+    async def __aiter__(self) -> AsyncIterator[R]:
         assert self.accepted is not None, "wait_accepted() first"
         timing = self._client.timing
         missed = 0
@@ -110,8 +122,10 @@ class JobStream:
                 if isinstance(reply, JobFailed):
                     self._done = True
                     raise JobRefused(reply)
-                if not isinstance(reply, TextChunk):
-                    continue
+                if not isinstance(reply, self._reply_type):
+                    if isinstance(reply, JobAccepted):
+                        continue
+                    raise WireVersionError(f"expected {self._reply_type.__name__} replies, got {reply.kind!r}")
                 if reply.seq != self._next_seq:
                     raise WorkerLostError(f"reply stream has a gap: expected chunk {self._next_seq}, got {reply.seq}")
                 self._next_seq += 1
@@ -184,13 +198,19 @@ class JobClient:
         except (ValueError, WireVersionError) as e:
             log.warning("ignoring a bad worker announcement: %s", e)
 
-    async def submit(self, job: TextJob, modality: str = "text") -> JobStream:
+    @overload
+    async def submit(self, job: TextJob) -> JobStream[TextChunk]: ...
+
+    @overload
+    async def submit(self, job: Job, reply_type: type[R]) -> JobStream[R]: ...
+
+    async def submit(self, job: Job, reply_type: type[StreamReply] = TextChunk) -> JobStream[StreamReply]:
         """Publish a job to its model's queue group; the returned stream still has to be accepted."""
         reply = f"{subjects.reply_prefix(self.gateway_id)}.{next(self._counter)}"
         queue: asyncio.Queue[Msg] = asyncio.Queue()
         self._routes[reply] = queue
-        stream = JobStream(self, job, reply, queue)
-        await self.nc.publish(subjects.jobs(modality, job.model), encode(job), reply=reply)
+        stream = JobStream(self, job, reply, queue, reply_type)
+        await self.nc.publish(subjects.jobs(JOB_MODALITY[job.kind], job.model), encode(job), reply=reply)
         return stream
 
     async def ping(self, worker_id: str) -> bool:

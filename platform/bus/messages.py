@@ -11,6 +11,10 @@ A job's life on the bus, as the gateway sees it::
       | -- CancelJob -------------------------> |   on ember.v1.worker.<id>.cancel when the client goes away
       | -- Ping ------------------------------> |   on ember.v1.worker.<id>.ping when a stream goes quiet
 
+Every modality has the same shape, with its own job and reply kinds (all ``StreamReply``: numbered, the last
+one finished): ``ImageJob`` -> ``ImageProgress``* ``ImageResult``+, ``AudioJob`` -> ``AudioSegment``*
+``AudioResult``, ``FunctionJob`` -> ``FunctionResult``.
+
 A job that fails gets ``JobFailed`` as its last message: instead of ``JobAccepted`` when it is refused, or
 after some chunks when it fails while running. Every message carries
 ``v`` (the wire version); a receiver refuses a version it does not know rather than guess.
@@ -56,9 +60,13 @@ _FINISH_REASONS = {
 
 
 class Modality(enum.StrEnum):
+    """What a worker serves; also the second part of its job subject (``ember.v1.jobs.<modality>.<model>``)."""
+
     TEXT = "text"
     IMAGE = "image"
     AUDIO = "audio"
+    # User-registered and built-in functions; the "model" is the function's name.
+    FUNCTION = "function"
 
 
 class _Message(BaseModel):
@@ -183,25 +191,157 @@ class Usage(BaseModel):
         return self.prompt_tokens + self.completion_tokens
 
 
-class TextChunk(_Message):
-    """The text that one engine step produced for a job (tokens of one step are coalesced into one chunk)."""
+class StreamReply(_Message):
+    """What every modality streams after JobAccepted: numbered replies, the last one with a finished status.
 
-    kind: Literal["chunk"] = "chunk"
+    A job that fails ends with JobFailed instead of a finished reply.
+    """
+
     request_id: str
-    # Counts chunks per job from 0, so a receiver can tell a gap (a lost or reordered message).
+    # Counts replies per job from 0, so a receiver can tell a gap (a lost or reordered message).
     seq: int = Field(ge=0)
-    text: str = ""
-    token_ids: list[int] = []
-    logprobs: list[TokenLogprob] | None = None
     status: JobStatus = JobStatus.RUNNING
-    # Set on the final chunk only. A job that fails ends with JobFailed instead of a final chunk.
-    usage: Usage | None = None
-    # Final chunk only: milliseconds from the worker receiving the job to this chunk (queue + prefill + decode).
+    # Final reply only: milliseconds from the worker receiving the job to this reply (queue + work).
     worker_ms: float | None = None
 
     @property
     def finished(self) -> bool:
         return self.status.finished
+
+
+class TextChunk(StreamReply):
+    """The text that one engine step produced for a job (tokens of one step are coalesced into one chunk)."""
+
+    kind: Literal["chunk"] = "chunk"
+    text: str = ""
+    token_ids: list[int] = []
+    logprobs: list[TokenLogprob] | None = None
+    # Set on the final chunk only.
+    usage: Usage | None = None
+
+
+# --- image (ember.runtimes.image) -----------------------------------------------------------------------------
+
+
+class ImageJob(_Message):
+    """Generate ``n`` images from a prompt (or transform ``init_image``: edits and variations)."""
+
+    kind: Literal["image"] = "image"
+    request_id: str
+    model: str
+    prompt: str
+    negative_prompt: str | None = None
+    n: int = Field(default=1, ge=1)
+    width: int = Field(ge=8)
+    height: int = Field(ge=8)
+    # None: the model's default.
+    steps: int | None = Field(default=None, ge=1)
+    guidance_scale: float | None = Field(default=None, ge=0.0)
+    # None: the worker picks one. Image i of the job uses seed + i, so one image can be reproduced alone.
+    seed: int | None = None
+    output_format: Literal["png", "jpeg"] = "png"
+    # Image-to-image: the source image (PNG/JPEG bytes, base64) and how far to move from it (0..1].
+    init_image: str | None = None
+    strength: float | None = Field(default=None, gt=0.0, le=1.0)
+    priority: int = 0
+    key_id: str | None = None
+
+
+class ImageProgress(StreamReply):
+    """Denoising step ``step`` of ``steps`` done for the batch this job runs in."""
+
+    kind: Literal["image_progress"] = "image_progress"
+    step: int = Field(ge=0)
+    steps: int = Field(ge=1)
+
+
+class ImageResult(StreamReply):
+    """One finished image (one message per image keeps each under NATS's payload limit); the last is final."""
+
+    kind: Literal["image_result"] = "image_result"
+    index: int = Field(ge=0)
+    # The encoded image (PNG or JPEG, as the job asked), base64.
+    b64: str
+    seed: int
+    width: int
+    height: int
+
+
+# --- audio (ember.runtimes.audio) -----------------------------------------------------------------------------
+
+
+class AudioJob(_Message):
+    """Transcribe (or translate to English) one audio file."""
+
+    kind: Literal["audio"] = "audio"
+    request_id: str
+    model: str
+    task: Literal["transcribe", "translate"] = "transcribe"
+    # The uploaded file: inline (base64) when small, else the name of an object in the JetStream object store.
+    audio_b64: str | None = None
+    audio_object: str | None = None
+    filename: str | None = None
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = Field(default=0.0, ge=0.0, le=1.0)
+    word_timestamps: bool = False
+    priority: int = 0
+    key_id: str | None = None
+
+
+class AudioWord(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    word: str
+    start: float
+    end: float
+
+
+class AudioSegment(StreamReply):
+    """One transcribed segment, sent as soon as its window is decoded."""
+
+    kind: Literal["audio_segment"] = "audio_segment"
+    id: int = Field(ge=0)
+    start: float = Field(ge=0)
+    end: float = Field(ge=0)
+    text: str
+    tokens: list[int] = []
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: list[AudioWord] | None = None
+
+
+class AudioResult(StreamReply):
+    """The final reply: the whole text, the language, and the audio's length (what the key is charged)."""
+
+    kind: Literal["audio_result"] = "audio_result"
+    text: str
+    language: str
+    duration: float = Field(ge=0)
+
+
+# --- functions (ember.functions) ------------------------------------------------------------------------------
+
+
+class FunctionJob(_Message):
+    """Run one registered function on its input (already validated against the function's input schema)."""
+
+    kind: Literal["function"] = "function"
+    request_id: str
+    # The function's name; it is also the "model" part of the job subject.
+    model: str
+    input: dict[str, Any] = {}
+    timeout_s: float = Field(default=60.0, gt=0)
+    priority: int = 0
+    key_id: str | None = None
+
+
+class FunctionResult(StreamReply):
+    """The function's output (JSON), the final reply."""
+
+    kind: Literal["function_result"] = "function_result"
+    output: Any = None
 
 
 class CancelJob(_Message):
@@ -247,10 +387,21 @@ def decode_usage(raw: bytes) -> UsageRecord:
     return UsageRecord.model_validate(_load(raw))
 
 
+# Every job a gateway (or the orchestrator) sends to a worker.
+Job = TextJob | ImageJob | AudioJob | FunctionJob
+_JOB: TypeAdapter[Job] = TypeAdapter(Annotated[Job, Field(discriminator="kind")])
+
 # Everything a worker sends back on a job's reply subject.
-JobReply = Annotated[JobAccepted | JobFailed | TextChunk, Field(discriminator="kind")]
-_REPLY: TypeAdapter[JobAccepted | JobFailed | TextChunk] = TypeAdapter(JobReply)
-_JOB: TypeAdapter[TextJob] = TypeAdapter(TextJob)
+Reply = JobAccepted | JobFailed | TextChunk | ImageProgress | ImageResult | AudioSegment | AudioResult | FunctionResult
+_REPLY: TypeAdapter[Reply] = TypeAdapter(Annotated[Reply, Field(discriminator="kind")])
+
+# The modality (and so the subject) each job kind travels on.
+JOB_MODALITY: dict[str, Modality] = {
+    "text": Modality.TEXT,
+    "image": Modality.IMAGE,
+    "audio": Modality.AUDIO,
+    "function": Modality.FUNCTION,
+}
 
 
 class WireVersionError(ValueError):
@@ -269,11 +420,11 @@ def _load(raw: bytes) -> dict[str, Any]:
     return obj
 
 
-def decode_reply(raw: bytes) -> JobAccepted | JobFailed | TextChunk:
+def decode_reply(raw: bytes) -> Reply:
     return _REPLY.validate_python(_load(raw))
 
 
-def decode_job(raw: bytes) -> TextJob:
+def decode_job(raw: bytes) -> Job:
     return _JOB.validate_python(_load(raw))
 
 

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -24,13 +25,15 @@ from pydantic import ValidationError
 
 from ember.bus import subjects
 from ember.bus.messages import (
+    JOB_MODALITY,
     ErrorInfo,
+    Job,
     JobAccepted,
     JobFailed,
     JobStatus,
     Modality,
+    StreamReply,
     TextChunk,
-    TextJob,
     TokenLogprob,
     Usage,
     WireVersionError,
@@ -41,6 +44,8 @@ from ember.bus.messages import (
 )
 
 log = logging.getLogger("ember.worker")
+
+R = TypeVar("R", bound=StreamReply)
 
 
 class ReplySink:
@@ -69,6 +74,21 @@ class ReplySink:
         msg = JobFailed(request_id=self.request_id, worker_id=self.worker_id, error=error)
         await self._nc.publish(self._reply, encode(msg))
 
+    async def send(self, kind: type[R], status: JobStatus = JobStatus.RUNNING, **fields: Any) -> None:
+        """Send one numbered reply of any modality; a finished ``status`` makes it the last."""
+        if self.closed:
+            return
+        self.closed = status.finished
+        msg = kind(
+            request_id=self.request_id,
+            seq=self._seq,
+            status=status,
+            worker_ms=(time.perf_counter() - self._received) * 1000 if status.finished else None,
+            **fields,
+        )
+        self._seq += 1
+        await self._nc.publish(self._reply, encode(msg))
+
     async def chunk(
         self,
         text: str = "",
@@ -78,21 +98,7 @@ class ReplySink:
         status: JobStatus = JobStatus.RUNNING,
         usage: Usage | None = None,
     ) -> None:
-        if self.closed:
-            return
-        self.closed = status.finished
-        msg = TextChunk(
-            request_id=self.request_id,
-            seq=self._seq,
-            text=text,
-            token_ids=token_ids or [],
-            logprobs=logprobs,
-            status=status,
-            usage=usage,
-            worker_ms=(time.perf_counter() - self._received) * 1000 if status.finished else None,
-        )
-        self._seq += 1
-        await self._nc.publish(self._reply, encode(msg))
+        await self.send(TextChunk, status, text=text, token_ids=token_ids or [], logprobs=logprobs, usage=usage)
 
 
 class JobHandler(abc.ABC):
@@ -104,7 +110,7 @@ class JobHandler(abc.ABC):
     context_length: int | None = None
 
     @abc.abstractmethod
-    async def handle(self, job: TextJob, sink: ReplySink) -> None:
+    async def handle(self, job: Any, sink: ReplySink) -> None:
         """Run one job to the end, sending accepted/chunks/failed through ``sink``; must not raise."""
 
     @abc.abstractmethod
@@ -201,11 +207,21 @@ class WorkerHost:
             await ReplySink(self.nc, msg.reply, "?", self.worker_id).failed(error)
             return
         sink = ReplySink(self.nc, msg.reply, job.request_id, self.worker_id)
+        if JOB_MODALITY[job.kind] != self.handler.modality:
+            kind = job.kind
+            error = ErrorInfo(
+                status=400,
+                type="invalid_request_error",
+                code="bad_job",
+                message=f"a {kind} job sent to a {self.handler.modality} worker",
+            )
+            await sink.failed(error)
+            return
         # Callbacks of one subscription run one after another: hand the job to its own task at once.
         task = asyncio.create_task(self._run(job, sink))
         self._tasks[job.request_id] = task
 
-    async def _run(self, job: TextJob, sink: ReplySink) -> None:
+    async def _run(self, job: Job, sink: ReplySink) -> None:
         try:
             await self.handler.handle(job, sink)
         except Exception as e:

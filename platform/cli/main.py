@@ -2,7 +2,7 @@
 
 ember serve [--nats URL]               embedded NATS (unless --nats) + gateway + a worker per configured model
 ember gateway --nats URL               the HTTP gateway alone
-ember worker text --model ID --nats URL
+ember worker text|image|audio --model ID --nats URL
 ember models                           what is configured and where its weights are
 ember keys create|list|revoke|set-tier API keys, on the NATS at --nats URL (see ember.cli.keys)
 ember usage [--key ID] [--since 24h]   usage totals per key and model
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from ember.cli import keys as keys_cli
 from ember.cli import usage as usage_cli
+from ember.cli.runners import WORKER_RUNNERS
 from ember.config import ConfigError, Settings, load_settings
 
 
@@ -41,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--port", type=int)
 
     worker = sub.add_parser("worker", help="run one model worker")
-    worker.add_argument("modality", choices=["text"])
+    worker.add_argument("modality", choices=sorted(WORKER_RUNNERS))
     worker.add_argument("--model", required=True, help="a model id from the config")
     worker.add_argument("--nats", help="NATS URL (default: nats.url from config)")
     worker.add_argument("--worker-id", help="a stable name for this worker (default: random)")
@@ -104,11 +106,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
-    settings.model(args.model)  # fail on an unknown id before importing torch
+    spec = settings.model(args.model)  # fail on an unknown id before importing torch
+    if spec.modality.value != args.modality:
+        raise ConfigError(f"model {args.model!r} is a {spec.modality.value} model, not {args.modality}")
     url = _nats_url(args, settings)
-    from ember.runtimes.text.worker import run_text_worker
-
-    asyncio.run(run_text_worker(settings, args.model, url, worker_id=args.worker_id))
+    module, name = WORKER_RUNNERS[args.modality]
+    run = getattr(importlib.import_module(module), name)
+    asyncio.run(run(settings, args.model, url, worker_id=args.worker_id))
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ember.bus.nats_server import EmbeddedNats
+from ember.cli.runners import WORKER_RUNNERS
 from ember.config import ConfigError, Settings
 from ember.config.weights import resolve_weights
 
@@ -96,7 +97,7 @@ def worker_commands(
     out = []
     for model_id in chosen:
         spec = settings.model(model_id)
-        if spec.modality.value != "text":
+        if spec.modality.value not in WORKER_RUNNERS:
             raise ConfigError(f"model {model_id!r}: the {spec.modality.value} runtime is not available in this build")
         resolve_weights(spec)  # fail now, with the reason, rather than in N child processes
         cmd = [sys.executable, "-m", "ember.cli"]

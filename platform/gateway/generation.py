@@ -34,7 +34,7 @@ def bus_error(e: Exception, model: str) -> GatewayError:
     raise e
 
 
-async def start(bus: JobClient, jobs: list[TextJob], accept_timeout_s: float) -> list[JobStream]:
+async def start(bus: JobClient, jobs: list[TextJob], accept_timeout_s: float) -> list[JobStream[TextChunk]]:
     """Publish all jobs and wait for every one to be accepted; on any refusal, cancel the rest and raise."""
     streams = [await bus.submit(job) for job in jobs]
     results = await asyncio.gather(*(s.wait_accepted(accept_timeout_s) for s in streams), return_exceptions=True)
@@ -64,8 +64,8 @@ async def start_metered(
     quota: Quota,
     jobs: list[TextJob],
     accept_timeout_s: float,
-    count_prompt: Callable[[list[JobStream]], int],
-) -> tuple[list[JobStream], int]:
+    count_prompt: Callable[[list[JobStream[TextChunk]]], int],
+) -> tuple[list[JobStream[TextChunk]], int]:
     """Start the jobs and admit their tokens; a refusal closes the quota with its error code and is re-raised."""
     try:
         streams = await start(bus, jobs, accept_timeout_s)
@@ -78,7 +78,7 @@ async def start_metered(
     return streams, prompt_tokens
 
 
-async def collect(streams: list[JobStream], quota: Quota, prompt_tokens: int) -> list[Choice]:
+async def collect(streams: list[JobStream[TextChunk]], quota: Quota, prompt_tokens: int) -> list[Choice]:
     """Every choice to the end; the quota is closed with what was generated, whatever happens."""
     choices = [Choice(index=i) for i in range(len(streams))]
     status = "ok"
@@ -95,7 +95,7 @@ async def collect(streams: list[JobStream], quota: Quota, prompt_tokens: int) ->
 
 
 async def metered(
-    streams: list[JobStream], quota: Quota, prompt_tokens: int
+    streams: list[JobStream[TextChunk]], quota: Quota, prompt_tokens: int
 ) -> AsyncGenerator[tuple[int, TextChunk], None]:
     """``merged``, closing the quota at the end with what was generated, also when the client goes away."""
     produced, status = 0, "client_closed"
@@ -114,7 +114,7 @@ async def metered(
         await settled(quota.close(prompt_tokens, produced, status))
 
 
-async def admit_tokens(quota: Quota, streams: list[JobStream], prompt_tokens: int) -> None:
+async def admit_tokens(quota: Quota, streams: list[JobStream[TextChunk]], prompt_tokens: int) -> None:
     """Admit the accepted jobs' tokens (prompt + each job's max_tokens); over the limit, cancel them all."""
     reserve = sum(s.accepted.max_tokens or 0 for s in streams if s.accepted is not None)
     try:
@@ -125,7 +125,7 @@ async def admit_tokens(quota: Quota, streams: list[JobStream], prompt_tokens: in
         raise
 
 
-def worker_header(streams: list[JobStream]) -> dict[str, str]:
+def worker_header(streams: list[JobStream[TextChunk]]) -> dict[str, str]:
     """Which workers served a request, for operators tracing a response (``x-ember-worker``)."""
     ids = dict.fromkeys(s.accepted.worker_id for s in streams if s.accepted is not None)
     return {"x-ember-worker": ",".join(ids)}
@@ -155,7 +155,7 @@ class Choice:
             self.worker_ms = chunk.worker_ms
 
 
-def response_headers(streams: list[JobStream], choices: list[Choice]) -> dict[str, str]:
+def response_headers(streams: list[JobStream[TextChunk]], choices: list[Choice]) -> dict[str, str]:
     """``x-ember-worker`` plus the workers' own time (like OpenAI's ``openai-processing-ms``)."""
     return {**worker_header(streams), "x-ember-processing-ms": f"{max(c.worker_ms for c in choices):.1f}"}
 
@@ -180,7 +180,7 @@ def aborted_error() -> GatewayError:
     return UpstreamError(info)
 
 
-async def merged(streams: list[JobStream], model: str) -> AsyncGenerator[tuple[int, TextChunk], None]:
+async def merged(streams: list[JobStream[TextChunk]], model: str) -> AsyncGenerator[tuple[int, TextChunk], None]:
     """(choice index, chunk) from all streams as they arrive; raises a GatewayError for the first failure."""
     if len(streams) == 1:
         # The common case, without a task per choice.
@@ -198,7 +198,7 @@ async def merged(streams: list[JobStream], model: str) -> AsyncGenerator[tuple[i
 
     queue: asyncio.Queue[tuple[int, TextChunk | BaseException | None]] = asyncio.Queue()
 
-    async def pump(index: int, stream: JobStream) -> None:
+    async def pump(index: int, stream: JobStream[TextChunk]) -> None:
         try:
             async for chunk in stream:
                 await queue.put((index, chunk))

@@ -42,10 +42,16 @@ def write_config(path: Path, models: dict[str, dict[str, Any]], **sections: dict
 
 
 def start_worker(
-    config: Path, model: str, nats_url: str, *, log: Path | None = None, worker_id: str | None = None
+    config: Path,
+    model: str,
+    nats_url: str,
+    *,
+    log: Path | None = None,
+    worker_id: str | None = None,
+    modality: str = "text",
 ) -> subprocess.Popen[bytes]:
-    """A real `ember worker text` process."""
-    cmd = [sys.executable, "-m", "ember.cli", "--config", str(config), "worker", "text", "--model", model]
+    """A real `ember worker <modality>` process."""
+    cmd = [sys.executable, "-m", "ember.cli", "--config", str(config), "worker", modality, "--model", model]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = [*cmd, "--nats", nats_url, *(["--worker-id", worker_id] if worker_id else [])]
     if log is None:

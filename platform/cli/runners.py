@@ -1,0 +1,9 @@
+"""Where each modality's worker lives: ``ember worker <modality>`` and ``ember serve`` look it up here.
+
+Each entry point is ``async def run(settings, model_id, nats_url, worker_id=None)``. Modules are imported only
+when a worker of that modality starts, so the gateway and the CLI never import torch.
+"""
+
+WORKER_RUNNERS: dict[str, tuple[str, str]] = {
+    "text": ("ember.runtimes.text.worker", "run_text_worker"),
+}
