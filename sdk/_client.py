@@ -6,8 +6,11 @@ import httpx
 
 from ._base_client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, AsyncAPIClient, SyncAPIClient
 from ._types import Headers, Timeout
+from .resources.audio import AsyncAudio, Audio
 from .resources.chat import AsyncChat, Chat
 from .resources.completions import AsyncCompletions, Completions
+from .resources.functions import AsyncFunctions, Functions
+from .resources.images import AsyncImages, Images
 from .resources.models import AsyncModels, Models
 
 __all__ = ["AsyncEmber", "Ember"]
@@ -38,6 +41,9 @@ class Ember(SyncAPIClient):
     models: Models
     chat: Chat
     completions: Completions
+    audio: Audio
+    images: Images
+    functions: Functions
 
     def __init__(
         self,
@@ -60,6 +66,9 @@ class Ember(SyncAPIClient):
         self.models = Models(self)
         self.chat = Chat(self)
         self.completions = Completions(self)
+        self.audio = Audio(self)
+        self.images = Images(self)
+        self.functions = Functions(self)
 
     def __repr__(self) -> str:
         return f"Ember(base_url={str(self.base_url)!r})"
@@ -82,6 +91,9 @@ class AsyncEmber(AsyncAPIClient):
     models: AsyncModels
     chat: AsyncChat
     completions: AsyncCompletions
+    audio: AsyncAudio
+    images: AsyncImages
+    functions: AsyncFunctions
 
     def __init__(
         self,
@@ -104,6 +116,9 @@ class AsyncEmber(AsyncAPIClient):
         self.models = AsyncModels(self)
         self.chat = AsyncChat(self)
         self.completions = AsyncCompletions(self)
+        self.audio = AsyncAudio(self)
+        self.images = AsyncImages(self)
+        self.functions = AsyncFunctions(self)
 
     def __repr__(self) -> str:
         return f"AsyncEmber(base_url={str(self.base_url)!r})"

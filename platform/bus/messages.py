@@ -137,6 +137,29 @@ class ChatMessage(BaseModel):
     name: str | None = None
 
 
+class ToolChoice(BaseModel):
+    """OpenAI's ``tool_choice``: ``auto`` (the model decides), ``none``, ``required`` (at least one call), or
+    ``function`` (exactly the function ``name``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    mode: Literal["auto", "none", "required", "function"] = "auto"
+    name: str | None = None
+
+
+class OutputConstraint(BaseModel):
+    """``response_format`` for text: the reply must match it (decoded under a grammar, so it always does).
+
+    ``json_object``: any JSON object; ``json_schema``: the ``json_schema`` field (strict); ``regex``: ``pattern``;
+    ``grammar``: ``grammar`` in GBNF or Lark (Fireworks' grammar mode).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    type: Literal["json_object", "json_schema", "regex", "grammar"]
+    json_schema: dict[str, Any] | None = None
+    pattern: str | None = None
+    grammar: str | None = None
+
+
 class TextJob(_Message):
     """Generate text: from chat ``messages`` (rendered with the model's chat template) or a raw ``prompt``."""
 
@@ -150,6 +173,15 @@ class TextJob(_Message):
     priority: int = 0
     # The API key it runs for; workers share their slots fairly between keys of one priority.
     key_id: str | None = None
+    # OpenAI tool objects ({"type": "function", "function": {"name", "description", "parameters"}}), already
+    # checked by the gateway. The worker renders them into the prompt in the model's tool format and decodes
+    # every call under a grammar, so each call it returns is JSON matching its tool's ``parameters``.
+    tools: tuple[dict[str, Any], ...] | None = None
+    tool_choice: ToolChoice = ToolChoice()
+    # False: at most one call per reply.
+    parallel_tool_calls: bool = True
+    # Chat and completions: constrain the whole reply (not with tools).
+    response_format: OutputConstraint | None = None
 
 
 class JobAccepted(_Message):
@@ -218,6 +250,23 @@ class TextChunk(StreamReply):
     logprobs: list[TokenLogprob] | None = None
     # Set on the final chunk only.
     usage: Usage | None = None
+    # Tool calls as OpenAI streams them: a call's first delta has its index, id, name and arguments "", the
+    # next ones more of its arguments. ``text`` never holds tool-call markup.
+    tool_calls: list[ToolCallDelta] | None = None
+    # Final chunk only, when it is not ``status.finish_reason``: "tool_calls" when the reply ended with calls.
+    finish_reason: Literal["tool_calls"] | None = None
+
+
+class ToolCallDelta(BaseModel):
+    """A piece of one tool call (see ``TextChunk.tool_calls``); ``arguments`` pieces concatenate to JSON."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Which call of this reply (0, 1, ... in the order the model made them).
+    index: int = Field(ge=0)
+    # First delta of a call only: "call_<random>" and the function's name.
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
 
 
 # --- image (ember.runtimes.image) -----------------------------------------------------------------------------
@@ -232,17 +281,23 @@ class ImageJob(_Message):
     prompt: str
     negative_prompt: str | None = None
     n: int = Field(default=1, ge=1)
-    width: int = Field(ge=8)
-    height: int = Field(ge=8)
+    # None (both): the model's default size. The worker refuses a size its model does not serve.
+    width: int | None = Field(default=None, ge=8)
+    height: int | None = Field(default=None, ge=8)
     # None: the model's default.
     steps: int | None = Field(default=None, ge=1)
-    guidance_scale: float | None = Field(default=None, ge=0.0)
+    guidance_scale: float | None = Field(default=None, ge=0.0, allow_inf_nan=False)
     # None: the worker picks one. Image i of the job uses seed + i, so one image can be reproduced alone.
     seed: int | None = None
     output_format: Literal["png", "jpeg"] = "png"
-    # Image-to-image: the source image (PNG/JPEG bytes, base64) and how far to move from it (0..1].
+    # Image-to-image: the source image (PNG/JPEG bytes) inline as base64, or as a BlobStore object when big,
+    # and how far to move from it (0..1]; None: 0.75.
     init_image: str | None = None
+    init_image_object: str | None = None
     strength: float | None = Field(default=None, gt=0.0, le=1.0)
+    # Edits: OpenAI's mask (transparent pixels = repaint there), inline or as an object like init_image.
+    mask_image: str | None = None
+    mask_object: str | None = None
     priority: int = 0
     key_id: str | None = None
 
@@ -260,8 +315,11 @@ class ImageResult(StreamReply):
 
     kind: Literal["image_result"] = "image_result"
     index: int = Field(ge=0)
-    # The encoded image (PNG or JPEG, as the job asked), base64.
-    b64: str
+    # The encoded image (PNG or JPEG, as the job asked), base64; or, when too big for one message, the name of
+    # a BlobStore object holding the bytes (exactly one of the two is set).
+    b64: str | None = None
+    object: str | None = None
+    # The seed that reproduces this image alone (the job's seed + index).
     seed: int
     width: int
     height: int
@@ -271,7 +329,11 @@ class ImageResult(StreamReply):
 
 
 class AudioJob(_Message):
-    """Transcribe (or translate to English) one audio file."""
+    """Transcribe (or translate to English) one audio file.
+
+    The worker answers JobAccepted once the file decodes as audio (else JobFailed 400, code "invalid_audio"),
+    then AudioSegment* and a final AudioResult. It only reads ``audio_object``: the sender deletes it when done.
+    """
 
     kind: Literal["audio"] = "audio"
     request_id: str
@@ -301,6 +363,8 @@ class AudioSegment(StreamReply):
 
     kind: Literal["audio_segment"] = "audio_segment"
     id: int = Field(ge=0)
+    # The mel frame (10 ms each) where the window this segment came from starts, as OpenAI's verbose_json has it.
+    seek: int = Field(default=0, ge=0)
     start: float = Field(ge=0)
     end: float = Field(ge=0)
     text: str
@@ -317,7 +381,10 @@ class AudioResult(StreamReply):
 
     kind: Literal["audio_result"] = "audio_result"
     text: str
+    # The language's English name in lower case, as OpenAI's verbose_json has it ("english"); for "translate"
+    # jobs the language spoken in the audio (the text is English).
     language: str
+    # Seconds of audio; a job cancelled early (FINISHED_ABORTED) still reports the whole file's length.
     duration: float = Field(ge=0)
 
 
@@ -342,6 +409,23 @@ class FunctionResult(StreamReply):
 
     kind: Literal["function_result"] = "function_result"
     output: Any = None
+
+
+class FunctionInfo(_Message):
+    """A served function's declaration; functions workers write one per function to the ``ember_functions`` KV
+    bucket at start, and gateways read it to list functions and check inputs before any work is done."""
+
+    kind: Literal["function_info"] = "function_info"
+    name: str
+    description: str = ""
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any] = {}
+    # None: the server's functions.default_timeout_s.
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+def decode_function_info(raw: bytes) -> FunctionInfo:
+    return FunctionInfo.model_validate(_load(raw))
 
 
 class CancelJob(_Message):

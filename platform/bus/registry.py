@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ember.bus.messages import WorkerInfo
+from ember.bus.messages import Modality, WorkerInfo
 
 # A worker that missed this many announcements in a row is taken for gone.
 MISSED_ANNOUNCEMENTS = 3
@@ -41,8 +42,16 @@ class WorkerRegistry:
         return live
 
     def models(self) -> dict[str, list[WorkerInfo]]:
-        """Live workers grouped by model id."""
+        """Live model workers grouped by model id (functions are not models: see ``functions``)."""
+        return self._grouped(lambda info: info.modality != Modality.FUNCTION)
+
+    def functions(self) -> dict[str, list[WorkerInfo]]:
+        """Live function workers grouped by function name."""
+        return self._grouped(lambda info: info.modality == Modality.FUNCTION)
+
+    def _grouped(self, keep: Callable[[WorkerInfo], bool]) -> dict[str, list[WorkerInfo]]:
         out: dict[str, list[WorkerInfo]] = {}
         for info in self.alive():
-            out.setdefault(info.model, []).append(info)
+            if keep(info):
+                out.setdefault(info.model, []).append(info)
         return out

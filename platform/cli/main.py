@@ -3,6 +3,7 @@
 ember serve [--nats URL]               embedded NATS (unless --nats) + gateway + a worker per configured model
 ember gateway --nats URL               the HTTP gateway alone
 ember worker text|image|audio --model ID --nats URL
+ember worker functions --module my_funcs --nats URL   built-in and user functions (@ember.function)
 ember models                           what is configured and where its weights are
 ember keys create|list|revoke|set-tier API keys, on the NATS at --nats URL (see ember.cli.keys)
 ember usage [--key ID] [--since 24h]   usage totals per key and model
@@ -20,7 +21,7 @@ from typing import Any
 
 from ember.cli import keys as keys_cli
 from ember.cli import usage as usage_cli
-from ember.cli.runners import WORKER_RUNNERS
+from ember.cli.runners import FUNCTIONS_WORKER, WORKER_RUNNERS
 from ember.config import ConfigError, Settings, load_settings
 
 
@@ -43,8 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--port", type=int)
 
     worker = sub.add_parser("worker", help="run one model worker")
-    worker.add_argument("modality", choices=sorted(WORKER_RUNNERS))
-    worker.add_argument("--model", required=True, help="a model id from the config")
+    worker.add_argument("modality", choices=sorted([*WORKER_RUNNERS, FUNCTIONS_WORKER]))
+    worker.add_argument("--model", help="a model id from the config (every modality but functions)")
+    worker.add_argument("--module", action="append", default=[], dest="modules", help="functions: a module to load")
     worker.add_argument("--nats", help="NATS URL (default: nats.url from config)")
     worker.add_argument("--worker-id", help="a stable name for this worker (default: random)")
 
@@ -106,13 +108,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    if args.modality == FUNCTIONS_WORKER:
+        return _functions_worker(args, settings)
+    if not args.model:
+        raise ConfigError(f"`ember worker {args.modality}` needs --model ID")
     spec = settings.model(args.model)  # fail on an unknown id before importing torch
     if spec.modality.value != args.modality:
         raise ConfigError(f"model {args.model!r} is a {spec.modality.value} model, not {args.modality}")
     url = _nats_url(args, settings)
+    if spec.threads is not None:
+        import torch
+
+        torch.set_num_threads(spec.threads)
     module, name = WORKER_RUNNERS[args.modality]
     run = getattr(importlib.import_module(module), name)
     asyncio.run(run(settings, args.model, url, worker_id=args.worker_id))
+    return 0
+
+
+def _functions_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from ember.functions.loader import FunctionModuleError
+    from ember.functions.registry import DuplicateFunction
+    from ember.functions.worker import run_functions_worker
+
+    try:
+        asyncio.run(run_functions_worker(settings, args.modules, _nats_url(args, settings), worker_id=args.worker_id))
+    except (FunctionModuleError, DuplicateFunction) as e:
+        raise ConfigError(str(e)) from None
     return 0
 
 

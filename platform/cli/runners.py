@@ -6,4 +6,9 @@ when a worker of that modality starts, so the gateway and the CLI never import t
 
 WORKER_RUNNERS: dict[str, tuple[str, str]] = {
     "text": ("ember.runtimes.text.worker", "run_text_worker"),
+    "audio": ("ember.runtimes.audio.worker", "run_audio_worker"),
+    "image": ("ember.runtimes.image.worker", "run_image_worker"),
 }
+
+# `ember worker functions --module M`: built-ins and user modules, no --model (ember.functions.worker).
+FUNCTIONS_WORKER = "functions"

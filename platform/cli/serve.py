@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ember.bus.nats_server import EmbeddedNats
-from ember.cli.runners import WORKER_RUNNERS
+from ember.cli.runners import FUNCTIONS_WORKER, WORKER_RUNNERS
 from ember.config import ConfigError, Settings
 from ember.config.weights import resolve_weights
 
@@ -114,7 +114,26 @@ def worker_commands(
             nats_url,
         ]
         out += [WorkerProcess(spec.modality.value, model_id, cmd) for _ in range(spec.workers)]
-    return out
+    functions = functions_command(settings, nats_url, config_path)
+    return out + ([functions] if functions is not None else [])
+
+
+def functions_command(settings: Settings, nats_url: str, config_path: Path | None) -> WorkerProcess | None:
+    """One functions worker: the built-ins and the config's functions.modules (none when there is nothing)."""
+    from ember.functions.loader import FunctionModuleError, load_modules
+
+    fs = settings.functions
+    try:  # fail now, with the reason, rather than in a restarting child; also names what to wait for
+        names = (["generate_image"] if fs.builtins else []) + [d.name for d in load_modules(fs.modules)]
+    except FunctionModuleError as e:
+        raise ConfigError(str(e)) from None
+    if not names:
+        return None
+    cmd = [sys.executable, "-m", "ember.cli"]
+    if config_path is not None:
+        cmd += ["--config", str(config_path)]
+    cmd += ["--log-level", settings.log_level, "worker", FUNCTIONS_WORKER, "--nats", nats_url]
+    return WorkerProcess(FUNCTIONS_WORKER, names[0], cmd)
 
 
 def serve(settings: Settings, *, nats_url: str | None, only: list[str] | None, config_path: Path | None) -> int:

@@ -1,6 +1,8 @@
 """Settings and the model registry, validated at the edge with pydantic."""
 
 from ember.config.settings import (
+    DEFAULT_AUDIO_MODEL,
+    DEFAULT_IMAGE_MODEL,
     DEFAULT_MODEL,
     ConfigError,
     GatewaySettings,
@@ -11,6 +13,8 @@ from ember.config.settings import (
 )
 
 __all__ = [
+    "DEFAULT_AUDIO_MODEL",
+    "DEFAULT_IMAGE_MODEL",
     "DEFAULT_MODEL",
     "ConfigError",
     "GatewaySettings",

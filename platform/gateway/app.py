@@ -13,13 +13,14 @@ from starlette.middleware import Middleware
 from starlette.routing import Route
 
 from ember.auth.nats_kv import NatsKeyStore
+from ember.bus.blobs import BlobStore
 from ember.bus.client import JobClient, StreamTiming
 from ember.bus.connection import connect
 from ember.config import Settings
 from ember.gateway import errors
 from ember.gateway.auth import AuthMiddleware
 from ember.gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from ember.gateway.routes import admin, chat, completions, health, models, usage
+from ember.gateway.routes import admin, audio, chat, completions, functions, health, images, models, usage
 from ember.limits.nats_kv import NatsRateLimiter
 from ember.usage import stream as usage_stream
 
@@ -39,7 +40,7 @@ def middleware(settings: Settings) -> list[Middleware]:
         Middleware(RequestIdMiddleware),
         # Before the body is read: a request without a valid key costs us no more than its headers.
         Middleware(AuthMiddleware, settings=settings),
-        Middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes, per_path=audio.BODY_LIMITS),
     ]
 
 
@@ -58,6 +59,9 @@ def create_app(settings: Settings, nats_url: str) -> Starlette:
         js = nc.jetstream()
         await usage_stream.ensure_stream(js)
         app.state.usage = js
+        # Uploads too big for one NATS message (audio files) travel through the object store.
+        app.state.blobs = await BlobStore.open(js)
+        await functions.setup(app, client, js, settings)
         # Dev mode (auth off) has no keys to limit: requests run unmetered, though their usage is still recorded.
         app.state.limiter = await NatsRateLimiter.open(nc) if settings.auth.enabled else None
         store: NatsKeyStore | None = None
@@ -84,7 +88,14 @@ def create_app(settings: Settings, nats_url: str) -> Starlette:
             Route("/v1/models/{model:path}", models.retrieve, methods=["GET"]),
             Route("/v1/chat/completions", chat.create, methods=["POST"]),
             Route("/v1/completions", completions.create, methods=["POST"]),
+            Route("/v1/audio/transcriptions", audio.transcriptions, methods=["POST"]),
+            Route("/v1/audio/translations", audio.translations, methods=["POST"]),
+            Route("/v1/images/generations", images.generations, methods=["POST"]),
+            Route("/v1/images/edits", images.edits, methods=["POST"]),
+            Route("/v1/images/variations", images.variations, methods=["POST"]),
+            Route("/v1/images/files/{name}", images.file, methods=["GET"], name="image_file"),
             *admin.routes(),
+            *functions.routes(),
             Route("/v1/usage", usage.summary, methods=["GET"]),
         ],
         middleware=middleware(settings),

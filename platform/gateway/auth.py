@@ -29,6 +29,8 @@ from ember.config import Settings
 from ember.gateway.errors import AuthenticationError, ServiceUnavailable, error_response
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# Images served for response_format=url: the random name in the URL is the credential, like a signed URL.
+OPEN_PREFIXES = ("/v1/images/files/",)
 ADMIN_PREFIX = "/v1/admin"
 # Admin routes outside /v1/admin (OpenAI-style names); like those, they check the admin key themselves.
 ADMIN_PATHS = frozenset({"/v1/usage"})
@@ -61,6 +63,8 @@ def current_key(request: Request) -> ApiKey:
 
 
 def _is_open(path: str) -> bool:
+    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        return True
     return path in OPEN_PATHS or path in ADMIN_PATHS or path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
 
 

@@ -16,9 +16,10 @@ import anyio
 
 from ember.bus.client import JobClient, JobRefused, JobStream
 from ember.bus.errors import NoWorkerError, ReplyTimeoutError, WorkerLostError
-from ember.bus.messages import ErrorInfo, JobStatus, TextChunk, TextJob, TokenLogprob
+from ember.bus.messages import ErrorInfo, JobStatus, TextChunk, TextJob, TokenLogprob, ToolCallDelta
 from ember.gateway.errors import GatewayError, ServiceUnavailable, UpstreamError
 from ember.gateway.quota import Quota
+from ember.gateway.tool_calls import ToolCall, ToolCallAssembler
 
 
 def bus_error(e: Exception, model: str) -> GatewayError:
@@ -142,9 +143,16 @@ class Choice:
     status: JobStatus = JobStatus.RUNNING
     completion_tokens: int = 0
     worker_ms: float = 0.0
+    tool_calls: ToolCallAssembler = field(default_factory=ToolCallAssembler)
+    # "tool_calls" when the worker ended the reply with calls.
+    finish: str | None = None
 
     def add(self, chunk: TextChunk) -> None:
         self.text.append(chunk.text)
+        if chunk.tool_calls:
+            self.tool_calls.add(chunk.tool_calls)
+        if chunk.finish_reason is not None:
+            self.finish = chunk.finish_reason
         self.token_ids.extend(chunk.token_ids)
         if chunk.logprobs:
             self.logprobs.extend(chunk.logprobs)
@@ -169,10 +177,61 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     }
 
 
-def finish_reason(status: JobStatus) -> str:
+def finish_reason(status: JobStatus, override: str | None = None) -> str:
+    """OpenAI's finish_reason: the worker's own (``tool_calls``) when it sent one, else from the status."""
+    if override is not None:
+        return override
     if status == JobStatus.FINISHED_LENGTH:
         return "length"
     return "stop"
+
+
+@dataclass
+class TurnResult:
+    """One finished chat turn (one choice): what the orchestrator and the chat route read back."""
+
+    # The reply's text (tool-call markup never appears here); "" when the model only called tools.
+    text: str
+    # Complete calls, each already validated against its tool's ``parameters`` schema.
+    tool_calls: list[ToolCall]
+    # "stop", "length" or "tool_calls".
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+async def run_chat_turn(bus: JobClient, quota: Quota, job: TextJob, accept_timeout_s: float) -> TurnResult:
+    """Run one TextJob to the end (tools and all) and return the whole turn.
+
+    ``quota`` must be open (``Quota.open``); this admits the job's tokens and closes it with what was used, so
+    each turn is charged on its own. Raises a GatewayError (refusal, no worker, over the limits, a bad call).
+    """
+    streams, prompt_tokens = await start_metered(
+        bus, quota, [job], accept_timeout_s, lambda s: s[0].accepted.prompt_tokens if s[0].accepted else 0
+    )
+    (choice,) = await collect(streams, quota, prompt_tokens)
+    return TurnResult(
+        text="".join(choice.text),
+        tool_calls=choice.tool_calls.complete(job.tools or ()),
+        finish_reason=finish_reason(choice.status, choice.finish),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=choice.completion_tokens,
+    )
+
+
+def tool_call_deltas(deltas: list[ToolCallDelta]) -> list[dict[str, object]]:
+    """The chunk's tool-call deltas in OpenAI's streaming shape."""
+    out: list[dict[str, object]] = []
+    for d in deltas:
+        entry: dict[str, object] = {"index": d.index}
+        function: dict[str, str] = {"arguments": d.arguments}
+        if d.id is not None:
+            entry["id"], entry["type"] = d.id, "function"
+        if d.name is not None:
+            function = {"name": d.name, "arguments": d.arguments}
+        entry["function"] = function
+        out.append(entry)
+    return out
 
 
 def aborted_error() -> GatewayError:

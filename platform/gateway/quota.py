@@ -13,6 +13,7 @@ and token limits count the prompt's real tokens, not a guess::
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -25,7 +26,7 @@ from ember.config import ConfigError, Settings
 from ember.gateway.auth import current_key
 from ember.gateway.errors import InvalidRequest, PermissionDenied, ServiceUnavailable
 from ember.limits.headers import RateLimitExceeded, rate_limit_headers
-from ember.limits.interface import Cost, Decision, Lease, LimiterUnavailable, RateLimiter
+from ember.limits.interface import Cost, Decision, Dimension, Lease, LimiterUnavailable, RateLimiter
 from ember.limits.tiers import Tier
 from ember.usage import stream as usage_stream
 
@@ -96,9 +97,16 @@ class Quota:
 
     async def admit_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
         """Admit the prompt's tokens and the most the completion may use; raises 429 (or 503)."""
+        await self.admit(Cost(requests=0, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens))
+
+    async def admit(self, cost: Cost) -> None:
+        """Admit ``cost`` on top of the request and hold it until ``close`` settles it; raises 429 (or 503).
+
+        What is admitted is an upper bound (max_tokens, n images, a second of audio); ``close`` charges what was
+        really used and gives the rest back.
+        """
         if self.limiter is None:
             return
-        cost = Cost(requests=0, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
         try:
             decision = await self.limiter.admit(self.key.id, self.tier, cost)
         except LimiterUnavailable as e:
@@ -106,16 +114,23 @@ class Quota:
         self.decision = decision
         if not decision.allowed:
             raise RateLimitExceeded.from_decision(decision)
-        self.reserved = cost
+        self.reserved = Cost(**{d.value: self.reserved.of(d) + cost.of(d) for d in Dimension})
 
     def headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers of the latest admission (every response carries them)."""
         return rate_limit_headers(self.decision) if self.decision is not None else {}
 
     async def close(
-        self, prompt_tokens: int = 0, completion_tokens: int = 0, status: str = "ok", *, refund: bool = False
+        self,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        status: str = "ok",
+        *,
+        refund: bool = False,
+        images: int = 0,
+        audio_seconds: float = 0.0,
     ) -> None:
-        """Settle the tokens, free the slot and record the usage; safe to call more than once.
+        """Settle what was admitted against what was used, free the slot and record the usage; safe to call twice.
 
         ``refund``: the platform, not the client, failed the request before any generation (no worker, workers
         overloaded): the request is given back to the key's limit, since a 503 must not cost quota.
@@ -124,7 +139,13 @@ class Quota:
             return
         self.closed = True
         if self.limiter is not None:
-            actual = Cost(requests=0, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+            actual = Cost(
+                requests=0,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                images=images,
+                audio_seconds=math.ceil(audio_seconds),
+            )
             if refund and self.decision is not None and self.decision.allowed:
                 await self.limiter.reconcile(self.key.id, self.tier, Cost(requests=1), Cost(requests=0))
             if self.reserved != Cost(requests=0):
@@ -139,6 +160,8 @@ class Quota:
                 modality=self.modality,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
+                images=images,
+                audio_seconds=audio_seconds,
                 duration_ms=(time.perf_counter() - self.started) * 1000,
                 status=status,
             )

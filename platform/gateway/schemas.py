@@ -58,8 +58,14 @@ class StreamOptions(_Body):
     include_usage: bool = False
 
 
-class ResponseFormat(_Body):
-    type: Literal["text", "json_object", "json_schema"]
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format, plus Fireworks-style ``regex`` and ``grammar`` (GBNF or Lark) extensions."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["text", "json_object", "json_schema", "regex", "grammar"]
+    json_schema: dict[str, Any] | None = None
+    regex: str | None = Field(default=None, max_length=16384)
+    grammar: str | None = Field(default=None, max_length=65536)
 
 
 Stop = Annotated[list[str], Field(max_length=4)]
@@ -131,19 +137,17 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
+    # Extensions for server-executed tools (ember.gateway.orchestrator): the functions the model may call (an
+    # allow-list), the most model turns, and a per-turn tool_choice ("auto" | "none" | "required" | a name).
+    ember_tools: list[str] | None = Field(default=None, min_length=1, max_length=32)
+    ember_max_steps: int | None = Field(default=None, ge=1, le=64)
+    ember_tool_plan: list[str] | None = Field(default=None, max_length=64)
 
     @model_validator(mode="after")
     def _top_logprobs_needs_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs and not self.logprobs:
             raise ValueError("top_logprobs requires logprobs=true")
         return self
-
-    def unsupported(self) -> tuple[str, str] | None:
-        if self.tools:
-            return "tools", "tool calling is not supported by this server yet"
-        if self.response_format is not None and self.response_format.type != "text":
-            return "response_format", f"response_format {self.response_format.type!r} is not supported yet"
-        return super().unsupported()
 
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -160,6 +164,8 @@ class CompletionRequest(_Sampling):
     logprobs: int | None = Field(default=None, ge=0, le=5)
     suffix: str | None = None
     best_of: int | None = Field(default=None, ge=1, le=MAX_CHOICES)
+    # An extension here (OpenAI has it on chat only): the completion must match it.
+    response_format: ResponseFormat | None = None
 
     @field_validator("prompt")
     @classmethod

@@ -7,7 +7,8 @@ Each step::
                (start-time fair queuing, fair_queue.py), then the oldest
     prefill    admitted prompts run in chunks of at most ``prefill_chunk`` tokens per step, so one long
                prompt delays the running decodes by a bounded amount; a finished prefill samples token 1
-    decode     every running sequence advances one token in ONE batched forward
+    decode     every running sequence advances one token in ONE batched forward; rows with a grammar get their
+               token mask on the logits, then the whole batch is sampled at once
     emit       per sequence, the step's tokens become one StepOutput (the worker sends it as one message)
 
 A failing step fails only the sequences in it; the engine keeps running.
@@ -22,11 +23,13 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import llguidance
 import torch
 
 from ember.bus.messages import ErrorInfo, JobStatus, SamplingParams, TokenLogprob, Usage
 from ember.runtimes.text.detokenizer import IncrementalDetokenizer
 from ember.runtimes.text.fair_queue import FairQueue
+from ember.runtimes.text.grammar import TokenMasks
 from ember.runtimes.text.runner import ModelRunner
 from ember.runtimes.text.sampling import SampleOutput, Sampler, SequenceSampling
 from ember.runtimes.text.tokenizer import TextTokenizer
@@ -58,6 +61,9 @@ class GenerateRequest:
     priority: int = 0
     # Whose request it is (an API key id); fairness in the queue is per key.
     key: str = ""
+    # Constrained decoding: every token is picked among those this matcher allows, and fed back to it
+    # (ember.runtimes.text.grammar). Compiled by the caller, off the engine thread.
+    matcher: llguidance.LLMatcher | None = None
 
 
 @dataclass
@@ -139,6 +145,7 @@ class TextEngine:
         self.tokenizer = tokenizer
         self.config = config
         self.sampler = Sampler()
+        self.masks = TokenMasks(runner.vocab_size)
         self._eos = frozenset(tokenizer.eos_token_ids)
         self._lock = threading.Condition()
         self._arrivals: list[_Sequence] = []
@@ -273,12 +280,15 @@ class TextEngine:
             if seq.prefilled:
                 # logits: [V] of the last prompt position -> the first generated token
                 assert seq.sampling is not None  # set on admission
-                self._accept(seq, self.sampler.sample(logits[None], [seq.sampling]), 0)
+                logits = logits[None]  # [1, V]
+                self.masks.apply(logits, [seq.req.matcher])
+                self._accept(seq, self.sampler.sample(logits, [seq.sampling]), 0)
 
     def _decode(self, seqs: Sequence[_Sequence]) -> None:
         logits = self.runner.decode(
             [s.slot for s in seqs], [s.output_ids[-1] for s in seqs], [s.num_tokens - 1 for s in seqs]
         )  # [B, V]
+        self.masks.apply(logits, [s.req.matcher for s in seqs])
         sampled = self.sampler.sample(logits, [s.sampling for s in seqs if s.sampling is not None])
         for i, seq in enumerate(seqs):
             self._accept(seq, sampled, i)
@@ -291,11 +301,16 @@ class TextEngine:
         if seq.req.sampling.logprobs and sampled.logprobs is not None:
             top = sampled.top_logprobs[i] if sampled.top_logprobs else []
             seq.pending_logprobs.append(self._logprob(token, sampled.logprobs[i], top))
-        if token in self._eos and not seq.req.sampling.ignore_eos:
+        matcher = seq.req.matcher
+        if matcher is not None and not matcher.consume_token(token):
+            # The mask allowed only tokens the matcher accepts: a bug, which fails this sequence alone.
+            self._fail([seq], RuntimeError(f"the grammar rejected token {token}: {matcher.get_error()}"))
+            return
+        if token in self._eos and (not seq.req.sampling.ignore_eos or matcher is not None):
             self._finish(seq, JobStatus.FINISHED_STOPPED)
             return
         seq.pending_text.append(seq.detok.add(token))
-        if seq.detok.stopped:
+        if seq.detok.stopped or (matcher is not None and matcher.is_stopped()):
             self._finish(seq, JobStatus.FINISHED_STOPPED)
         elif len(seq.output_ids) >= seq.req.max_tokens or seq.num_tokens >= self.runner.max_context:
             self._finish(seq, JobStatus.FINISHED_LENGTH)

@@ -117,6 +117,10 @@ class TextTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def to_json(self) -> str:
+        """The whole tokenizer as tokenizer.json text (what grammar libraries build their vocabulary from)."""
+        return self._tok.to_str()
+
     def token_bytes(self, token_id: int) -> bytes:
         """The raw bytes token_id stands for (for logprobs: a token may be part of a UTF-8 character)."""
         cached = self._token_bytes.get(token_id)

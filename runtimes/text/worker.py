@@ -9,17 +9,31 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import llguidance
 import torch
 
 from ember.bus.connection import connect
-from ember.bus.messages import ErrorInfo, Modality, SamplingDefaults, SamplingParams, TextJob
+from ember.bus.messages import (
+    ErrorInfo,
+    JobStatus,
+    Modality,
+    OutputConstraint,
+    SamplingDefaults,
+    SamplingParams,
+    TextChunk,
+    TextJob,
+    ToolCallDelta,
+)
 from ember.bus.worker import JobHandler, ReplySink, WorkerHost
 from ember.config import ModelSpec, Settings
 from ember.config.weights import resolve_weights
-from ember.runtimes.text.engine import EngineConfig, EngineOverloaded, GenerateRequest, TextEngine
+from ember.runtimes.text.engine import EngineConfig, EngineOverloaded, GenerateRequest, StepOutput, TextEngine
+from ember.runtimes.text.grammar import GrammarCompiler, GrammarError, response_grammar
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.runner import ModelRunner
+from ember.runtimes.text.tool_format import ToolCallParser, ToolFormat, choose_format
 
 log = logging.getLogger("ember.text.worker")
 
@@ -40,6 +54,10 @@ class PreparedJob:
     max_tokens: int
     # The job's sampling with the model's defaults filled in.
     sampling: SamplingParams
+    # The grammar the reply is decoded under (tools or response_format), compiled.
+    matcher: llguidance.LLMatcher | None = None
+    # Splits the reply into text and tool calls when the job has tools.
+    parser: ToolCallParser | None = None
 
 
 def sampling_defaults(spec: ModelSpec, model_dir: Path) -> SamplingDefaults:
@@ -64,7 +82,14 @@ class TextJobHandler(JobHandler):
     modality = Modality.TEXT
 
     def __init__(
-        self, model_id: str, loaded: LoadedModel, engine: TextEngine, defaults: SamplingDefaults | None = None
+        self,
+        model_id: str,
+        loaded: LoadedModel,
+        engine: TextEngine,
+        defaults: SamplingDefaults | None = None,
+        tool_format: ToolFormat | None = None,
+        *,
+        constrain: bool = True,
     ) -> None:
         self.model = model_id
         self.loaded = loaded
@@ -72,6 +97,11 @@ class TextJobHandler(JobHandler):
         self.defaults = defaults or SamplingDefaults()
         self.max_batch = engine.config.max_batch
         self.context_length = engine.runner.max_context
+        self.tool_format = tool_format or choose_format(loaded.tokenizer.chat_template)
+        self.grammars = GrammarCompiler(loaded.tokenizer, engine.runner.vocab_size)
+        # False only to measure what the grammar buys (benchmarks/tool_call_eval.py): tool calls are then parsed
+        # from unconstrained text and may be malformed.
+        self.constrain = constrain
 
     def load(self) -> tuple[int, int]:
         return self.engine.load()
@@ -82,17 +112,23 @@ class TextJobHandler(JobHandler):
     def prepare(self, job: TextJob) -> PreparedJob:
         """Render and tokenize the prompt and check it against the context; raises RequestError."""
         tok = self.loaded.tokenizer
+        use_tools = bool(job.tools) and job.tool_choice.mode != "none"
         if job.messages is not None:
             if not job.messages:
                 raise RequestError("messages must not be empty", "invalid_value", "messages")
+            messages, tools = self.tool_format.template_inputs(
+                [m.model_dump(exclude_none=True) for m in job.messages], list(job.tools or ()) if use_tools else None
+            )
             try:
-                text = tok.apply_chat_template([m.model_dump(exclude_none=True) for m in job.messages])
+                text = tok.apply_chat_template(messages, tools=tools)
             except ValueError as e:
                 raise RequestError(
                     f"cannot render these messages with the model's chat template: {e}", "invalid_value", "messages"
                 ) from e
             ids = tok.encode(text, add_special_tokens=False)
         elif job.prompt is not None:
+            if job.tools:
+                raise RequestError("tools need chat messages, not a raw prompt", "invalid_value", "tools")
             ids = tok.encode(job.prompt, add_special_tokens=True)
         else:
             raise RequestError("a text job needs messages or a prompt", "invalid_value")
@@ -109,7 +145,42 @@ class TextJobHandler(JobHandler):
                 "max_tokens" if requested else "messages",
             )
         sampling = job.sampling.with_defaults(self.defaults)
-        return PreparedJob(prompt_ids=ids, max_tokens=requested or ctx - len(ids), sampling=sampling)
+        prepared = PreparedJob(prompt_ids=ids, max_tokens=requested or ctx - len(ids), sampling=sampling)
+        if use_tools:
+            prepared.parser = self.tool_format.parser()
+            grammar = self.tool_format.grammar(list(job.tools or ()), job.tool_choice, job.parallel_tool_calls)
+            prepared.matcher = self._compile_tools(grammar, job) if self.constrain else None
+        elif job.response_format is not None:
+            try:
+                grammar = response_grammar(job.response_format)
+            except GrammarError as e:
+                raise RequestError(f"invalid response_format: {e}", "invalid_value", "response_format") from e
+            prepared.matcher = self._compile(grammar, "response_format")
+        return prepared
+
+    def _compile_tools(self, grammar: str, job: TextJob) -> llguidance.LLMatcher:
+        """The matcher of a tools grammar; when it does not compile, the 400 names the tool at fault."""
+        try:
+            return self.grammars.matcher(grammar)
+        except GrammarError as e:
+            for i, t in enumerate(job.tools or ()):
+                try:
+                    self.grammars.matcher(response_grammar(_schema_constraint(t)))
+                except GrammarError as bad:
+                    name = t.get("function", {}).get("name")
+                    raise RequestError(
+                        f"the parameters of tool {name!r} cannot be enforced: {bad}",
+                        "invalid_value",
+                        f"tools.{i}.function.parameters",
+                    ) from bad
+            raise RequestError(f"tools cannot be enforced: {e}", "invalid_value", "tools") from e
+
+    def _compile(self, grammar: str, param: str) -> llguidance.LLMatcher:
+        """The matcher of ``grammar``; a grammar that does not compile (a bad schema or regex) is a 400."""
+        try:
+            return self.grammars.matcher(grammar)
+        except GrammarError as e:
+            raise RequestError(f"{param} cannot be enforced: {e}", "invalid_value", param) from e
 
     async def handle(self, job: TextJob, sink: ReplySink) -> None:
         try:
@@ -125,6 +196,7 @@ class TextJobHandler(JobHandler):
             max_tokens=prepared.max_tokens,
             priority=job.priority,
             key=job.key_id or "",
+            matcher=prepared.matcher,
         )
         try:
             stream = self.engine.generate(request)
@@ -137,9 +209,42 @@ class TextJobHandler(JobHandler):
                 if out.error is not None:
                     await sink.failed(out.error)
                     return
-                await sink.chunk(out.text, out.token_ids, logprobs=out.logprobs, status=out.status, usage=out.usage)
+                if prepared.parser is not None:
+                    await send_with_tool_calls(sink, out, prepared.parser)
+                else:
+                    await sink.chunk(out.text, out.token_ids, logprobs=out.logprobs, status=out.status, usage=out.usage)
         finally:
             await stream.aclose()  # stops the generation if sending failed (e.g. NATS went away)
+
+
+def _schema_constraint(tool: dict[str, Any]) -> OutputConstraint:
+    """One tool's parameters as a response_format, to compile it alone."""
+    return OutputConstraint(type="json_schema", json_schema=tool.get("function", {}).get("parameters") or {})
+
+
+def split_output(out: StepOutput, parser: ToolCallParser) -> tuple[str, list[ToolCallDelta], str | None]:
+    """One engine output as (text, completed tool calls, finish_reason override)."""
+    text, deltas = parser.feed(out.text)
+    if out.status.finished:
+        more_text, more = parser.finish()
+        text, deltas = text + more_text, deltas + more
+    finish = "tool_calls" if out.status == JobStatus.FINISHED_STOPPED and parser.calls else None
+    return text, deltas, finish
+
+
+async def send_with_tool_calls(sink: ReplySink, out: StepOutput, parser: ToolCallParser) -> None:
+    """One engine output as a chunk whose text is split from its completed tool calls."""
+    text, deltas, finish = split_output(out, parser)
+    await sink.send(
+        TextChunk,
+        out.status,
+        text=text,
+        token_ids=out.token_ids,
+        logprobs=out.logprobs,
+        usage=out.usage,
+        tool_calls=deltas or None,
+        finish_reason=finish,
+    )
 
 
 def build_engine(spec: ModelSpec, loaded: LoadedModel) -> TextEngine:
@@ -190,7 +295,9 @@ async def run_text_worker(
     """Load the model, join its queue group and serve until ``stop`` is set, or SIGINT/SIGTERM without one."""
     loaded, engine = await start_model_thread(model_id, settings)
     nc = await connect(nats_url, name=f"ember-worker-text-{model_id}")
-    handler = TextJobHandler(model_id, loaded, engine, sampling_defaults(settings.model(model_id), loaded.path))
+    spec = settings.model(model_id)
+    tool_format = choose_format(loaded.tokenizer.chat_template, spec.tool_format)
+    handler = TextJobHandler(model_id, loaded, engine, sampling_defaults(spec, loaded.path), tool_format)
     host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
     if stop is None:
         stop = asyncio.Event()

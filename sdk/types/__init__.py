@@ -1,5 +1,16 @@
 """Typed results (pydantic models in OpenAI's shapes) and request parameters (TypedDicts)."""
 
+from .audio import (
+    AudioResponseFormat,
+    Transcription,
+    TranscriptionSegment,
+    TranscriptionStreamEvent,
+    TranscriptionUsage,
+    TranscriptionVerbose,
+    TranscriptionWord,
+    Translation,
+    TranslationVerbose,
+)
 from .chat_completion import ChatCompletion, Choice, FinishReason
 from .chat_completion_chunk import (
     ChatCompletionChunk,
@@ -25,12 +36,15 @@ from .chat_completion_token_logprob import ChatCompletionTokenLogprob, ChoiceLog
 from .completion import Completion, CompletionChoice, Logprobs
 from .completion_create_params import CompletionCreateParams
 from .completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
+from .function import FunctionDefinition, FunctionJob, FunctionJobError, FunctionList, FunctionResult
+from .image import Image, ImageGenerateParams, ImagesResponse
 from .model import Model, ModelList
 
 # The name the OpenAI API reference uses for the object.
 Usage = CompletionUsage
 
 __all__ = [
+    "AudioResponseFormat",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionContentPartParam",
@@ -59,11 +73,27 @@ __all__ = [
     "FinishReason",
     "Function",
     "FunctionCall",
+    "FunctionDefinition",
+    "FunctionJob",
+    "FunctionJobError",
+    "FunctionList",
+    "FunctionResult",
+    "Image",
+    "ImageGenerateParams",
+    "ImagesResponse",
     "Logprobs",
     "Model",
     "ModelList",
     "PromptTokensDetails",
     "ResponseFormat",
     "TopLogprob",
+    "Transcription",
+    "TranscriptionSegment",
+    "TranscriptionStreamEvent",
+    "TranscriptionUsage",
+    "TranscriptionVerbose",
+    "TranscriptionWord",
+    "Translation",
+    "TranslationVerbose",
     "Usage",
 ]

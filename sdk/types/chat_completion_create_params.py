@@ -105,10 +105,16 @@ class JSONSchema(TypedDict, total=False):
 
 
 class ResponseFormat(TypedDict, total=False):
-    """``{"type": "json_object"}``, or ``{"type": "json_schema", "json_schema": {...}}`` to constrain the output."""
+    """``{"type": "json_object"}``, or ``{"type": "json_schema", "json_schema": {...}}`` to constrain the output.
 
-    type: Required[Literal["text", "json_object", "json_schema"]]
+    Ember extensions (Fireworks' grammar mode): ``{"type": "regex", "regex": "..."}`` and
+    ``{"type": "grammar", "grammar": "<GBNF or Lark>"}``.
+    """
+
+    type: Required[Literal["text", "json_object", "json_schema", "regex", "grammar"]]
     json_schema: JSONSchema
+    regex: str
+    grammar: str
 
 
 class ChatCompletionStreamOptionsParam(TypedDict, total=False):

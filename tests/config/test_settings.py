@@ -8,16 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from ember.config import DEFAULT_MODEL, ConfigError, ModelSpec, load_settings
+from ember.bus.messages import Modality
+from ember.config import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL, DEFAULT_MODEL, ConfigError, ModelSpec, load_settings
 from ember.config.weights import resolve_weights
 from tests.helpers.cluster import write_config
 
 
-def test_defaults_serve_the_shipped_model() -> None:
+def test_defaults_serve_a_shipped_model_of_each_modality() -> None:
     settings = load_settings(Path("/dev/null"))
-    assert list(settings.models) == [DEFAULT_MODEL]
+    assert list(settings.models) == [DEFAULT_MODEL, DEFAULT_IMAGE_MODEL, DEFAULT_AUDIO_MODEL]
+    assert [settings.model(m).modality for m in settings.models] == [Modality.TEXT, Modality.IMAGE, Modality.AUDIO]
     assert settings.nats.url is None  # `ember serve` embeds NATS
     assert resolve_weights(settings.model(DEFAULT_MODEL)).name.endswith(".gguf")
+    assert (resolve_weights(settings.model(DEFAULT_IMAGE_MODEL)) / "model_index.json").is_file()
+    assert (resolve_weights(settings.model(DEFAULT_AUDIO_MODEL)) / "model.bin").is_file()
 
 
 def test_file_then_environment_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -81,13 +85,18 @@ def test_ember_models_lists_what_is_configured(tmp_path: Path) -> None:
     assert str(tmp_path) in lines["here"] and "MISSING" in lines["gone"]
 
 
-def test_the_readme_config_example_is_valid(tmp_path: Path) -> None:
+def test_every_readme_config_example_is_valid(tmp_path: Path) -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
-    (tmp_path / "ember.toml").write_text(example)
-    settings = load_settings(tmp_path / "ember.toml")
-    assert settings.models["smollm2-135m-instruct"].sampling is not None
-    assert settings.models["my-qwen"].max_context == 4096
+    examples = [block.split("```", 1)[0] for block in readme.split("```toml\n")[1:]]
+    assert len(examples) >= 3
+    models: dict[str, ModelSpec] = {}
+    for i, example in enumerate(examples):
+        (tmp_path / f"ember{i}.toml").write_text(example)
+        models |= load_settings(tmp_path / f"ember{i}.toml").models
+    assert models["smollm2-135m-instruct"].sampling is not None
+    assert models["my-qwen"].max_context == 4096
+    assert models["whisper-tiny.en"].modality == Modality.AUDIO
+    assert models["ember-shapes"].modality == Modality.IMAGE
 
 
 def test_tiers_extend_and_override_the_defaults(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import openai
 import pytest
 
@@ -57,3 +60,47 @@ def test_errors_map_to_the_clients_exceptions(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=TINY, messages=[{"role": "user", "content": "x"}], max_tokens=100_000)
     assert e.value.code == "context_length_exceeded"
+
+
+CALC = {
+    "type": "function",
+    "function": {
+        "name": "calc",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}},
+            "required": ["a"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+def test_tool_round_trip_streaming_and_not(client: openai.OpenAI) -> None:
+    """The tiny model's output is noise, but under the grammar its calls are valid: a whole round trip works."""
+    messages: list[Any] = [{"role": "user", "content": "add"}]
+    kwargs: dict[str, Any] = {"model": TINY, "tools": [CALC], "tool_choice": "required", "parallel_tool_calls": False}
+    for seed in range(8):
+        r = client.chat.completions.create(messages=messages, max_tokens=60, temperature=1.0, seed=seed, **kwargs)
+        if r.choices[0].finish_reason == "tool_calls":
+            break
+    else:
+        raise AssertionError("no seed produced a tool call")
+    message = r.choices[0].message
+    [call] = message.tool_calls or []
+    assert (
+        call.type == "function" and call.function.name == "calc" and 0 <= json.loads(call.function.arguments)["a"] <= 9
+    )
+
+    # The same request streamed: the openai client's own accumulation rebuilds the same call.
+    with client.chat.completions.stream(
+        messages=messages, max_tokens=60, temperature=1.0, seed=seed, **kwargs
+    ) as stream:
+        final = stream.get_final_completion()
+    [streamed] = final.choices[0].message.tool_calls or []
+    assert (streamed.function.name, streamed.function.arguments) == (call.function.name, call.function.arguments)
+    assert final.choices[0].finish_reason == "tool_calls"
+
+    messages += [message.model_dump(exclude_none=True), {"role": "tool", "tool_call_id": call.id, "content": "7"}]
+    after = client.chat.completions.create(model=TINY, messages=messages, tools=[CALC], max_tokens=3, temperature=0)
+    assert after.choices[0].finish_reason in ("stop", "length", "tool_calls")

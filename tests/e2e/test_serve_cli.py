@@ -70,7 +70,7 @@ def test_serve_runs_everything_and_stops_everything(tiny_model: Path, tmp_path: 
         assert f"listening on http://127.0.0.1:{port}/v1" in printed
         assert "model 'tiny' ready" in printed
         children = children_of(proc.pid)
-        assert len(children) == 2  # nats-server and the worker
+        assert len(children) == 3  # nats-server, the text worker and the functions worker (built-ins)
 
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
         closing.append(client)
@@ -79,7 +79,7 @@ def test_serve_runs_everything_and_stops_everything(tiny_model: Path, tmp_path: 
         assert (tmp_path / "nats-data" / "jetstream").is_dir()
 
         # A worker that crashes is restarted by `ember serve`, and the model serves again.
-        worker = next(pid for pid in children if "worker" in Path(f"/proc/{pid}/cmdline").read_text())
+        worker = next(pid for pid in children if "\0worker\0text\0" in Path(f"/proc/{pid}/cmdline").read_text())
         os.kill(worker, signal.SIGKILL)
         wait_for_line(lines, "restarting (1/5)", seen, timeout=30)
         # Until the new worker is up the model answers 503 (never a hang), and the SDK's retries ride it out.

@@ -9,12 +9,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ember.bus.messages import ChatMessage, TextChunk, TextJob, TokenLogprob
-from ember.gateway import generation, sse
+from ember.bus.messages import ChatMessage, OutputConstraint, TextChunk, TextJob, TokenLogprob, ToolChoice
+from ember.gateway import generation, orchestrator, sse
 from ember.gateway.errors import GatewayError, InvalidRequest
 from ember.gateway.quota import Quota
 from ember.gateway.routes.common import bus, check_model, now, parse_body, settings
 from ember.gateway.schemas import ChatCompletionRequest
+from ember.gateway.tool_calls import ToolCallAssembler, check_tools, output_constraint, tool_choice
 
 
 def to_job_messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
@@ -31,14 +32,25 @@ def to_job_messages(body: ChatCompletionRequest) -> tuple[ChatMessage, ...]:
     return tuple(out)
 
 
+def tool_fields(body: ChatCompletionRequest) -> tuple[tuple[dict[str, Any], ...], ToolChoice, OutputConstraint | None]:
+    """The request's tools, tool_choice and response_format as a job carries them; a clear 400 for bad ones."""
+    tools = check_tools(body.tools) if body.tools else ()
+    choice = tool_choice(body.tool_choice, tools)
+    constraint = output_constraint(body.response_format.model_dump()) if body.response_format else None
+    return tools, choice, constraint
+
+
 def logprobs_content(entries: list[TokenLogprob]) -> dict[str, Any]:
     return {"content": [e.model_dump() for e in entries], "refusal": None}
 
 
 async def create(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
+    if body.ember_tools is not None:  # server-executed functions: the orchestrator runs the whole loop
+        return await orchestrator.run(request, body)
     check_model(request, body.model)
     messages = to_job_messages(body)  # every check of the request itself comes before any quota is spent
+    tools, choice, constraint = tool_fields(body)
     quota = await Quota.open(request, body.model)
     request_id: str = request.state.request_id
     max_tokens = await quota.max_tokens(body.requested_max_tokens())
@@ -50,6 +62,10 @@ async def create(request: Request) -> Response:
             sampling=body.sampling(i, max_tokens),
             priority=quota.tier.priority,
             key_id=quota.key.id,
+            tools=tools or None,
+            tool_choice=choice,
+            parallel_tool_calls=body.parallel_tool_calls is not False,
+            response_format=constraint,
         )
         for i in range(body.n)
     ]
@@ -62,11 +78,12 @@ async def create(request: Request) -> Response:
     created = now()
     if body.stream:
         parts = generation.metered(streams, quota, prompt_tokens)
-        events = _stream(body, parts, completion_id, created, prompt_tokens)
+        events = _stream(body, tools, parts, completion_id, created, prompt_tokens)
         return sse.EventStreamResponse(events, {**generation.worker_header(streams), **quota.headers()})
 
     choices = await generation.collect(streams, quota, prompt_tokens)
     completion_tokens = sum(c.completion_tokens for c in choices)
+    calls = [[call.to_openai() for call in c.tool_calls.complete(tools)] for c in choices]
     return JSONResponse(
         {
             "id": completion_id,
@@ -77,9 +94,9 @@ async def create(request: Request) -> Response:
             "choices": [
                 {
                     "index": c.index,
-                    "message": {"role": "assistant", "content": "".join(c.text), "refusal": None},
+                    "message": message("".join(c.text), calls[c.index]),
                     "logprobs": logprobs_content(c.logprobs) if body.logprobs else None,
-                    "finish_reason": generation.finish_reason(c.status),
+                    "finish_reason": generation.finish_reason(c.status, c.finish),
                 }
                 for c in choices
             ],
@@ -89,8 +106,16 @@ async def create(request: Request) -> Response:
     )
 
 
+def message(text: str, calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The assistant message; OpenAI gives ``content: null`` when the reply is only tool calls."""
+    if not calls:
+        return {"role": "assistant", "content": text, "refusal": None}
+    return {"role": "assistant", "content": text or None, "refusal": None, "tool_calls": calls}
+
+
 async def _stream(
     body: ChatCompletionRequest,
+    tools: tuple[dict[str, Any], ...],
     parts: AsyncGenerator[tuple[int, TextChunk], None],
     completion_id: str,
     created: int,
@@ -119,14 +144,21 @@ async def _stream(
         for i in range(body.n):
             yield chunk([choice(i, {"role": "assistant", "content": ""})])
         completion_tokens = 0
+        assemblers = [ToolCallAssembler() for _ in range(body.n)]
         try:
             async for index, part in parts:
                 lp = logprobs_content(part.logprobs) if body.logprobs and part.logprobs else None
                 if part.text or lp:
                     yield chunk([choice(index, {"content": part.text}, lp=lp)])
+                if part.tool_calls:
+                    # Each call arrives whole: it is checked against its schema before any of it is sent.
+                    assemblers[index].add(part.tool_calls)
+                    assemblers[index].complete(tools)
+                    for entry in generation.tool_call_deltas(part.tool_calls):
+                        yield chunk([choice(index, {"tool_calls": [entry]})])
                 if part.finished:
                     completion_tokens += part.usage.completion_tokens if part.usage else 0
-                    yield chunk([choice(index, {}, generation.finish_reason(part.status))])
+                    yield chunk([choice(index, {}, generation.finish_reason(part.status, part.finish_reason))])
         except GatewayError as e:
             yield sse.event(e.body())
             yield sse.DONE

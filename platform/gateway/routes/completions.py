@@ -15,6 +15,7 @@ from ember.gateway.errors import GatewayError
 from ember.gateway.quota import Quota
 from ember.gateway.routes.common import bus, check_model, now, parse_body, settings
 from ember.gateway.schemas import CompletionRequest
+from ember.gateway.tool_calls import output_constraint
 
 
 def legacy_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
@@ -35,6 +36,7 @@ def legacy_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
 async def create(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
     check_model(request, body.model)
+    constraint = output_constraint(body.response_format.model_dump()) if body.response_format else None
     quota = await Quota.open(request, body.model)
     request_id: str = request.state.request_id
     prompts = body.prompts()
@@ -48,6 +50,7 @@ async def create(request: Request) -> Response:
             sampling=body.sampling(i, max_tokens),
             priority=quota.tier.priority,
             key_id=quota.key.id,
+            response_format=constraint,
         )
         for p, prompt in enumerate(prompts)
         for i in range(body.n)

@@ -1,0 +1,260 @@
+"""POST /v1/images/generations, /v1/images/edits, /v1/images/variations, and GET /v1/images/files/{name}.
+
+A request is one ImageJob of ``n`` images; its worker streams ImageProgress and then one ImageResult per image.
+``response_format=url`` puts each image in a short-lived object-store bucket under a random 256-bit name and
+answers with a gateway URL for it: the name is the credential (the route is open, like a signed URL) and the
+bucket's TTL expires it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import secrets
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ember.bus.blobs import BlobNotFound, BlobStore
+from ember.bus.client import JobRefused, JobStream
+from ember.bus.errors import NoWorkerError, ReplyTimeoutError, WorkerLostError
+from ember.bus.messages import ImageJob, ImageResult, Modality, StreamReply
+from ember.gateway import generation
+from ember.gateway.errors import GatewayError, InvalidRequest, NotFound, from_validation
+from ember.gateway.image_schemas import (
+    ImageEditForm,
+    ImageGenerationRequest,
+    ImageVariationForm,
+    _ImageBody,
+)
+from ember.gateway.quota import Quota
+from ember.gateway.routes.common import bus, check_model, now, parse_body, settings
+from ember.limits.interface import Cost
+
+B = TypeVar("B", bound=_ImageBody)
+
+# How long a response_format=url image can be fetched.
+URL_TTL_S = 3600.0
+FILES_BUCKET = "ember_image_files"
+# Uploads above this travel to the worker through the BlobStore rather than inside the job message.
+INLINE_UPLOAD_LIMIT = 600 * 1024
+_MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
+
+
+async def _stores(request: Request) -> tuple[BlobStore, BlobStore]:
+    """(blobs shared with workers, the URL bucket), opened on first use."""
+    state = request.app.state
+    if getattr(state, "image_stores_lock", None) is None:
+        state.image_stores_lock = asyncio.Lock()  # per app: each app runs on its own event loop
+    async with state.image_stores_lock:
+        if getattr(state, "image_stores", None) is None:
+            js = bus(request).nc.jetstream()
+            # The app's worker-shared store when it has one (its lifespan opens it), else our own handle on it.
+            shared = getattr(state, "blobs", None) or await BlobStore.open(js)
+            state.image_stores = (shared, await BlobStore.open(js, FILES_BUCKET, ttl_s=URL_TTL_S))
+    stores: tuple[BlobStore, BlobStore] = state.image_stores
+    return stores
+
+
+def default_model(request: Request) -> str:
+    """The first configured image model, for requests that name none."""
+    for model_id, spec in settings(request).models.items():
+        if spec.modality == Modality.IMAGE:
+            return model_id
+    for info in bus(request).workers():
+        if info.modality == Modality.IMAGE:
+            return info.model
+    raise InvalidRequest("no image model is configured; name one in 'model'", code="invalid_value", param="model")
+
+
+async def generations(request: Request) -> Response:
+    body = await parse_body(request, ImageGenerationRequest)
+    return await _run(request, body, body.prompt)
+
+
+async def edits(request: Request) -> Response:
+    body, files = await _parse_form(request, ImageEditForm, required=("image",), optional=("mask",))
+    return await _run(request, body, body.prompt, source=files["image"], mask=files.get("mask"))
+
+
+async def variations(request: Request) -> Response:
+    body, files = await _parse_form(request, ImageVariationForm, required=("image",), optional=())
+    return await _run(request, body, "", source=files["image"])
+
+
+async def file(request: Request) -> Response:
+    """An image stored for a response_format=url answer; 404 once it expired."""
+    name: str = request.path_params["name"]
+    stem, _, ext = name.rpartition(".")
+    if ext not in _MEDIA or len(stem) < 32:
+        raise NotFound("no such image (it may have expired)", code="image_not_found")
+    _, files = await _stores(request)
+    try:
+        data = await files.get(name)
+    except BlobNotFound:
+        raise NotFound("no such image (it may have expired)", code="image_not_found") from None
+    return Response(data, media_type=_MEDIA[ext], headers={"cache-control": "private, max-age=3600"})
+
+
+async def _parse_form(
+    request: Request, schema: type[B], required: tuple[str, ...], optional: tuple[str, ...]
+) -> tuple[B, dict[str, bytes]]:
+    """A multipart body's fields (validated by ``schema``) and its uploaded files' bytes."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise InvalidRequest("this endpoint takes multipart/form-data", code="invalid_request")
+    try:
+        form = await request.form()
+    except Exception as e:  # python-multipart's parse errors share no base class
+        raise InvalidRequest(f"the multipart body cannot be parsed: {e}", code="invalid_request") from None
+    fields: dict[str, Any] = {}
+    files: dict[str, bytes] = {}
+    try:
+        for key, value in form.multi_items():
+            name = key.removesuffix("[]")
+            if isinstance(value, UploadFile):
+                if name in (*required, *optional):
+                    files[name] = await value.read()
+            else:
+                fields[name] = value
+    finally:
+        await form.close()
+    for name in required:
+        if not files.get(name):
+            raise InvalidRequest(f"the {name!r} file is required", code="invalid_value", param=name)
+    try:
+        body = schema.model_validate(fields)
+    except ValidationError as e:
+        raise from_validation(e) from None
+    return body, files
+
+
+async def _upload(blobs: BlobStore, data: bytes | None) -> tuple[str | None, str | None]:
+    """(base64, None) for a small upload, (None, object name) for a big one, (None, None) for none."""
+    if data is None:
+        return None, None
+    if len(data) > INLINE_UPLOAD_LIMIT:
+        return None, await blobs.put(data)
+    return base64.b64encode(data).decode(), None
+
+
+async def _admit_images(quota: Quota, n: int) -> None:
+    """Hold ``n`` images of the key's images-per-minute limit; ``close`` charges only the delivered ones."""
+    try:
+        await quota.admit(Cost(requests=0, images=n))
+    except GatewayError as e:
+        await quota.close(status=e.code or "error", refund=e.status == 503)
+        raise
+
+
+async def _run(
+    request: Request, body: _ImageBody, prompt: str, *, source: bytes | None = None, mask: bytes | None = None
+) -> Response:
+    model = body.model or default_model(request)
+    check_model(request, model)
+    width, height = body.dimensions()
+    blobs, files = await _stores(request)
+    quota = await Quota.open(request, model)
+    quota.modality = Modality.IMAGE
+    await _admit_images(quota, body.n)
+    request_id: str = request.state.request_id
+    results: dict[int, ImageResult] = {}
+    status = "ok"
+    worker_ms = 0.0
+    stream: JobStream[StreamReply] | None = None
+    init_object = mask_object = None
+    try:
+        init_b64, init_object = await _upload(blobs, source)
+        mask_b64, mask_object = await _upload(blobs, mask)
+        job = ImageJob(
+            request_id=f"{request_id}-0",
+            model=model,
+            prompt=prompt,
+            negative_prompt=body.negative_prompt,
+            n=body.n,
+            width=width,
+            height=height,
+            steps=body.num_inference_steps,
+            guidance_scale=body.guidance_scale,
+            seed=body.seed,
+            output_format=body.output_format,
+            init_image=init_b64,
+            init_image_object=init_object,
+            strength=getattr(body, "strength", None),
+            mask_image=mask_b64,
+            mask_object=mask_object,
+            priority=quota.tier.priority,
+            key_id=quota.key.id,
+        )
+        try:
+            stream = await bus(request).submit(job, StreamReply)
+            accepted = await stream.wait_accepted(settings(request).gateway.accept_timeout_s)
+            async for reply in stream:
+                if isinstance(reply, ImageResult):
+                    results[reply.index] = reply
+                    worker_ms = reply.worker_ms or worker_ms
+        except (JobRefused, NoWorkerError, WorkerLostError, ReplyTimeoutError) as e:
+            raise generation.bus_error(e, model) from None
+        data = [await _entry(r, body, blobs, files, request) for r in sorted(results.values(), key=lambda r: r.index)]
+    except GatewayError as e:
+        status = e.code or "error"
+        raise
+    except BaseException:
+        status = "client_closed"
+        raise
+    finally:
+        uploads = (init_object, mask_object)
+        await generation.settled(_finish(stream, quota, len(results), status, uploads, blobs))
+    headers = {
+        "x-ember-worker": accepted.worker_id,
+        "x-ember-processing-ms": f"{worker_ms:.1f}",
+        **quota.headers(),
+    }
+    return JSONResponse({"created": now(), "data": data}, headers=headers)
+
+
+async def _finish(
+    stream: JobStream[StreamReply] | None,
+    quota: Quota,
+    delivered: int,
+    status: str,
+    uploads: tuple[str | None, str | None],
+    blobs: BlobStore,
+) -> None:
+    """Cancel an unfinished job, give back undelivered images, free the uploads and close the quota."""
+    if stream is not None:
+        await stream.cancel()
+    for name in uploads:
+        if name is not None:
+            await blobs.delete(name)
+    # A 503 (no worker, workers overloaded) before any image is the platform's failure: the request is refunded.
+    refund = delivered == 0 and status in ("no_worker", "overloaded", "worker_lost")
+    await quota.close(status=status, refund=refund, images=delivered)
+
+
+async def _entry(
+    result: ImageResult, body: _ImageBody, blobs: BlobStore, files: BlobStore, request: Request
+) -> dict[str, Any]:
+    """One item of the response's ``data``."""
+    if result.b64 is not None:
+        b64 = result.b64
+        raw = base64.b64decode(b64) if body.response_format == "url" else b""
+    elif result.object is not None:
+        try:
+            raw = await blobs.get(result.object)
+        except BlobNotFound:
+            raise GatewayError("a generated image expired before it could be returned") from None
+        await blobs.delete(result.object)
+        b64 = base64.b64encode(raw).decode() if body.response_format == "b64_json" else ""
+    else:
+        raise GatewayError("the worker sent an image result with no image")
+    entry: dict[str, Any] = {"revised_prompt": None, "seed": result.seed}
+    if body.response_format == "b64_json":
+        entry["b64_json"] = b64
+    else:
+        name = f"{secrets.token_urlsafe(32)}.{body.output_format}"
+        await files.put(raw, name)
+        entry["url"] = str(request.url_for("image_file", name=name))
+    return entry

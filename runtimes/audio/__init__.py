@@ -1,0 +1,1 @@
+"""The audio runtime: Whisper speech recognition and translation behind the bus."""

@@ -1,0 +1,190 @@
+"""Batching for Whisper: every step takes the next 30 s window of each running request and runs them together.
+
+One step::
+
+    windows of up to max_batch requests   -> [B, n_mels, 3000]   (one window per request: windows of one
+    one encoder pass over all of them     -> [B, 1500, d_audio]   request depend on each other's timestamps)
+    decode, one batch per WindowKey       -> whisper's DecodingTask (greedy; task/language/temperature shared)
+    feed each result to its Transcription -> new segments out, seek on; finished requests leave the batch
+
+So concurrent requests share encoder passes and decoder steps, and a long file interleaves with short ones
+instead of holding the model until it ends. NOTE: all model work runs on the one engine thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ember.runtimes.audio.loader import LoadedWhisper
+from ember.runtimes.audio.pipeline import Segment, Transcription, WindowKey
+
+log = logging.getLogger("ember.audio.engine")
+
+
+class EngineOverloaded(Exception):
+    """More requests than the engine runs plus queues; the worker answers 503."""
+
+
+@dataclass
+class Finished:
+    text: str
+    language: str
+    duration: float
+
+
+@dataclass
+class Failed:
+    message: str
+
+
+@dataclass
+class Aborted:
+    """The request was cancelled (its client went away); what was transcribed so far."""
+
+    text: str
+
+
+Event = Segment | Finished | Failed | Aborted
+
+
+@dataclass
+class AudioRequest:
+    request_id: str
+    transcription: Transcription
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+
+    def emit(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    # Requests whose windows decode together in one step.
+    max_batch: int = 8
+    # Requests queued beyond the batch before new ones get 503.
+    max_waiting: int = 256
+
+
+class AudioEngine:
+    def __init__(self, loaded: LoadedWhisper, config: EngineConfig) -> None:
+        self.loaded = loaded
+        self.config = config
+        self.fp16 = loaded.device.type == "cuda"
+        self._lock = threading.Condition()
+        self._waiting: collections.deque[AudioRequest] = collections.deque()
+        self._running: list[AudioRequest] = []
+        self._stopped = False
+        self.steps = 0
+        self.windows = 0
+
+    def load(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self._running), len(self._waiting)
+
+    def submit(self, *requests: AudioRequest) -> None:
+        """Queue requests; several given at once are sure to start in the same step (if the batch has room)."""
+        with self._lock:
+            if len(self._waiting) >= self.config.max_waiting and len(self._running) >= self.config.max_batch:
+                raise EngineOverloaded(f"the worker has {len(self._waiting)} requests waiting; retry shortly")
+            self._waiting.extend(requests)
+            self._lock.notify()
+
+    @staticmethod
+    async def events(request: AudioRequest) -> AsyncIterator[Event]:
+        """A submitted request's events until the last one (Finished, Failed, Aborted); leaving early cancels it."""
+        try:
+            while True:
+                event = await request.events.get()
+                yield event
+                if isinstance(event, Finished | Failed | Aborted):
+                    return
+        finally:
+            request.cancelled = True
+
+    def abort(self, request_id: str) -> None:
+        with self._lock:
+            for r in [*self._running, *self._waiting]:
+                if r.request_id == request_id and not r.cancelled:
+                    r.cancelled = True
+                    r.emit(Aborted(r.transcription.text))
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            self._lock.notify()
+
+    def run(self) -> None:
+        """The engine thread: step while there is work, sleep on the condition when there is none."""
+        while True:
+            with self._lock:
+                while not self._stopped and not self._waiting and not self._running:
+                    self._lock.wait()
+                if self._stopped:
+                    return
+                self._admit()
+            self.step()
+
+    def _admit(self) -> None:
+        self._running = [r for r in self._running if not r.cancelled]
+        self._waiting = collections.deque(r for r in self._waiting if not r.cancelled)
+        while self._waiting and len(self._running) < self.config.max_batch:
+            self._running.append(self._waiting.popleft())
+
+    def step(self) -> None:
+        """One batched window for every running request."""
+        batch = [r for r in self._running if not r.cancelled and not r.transcription.done]
+        for r in self._running:
+            if not r.cancelled and r.transcription.done:
+                self._finish(r)
+        if not batch:
+            with self._lock:
+                self._running = [r for r in self._running if not r.cancelled]
+            return
+        started = time.perf_counter()
+        try:
+            self._decode(batch)
+        except Exception as e:  # one bad step fails its requests, never the worker
+            log.exception("audio step failed")
+            for r in batch:
+                r.emit(Failed(f"transcription failed: {e}"))
+                r.cancelled = True
+        # Counted before any request hears it finished, so a caller that saw Finished sees this step counted.
+        self.steps += 1
+        self.windows += len(batch)
+        for r in batch:
+            if not r.cancelled and r.transcription.done:
+                self._finish(r)
+        with self._lock:
+            self._running = [r for r in self._running if not r.cancelled]
+        log.debug("step: %d windows in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
+
+    @torch.inference_mode()
+    def _decode(self, batch: list[AudioRequest]) -> None:
+        model = self.loaded.model
+        dtype = torch.float16 if self.fp16 else torch.float32
+        mels = torch.stack([r.transcription.window()[0] for r in batch]).to(self.loaded.device, dtype)
+        features = model.embed_audio(mels)  # [B, n_audio_ctx, n_audio_state]: one encoder pass for the batch
+        groups: dict[WindowKey, list[int]] = collections.defaultdict(list)
+        for i, r in enumerate(batch):
+            groups[r.transcription.key()].append(i)
+        for indices in groups.values():
+            options = batch[indices[0]].transcription.options(self.fp16)
+            results = model.decode(features[indices], options)
+            for i, result in zip(indices, results, strict=True):
+                for segment in batch[i].transcription.feed(result, model):
+                    batch[i].emit(segment)
+
+    def _finish(self, r: AudioRequest) -> None:
+        t = r.transcription
+        r.emit(Finished(text=t.text, language=t.language or "en", duration=t.duration))
+        r.cancelled = True  # leaves the batch

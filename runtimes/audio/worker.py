@@ -1,0 +1,251 @@
+"""The audio worker: takes audio jobs off the bus, decodes the upload, and streams Whisper's segments back.
+
+Replies for one job::
+
+    JobAccepted (prompt_tokens=0)          the file decoded as audio; the engine queued it
+    AudioSegment (n)                       each segment as soon as its 30 s window is decoded
+    AudioResult (final)                    the whole text, the language, the audio's duration in seconds
+
+Bad input (not audio, truncated, empty, an unknown language) gets JobFailed with a 400 before JobAccepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import signal
+import threading
+
+import torch
+from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+from ember.bus.blobs import BlobNotFound, BlobStore
+from ember.bus.connection import connect
+from ember.bus.messages import AudioJob, AudioResult, AudioSegment, AudioWord, ErrorInfo, JobStatus, Modality
+from ember.bus.worker import JobHandler, ReplySink, WorkerHost, internal_error
+from ember.config import Settings
+from ember.config.weights import resolve_weights
+from ember.runtimes.audio.decode import AudioDecodeError, decode_audio
+from ember.runtimes.audio.engine import (
+    Aborted,
+    AudioEngine,
+    AudioRequest,
+    EngineConfig,
+    EngineOverloaded,
+    Failed,
+    Finished,
+)
+from ember.runtimes.audio.loader import LoadedWhisper, load_whisper
+from ember.runtimes.audio.pipeline import Segment, Transcription, mel_of
+
+log = logging.getLogger("ember.audio.worker")
+
+# Longest audio a job may hold (25 MB of 8 kHz 8-bit mono is ~52 min); longer is refused, not queued for hours.
+MAX_AUDIO_SECONDS = 4 * 3600.0
+
+
+class RequestError(Exception):
+    """A job the worker refuses before running it; carries the error the client sees."""
+
+    def __init__(self, message: str, code: str, param: str | None = None, status: int = 400) -> None:
+        super().__init__(message)
+        self.info = ErrorInfo(status=status, type="invalid_request_error", code=code, message=message, param=param)
+
+
+def language_code(language: str | None) -> str | None:
+    """An ISO-639-1 code (or a language's English name) as whisper's code; raises RequestError if unknown."""
+    if language is None or language == "":
+        return None
+    lang = language.strip().lower()
+    if lang in LANGUAGES:
+        return lang
+    if lang in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[lang]
+    raise RequestError(f"language={language!r} is not a language Whisper knows", "invalid_language", "language")
+
+
+class AudioJobHandler(JobHandler):
+    modality = Modality.AUDIO
+
+    def __init__(self, model_id: str, loaded: LoadedWhisper, engine: AudioEngine, blobs: BlobStore | None) -> None:
+        self.model = model_id
+        self.loaded = loaded
+        self.engine = engine
+        self.blobs = blobs
+        self.max_batch = engine.config.max_batch
+        self.context_length = loaded.model.dims.n_text_ctx
+
+    def load(self) -> tuple[int, int]:
+        return self.engine.load()
+
+    def cancel(self, request_id: str) -> None:
+        self.engine.abort(request_id)
+
+    async def audio_bytes(self, job: AudioJob) -> bytes:
+        if job.audio_b64 is not None:
+            try:
+                return base64.b64decode(job.audio_b64, validate=True)
+            except (binascii.Error, ValueError):
+                raise RequestError("audio_b64 is not valid base64", "invalid_value", "file") from None
+        if job.audio_object is not None and self.blobs is not None:
+            try:
+                return await self.blobs.get(job.audio_object)
+            except BlobNotFound:
+                raise RequestError(
+                    f"the uploaded file {job.audio_object!r} is gone from the object store", "upload_expired", "file"
+                ) from None
+        raise RequestError("an audio job needs audio_b64 or audio_object", "invalid_value", "file")
+
+    def prepare(self, job: AudioJob, data: bytes) -> Transcription:
+        """Decode the upload and set up its transcription; raises RequestError for bad input."""
+        language = language_code(job.language)
+        if not self.loaded.multilingual:
+            if job.task == "translate":
+                raise RequestError(f"model {self.model!r} is English-only and cannot translate", "unsupported_model")
+            if language not in (None, "en"):
+                raise RequestError(
+                    f"model {self.model!r} is English-only; language={job.language!r} is not supported",
+                    "invalid_language",
+                    "language",
+                )
+            language = "en"
+        try:
+            samples = decode_audio(data, max_seconds=MAX_AUDIO_SECONDS)
+        except AudioDecodeError as e:
+            raise RequestError(f"{e} (file {job.filename or 'upload'})", "invalid_audio", "file") from None
+        dims = self.loaded.model.dims
+        tokenizer = self.loaded.tokenizer(job.task, language)
+        prompt = tuple(tokenizer.encode(" " + job.prompt.strip())) if job.prompt and job.prompt.strip() else None
+        return Transcription(
+            mel=mel_of(samples, dims.n_mels),
+            tokenizer=tokenizer,
+            task=job.task,
+            language=language,
+            temperature=job.temperature,
+            prompt=prompt,
+            word_timestamps=job.word_timestamps,
+            input_stride=3000 // dims.n_audio_ctx,
+        )
+
+    async def handle(self, job: AudioJob, sink: ReplySink) -> None:
+        try:
+            data = await self.audio_bytes(job)
+            # Off the event loop: decoding a long file must not delay pings and other jobs.
+            transcription = await asyncio.to_thread(self.prepare, job, data)
+        except RequestError as e:
+            await sink.failed(e.info)
+            return
+        except Exception as e:  # never let one upload take the worker down
+            log.exception("preparing %s failed", job.request_id)
+            await sink.failed(internal_error(e))
+            return
+        request = AudioRequest(job.request_id, transcription, asyncio.get_running_loop())
+        try:
+            self.engine.submit(request)
+        except EngineOverloaded as e:
+            await sink.failed(ErrorInfo(status=503, type="server_error", code="overloaded", message=str(e)))
+            return
+        await sink.accepted(0)
+        # aclosing: if sending fails (NATS went away), the request leaves the engine at once.
+        async with contextlib.aclosing(self.engine.events(request)) as events:
+            async for event in events:
+                if isinstance(event, Segment):
+                    await sink.send(AudioSegment, **segment_fields(event))
+                elif isinstance(event, Finished):
+                    name = LANGUAGES.get(event.language, event.language)
+                    await sink.send(
+                        AudioResult, JobStatus.FINISHED_STOPPED, text=event.text, language=name, duration=event.duration
+                    )
+                elif isinstance(event, Aborted):
+                    lang = LANGUAGES.get(transcription.language or "en", "english")
+                    await sink.send(
+                        AudioResult,
+                        JobStatus.FINISHED_ABORTED,
+                        text=event.text,
+                        language=lang,
+                        duration=transcription.duration,
+                    )
+                elif isinstance(event, Failed):
+                    await sink.failed(
+                        ErrorInfo(status=500, type="server_error", code="internal_error", message=event.message)
+                    )
+
+
+def segment_fields(s: Segment) -> dict[str, object]:
+    words = None if s.words is None else [AudioWord(word=w.word, start=w.start, end=w.end) for w in s.words]
+    return {
+        "id": s.id,
+        "seek": s.seek,
+        "start": s.start,
+        "end": s.end,
+        "text": s.text,
+        "tokens": s.tokens,
+        "temperature": s.temperature,
+        "avg_logprob": s.avg_logprob,
+        "compression_ratio": s.compression_ratio,
+        "no_speech_prob": s.no_speech_prob,
+        "words": words,
+    }
+
+
+async def start_engine_thread(model_id: str, settings: Settings) -> tuple[LoadedWhisper, AudioEngine]:
+    """Load the model and run its engine on one dedicated thread (all model work happens there)."""
+    spec = settings.model(model_id)
+    path = resolve_weights(spec)
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[tuple[LoadedWhisper, AudioEngine]] = loop.create_future()
+
+    def engine_thread() -> None:
+        try:
+            torch.set_grad_enabled(False)
+            loaded = load_whisper(path, settings.cache_dir)
+            engine = AudioEngine(loaded, EngineConfig(max_batch=spec.max_batch, max_waiting=spec.max_waiting))
+        except BaseException as e:
+            loop.call_soon_threadsafe(ready.set_exception, e)
+            return
+        loop.call_soon_threadsafe(ready.set_result, (loaded, engine))
+        engine.run()
+
+    log.info("loading %s from %s", model_id, path)
+    threading.Thread(target=engine_thread, name="ember-audio-model", daemon=True).start()
+    return await ready
+
+
+async def run_audio_worker(
+    settings: Settings,
+    model_id: str,
+    nats_url: str,
+    *,
+    worker_id: str | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Load the model, join its queue group and serve until ``stop`` is set, or SIGINT/SIGTERM without one.
+
+    Args:
+        settings: the server's settings; ``settings.models[model_id]`` says where the weights are.
+        model_id: the model to serve (its job subject's last part).
+        nats_url: the NATS server.
+        worker_id: a fixed id for this worker (default: a random one).
+        stop: set it to stop serving (default: stop on SIGINT/SIGTERM).
+    """
+    loaded, engine = await start_engine_thread(model_id, settings)
+    nc = await connect(nats_url, name=f"ember-worker-audio-{model_id}")
+    blobs = await BlobStore.open(nc.jetstream())
+    handler = AudioJobHandler(model_id, loaded, engine, blobs)
+    host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
+    if stop is None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await host.start()
+        print(f"ember worker: audio model {model_id!r} ready ({host.worker_id})", flush=True)
+        await stop.wait()
+    finally:
+        await host.stop()
+        await nc.drain()
+        engine.stop()

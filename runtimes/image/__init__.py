@@ -1,0 +1,1 @@
+"""The image runtime: diffusers pipelines behind a dynamically batching engine."""

@@ -1,0 +1,327 @@
+"""``client.audio.transcriptions`` and ``client.audio.translations``: Whisper over a multipart upload.
+
+The upload is ``multipart/form-data`` (a file part plus form fields), not JSON like every other call, so the
+request is built here from the client's headers, retries and parsing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any, Literal, TypeAlias, overload
+
+import httpx
+
+from .._base_client import AsyncAPIClient, BaseClient, RequestOptions, SyncAPIClient
+from .._resource import AsyncAPIResource, SyncAPIResource, request_options
+from .._streaming import AsyncStream, Stream
+from .._types import NOT_GIVEN, Headers, NotGiven, Timeout
+from ..types.audio import AudioResponseFormat, Transcription, TranscriptionStreamEvent, TranscriptionVerbose
+
+__all__ = ["AsyncAudio", "AsyncTranscriptions", "AsyncTranslations", "Audio", "Transcriptions", "Translations"]
+
+# What ``file=`` takes: a path, the bytes, an open binary file, or (filename, bytes or file[, content type]).
+FileTypes: TypeAlias = (
+    str | os.PathLike[str] | bytes | IO[bytes] | tuple[str, bytes | IO[bytes]] | tuple[str, bytes | IO[bytes], str]
+)
+Result: TypeAlias = Transcription | TranscriptionVerbose | str
+
+
+def _file_part(file: FileTypes) -> tuple[str, bytes, str]:
+    """(filename, content, content type); the content is read once so that a retry can send it again."""
+    if isinstance(file, tuple):
+        name, content = file[0], file[1]
+        kind = file[2] if len(file) == 3 else "application/octet-stream"
+        data = content if isinstance(content, bytes) else content.read()
+        return name, data, kind
+    if isinstance(file, bytes):
+        return "audio", file, "application/octet-stream"
+    if isinstance(file, str | os.PathLike):
+        path = Path(file)
+        return path.name, path.read_bytes(), "application/octet-stream"
+    name = os.path.basename(str(getattr(file, "name", "audio")))
+    return name, file.read(), "application/octet-stream"
+
+
+def _form(
+    model: str,
+    language: str | None,
+    prompt: str | None,
+    response_format: str,
+    temperature: float | None,
+    granularities: Sequence[str] | None,
+    stream: bool,
+    extra_body: Mapping[str, Any] | None,
+) -> dict[str, str | list[str]]:
+    fields: dict[str, str | list[str]] = {"model": model, "response_format": response_format}
+    if language is not None:
+        fields["language"] = language
+    if prompt is not None:
+        fields["prompt"] = prompt
+    if temperature is not None:
+        fields["temperature"] = str(temperature)
+    if granularities:
+        fields["timestamp_granularities[]"] = list(granularities)  # a list: one form field per value
+    if stream:
+        fields["stream"] = "true"
+    fields.update({k: str(v) for k, v in (extra_body or {}).items()})
+    return fields
+
+
+def _request(
+    client: BaseClient[Any],
+    path: str,
+    file: tuple[str, bytes, str],
+    fields: dict[str, str | list[str]],
+    opts: RequestOptions,
+    stream: bool,
+) -> httpx.Request:
+    timeout = client.timeout if isinstance(opts.timeout, NotGiven) else opts.timeout
+    return client._client.build_request(
+        "POST",
+        client.base_url.join(path),
+        data=fields,
+        files={"file": file},
+        headers=client._headers(RequestOptions(extra_headers=opts.extra_headers), stream=stream),
+        timeout=timeout,
+    )
+
+
+def _result(client: BaseClient[Any], response: httpx.Response, response_format: str) -> Result:
+    if response_format in ("text", "srt", "vtt"):
+        return response.text
+    if response_format == "verbose_json":
+        return client._parse(response, TranscriptionVerbose)
+    return client._parse(response, Transcription)
+
+
+def _send(client: SyncAPIClient, request: httpx.Request, stream: bool) -> httpx.Response:
+    """Send with the client's retries; raises the SDK's errors."""
+    retries = 0
+    while True:
+        response: httpx.Response | None = None
+        try:
+            response = client._client.send(request, stream=True)
+            if not (stream and response.is_success):
+                response.read()
+        except httpx.TransportError as exc:
+            if response is not None:
+                response.close()
+            delay = client._retry_delay_for_error(exc, request, retries)
+        else:
+            if response.is_success:
+                return response
+            response.close()
+            delay = client._retry_delay_for_status(response, retries)
+        time.sleep(delay)
+        retries += 1
+
+
+async def _asend(client: AsyncAPIClient, request: httpx.Request, stream: bool) -> httpx.Response:
+    retries = 0
+    while True:
+        response: httpx.Response | None = None
+        try:
+            response = await client._client.send(request, stream=True)
+            if not (stream and response.is_success):
+                await response.aread()
+        except httpx.TransportError as exc:
+            if response is not None:
+                await response.aclose()
+            delay = client._retry_delay_for_error(exc, request, retries)
+        else:
+            if response.is_success:
+                return response
+            await response.aclose()
+            delay = client._retry_delay_for_status(response, retries)
+        await asyncio.sleep(delay)
+        retries += 1
+
+
+class _SyncAudioEndpoint(SyncAPIResource):
+    _path = ""
+
+    @overload
+    def create(
+        self,
+        *,
+        file: FileTypes,
+        model: str,
+        stream: Literal[False] = False,
+        language: str | None = None,
+        prompt: str | None = None,
+        response_format: AudioResponseFormat = "json",
+        temperature: float | None = None,
+        timestamp_granularities: Sequence[Literal["word", "segment"]] | None = None,
+        extra_headers: Headers | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+    ) -> Result: ...
+
+    @overload
+    def create(
+        self,
+        *,
+        file: FileTypes,
+        model: str,
+        stream: Literal[True],
+        language: str | None = None,
+        prompt: str | None = None,
+        response_format: AudioResponseFormat = "json",
+        temperature: float | None = None,
+        timestamp_granularities: Sequence[Literal["word", "segment"]] | None = None,
+        extra_headers: Headers | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+    ) -> Stream[TranscriptionStreamEvent]: ...
+
+    def create(
+        self,
+        *,
+        file: FileTypes,
+        model: str,
+        stream: bool = False,
+        language: str | None = None,
+        prompt: str | None = None,
+        response_format: AudioResponseFormat = "json",
+        temperature: float | None = None,
+        timestamp_granularities: Sequence[Literal["word", "segment"]] | None = None,
+        extra_headers: Headers | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: Timeout | NotGiven = NOT_GIVEN,
+    ) -> Result | Stream[TranscriptionStreamEvent]:
+        """Transcribe (or, on ``client.audio.translations``, translate to English) one audio file.
+
+        Args:
+            file: The audio (any format FFmpeg reads, up to 25 MB): a path, bytes, a binary file, or a tuple
+                (filename, bytes or file[, content type]).
+            model: The Whisper model's id (see ``client.models.list()``).
+            stream: Return a ``Stream`` of ``TranscriptionStreamEvent``: one delta per segment, then done.
+            language: The spoken language (ISO-639-1, e.g. "en"); detected when left out. Transcriptions only.
+            prompt: Text that sets the style or spelling of the first window (names, jargon).
+            response_format: "json" and "verbose_json" give a model; "text", "srt" and "vtt" give a str.
+            temperature: 0 to 1; 0 decodes greedily (hotter only where Whisper falls back on its own).
+            timestamp_granularities: ["word"] and/or ["segment"], with response_format="verbose_json".
+            extra_headers: Headers to send with this call only.
+            extra_body: Form fields this SDK does not name.
+            timeout: This call's timeout, instead of the client's.
+
+        Returns:
+            ``Transcription`` (json), ``TranscriptionVerbose`` (verbose_json), ``str`` (text, srt, vtt), or a
+            ``Stream[TranscriptionStreamEvent]`` with ``stream=True``.
+
+        Raises:
+            APIStatusError: The server refused the request (BadRequestError for a file that is not audio,
+                APIStatusError with status 413 for a file over 25 MB) or failed it.
+            APIConnectionError: The server could not be reached, after the client's retries.
+        """
+        fields = _form(
+            model, language, prompt, response_format, temperature, timestamp_granularities, stream, extra_body
+        )
+        opts = request_options(extra_headers, None, timeout)
+        request = _request(self._client, self._path, _file_part(file), fields, opts, stream)
+        response = _send(self._client, request, stream)
+        if stream:
+            return Stream(response, TranscriptionStreamEvent)
+        return _result(self._client, response, response_format)
+
+
+class _AsyncAudioEndpoint(AsyncAPIResource):
+    _path = ""
+
+    @overload
+    async def create(
+        self,
+        *,
+        file: FileTypes,
+        model: str,
+        stream: Literal[False] = False,
+        language: str | None = None,
+        prompt: str | None = None,
+        response_format: AudioResponseFormat = "json",
+        temperature: float | None = None,
+        timestamp_granularities: Sequence[Literal["word", "segment"]] | None = None,
+        extra_headers: Headers | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: Timeout | NotGiven = NOT_GIVEN,  # noqa: ASYNC109
+    ) -> Result: ...
+
+    @overload
+    async def create(
+        self,
+        *,
+        file: FileTypes,
+        model: str,
+        stream: Literal[True],
+        language: str | None = None,
+        prompt: str | None = None,
+        response_format: AudioResponseFormat = "json",
+        temperature: float | None = None,
+        timestamp_granularities: Sequence[Literal["word", "segment"]] | None = None,
+        extra_headers: Headers | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: Timeout | NotGiven = NOT_GIVEN,  # noqa: ASYNC109
+    ) -> AsyncStream[TranscriptionStreamEvent]: ...
+
+    async def create(
+        self,
+        *,
+        file: FileTypes,
+        model: str,
+        stream: bool = False,
+        language: str | None = None,
+        prompt: str | None = None,
+        response_format: AudioResponseFormat = "json",
+        temperature: float | None = None,
+        timestamp_granularities: Sequence[Literal["word", "segment"]] | None = None,
+        extra_headers: Headers | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        timeout: Timeout | NotGiven = NOT_GIVEN,  # noqa: ASYNC109
+    ) -> Result | AsyncStream[TranscriptionStreamEvent]:
+        """As ``Ember().audio.transcriptions.create``, awaited."""
+        fields = _form(
+            model, language, prompt, response_format, temperature, timestamp_granularities, stream, extra_body
+        )
+        opts = request_options(extra_headers, None, timeout)
+        request = _request(self._client, self._path, _file_part(file), fields, opts, stream)
+        response = await _asend(self._client, request, stream)
+        if stream:
+            return AsyncStream(response, TranscriptionStreamEvent)
+        return _result(self._client, response, response_format)
+
+
+class Transcriptions(_SyncAudioEndpoint):
+    _path = "audio/transcriptions"
+
+
+class Translations(_SyncAudioEndpoint):
+    """Speech in any language Whisper knows, as English text (``language`` does not apply)."""
+
+    _path = "audio/translations"
+
+
+class AsyncTranscriptions(_AsyncAudioEndpoint):
+    _path = "audio/transcriptions"
+
+
+class AsyncTranslations(_AsyncAudioEndpoint):
+    _path = "audio/translations"
+
+
+class Audio(SyncAPIResource):
+    """``client.audio``: ``transcriptions`` and ``translations``."""
+
+    def __init__(self, client: SyncAPIClient) -> None:
+        super().__init__(client)
+        self.transcriptions = Transcriptions(client)
+        self.translations = Translations(client)
+
+
+class AsyncAudio(AsyncAPIResource):
+    def __init__(self, client: AsyncAPIClient) -> None:
+        super().__init__(client)
+        self.transcriptions = AsyncTranscriptions(client)
+        self.translations = AsyncTranslations(client)

