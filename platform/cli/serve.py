@@ -197,17 +197,22 @@ async def _report_ready(server: uvicorn.Server, app: Starlette, supervisor: Supe
     while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for this
         await asyncio.sleep(0.05)
     print(f"ember: gateway listening on http://{server.config.host}:{server.config.port}/v1", flush=True)
-    expected: dict[str, int] = {}
+    # Keyed by (is a function, name): a function and a model may share a name.
+    expected: dict[tuple[bool, str], int] = {}
     for w in supervisor.workers:
-        expected[w.model] = expected.get(w.model, 0) + 1
+        key = (w.modality == FUNCTIONS_WORKER, w.model)
+        expected[key] = expected.get(key, 0) + 1
     started = time.monotonic()
     pending = set(expected)
+    registry = app.state.bus.registry
     while pending:
         await asyncio.sleep(0.2)
-        live = app.state.bus.registry.models()
-        for model in sorted(pending):
-            if len(live.get(model, ())) >= expected[model]:
-                pending.discard(model)
+        live = {False: registry.models(), True: registry.functions()}
+        for is_function, name in sorted(pending):
+            want = expected[(is_function, name)]
+            if len(live[is_function].get(name, ())) >= want:
+                pending.discard((is_function, name))
                 took = time.monotonic() - started
-                print(f"ember: model {model!r} ready ({expected[model]} worker(s), {took:.1f}s)", flush=True)
+                what = "functions" if is_function else f"model {name!r}"
+                print(f"ember: {what} ready ({want} worker(s), {took:.1f}s)", flush=True)
     print("ember: all models ready; Ctrl-C to stop", flush=True)

@@ -69,6 +69,7 @@ def test_serve_runs_everything_and_stops_everything(tiny_model: Path, tmp_path: 
         assert "DEV MODE" in printed
         assert f"listening on http://127.0.0.1:{port}/v1" in printed
         assert "model 'tiny' ready" in printed
+        assert "functions ready" in printed
         children = children_of(proc.pid)
         assert len(children) == 3  # nats-server, the text worker and the functions worker (built-ins)
 
