@@ -13,6 +13,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -243,3 +244,26 @@ class WorkerHost:
 
     async def _on_discover(self, msg: Msg) -> None:
         await self.announce()
+
+
+def stop_event(stop: asyncio.Event | None) -> asyncio.Event:
+    """``stop`` itself, or (None) a new event that SIGINT and SIGTERM set: how a worker process is told to leave."""
+    if stop is not None:
+        return stop
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def serve(host: WorkerHost, what: str, stop: asyncio.Event | None = None) -> None:
+    """Serve ``host``'s jobs until ``stop`` (or a signal), then leave the queue group and drain the connection."""
+    stop = stop_event(stop)
+    try:
+        await host.start()
+        print(f"ember worker: {what} ready ({host.worker_id})", flush=True)
+        await stop.wait()
+    finally:
+        await host.stop()
+        await host.nc.drain()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import threading
 import uuid
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from ember.bus.blobs import BlobStore
 from ember.bus.client import JobClient
 from ember.bus.connection import connect
 from ember.bus.messages import FunctionJob, FunctionResult, JobStatus, Modality, encode
-from ember.bus.worker import JobHandler, ReplySink, WorkerHost
+from ember.bus.worker import JobHandler, ReplySink, WorkerHost, stop_event
 from ember.config import Settings
 from ember.functions import context, errors
 from ember.functions.builtins import builtin_functions
@@ -216,11 +215,7 @@ async def run_functions_worker(
     for i, defn in enumerate(registry):
         await catalog.publish(info(defn))
         hosts.append(WorkerHost(nc, FunctionHandler(defn, runtime), worker_id=f"{base}-{i}"))
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_event(stop)
     try:
         for host in hosts:
             await host.start()

@@ -16,8 +16,6 @@ import base64
 import binascii
 import contextlib
 import logging
-import signal
-import threading
 
 import torch
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
@@ -25,7 +23,7 @@ from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 from ember.bus.blobs import BlobNotFound, BlobStore
 from ember.bus.connection import connect
 from ember.bus.messages import AudioJob, AudioResult, AudioSegment, AudioWord, ErrorInfo, JobStatus, Modality
-from ember.bus.worker import JobHandler, ReplySink, WorkerHost, internal_error
+from ember.bus.worker import JobHandler, ReplySink, WorkerHost, internal_error, serve
 from ember.config import Settings
 from ember.config.weights import resolve_weights
 from ember.runtimes.audio.decode import AudioDecodeError, decode_audio
@@ -40,6 +38,7 @@ from ember.runtimes.audio.engine import (
 )
 from ember.runtimes.audio.loader import LoadedWhisper, load_whisper
 from ember.runtimes.audio.pipeline import Segment, Transcription, mel_of
+from ember.runtimes.engine_thread import start_engine_thread
 
 log = logging.getLogger("ember.audio.worker")
 
@@ -191,27 +190,18 @@ def segment_fields(s: Segment) -> dict[str, object]:
     }
 
 
-async def start_engine_thread(model_id: str, settings: Settings) -> tuple[LoadedWhisper, AudioEngine]:
+async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedWhisper, AudioEngine]:
     """Load the model and run its engine on one dedicated thread (all model work happens there)."""
     spec = settings.model(model_id)
     path = resolve_weights(spec)
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[tuple[LoadedWhisper, AudioEngine]] = loop.create_future()
 
-    def engine_thread() -> None:
-        try:
-            torch.set_grad_enabled(False)
-            loaded = load_whisper(path, settings.cache_dir)
-            engine = AudioEngine(loaded, EngineConfig(max_batch=spec.max_batch, max_waiting=spec.max_waiting))
-        except BaseException as e:
-            loop.call_soon_threadsafe(ready.set_exception, e)
-            return
-        loop.call_soon_threadsafe(ready.set_result, (loaded, engine))
-        engine.run()
+    def load() -> tuple[LoadedWhisper, AudioEngine]:
+        torch.set_grad_enabled(False)
+        loaded = load_whisper(path, settings.cache_dir)
+        return loaded, AudioEngine(loaded, EngineConfig(max_batch=spec.max_batch, max_waiting=spec.max_waiting))
 
     log.info("loading %s from %s", model_id, path)
-    threading.Thread(target=engine_thread, name="ember-audio-model", daemon=True).start()
-    return await ready
+    return await start_engine_thread("ember-audio-model", load)
 
 
 async def run_audio_worker(
@@ -231,21 +221,12 @@ async def run_audio_worker(
         worker_id: a fixed id for this worker (default: a random one).
         stop: set it to stop serving (default: stop on SIGINT/SIGTERM).
     """
-    loaded, engine = await start_engine_thread(model_id, settings)
+    loaded, engine = await start_model_thread(model_id, settings)
     nc = await connect(nats_url, name=f"ember-worker-audio-{model_id}")
     blobs = await BlobStore.open(nc.jetstream())
     handler = AudioJobHandler(model_id, loaded, engine, blobs)
     host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await host.start()
-        print(f"ember worker: audio model {model_id!r} ready ({host.worker_id})", flush=True)
-        await stop.wait()
+        await serve(host, f"audio model {model_id!r}", stop)
     finally:
-        await host.stop()
-        await nc.drain()
         engine.stop()

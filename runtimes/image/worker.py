@@ -17,8 +17,6 @@ import io
 import logging
 import math
 import random
-import signal
-import threading
 from collections.abc import AsyncGenerator
 
 import torch
@@ -27,9 +25,10 @@ from PIL import Image, UnidentifiedImageError
 from ember.bus.blobs import BlobNotFound, BlobStore
 from ember.bus.connection import connect
 from ember.bus.messages import ErrorInfo, ImageJob, ImageProgress, ImageResult, JobStatus, Modality
-from ember.bus.worker import JobHandler, ReplySink, WorkerHost
+from ember.bus.worker import JobHandler, ReplySink, WorkerHost, serve
 from ember.config import Settings
 from ember.config.weights import resolve_weights
+from ember.runtimes.engine_thread import start_engine_thread
 from ember.runtimes.image.engine import (
     Aborted,
     EngineConfig,
@@ -238,22 +237,13 @@ async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedP
     """Load the pipeline and run its engine on one dedicated thread (see the NOTE in ImageEngine)."""
     spec = settings.model(model_id)
     path = resolve_weights(spec)
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[tuple[LoadedPipeline, ImageEngine]] = loop.create_future()
 
-    def model_thread() -> None:
-        try:
-            loaded = load_pipeline(path, dtype=_DTYPES[spec.dtype])
-            engine = build_engine(loaded, spec.max_batch, spec.max_waiting)
-        except BaseException as e:
-            loop.call_soon_threadsafe(ready.set_exception, e)
-            return
-        loop.call_soon_threadsafe(ready.set_result, (loaded, engine))
-        engine.run()
+    def load() -> tuple[LoadedPipeline, ImageEngine]:
+        loaded = load_pipeline(path, dtype=_DTYPES[spec.dtype])
+        return loaded, build_engine(loaded, spec.max_batch, spec.max_waiting)
 
     log.info("loading %s from %s", model_id, path)
-    threading.Thread(target=model_thread, name="ember-image-model", daemon=True).start()
-    return await ready
+    return await start_engine_thread("ember-image-model", load)
 
 
 async def run_image_worker(
@@ -278,16 +268,7 @@ async def run_image_worker(
     blobs = await BlobStore.open(nc.jetstream())
     handler = ImageJobHandler(model_id, loaded, engine, blobs)
     host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await host.start()
-        print(f"ember worker: image model {model_id!r} ready ({host.worker_id})", flush=True)
-        await stop.wait()
+        await serve(host, f"image model {model_id!r}", stop)
     finally:
-        await host.stop()
-        await nc.drain()
         engine.stop()

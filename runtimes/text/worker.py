@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +24,10 @@ from ember.bus.messages import (
     TextJob,
     ToolCallDelta,
 )
-from ember.bus.worker import JobHandler, ReplySink, WorkerHost
+from ember.bus.worker import JobHandler, ReplySink, WorkerHost, serve
 from ember.config import ModelSpec, Settings
 from ember.config.weights import resolve_weights
+from ember.runtimes.engine_thread import start_engine_thread
 from ember.runtimes.text.engine import EngineConfig, EngineOverloaded, GenerateRequest, StepOutput, TextEngine
 from ember.runtimes.text.grammar import GrammarCompiler, GrammarError, response_grammar
 from ember.runtimes.text.loader import LoadedModel, load_model
@@ -264,24 +263,13 @@ async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedM
     """Load the model and run its engine on one dedicated thread (see the NOTE in TextEngine)."""
     spec = settings.model(model_id)
     path = resolve_weights(spec)
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[tuple[LoadedModel, TextEngine]] = loop.create_future()
 
-    def model_thread() -> None:
-        try:
-            loaded = load_model(
-                path, dtype=_DTYPES[spec.dtype], device=torch.device("cpu"), cache_dir=settings.cache_dir
-            )
-            engine = build_engine(spec, loaded)
-        except BaseException as e:
-            loop.call_soon_threadsafe(ready.set_exception, e)
-            return
-        loop.call_soon_threadsafe(ready.set_result, (loaded, engine))
-        engine.run()
+    def load() -> tuple[LoadedModel, TextEngine]:
+        loaded = load_model(path, dtype=_DTYPES[spec.dtype], device=torch.device("cpu"), cache_dir=settings.cache_dir)
+        return loaded, build_engine(spec, loaded)
 
     log.info("loading %s from %s", model_id, path)
-    threading.Thread(target=model_thread, name="ember-text-model", daemon=True).start()
-    return await ready
+    return await start_engine_thread("ember-text-model", load)
 
 
 async def run_text_worker(
@@ -299,16 +287,7 @@ async def run_text_worker(
     tool_format = choose_format(loaded.tokenizer.chat_template, spec.tool_format)
     handler = TextJobHandler(model_id, loaded, engine, sampling_defaults(spec, loaded.path), tool_format)
     host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
-    if stop is None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
     try:
-        await host.start()
-        print(f"ember worker: text model {model_id!r} ready ({host.worker_id})", flush=True)
-        await stop.wait()
+        await serve(host, f"text model {model_id!r}", stop)
     finally:
-        await host.stop()
-        await nc.drain()
         engine.stop()
