@@ -26,7 +26,7 @@ from . import _retries
 from ._exceptions import APIConnectionError, APIResponseValidationError, APITimeoutError, make_status_error
 from ._models import ModelT, validate
 from ._streaming import AsyncStream, Stream
-from ._types import NOT_GIVEN, Body, Headers, NotGiven, Timeout
+from ._types import NOT_GIVEN, Body, Files, Headers, NotGiven, Timeout
 from ._version import __version__
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"
@@ -90,19 +90,25 @@ class BaseClient(Generic[_HttpxClientT]):
         return dict(merged.items())
 
     def _build_request(
-        self, method: str, path: str, *, body: Body | None, options: RequestOptions, stream: bool
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Body | None,
+        options: RequestOptions,
+        stream: bool,
+        files: Files | None = None,
     ) -> httpx.Request:
-        json: dict[str, Any] | None = None
+        """A JSON request; with ``files``, a multipart form of ``body``'s fields and the files instead."""
+        fields: dict[str, Any] | None = None
         if body is not None or options.extra_body:
-            json = {**(body or {}), **(options.extra_body or {})}
+            fields = {**(body or {}), **(options.extra_body or {})}
         timeout = self.timeout if isinstance(options.timeout, NotGiven) else options.timeout
-        return self._client.build_request(
-            method,
-            self.base_url.join(path.lstrip("/")),
-            json=json,
-            headers=self._headers(options, stream=stream),
-            timeout=timeout,
-        )
+        url = self.base_url.join(path.lstrip("/"))
+        headers = self._headers(options, stream=stream)
+        if files is not None:
+            return self._client.build_request(method, url, data=fields, files=files, headers=headers, timeout=timeout)
+        return self._client.build_request(method, url, json=fields, headers=headers, timeout=timeout)
 
     def _retry_delay_for_error(self, exc: httpx.TransportError, request: httpx.Request, retries_taken: int) -> float:
         """The wait before retrying after a transport error; raises the SDK's error when it must not be retried."""
@@ -164,13 +170,26 @@ class SyncAPIClient(BaseClient[httpx.Client]):
         response = self._send("POST", path, body=body, options=options, stream=True)
         return Stream(response, cast_to)
 
+    def post_multipart(
+        self, path: str, *, fields: Body, files: Files, options: RequestOptions, stream: bool
+    ) -> httpx.Response:
+        """POST a multipart form (uploads); the raw response, since some endpoints answer in plain text."""
+        return self._send("POST", path, body=fields, options=options, stream=stream, files=files)
+
     def _send(
-        self, method: str, path: str, *, body: Body | None, options: RequestOptions, stream: bool
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Body | None,
+        options: RequestOptions,
+        stream: bool,
+        files: Files | None = None,
     ) -> httpx.Response:
         """Send until a 2xx (its body read unless ``stream``), retrying what ``_retries`` allows; raise otherwise."""
         retries_taken = 0
         while True:
-            request = self._build_request(method, path, body=body, options=options, stream=stream)
+            request = self._build_request(method, path, body=body, options=options, stream=stream, files=files)
             response: httpx.Response | None = None
             try:
                 response = self._client.send(request, stream=True)
@@ -240,13 +259,26 @@ class AsyncAPIClient(BaseClient[httpx.AsyncClient]):
         response = await self._send("POST", path, body=body, options=options, stream=True)
         return AsyncStream(response, cast_to)
 
+    async def post_multipart(
+        self, path: str, *, fields: Body, files: Files, options: RequestOptions, stream: bool
+    ) -> httpx.Response:
+        """POST a multipart form (uploads); the raw response, since some endpoints answer in plain text."""
+        return await self._send("POST", path, body=fields, options=options, stream=stream, files=files)
+
     async def _send(
-        self, method: str, path: str, *, body: Body | None, options: RequestOptions, stream: bool
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Body | None,
+        options: RequestOptions,
+        stream: bool,
+        files: Files | None = None,
     ) -> httpx.Response:
         """Send until a 2xx (its body read unless ``stream``), retrying what ``_retries`` allows; raise otherwise."""
         retries_taken = 0
         while True:
-            request = self._build_request(method, path, body=body, options=options, stream=stream)
+            request = self._build_request(method, path, body=body, options=options, stream=stream, files=files)
             response: httpx.Response | None = None
             try:
                 response = await self._client.send(request, stream=True)

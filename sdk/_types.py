@@ -11,6 +11,8 @@ import httpx
 Timeout: TypeAlias = float | httpx.Timeout | None
 Headers: TypeAlias = Mapping[str, str]
 Body: TypeAlias = Mapping[str, Any]
+# Multipart uploads: form field -> (filename, content, content type), each read once so a retry can resend it.
+Files: TypeAlias = Mapping[str, tuple[str, bytes, str]]
 
 
 class NotGiven:

@@ -6,16 +6,14 @@ request is built here from the client's headers, retries and parsing.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Literal, TypeAlias, overload
 
 import httpx
 
-from .._base_client import AsyncAPIClient, BaseClient, RequestOptions, SyncAPIClient
+from .._base_client import AsyncAPIClient, BaseClient, SyncAPIClient
 from .._resource import AsyncAPIResource, SyncAPIResource, request_options
 from .._streaming import AsyncStream, Stream
 from .._types import NOT_GIVEN, Headers, NotGiven, Timeout
@@ -71,74 +69,12 @@ def _form(
     return fields
 
 
-def _request(
-    client: BaseClient[Any],
-    path: str,
-    file: tuple[str, bytes, str],
-    fields: dict[str, str | list[str]],
-    opts: RequestOptions,
-    stream: bool,
-) -> httpx.Request:
-    timeout = client.timeout if isinstance(opts.timeout, NotGiven) else opts.timeout
-    return client._client.build_request(
-        "POST",
-        client.base_url.join(path),
-        data=fields,
-        files={"file": file},
-        headers=client._headers(RequestOptions(extra_headers=opts.extra_headers), stream=stream),
-        timeout=timeout,
-    )
-
-
 def _result(client: BaseClient[Any], response: httpx.Response, response_format: str) -> Result:
     if response_format in ("text", "srt", "vtt"):
         return response.text
     if response_format == "verbose_json":
         return client._parse(response, TranscriptionVerbose)
     return client._parse(response, Transcription)
-
-
-def _send(client: SyncAPIClient, request: httpx.Request, stream: bool) -> httpx.Response:
-    """Send with the client's retries; raises the SDK's errors."""
-    retries = 0
-    while True:
-        response: httpx.Response | None = None
-        try:
-            response = client._client.send(request, stream=True)
-            if not (stream and response.is_success):
-                response.read()
-        except httpx.TransportError as exc:
-            if response is not None:
-                response.close()
-            delay = client._retry_delay_for_error(exc, request, retries)
-        else:
-            if response.is_success:
-                return response
-            response.close()
-            delay = client._retry_delay_for_status(response, retries)
-        time.sleep(delay)
-        retries += 1
-
-
-async def _asend(client: AsyncAPIClient, request: httpx.Request, stream: bool) -> httpx.Response:
-    retries = 0
-    while True:
-        response: httpx.Response | None = None
-        try:
-            response = await client._client.send(request, stream=True)
-            if not (stream and response.is_success):
-                await response.aread()
-        except httpx.TransportError as exc:
-            if response is not None:
-                await response.aclose()
-            delay = client._retry_delay_for_error(exc, request, retries)
-        else:
-            if response.is_success:
-                return response
-            await response.aclose()
-            delay = client._retry_delay_for_status(response, retries)
-        await asyncio.sleep(delay)
-        retries += 1
 
 
 class _SyncAudioEndpoint(SyncAPIResource):
@@ -222,8 +158,8 @@ class _SyncAudioEndpoint(SyncAPIResource):
             model, language, prompt, response_format, temperature, timestamp_granularities, stream, extra_body
         )
         opts = request_options(extra_headers, None, timeout)
-        request = _request(self._client, self._path, _file_part(file), fields, opts, stream)
-        response = _send(self._client, request, stream)
+        files = {"file": _file_part(file)}
+        response = self._client.post_multipart(self._path, fields=fields, files=files, options=opts, stream=stream)
         if stream:
             return Stream(response, TranscriptionStreamEvent)
         return _result(self._client, response, response_format)
@@ -286,8 +222,10 @@ class _AsyncAudioEndpoint(AsyncAPIResource):
             model, language, prompt, response_format, temperature, timestamp_granularities, stream, extra_body
         )
         opts = request_options(extra_headers, None, timeout)
-        request = _request(self._client, self._path, _file_part(file), fields, opts, stream)
-        response = await _asend(self._client, request, stream)
+        files = {"file": _file_part(file)}
+        response = await self._client.post_multipart(
+            self._path, fields=fields, files=files, options=opts, stream=stream
+        )
         if stream:
             return AsyncStream(response, TranscriptionStreamEvent)
         return _result(self._client, response, response_format)
