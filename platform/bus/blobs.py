@@ -54,6 +54,12 @@ class BlobStore:
             raise BlobNotFound(name) from e
         return result.data or b""
 
+    async def take(self, name: str) -> bytes:
+        """Get a blob meant for one reader (a generated image on its way out) and delete it."""
+        data = await self.get(name)
+        await self.delete(name)
+        return data
+
     async def delete(self, name: str) -> None:
         try:
             await self.store.delete(name)

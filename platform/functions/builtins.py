@@ -17,6 +17,7 @@ from typing import Annotated, Literal, TypeVar
 from pydantic import BaseModel, Field
 
 from ember._functions import FunctionDef, function, function_def
+from ember.bus.blobs import BlobNotFound
 from ember.bus.client import JobRefused, JobStream
 from ember.bus.errors import NoWorkerError, ReplyTimeoutError, WorkerLostError
 from ember.bus.messages import (
@@ -125,8 +126,22 @@ async def generate_image(
         key_id=ctx.key_id,
     )
     results = await _replies(job, ImageResult)
-    images = [Image(b64_png=r.b64, seed=r.seed, width=r.width, height=r.height) for r in results]
+    images = [Image(b64_png=await _image_b64(r), seed=r.seed, width=r.width, height=r.height) for r in results]
     return GeneratedImages(model=model, images=images)
+
+
+async def _image_b64(result: ImageResult) -> str:
+    """The image inline, also when the worker sent it through the object store (too big for one message)."""
+    if result.b64 is not None:
+        return result.b64
+    blobs = current().blobs
+    if result.object is None or blobs is None:
+        raise FunctionFailed(ErrorInfo(status=502, type="server_error", message="an image result carried no image"))
+    try:
+        return base64.b64encode(await blobs.take(result.object)).decode()
+    except BlobNotFound:
+        message = "a generated image expired before it could be returned"
+        raise FunctionFailed(ErrorInfo(status=502, type="server_error", message=message)) from None
 
 
 def _audio_bytes(audio: str) -> bytes:

@@ -36,3 +36,15 @@ async def test_an_unknown_blob_is_not_found(nats_url: str) -> None:
             await blobs.get("no-such-blob")
     finally:
         await nc.close()
+
+
+async def test_take_reads_a_blob_once(nats_url: str) -> None:
+    nc = await connect(nats_url, name="test-blobs")
+    try:
+        blobs = await BlobStore.open(nc.jetstream(), bucket="test_blobs")
+        name = await blobs.put(b"an image")
+        assert await blobs.take(name) == b"an image"
+        with pytest.raises(BlobNotFound):
+            await blobs.take(name)
+    finally:
+        await nc.close()

@@ -243,10 +243,9 @@ async def _entry(
         raw = base64.b64decode(b64) if body.response_format == "url" else b""
     elif result.object is not None:
         try:
-            raw = await blobs.get(result.object)
+            raw = await blobs.take(result.object)
         except BlobNotFound:
             raise GatewayError("a generated image expired before it could be returned") from None
-        await blobs.delete(result.object)
         b64 = base64.b64encode(raw).decode() if body.response_format == "b64_json" else ""
     else:
         raise GatewayError("the worker sent an image result with no image")
