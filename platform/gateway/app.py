@@ -59,8 +59,10 @@ def create_app(settings: Settings, nats_url: str) -> Starlette:
         js = nc.jetstream()
         await usage_stream.ensure_stream(js)
         app.state.usage = js
-        # Uploads too big for one NATS message (audio files) travel through the object store.
+        # Payloads too big for one NATS message (uploads, big images) travel through the object store; generated
+        # images asked for as URLs wait in their own bucket until it expires them.
         app.state.blobs = await BlobStore.open(js)
+        app.state.image_files = await BlobStore.open(js, images.FILES_BUCKET, ttl_s=images.URL_TTL_S)
         await functions.setup(app, client, js, settings)
         # Dev mode (auth off) has no keys to limit: requests run unmetered, though their usage is still recorded.
         app.state.limiter = await NatsRateLimiter.open(nc) if settings.auth.enabled else None

@@ -144,15 +144,6 @@ async def read_upload(upload: UploadFile) -> bytes:
     return data
 
 
-async def blob_store(request: Request) -> BlobStore:
-    """The gateway's object store, opened on first use."""
-    store: BlobStore | None = getattr(request.app.state, "blobs", None)
-    if store is None:
-        store = await BlobStore.open(bus(request).nc.jetstream())
-        request.app.state.blobs = store
-    return store
-
-
 async def admit_audio(quota: Quota) -> None:
     """Hold one second of the key's audio limit (refused when none is left); ``close`` charges the real length."""
     try:
@@ -190,7 +181,7 @@ async def _serve(request: Request, form: FormData, task: str) -> Response:
     object_name: str | None = None
     try:
         if len(data) > INLINE_MAX_BYTES:
-            blobs = await blob_store(request)
+            blobs = request.app.state.blobs
             object_name = await blobs.put(data, name=f"audio-{request_id}")
         job = AudioJob(
             request_id=request_id,

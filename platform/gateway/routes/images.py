@@ -8,7 +8,6 @@ bucket's TTL expires it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import secrets
 from typing import Any, TypeVar
@@ -44,19 +43,10 @@ INLINE_UPLOAD_LIMIT = 600 * 1024
 _MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
-async def _stores(request: Request) -> tuple[BlobStore, BlobStore]:
-    """(blobs shared with workers, the URL bucket), opened on first use."""
+def _stores(request: Request) -> tuple[BlobStore, BlobStore]:
+    """(the object store shared with workers, the URL bucket): the app's lifespan opens both."""
     state = request.app.state
-    if getattr(state, "image_stores_lock", None) is None:
-        state.image_stores_lock = asyncio.Lock()  # per app: each app runs on its own event loop
-    async with state.image_stores_lock:
-        if getattr(state, "image_stores", None) is None:
-            js = bus(request).nc.jetstream()
-            # The app's worker-shared store when it has one (its lifespan opens it), else our own handle on it.
-            shared = getattr(state, "blobs", None) or await BlobStore.open(js)
-            state.image_stores = (shared, await BlobStore.open(js, FILES_BUCKET, ttl_s=URL_TTL_S))
-    stores: tuple[BlobStore, BlobStore] = state.image_stores
-    return stores
+    return state.blobs, state.image_files
 
 
 def default_model(request: Request) -> str:
@@ -91,7 +81,7 @@ async def file(request: Request) -> Response:
     stem, _, ext = name.rpartition(".")
     if ext not in _MEDIA or len(stem) < 32:
         raise NotFound("no such image (it may have expired)", code="image_not_found")
-    _, files = await _stores(request)
+    _, files = _stores(request)
     try:
         data = await files.get(name)
     except BlobNotFound:
@@ -155,7 +145,7 @@ async def _run(
     model = body.model or default_model(request)
     check_model(request, model)
     width, height = body.dimensions()
-    blobs, files = await _stores(request)
+    blobs, files = _stores(request)
     quota = await Quota.open(request, model)
     quota.modality = Modality.IMAGE
     await _admit_images(quota, body.n)
