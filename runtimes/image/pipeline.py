@@ -98,11 +98,14 @@ class EmberPixelPipeline(DiffusionPipeline):
             x = self.scheduler.add_noise(known, noise, timesteps[:1].repeat(batch))
             if mask_image is not None:
                 mask = self._to_tensor(mask_image, size, "L").to(device).round()
+        # The scheduler's state stays float32; only the UNet runs in its own dtype (bfloat16 halves its cost).
+        dtype = self.unet.dtype
+        states = states.to(dtype)
         for i, t in enumerate(timesteps):
             if self.interrupt:
                 break
             model_in = torch.cat([x, x]) if cfg else x
-            out = self.unet(model_in, t, encoder_hidden_states=states).sample
+            out = self.unet(model_in.to(dtype), t, encoder_hidden_states=states).sample.float()
             if cfg:
                 uncond, cond_out = out.chunk(2)
                 out = uncond + guidance_scale * (cond_out - uncond)

@@ -19,7 +19,6 @@ import math
 import random
 from collections.abc import AsyncGenerator
 
-import torch
 from PIL import Image, UnidentifiedImageError
 
 from ember.bus.blobs import BlobNotFound, BlobStore
@@ -28,6 +27,7 @@ from ember.bus.messages import ErrorInfo, ImageJob, ImageProgress, ImageResult, 
 from ember.bus.worker import JobHandler, ReplySink, WorkerHost, serve
 from ember.config import Settings
 from ember.config.weights import resolve_weights
+from ember.runtimes.dtypes import resolve_dtype
 from ember.runtimes.engine_thread import start_engine_thread
 from ember.runtimes.image.engine import (
     Aborted,
@@ -45,7 +45,6 @@ from ember.runtimes.image.pipeline import BatchSpec
 
 log = logging.getLogger("ember.image.worker")
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Encoded images above this go through the BlobStore (NATS's default max_payload is 1 MiB, base64 adds a third).
 INLINE_LIMIT = 700 * 1024
 # Source images (edits, variations) are decoded only up to this many pixels.
@@ -239,7 +238,7 @@ async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedP
     path = resolve_weights(spec)
 
     def load() -> tuple[LoadedPipeline, ImageEngine]:
-        loaded = load_pipeline(path, dtype=_DTYPES[spec.dtype])
+        loaded = load_pipeline(path, dtype=resolve_dtype(spec.dtype, "cpu"))
         return loaded, build_engine(loaded, spec.max_batch, spec.max_waiting)
 
     log.info("loading %s from %s", model_id, path)

@@ -27,6 +27,7 @@ from ember.bus.messages import (
 from ember.bus.worker import JobHandler, ReplySink, WorkerHost, serve
 from ember.config import ModelSpec, Settings
 from ember.config.weights import resolve_weights
+from ember.runtimes.dtypes import resolve_dtype
 from ember.runtimes.engine_thread import start_engine_thread
 from ember.runtimes.text.engine import EngineConfig, EngineOverloaded, GenerateRequest, StepOutput, TextEngine
 from ember.runtimes.text.grammar import GrammarCompiler, GrammarError, response_grammar
@@ -35,8 +36,6 @@ from ember.runtimes.text.runner import ModelRunner
 from ember.runtimes.text.tool_format import ToolCallParser, ToolFormat, choose_format
 
 log = logging.getLogger("ember.text.worker")
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class RequestError(Exception):
@@ -254,7 +253,7 @@ def build_engine(spec: ModelSpec, loaded: LoadedModel) -> TextEngine:
         max_slots=spec.max_batch,
         max_context=ctx,
         device=torch.device("cpu"),
-        dtype=_DTYPES[spec.dtype],
+        dtype=resolve_dtype(spec.dtype, "cpu"),
     )
     return TextEngine(runner, loaded.tokenizer, EngineConfig(max_batch=spec.max_batch, max_waiting=spec.max_waiting))
 
@@ -265,7 +264,9 @@ async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedM
     path = resolve_weights(spec)
 
     def load() -> tuple[LoadedModel, TextEngine]:
-        loaded = load_model(path, dtype=_DTYPES[spec.dtype], device=torch.device("cpu"), cache_dir=settings.cache_dir)
+        loaded = load_model(
+            path, dtype=resolve_dtype(spec.dtype, "cpu"), device=torch.device("cpu"), cache_dir=settings.cache_dir
+        )
         return loaded, build_engine(spec, loaded)
 
     log.info("loading %s from %s", model_id, path)

@@ -23,7 +23,9 @@ pytestmark = pytest.mark.slow
 def served(tmp_path_factory: pytest.TempPathFactory, nats_url: str, gateway: GatewayThread) -> Iterator[str]:
     root = tmp_path_factory.mktemp("ember-shapes")
     # The model as a deployment names it: the folder shipped inside the installed package.
+    # dtype "auto" as `ember serve` deploys it: bfloat16 on CPUs with native bfloat16, float32 elsewhere.
     spec = {"modality": "image", "package": "ember.runtimes.image", "file": "weights/ember-shapes", "max_batch": 4}
+    spec |= {"dtype": "auto"}
     config = write_config(root / "ember.toml", {MODEL: spec}, auth={"enabled": False})
     log = root / "worker.log"
     proc = start_worker(config, MODEL, nats_url, modality="image", log=log)

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ember.runtimes.dtypes import DTYPES, resolve_dtype
 from ember.runtimes.image.loader import LoadedPipeline, load_pipeline
 from ember.runtimes.image.pipeline import BatchInput, BatchSpec
 from ember.runtimes.image.train.shapes import COLOURS, POSITIONS, SHAPES, Reading, Scene, position_ok, read
@@ -79,14 +80,16 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=2)
     # One thread by default: on a shared machine a second OpenMP thread mostly waits (see train.py).
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--dtype", choices=[*DTYPES, "auto"], default="float32", help="what the UNet runs in")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = load_pipeline(args.model)
+    loaded = load_pipeline(args.model, dtype=resolve_dtype(args.dtype))
     guidance = loaded.default_guidance_scale if args.guidance is None else args.guidance
     scored = evaluate(loaded, eval_scenes(), list(range(args.seeds)), args.steps, guidance)
     placed = [s for s in scored if s.scene.position is not None]
     both = sum(s.colour_ok and s.shape_ok for s in scored)
-    print(f"model {args.model} steps={args.steps} guidance={guidance} images={len(scored)}")
+    dtype = loaded.runner.pipe.unet.dtype
+    print(f"model {args.model} {dtype} steps={args.steps} guidance={guidance} images={len(scored)}")
     print(f"{'metric':<22}{'correct':>10}{'accuracy':>10}")
     for name, ok, total in (
         ("colour", sum(s.colour_ok for s in scored), len(scored)),

@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from ember.runtimes.image.loader import ImageModelLoadError, LoadedPipeline, load_pipeline
 from ember.runtimes.image.pipeline import BatchInput, BatchSpec, EmberPixelPipeline
+from ember.runtimes.image.train.shapes import read
 from tests.helpers.tiny_diffusion import TINY_PIXEL_SIZE, write_tiny_pixel, write_tiny_sd
 
 
@@ -106,3 +108,28 @@ def test_bad_folders_are_refused_with_what_is_missing(tmp_path: Path) -> None:
     (folder / "unet").rmdir()
     with pytest.raises(ImageModelLoadError, match="unet"):
         load_pipeline(folder)
+
+
+@pytest.fixture(scope="module")
+def shipped_bf16() -> LoadedPipeline:
+    return load_pipeline(
+        Path(__file__).resolve().parents[3] / "runtimes/image/weights/ember-shapes", dtype=torch.bfloat16
+    )
+
+
+def test_the_shipped_model_in_bfloat16_draws_what_it_is_asked_and_ignores_its_batch(
+    shipped_bf16: LoadedPipeline,
+) -> None:
+    assert shipped_bf16.runner.pipe.unet.dtype == torch.bfloat16
+    # The UNet is stored NHWC (the loader's layout for convolutions).
+    conv = shipped_bf16.runner.pipe.unet.conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    fast = BatchSpec(width=32, height=32, steps=20, guidance_scale=1.5)
+    (alone,) = shipped_bf16.runner.generate(BatchInput(fast, ["a red circle"], [3]))
+    batch = shipped_bf16.runner.generate(
+        BatchInput(fast, ["a blue square", "a red circle", "a green triangle"], [5, 3, 9])
+    )
+    assert np.abs(pixels(alone) - pixels(batch[1])).max() <= 2
+    for im, (colour, shape) in zip(batch, [("blue", "square"), ("red", "circle"), ("green", "triangle")], strict=True):
+        reading = read(im)
+        assert (reading.colour, reading.shape) == (colour, shape), reading
