@@ -300,14 +300,35 @@ class ImageJob(_Message):
     mask_object: str | None = None
     priority: int = 0
     key_id: str | None = None
+    # Streaming: previews (the step's prediction of the final image) per image, evenly spaced over the steps;
+    # 0 (the default, and what older senders mean): none. OpenAI's range.
+    partial_images: int = Field(default=0, ge=0, le=3)
+
+
+class ImagePreview(BaseModel):
+    """One image's preview at a denoising step (``ImageJob.partial_images``), encoded like its final image."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Which of the job's n images, and which of its previews (0, 1, ...).
+    index: int = Field(ge=0)
+    partial_image_index: int = Field(ge=0)
+    # As in ImageResult: base64 inline, or the name of a BlobStore object when too big (exactly one is set).
+    b64: str | None = None
+    object: str | None = None
+    width: int
+    height: int
 
 
 class ImageProgress(StreamReply):
-    """Denoising step ``step`` of ``steps`` done for the batch this job runs in."""
+    """Denoising step ``step`` of ``steps`` done for the batch this job runs in.
+
+    A job that asked for previews gets one extra ImageProgress per preview, with the step it was taken at.
+    """
 
     kind: Literal["image_progress"] = "image_progress"
     step: int = Field(ge=0)
     steps: int = Field(ge=1)
+    preview: ImagePreview | None = None
 
 
 class ImageResult(StreamReply):

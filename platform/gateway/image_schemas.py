@@ -2,7 +2,8 @@
 
 Like the text schemas, unknown fields are ignored and known ones we cannot honour are refused with a 400.
 Ember's extensions: ``seed``, ``negative_prompt``, ``num_inference_steps``, ``guidance_scale`` (and ``strength``
-for edits and variations).
+for edits and variations). Generations and edits stream (``stream``, ``partial_images``) as OpenAI's GPT image
+models do: server-sent events with base64 images only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ MAX_IMAGES = 10
 MAX_PROMPT_CHARS = 4000
 MAX_STEPS = 500
 MAX_SIDE = 2048
+# OpenAI's range for partial_images.
+MAX_PARTIAL_IMAGES = 3
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -63,14 +66,27 @@ class _ImageBody(BaseModel):
         return None
 
 
-class ImageGenerationRequest(_ImageBody):
+class _Streamable(_ImageBody):
+    """Generations and edits: ``stream=true`` sends server-sent events, a preview or two before each image."""
+
+    stream: bool = False
+    # Previews per image while streaming (0: only the finished images); ignored without stream, as OpenAI does.
+    partial_images: int = Field(default=0, ge=0, le=MAX_PARTIAL_IMAGES)
+
+    def unsupported(self) -> tuple[str, str] | None:
+        # OpenAI streams base64 only; a default response_format follows along, an explicit url cannot.
+        if self.stream and self.response_format == "url" and "response_format" in self.model_fields_set:
+            return "response_format", "response_format='url' cannot be streamed; use 'b64_json' or leave it unset"
+        return None
+
+
+class ImageGenerationRequest(_Streamable):
     """``POST /v1/images/generations``."""
 
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)
     # OpenAI's DALL-E knobs: accepted and ignored, since they have no meaning for these models.
     quality: str | None = None
     style: str | None = None
-    stream: bool = False
 
     @field_validator("prompt")
     @classmethod
@@ -79,13 +95,8 @@ class ImageGenerationRequest(_ImageBody):
             raise ValueError("prompt must not be empty")
         return v
 
-    def unsupported(self) -> tuple[str, str] | None:
-        if self.stream:
-            return "stream", "streaming image generation is not supported; leave stream unset"
-        return None
 
-
-class ImageEditForm(_ImageBody):
+class ImageEditForm(_Streamable):
     """The non-file fields of ``POST /v1/images/edits`` (multipart)."""
 
     prompt: str = Field(max_length=MAX_PROMPT_CHARS)

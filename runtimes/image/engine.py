@@ -6,7 +6,9 @@ Each round::
     pick      the oldest waiting image decides the round's BatchSpec (size, steps, guidance, ...)
     gather    every waiting image with that spec joins, up to max_batch; a round that is not full waits up
               to batch_window_s for more (arrivals during the previous call are already waiting)
-    run       one pipeline call; after each denoising step every request in it gets Progress(step, steps)
+    run       one pipeline call; after each denoising step every request in it gets Progress(step, steps),
+              and an image whose request asked for previews gets Preview at its chosen steps (only those rows
+              are decoded: requests with different ``partial_images`` share a call, each paying for its own)
     emit      each image goes back to its request as soon as its call is done (a request's n images may
               span several calls); a failing call fails only the requests in it and the engine keeps going
 
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from ember.bus.messages import ErrorInfo
-from ember.runtimes.image.pipeline import BatchInput, BatchSpec, PipelineRunner
+from ember.runtimes.image.pipeline import BatchInput, BatchSpec, PipelineRunner, effective_steps
 
 log = logging.getLogger("ember.image.engine")
 
@@ -57,6 +59,8 @@ class ImageRequest:
     negative_prompt: str = ""
     init_image: Image.Image | None = None
     mask: Image.Image | None = None
+    # Previews per image (see ember.runtimes.image.pipeline.preview_steps); not part of the BatchSpec.
+    partial_images: int = 0
 
     @property
     def n(self) -> int:
@@ -65,6 +69,17 @@ class ImageRequest:
 
 @dataclass
 class Progress:
+    step: int
+    steps: int
+
+
+@dataclass
+class Preview:
+    """Image ``index``'s preview number ``partial_image_index``, taken after step ``step`` of ``steps``."""
+
+    index: int
+    partial_image_index: int
+    image: Image.Image
     step: int
     steps: int
 
@@ -86,7 +101,7 @@ class Aborted:
     """The request was cancelled; no more events follow."""
 
 
-Event = Progress | ImageDone | Failed | Aborted
+Event = Progress | Preview | ImageDone | Failed | Aborted
 
 
 @dataclass
@@ -228,6 +243,14 @@ class ImageEngine:
             inputs.images = [it.req.req.init_image for it in batch]  # type: ignore[misc]
             if spec.masked:
                 inputs.masks = [it.req.req.mask for it in batch]  # type: ignore[misc]
+        if any(it.req.req.partial_images for it in batch):
+            inputs.partial_images = [it.req.req.partial_images for it in batch]
+        steps_total = effective_steps(spec.steps, spec.strength)
+
+        def on_preview(row: int, partial_image_index: int, step: int, image: Image.Image) -> None:
+            it = batch[row]
+            if not it.req.aborted:
+                it.req.emit(Preview(it.index, partial_image_index, image, step, steps_total))
 
         def on_step(step: int, steps: int) -> bool:
             for m in members:
@@ -237,7 +260,7 @@ class ImageEngine:
             return all(m.aborted for m in members)
 
         try:
-            images = self.runner.generate(inputs, on_step)
+            images = self.runner.generate(inputs, on_step, on_preview)
             if len(images) != len(batch):
                 raise RuntimeError(f"the pipeline returned {len(images)} images for {len(batch)} prompts")
         except Exception as e:

@@ -2,11 +2,14 @@
 
 ``EmberPixelPipeline`` is a diffusers ``DiffusionPipeline`` (unet + scheduler, prompts encoded by MiniLM) that
 denoises directly in RGB at a small resolution. ``PipelineRunner`` wraps it or any Stable Diffusion-family
-pipeline and runs one batch: per-image prompts and seeds, a step callback, image-to-image and masks.
+pipeline and runs one batch: per-image prompts and seeds, a step callback, image-to-image and masks, and
+previews (the step's prediction of the final image, x0-hat) for the rows that ask for them.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +25,19 @@ from ember.runtimes.image.text_encoder import PromptEncoder
 
 # Called after each denoising step with (steps done, steps in all); returns True to stop the batch early.
 StepCallback = Callable[[int, int], bool]
+# Called with (row of the batch, its preview's number 0, 1, ..., the step it was taken after, the preview at the
+# requested size), before the StepCallback of that step.
+PreviewCallback = Callable[[int, int, int, Image.Image], None]
+
+
+def preview_steps(steps: int, partial_images: int) -> list[int]:
+    """After which steps (1-based, of ``steps``) a row that wants ``partial_images`` previews gets them.
+
+    Evenly spaced: preview j after step round(steps * (j + 1) / (partial_images + 1)). Never after the last step
+    (that is the final image), so with few steps a row gets fewer previews than it asked for, as OpenAI allows.
+    """
+    chosen = {math.floor(steps * (j + 1) / (partial_images + 1) + 0.5) for j in range(partial_images)}
+    return sorted(s for s in chosen if 1 <= s < steps)
 
 
 def effective_steps(steps: int, strength: float | None) -> int:
@@ -148,6 +164,40 @@ class BatchInput:
     negative_prompts: list[str] = field(default_factory=list)
     images: list[Image.Image] = field(default_factory=list)
     masks: list[Image.Image] = field(default_factory=list)
+    # Previews wanted per row (see preview_steps); empty: none for any row. Rows may differ.
+    partial_images: list[int] = field(default_factory=list)
+
+
+class _X0Capture:
+    """Keeps the latest ``scheduler.step`` prediction of the final sample (x0-hat) while the block runs.
+
+    diffusers' pipelines do not hand the step's output to ``callback_on_step_end`` (only the new latents), so the
+    scheduler's ``step`` is wrapped on the instance for one call. The wrapper keeps ``step``'s signature (the
+    pipelines inspect it for ``eta`` and ``generator``) and its return value, so the images do not change.
+    Schedulers that predict no x0 (PNDM, DPM-Solver multistep, ...) leave ``x0`` None: such pipelines get no
+    previews rather than a noisy latent passed off as one.
+    """
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        # [B, C, h, w]: the batch's x0-hat after the latest step (pixels in [-1, 1], or latents).
+        self.x0: torch.Tensor | None = None
+
+    def __enter__(self) -> _X0Capture:
+        original = self.scheduler.step
+
+        @functools.wraps(original)
+        def step(*args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
+            out = original(*args, return_dict=True, **kwargs)
+            x0 = getattr(out, "pred_original_sample", None)
+            self.x0 = x0 if x0 is not None else getattr(out, "denoised", None)  # LCM names it "denoised"
+            return out if return_dict else out.to_tuple()
+
+        self.scheduler.step = step
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.scheduler.step  # the class's method again
 
 
 class PipelineRunner:
@@ -181,15 +231,39 @@ class PipelineRunner:
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
 
-    def generate(self, batch: BatchInput, on_step: StepCallback | None = None) -> list[Image.Image]:
-        """One pipeline call for the whole batch; returns one RGB image per prompt, at the requested size."""
+    @property
+    def can_preview(self) -> bool:
+        """Whether x0-hat can be shown: pixels already (Ember's pipeline), or 4-D latents with a VAE (SD family).
+
+        Other pipelines (packed transformer latents, ...) get no previews.
+        """
+        return self.is_pixel or (hasattr(self.pipe, "vae") and hasattr(self.pipe, "unet"))
+
+    def generate(
+        self, batch: BatchInput, on_step: StepCallback | None = None, on_preview: PreviewCallback | None = None
+    ) -> list[Image.Image]:
+        """One pipeline call for the whole batch; returns one RGB image per prompt, at the requested size.
+
+        ``on_preview`` gets the previews that ``batch.partial_images`` asks for; only those rows, at those steps,
+        are decoded.
+        """
         spec = batch.spec
         pipe = self._variant(spec.masked) if spec.strength is not None else self.pipe
         width, height = self.native_size if self.resize_output else (spec.width, spec.height)
         generators = [torch.Generator("cpu").manual_seed(s) for s in batch.seeds]
         steps_total = effective_steps(spec.steps, spec.strength)
+        # step -> [(row, preview number)]
+        wanted: dict[int, list[tuple[int, int]]] = {}
+        if on_preview is not None and self.can_preview:
+            for row, k in enumerate(batch.partial_images):
+                for j, step in enumerate(preview_steps(steps_total, k)):
+                    wanted.setdefault(step, []).append((row, j))
+        capture = _X0Capture(pipe.scheduler) if wanted else None
 
         def callback(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if capture is not None and capture.x0 is not None and i + 1 in wanted:
+                assert on_preview is not None
+                self._previews(pipe, capture.x0, i + 1, wanted[i + 1], batch, on_preview)
             if on_step is not None and on_step(i + 1, steps_total):
                 p._interrupt = True
             return kwargs
@@ -211,6 +285,39 @@ class PipelineRunner:
                 kwargs["mask_image"] = [m.convert("L").resize((width, height)) for m in batch.masks]
         if not self.is_pixel:
             kwargs["height"], kwargs["width"] = height, width
-        images = list(pipe(**kwargs).images)
+        if capture is not None:
+            with capture:
+                images = list(pipe(**kwargs).images)
+        else:
+            images = list(pipe(**kwargs).images)
         size = (spec.width, spec.height)
         return [im.convert("RGB").resize(size, Image.Resampling.LANCZOS) if im.size != size else im for im in images]
+
+    @torch.no_grad()
+    def _previews(
+        self,
+        pipe: DiffusionPipeline,
+        x0: torch.Tensor,
+        step: int,
+        rows: list[tuple[int, int]],
+        batch: BatchInput,
+        on_preview: PreviewCallback,
+    ) -> None:
+        """Decode x0-hat of ``rows`` only, as RGB at the requested size, and hand each to ``on_preview``."""
+        picked = x0[[row for row, _ in rows]]  # [R, C, h, w]
+        if self.is_pixel:
+            pixels = picked.float() / 2 + 0.5
+        else:
+            vae = pipe.vae
+            shift = getattr(vae.config, "shift_factor", None) or 0.0
+            latents = picked.to(vae.dtype) / vae.config.scaling_factor + shift
+            pixels = vae.decode(latents, return_dict=False)[0].float() / 2 + 0.5
+        arrays = pixels.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()  # [R, H, W, 3]
+        size = (batch.spec.width, batch.spec.height)
+        for (row, j), array in zip(rows, arrays, strict=True):
+            image = Image.fromarray((array * 255).round().astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
+            if batch.spec.masked:
+                # Outside the mask an edit keeps the source: show it there, as the final image will.
+                source = batch.images[row].convert("RGB").resize(size)
+                image = Image.composite(image, source, batch.masks[row].convert("L").resize(size))
+            on_preview(row, j, step, image)

@@ -4,8 +4,10 @@ Per job the reply stream is::
 
     JobAccepted -> ImageProgress (step i of n, per denoising step of each call it is in)* -> ImageResult x n
 
-One ImageResult per image keeps every message under NATS's payload limit; an encoded image too big even for that
-goes to the BlobStore and the result carries its name (``object``) instead of ``b64``. The last result is final.
+A job with ``partial_images`` also gets an ImageProgress carrying a preview (``ImagePreview``) per image at each
+chosen step. One ImageResult per image keeps every message under NATS's payload limit; an encoded image (or
+preview) too big even for that goes to the BlobStore and the message carries its name (``object``) instead of
+``b64``. The last result is final.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ember.bus.blobs import BlobNotFound, BlobStore
 from ember.bus.connection import connect
-from ember.bus.messages import ErrorInfo, ImageJob, ImageProgress, ImageResult, JobStatus, Modality
+from ember.bus.messages import ErrorInfo, ImageJob, ImagePreview, ImageProgress, ImageResult, JobStatus, Modality
 from ember.bus.worker import JobHandler, ReplySink, WorkerHost, serve
 from ember.config import Settings
 from ember.config.weights import resolve_weights
@@ -38,6 +40,7 @@ from ember.runtimes.image.engine import (
     ImageDone,
     ImageEngine,
     ImageRequest,
+    Preview,
     Progress,
 )
 from ember.runtimes.image.loader import LoadedPipeline, load_pipeline
@@ -163,6 +166,7 @@ class ImageJobHandler(JobHandler):
             negative_prompt=negative,
             init_image=init_image,
             mask=repaint,
+            partial_images=job.partial_images,
         )
 
     async def _payload(self, b64: str | None, name: str | None, param: str) -> bytes | None:
@@ -215,17 +219,34 @@ class ImageJobHandler(JobHandler):
             if isinstance(event, Progress):
                 await sink.send(ImageProgress, step=event.step, steps=event.steps)
                 continue
+            if isinstance(event, Preview):
+                w, h = event.image.size
+                b64, name = await self._encoded(event.image, job.output_format)
+                preview = ImagePreview(
+                    index=event.index,
+                    partial_image_index=event.partial_image_index,
+                    b64=b64,
+                    object=name,
+                    width=w,
+                    height=h,
+                )
+                await sink.send(ImageProgress, step=event.step, steps=event.steps, preview=preview)
+                continue
             assert isinstance(event, ImageDone)
-            data = await asyncio.to_thread(encode_image, event.image, job.output_format)
+            b64, name = await self._encoded(event.image, job.output_format)
             sent += 1
             status = JobStatus.FINISHED_STOPPED if sent == request.n else JobStatus.RUNNING
-            fields: dict[str, object] = {"b64": None, "object": None}
-            if len(data) > INLINE_LIMIT and self.blobs is not None:
-                fields["object"] = await self.blobs.put(data)
-            else:
-                fields["b64"] = base64.b64encode(data).decode()
             w, h = event.image.size
-            await sink.send(ImageResult, status, index=event.index, seed=event.seed, width=w, height=h, **fields)
+            await sink.send(
+                ImageResult, status, index=event.index, seed=event.seed, width=w, height=h, b64=b64, object=name
+            )
+
+    async def _encoded(self, image: Image.Image, fmt: str) -> tuple[str | None, str | None]:
+        """(``b64``, ``object``) of a reply: the encoded image inline, or in the BlobStore when too big."""
+        data = await asyncio.to_thread(encode_image, image, fmt)
+        if len(data) > INLINE_LIMIT and self.blobs is not None:
+            return None, await self.blobs.put(data)
+        return base64.b64encode(data).decode(), None
 
 
 def build_engine(loaded: LoadedPipeline, max_batch: int, max_waiting: int) -> ImageEngine:

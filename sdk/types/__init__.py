@@ -37,7 +37,15 @@ from .completion import Completion, CompletionChoice, Logprobs
 from .completion_create_params import CompletionCreateParams
 from .completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
 from .function import FunctionDefinition, FunctionJob, FunctionJobError, FunctionList, FunctionResult
-from .image import Image, ImageGenerateParams, ImagesResponse
+from .image import (
+    Image,
+    ImageEditParams,
+    ImageGenerateParams,
+    ImagesResponse,
+    ImageStreamEvent,
+    ImageStreamUsage,
+    ImageVariationParams,
+)
 from .model import Model, ModelList
 
 # The name the OpenAI API reference uses for the object.
@@ -79,7 +87,11 @@ __all__ = [
     "FunctionList",
     "FunctionResult",
     "Image",
+    "ImageEditParams",
     "ImageGenerateParams",
+    "ImageStreamEvent",
+    "ImageStreamUsage",
+    "ImageVariationParams",
     "ImagesResponse",
     "Logprobs",
     "Model",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -91,7 +92,9 @@ async def test_url_results_are_served_by_the_gateway_under_an_unguessable_name(a
         ({"prompt": "a", "num_inference_steps": 0}, "num_inference_steps", "invalid_value"),
         ({"prompt": "a", "num_inference_steps": 201}, "num_inference_steps", "invalid_value"),
         ({"prompt": "a", "response_format": "gif"}, "response_format", "invalid_value"),
-        ({"prompt": "a", "stream": True}, "stream", "unsupported_parameter"),
+        ({"prompt": "a", "stream": True, "partial_images": 4}, "partial_images", "invalid_value"),
+        ({"prompt": "a", "stream": True, "partial_images": -1}, "partial_images", "invalid_value"),
+        ({"prompt": "a", "stream": True, "response_format": "url"}, "response_format", "unsupported_parameter"),
     ],
 )
 async def test_bad_requests_get_400_naming_the_parameter(
@@ -175,3 +178,66 @@ async def test_the_bus_streams_progress_then_one_result_per_image(api: str, nats
     finally:
         await client.stop()
         await nc.close()
+
+
+def sse_events(text: str) -> list[dict[str, object]]:
+    """The JSON of every ``data:`` event (the image stream ends without ``[DONE]``, like OpenAI's)."""
+    events = [line.removeprefix("data: ") for line in text.split("\n") if line.startswith("data: ")]
+    assert "[DONE]" not in events
+    return [json.loads(e) for e in events]
+
+
+async def stream(url: str, path: str, **kw: object) -> tuple[httpx.Response, list[dict[str, object]]]:
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        async with http.stream("POST", path, **kw) as r:  # type: ignore[arg-type]
+            text = (await r.aread()).decode()
+    return r, sse_events(text) if r.status_code == 200 else []
+
+
+async def test_stream_sends_partial_images_then_each_completed_image(api: str) -> None:
+    body = {"model": MODEL, "prompt": "a red circle", "n": 2, "size": "32x32", "seed": 8, "num_inference_steps": 4}
+    r, events = await stream(api, "/v1/images/generations", json={**body, "stream": True, "partial_images": 2})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    for index in (0, 1):
+        mine = [e for e in events if e["index"] == index]
+        assert [(e["type"], e.get("partial_image_index")) for e in mine] == [
+            ("image_generation.partial_image", 0),
+            ("image_generation.partial_image", 1),
+            ("image_generation.completed", None),
+        ]
+        for e in mine:
+            assert png(str(e["b64_json"])).size == (32, 32)
+            assert (e["size"], e["output_format"]) == ("32x32", "png") and isinstance(e["created_at"], int)
+        assert mine[-1]["seed"] == 8 + index and mine[-1]["usage"] == {"images": 1}
+    # The streamed images are the images of the same request without stream.
+    plain = await post(api, "/v1/images/generations", json={**body, "response_format": "b64_json"})
+    assert [d["b64_json"] for d in plain.json()["data"]] == [
+        e["b64_json"]
+        for e in sorted(events, key=lambda e: int(e["index"]))
+        if e["type"] == "image_generation.completed"
+    ]
+
+
+async def test_stream_without_partial_images_sends_only_the_completed_events(api: str) -> None:
+    r, events = await stream(api, "/v1/images/generations", json={"model": MODEL, "prompt": "a", "stream": True})
+    assert r.status_code == 200
+    assert [e["type"] for e in events] == ["image_generation.completed"]
+    assert png(str(events[0]["b64_json"])).size == (16, 16)
+
+
+async def test_edits_stream_as_image_edit_events(api: str) -> None:
+    source = _png_bytes(Image.new("RGB", (16, 16), (255, 0, 0)))
+    form = {"model": MODEL, "prompt": "a blue square", "stream": "true", "partial_images": "1", "strength": "1.0"}
+    form |= {"num_inference_steps": "4"}
+    r, events = await stream(api, "/v1/images/edits", data=form, files={"image": ("s.png", source, "image/png")})
+    assert r.status_code == 200
+    assert [e["type"] for e in events] == ["image_edit.partial_image", "image_edit.completed"]
+    bad = await post(api, "/v1/images/edits", data={**form, "partial_images": "9"}, files={"image": ("s.png", source)})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "partial_images"
+
+
+async def test_errors_before_the_stream_are_json_errors(api: str) -> None:
+    r, _ = await stream(
+        api, "/v1/images/generations", json={"model": MODEL, "prompt": "a", "size": "48x48", "stream": True}
+    )
+    assert r.status_code == 400 and r.headers["content-type"].startswith("application/json")

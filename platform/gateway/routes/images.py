@@ -1,6 +1,8 @@
 """POST /v1/images/generations, /v1/images/edits, /v1/images/variations, and GET /v1/images/files/{name}.
 
 A request is one ImageJob of ``n`` images; its worker streams ImageProgress and then one ImageResult per image.
+With ``stream=true`` (generations and edits) the previews some ImageProgress carry and each image go out as
+server-sent events as they arrive, in OpenAI's shape (see ``_events``).
 ``response_format=url`` puts each image in a short-lived object-store bucket under a random 256-bit name and
 answers with a gateway URL for it: the name is the credential (the route is open, like a signed URL) and the
 bucket's TTL expires it.
@@ -9,7 +11,10 @@ bucket's TTL expires it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import secrets
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -20,14 +25,15 @@ from starlette.responses import JSONResponse, Response
 from ember.bus.blobs import BlobNotFound, BlobStore
 from ember.bus.client import JobRefused, JobStream
 from ember.bus.errors import NoWorkerError, ReplyTimeoutError, WorkerLostError
-from ember.bus.messages import ImageJob, ImageResult, Modality, StreamReply
-from ember.gateway import generation
+from ember.bus.messages import ImageJob, ImageProgress, ImageResult, JobStatus, Modality, StreamReply
+from ember.gateway import generation, sse
 from ember.gateway.errors import GatewayError, InvalidRequest, NotFound, from_validation
 from ember.gateway.image_schemas import (
     ImageEditForm,
     ImageGenerationRequest,
     ImageVariationForm,
     _ImageBody,
+    _Streamable,
 )
 from ember.gateway.quota import Quota
 from ember.gateway.routes.common import bus, check_model, now, parse_body, settings
@@ -62,17 +68,17 @@ def default_model(request: Request) -> str:
 
 async def generations(request: Request) -> Response:
     body = await parse_body(request, ImageGenerationRequest)
-    return await _run(request, body, body.prompt)
+    return await _run(request, body, body.prompt, "image_generation")
 
 
 async def edits(request: Request) -> Response:
     body, files = await _parse_form(request, ImageEditForm, required=("image",), optional=("mask",))
-    return await _run(request, body, body.prompt, source=files["image"], mask=files.get("mask"))
+    return await _run(request, body, body.prompt, "image_edit", source=files["image"], mask=files.get("mask"))
 
 
 async def variations(request: Request) -> Response:
     body, files = await _parse_form(request, ImageVariationForm, required=("image",), optional=())
-    return await _run(request, body, "", source=files["image"])
+    return await _run(request, body, "", "image_variation", source=files["image"])
 
 
 async def file(request: Request) -> Response:
@@ -118,6 +124,10 @@ async def _parse_form(
         body = schema.model_validate(fields)
     except ValidationError as e:
         raise from_validation(e) from None
+    unsupported = body.unsupported()
+    if unsupported is not None:
+        param, why = unsupported
+        raise InvalidRequest(why, code="unsupported_parameter", param=param)
     return body, files
 
 
@@ -139,25 +149,61 @@ async def _admit_images(quota: Quota, n: int) -> None:
         raise
 
 
+@dataclass
+class _Job:
+    """An accepted image job, and what to settle however its request ends (``close``)."""
+
+    stream: JobStream[StreamReply]
+    quota: Quota
+    model: str
+    blobs: BlobStore
+    # BlobStore names of the uploads, deleted at the end.
+    uploads: list[str]
+    delivered: int = 0
+    status: str = "client_closed"
+
+    async def replies(self) -> AsyncGenerator[ImageProgress | ImageResult, None]:
+        """Progress and results to the job's last image; a failure on the worker or the bus is a GatewayError."""
+        try:
+            async for reply in self.stream:
+                if reply.status == JobStatus.FINISHED_ABORTED:
+                    raise generation.aborted_error()
+                if isinstance(reply, ImageProgress | ImageResult):
+                    yield reply
+        except (JobRefused, NoWorkerError, WorkerLostError, ReplyTimeoutError) as e:
+            raise generation.bus_error(e, self.model) from None
+
+    async def close(self) -> None:
+        await generation.settled(
+            _finish(self.stream, self.quota, self.delivered, self.status, self.uploads, self.blobs)
+        )
+
+
 async def _run(
-    request: Request, body: _ImageBody, prompt: str, *, source: bytes | None = None, mask: bytes | None = None
+    request: Request,
+    body: _ImageBody,
+    prompt: str,
+    kind: str,
+    *,
+    source: bytes | None = None,
+    mask: bytes | None = None,
 ) -> Response:
+    """Run one request; ``kind`` ("image_generation", "image_edit") names its stream events."""
     model = body.model or default_model(request)
     check_model(request, model)
     width, height = body.dimensions()
+    streamed = isinstance(body, _Streamable) and body.stream
     blobs, files = _stores(request)
     quota = await Quota.open(request, model)
     quota.modality = Modality.IMAGE
     await _admit_images(quota, body.n)
     request_id: str = request.state.request_id
-    results: dict[int, ImageResult] = {}
-    status = "ok"
-    worker_ms = 0.0
+    uploads: list[str] = []
     stream: JobStream[StreamReply] | None = None
-    init_object = mask_object = None
     try:
         init_b64, init_object = await _upload(blobs, source)
         mask_b64, mask_object = await _upload(blobs, mask)
+        uploads = [name for name in (init_object, mask_object) if name is not None]
         job = ImageJob(
             request_id=f"{request_id}-0",
             model=model,
@@ -177,32 +223,97 @@ async def _run(
             mask_object=mask_object,
             priority=quota.tier.priority,
             key_id=quota.key.id,
+            # Previews cost decoding on the worker: only a stream can show them.
+            partial_images=body.partial_images if isinstance(body, _Streamable) and streamed else 0,
         )
         try:
             stream = await bus(request).submit(job, StreamReply)
             accepted = await stream.wait_accepted(settings(request).gateway.accept_timeout_s)
-            async for reply in stream:
+        except (JobRefused, NoWorkerError, WorkerLostError, ReplyTimeoutError) as e:
+            raise generation.bus_error(e, model) from None
+    except BaseException as e:  # nothing ran: an OpenAI JSON error, as for any request refused up front
+        status = (e.code or "error") if isinstance(e, GatewayError) else "client_closed"
+        await generation.settled(_finish(stream, quota, 0, status, uploads, blobs))
+        raise
+    run = _Job(stream, quota, model, blobs, uploads)
+    headers = {"x-ember-worker": accepted.worker_id, **quota.headers()}
+    if streamed:
+        return sse.EventStreamResponse(_events(run, body, kind), headers)
+    results: dict[int, ImageResult] = {}
+    worker_ms = 0.0
+    try:
+        async with contextlib.aclosing(run.replies()) as replies:
+            async for reply in replies:
                 if isinstance(reply, ImageResult):
                     results[reply.index] = reply
                     worker_ms = reply.worker_ms or worker_ms
-        except (JobRefused, NoWorkerError, WorkerLostError, ReplyTimeoutError) as e:
-            raise generation.bus_error(e, model) from None
         data = [await _entry(r, body, blobs, files, request) for r in sorted(results.values(), key=lambda r: r.index)]
+        run.status = "ok"
     except GatewayError as e:
-        status = e.code or "error"
-        raise
-    except BaseException:
-        status = "client_closed"
+        run.status = e.code or "error"
         raise
     finally:
-        uploads = (init_object, mask_object)
-        await generation.settled(_finish(stream, quota, len(results), status, uploads, blobs))
-    headers = {
-        "x-ember-worker": accepted.worker_id,
-        "x-ember-processing-ms": f"{worker_ms:.1f}",
-        **quota.headers(),
-    }
+        run.delivered = len(results)
+        await run.close()
+    headers["x-ember-processing-ms"] = f"{worker_ms:.1f}"
     return JSONResponse({"created": now(), "data": data}, headers=headers)
+
+
+async def _events(run: _Job, body: _ImageBody, kind: str) -> AsyncGenerator[bytes, None]:
+    """OpenAI's image stream: ``<kind>.partial_image`` per preview, ``<kind>.completed`` per image.
+
+    Each event also carries Ember's ``index`` (which of the n images) and, when completed, its ``seed``.
+    Like OpenAI's, the stream ends after the last image without ``[DONE]``; a failure after the first byte is
+    an error event (``{"error": {...}}``), as in the chat stream.
+    """
+    common = {"output_format": body.output_format, "quality": "auto", "background": "opaque"}
+    try:
+        async with contextlib.aclosing(run.replies()) as replies:
+            async for reply in replies:
+                if isinstance(reply, ImageProgress):
+                    if (p := reply.preview) is None:
+                        continue
+                    event = {
+                        "type": f"{kind}.partial_image",
+                        "b64_json": await _b64(p.b64, p.object, run.blobs),
+                        "created_at": now(),
+                        "size": f"{p.width}x{p.height}",
+                        "partial_image_index": p.partial_image_index,
+                        "index": p.index,
+                        **common,
+                    }
+                else:
+                    event = {
+                        "type": f"{kind}.completed",
+                        "b64_json": await _b64(reply.b64, reply.object, run.blobs),
+                        "created_at": now(),
+                        "size": f"{reply.width}x{reply.height}",
+                        "index": reply.index,
+                        "seed": reply.seed,
+                        # Ember meters images, not tokens: what this event charged.
+                        "usage": {"images": 1},
+                        **common,
+                    }
+                    run.delivered += 1
+                yield sse.event(event)
+        run.status = "ok"
+    except GatewayError as e:
+        run.status = e.code or "error"
+        yield sse.event(e.body())
+    finally:
+        await run.close()
+
+
+async def _b64(b64: str | None, name: str | None, blobs: BlobStore) -> str:
+    """An image a worker sent inline (base64) or through the BlobStore, as base64."""
+    if b64 is not None:
+        return b64
+    if name is None:
+        raise GatewayError("the worker sent an image with no image")
+    try:
+        return base64.b64encode(await blobs.take(name)).decode()
+    except BlobNotFound:
+        raise GatewayError("a generated image expired before it could be returned") from None
 
 
 async def _finish(
@@ -210,15 +321,14 @@ async def _finish(
     quota: Quota,
     delivered: int,
     status: str,
-    uploads: tuple[str | None, str | None],
+    uploads: list[str],
     blobs: BlobStore,
 ) -> None:
     """Cancel an unfinished job, give back undelivered images, free the uploads and close the quota."""
     if stream is not None:
         await stream.cancel()
     for name in uploads:
-        if name is not None:
-            await blobs.delete(name)
+        await blobs.delete(name)
     # A 503 (no worker, workers overloaded) before any image is the platform's failure: the request is refunded.
     refund = delivered == 0 and status in ("no_worker", "overloaded", "worker_lost")
     await quota.close(status=status, refund=refund, images=delivered)

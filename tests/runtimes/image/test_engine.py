@@ -22,7 +22,7 @@ from ember.runtimes.image.engine import (
     Progress,
 )
 from ember.runtimes.image.loader import LoadedPipeline, load_pipeline
-from ember.runtimes.image.pipeline import BatchInput, BatchSpec, PipelineRunner, StepCallback
+from ember.runtimes.image.pipeline import BatchInput, BatchSpec, PipelineRunner, PreviewCallback, StepCallback
 from tests.helpers.tiny_diffusion import write_tiny_pixel
 
 SPEC = BatchSpec(width=16, height=16, steps=2, guidance_scale=3.0)
@@ -31,10 +31,12 @@ SPEC = BatchSpec(width=16, height=16, steps=2, guidance_scale=3.0)
 class FailingRunner(PipelineRunner):
     """The real runner, except that a call with the prompt "boom" in it raises, like a pipeline bug would."""
 
-    def generate(self, batch: BatchInput, on_step: StepCallback | None = None) -> list[Image.Image]:
+    def generate(
+        self, batch: BatchInput, on_step: StepCallback | None = None, on_preview: PreviewCallback | None = None
+    ) -> list[Image.Image]:
         if "boom" in batch.prompts:
             raise RuntimeError("the pipeline broke")
-        return super().generate(batch, on_step)
+        return super().generate(batch, on_step, on_preview)
 
 
 @pytest.fixture(scope="module")

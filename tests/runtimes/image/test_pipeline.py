@@ -16,16 +16,6 @@ from ember.runtimes.image.train.shapes import read
 from tests.helpers.tiny_diffusion import TINY_PIXEL_SIZE, write_tiny_pixel, write_tiny_sd
 
 
-@pytest.fixture(scope="module")
-def pixel(tmp_path_factory: pytest.TempPathFactory) -> LoadedPipeline:
-    return load_pipeline(write_tiny_pixel(tmp_path_factory.mktemp("img") / "tiny-pixel"))
-
-
-@pytest.fixture(scope="module")
-def sd(tmp_path_factory: pytest.TempPathFactory) -> LoadedPipeline:
-    return load_pipeline(write_tiny_sd(tmp_path_factory.mktemp("img") / "tiny-sd"))
-
-
 def spec(size: int = TINY_PIXEL_SIZE, steps: int = 2, **kw: object) -> BatchSpec:
     return BatchSpec(width=size, height=size, steps=steps, guidance_scale=3.0, **kw)  # type: ignore[arg-type]
 
