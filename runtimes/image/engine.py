@@ -1,9 +1,20 @@
-"""Dynamic batching: images that share a BatchSpec and arrive close together run in one pipeline call.
+"""Batching image requests: step-level where Ember drives the denoising loop, call-level for any other pipeline.
 
-The engine owns one thread that runs the pipeline; the asyncio side only queues requests and reads events.
-Each round::
+The engine owns one thread that runs the model; the asyncio side only queues requests and reads events.
 
-    pick      the oldest waiting image decides the round's BatchSpec (size, steps, guidance, ...)
+Step-level (Ember's pixel pipeline, ``PipelineRunner.stepper``): like continuous batching of text, images join
+and leave the running batch between denoising steps. Each iteration::
+
+    admit     waiting images take the free rows (up to max_batch), highest priority first, then the oldest;
+              any size, step count, guidance or source image mixes (each row has its own schedule)
+    step      one UNet call advances every running row by one step
+    emit      every request with a row in the step gets Progress(step, steps); a row at one of its request's
+              preview steps gets Preview; a row whose last step ran goes back as ImageDone at once
+    drop      rows of aborted requests leave before the next step; a failing step fails only its rows' requests
+
+Call-level (any other diffusers pipeline, driven through its own ``__call__``): each round::
+
+    pick      the waiting image first in line (priority, then age) decides the round's BatchSpec
     gather    every waiting image with that spec joins, up to max_batch; a round that is not full waits up
               to batch_window_s for more (arrivals during the previous call are already waiting)
     run       one pipeline call; after each denoising step every request in it gets Progress(step, steps),
@@ -29,7 +40,8 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from ember.bus.messages import ErrorInfo
-from ember.runtimes.image.pipeline import BatchInput, BatchSpec, PipelineRunner, effective_steps
+from ember.runtimes.image.pipeline import BatchInput, BatchSpec, PipelineRunner, preview_steps
+from ember.runtimes.image.stepper import PixelStepper, Row, effective_steps
 
 log = logging.getLogger("ember.image.engine")
 
@@ -44,8 +56,10 @@ class EngineConfig:
     max_batch: int = 8
     # Images waiting beyond the running call before new requests are refused.
     max_waiting: int = 256
-    # How long a round that is not full waits for more matching images.
+    # Call-level batching: how long a round that is not full waits for more matching images.
     batch_window_s: float = 0.03
+    # Step-level batching where the pipeline allows it; False batches whole calls for every pipeline.
+    step_batching: bool = True
 
 
 @dataclass
@@ -61,6 +75,8 @@ class ImageRequest:
     mask: Image.Image | None = None
     # Previews per image (see ember.runtimes.image.pipeline.preview_steps); not part of the BatchSpec.
     partial_images: int = 0
+    # Higher is served first (the key's tier).
+    priority: int = 0
 
     @property
     def n(self) -> int:
@@ -126,12 +142,22 @@ class _Running:
 
 
 @dataclass
+class _Live:
+    """An image in the step-level batch."""
+
+    item: _Item
+    row: Row
+    # Its request's preview steps (1-based, of row.steps).
+    preview_at: list[int]
+
+
+@dataclass
 class EngineStats:
     """Counters for tests and benchmarks."""
 
     calls: int = 0
     images: int = 0
-    # Images per call, in order.
+    # Call-level: images per pipeline call, in order. Step-level: rows per UNet step, in order.
     batch_sizes: list[int] = field(default_factory=list)
 
 
@@ -200,6 +226,116 @@ class ImageEngine:
 
     # --- engine thread ---------------------------------------------------------------------------------------
 
+    def _in_line(self) -> list[_Item]:
+        """Waiting images in serving order: highest priority first, then the oldest (the sort is stable)."""
+        return sorted(self._waiting, key=lambda it: -it.req.req.priority)
+
+    def _first_in_line(self) -> _Item:
+        return max(self._waiting, key=lambda it: it.req.req.priority)
+
+    def run(self) -> None:
+        """The engine loop; returns after ``stop``."""
+        stepper = self.runner.stepper if self.config.step_batching else None
+        if stepper is not None:
+            self._run_steps(stepper)
+            return
+        while (batch := self._take_batch()) is not None:
+            try:
+                self._run_batch(batch)
+            finally:
+                with self._cond:
+                    self._running_now = 0
+
+    # --- step-level ------------------------------------------------------------------------------------------
+
+    def _admit(self, free: int, block: bool) -> list[_Item] | None:
+        """Up to ``free`` waiting images in serving order (waiting for one if ``block``), or None once stopped."""
+        with self._cond:
+            while block and not self._waiting and not self._stopped:
+                self._cond.wait()
+            if self._stopped:
+                return None
+            taken = self._in_line()[:free]
+            ids = {id(it) for it in taken}
+            self._waiting = deque(it for it in self._waiting if id(it) not in ids)
+            return taken
+
+    def _run_steps(self, stepper: PixelStepper) -> None:
+        live: list[_Live] = []
+        while (new := self._admit(self.config.max_batch - len(live), block=not live)) is not None:
+            live += self._start_rows(stepper, new)
+            live = [lv for lv in live if not (lv.item.req.aborted or lv.item.req.failed)]
+            with self._cond:
+                self._running_now = len(live)
+            if not live:
+                continue
+            try:
+                stepper.step([lv.row for lv in live])
+            except Exception as e:
+                log.exception("denoising step of %d images failed", len(live))
+                self._fail([lv.item.req for lv in live], e)
+                live = []
+                continue
+            self.stats.calls += 1
+            self.stats.batch_sizes.append(len(live))
+            live = self._after_step(stepper, live)
+        with self._cond:
+            self._running_now = 0
+
+    def _start_rows(self, stepper: PixelStepper, items: list[_Item]) -> list[_Live]:
+        """Rows for newly admitted images (prompts encoded together); a failure fails only their requests."""
+        if not items:
+            return []
+        inputs = []
+        for it in items:
+            r = it.req.req
+            inputs.append(
+                self.runner.row_input(r.spec, r.prompt, r.seeds[it.index], r.negative_prompt, r.init_image, r.mask)
+            )
+        try:
+            rows = stepper.start(inputs)
+        except Exception as e:
+            log.exception("starting %d images failed", len(items))
+            self._fail([it.req for it in items], e)
+            return []
+        return [
+            _Live(it, row, preview_steps(row.steps, it.req.req.partial_images))
+            for it, row in zip(items, rows, strict=True)
+        ]
+
+    def _after_step(self, stepper: PixelStepper, live: list[_Live]) -> list[_Live]:
+        """Previews, then Progress, then finished images for a step just run; returns the rows still running."""
+        live = [lv for lv in live if not (lv.item.req.aborted or lv.item.req.failed)]
+        for lv in live:
+            row, req = lv.row, lv.item.req.req
+            if row.done in lv.preview_at and (preview := stepper.preview(row)) is not None:
+                shown = self.runner.shown_preview(preview, req.spec, req.init_image, req.mask)
+                lv.item.req.emit(Preview(lv.item.index, lv.preview_at.index(row.done), shown, row.done, row.steps))
+        # One Progress per request: the step of its first image in this batch.
+        for running, row in {id(lv.item.req): (lv.item.req, lv.row) for lv in reversed(live)}.values():
+            running.emit(Progress(row.done, row.steps))
+        for lv in live:
+            if lv.row.finished:
+                running, req, index = lv.item.req, lv.item.req.req, lv.item.index
+                self.stats.images += 1
+                with self._cond:
+                    running.remaining -= 1
+                running.emit(ImageDone(index, self.runner.fit(stepper.image(lv.row), req.spec), req.seeds[index]))
+        return [lv for lv in live if not lv.row.finished]
+
+    def _fail(self, requests: list[_Running], e: Exception) -> None:
+        """End each of these requests (once) with a 500 naming the error; the engine keeps serving the rest."""
+        error = ErrorInfo(
+            status=500, type="server_error", code="generation_failed", message=f"image generation failed: {e}"
+        )
+        for m in {id(m): m for m in requests}.values():
+            if not m.failed:
+                m.failed = True
+                self._drop(m.req.request_id)
+                m.emit(Failed(error))
+
+    # --- call-level ------------------------------------------------------------------------------------------
+
     def _take_batch(self) -> list[_Item] | None:
         """The next call's images (see the module docstring), or None once stopped."""
         with self._cond:
@@ -207,10 +343,10 @@ class ImageEngine:
                 self._cond.wait()
             if self._stopped:
                 return None
-            spec = self._waiting[0].req.req.spec
+            spec = self._first_in_line().req.req.spec
             deadline = time.monotonic() + self.config.batch_window_s
             while True:
-                matching = [it for it in self._waiting if it.req.req.spec == spec]
+                matching = [it for it in self._in_line() if it.req.req.spec == spec]
                 left = deadline - time.monotonic()
                 if len(matching) >= self.config.max_batch or left <= 0 or self._stopped:
                     break
@@ -220,15 +356,6 @@ class ImageEngine:
             self._waiting = deque(it for it in self._waiting if id(it) not in taken)
             self._running_now = len(batch)
             return batch
-
-    def run(self) -> None:
-        """The engine loop; returns after ``stop``."""
-        while (batch := self._take_batch()) is not None:
-            try:
-                self._run_batch(batch)
-            finally:
-                with self._cond:
-                    self._running_now = 0
 
     def _run_batch(self, batch: list[_Item]) -> None:
         spec = batch[0].req.req.spec
@@ -265,14 +392,7 @@ class ImageEngine:
                 raise RuntimeError(f"the pipeline returned {len(images)} images for {len(batch)} prompts")
         except Exception as e:
             log.exception("pipeline call of %d images failed", len(batch))
-            error = ErrorInfo(
-                status=500, type="server_error", code="generation_failed", message=f"image generation failed: {e}"
-            )
-            for m in members:
-                if not m.failed:
-                    m.failed = True
-                    self._drop(m.req.request_id)
-                    m.emit(Failed(error))
+            self._fail(members, e)
             return
         self.stats.calls += 1
         self.stats.images += len(batch)

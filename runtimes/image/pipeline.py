@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
-from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ember.runtimes.image.stepper import PixelStepper, RowInput, effective_steps
 from ember.runtimes.image.text_encoder import PromptEncoder
 
 # Called after each denoising step with (steps done, steps in all); returns True to stop the batch early.
@@ -38,11 +38,6 @@ def preview_steps(steps: int, partial_images: int) -> list[int]:
     """
     chosen = {math.floor(steps * (j + 1) / (partial_images + 1) + 0.5) for j in range(partial_images)}
     return sorted(s for s in chosen if 1 <= s < steps)
-
-
-def effective_steps(steps: int, strength: float | None) -> int:
-    """Denoising steps a call really runs: image-to-image skips the first (1 - strength) of them, as diffusers does."""
-    return steps if strength is None else max(1, min(int(steps * strength), steps))
 
 
 class EmberPixelPipeline(DiffusionPipeline):
@@ -65,12 +60,13 @@ class EmberPixelPipeline(DiffusionPipeline):
     def resolution(self) -> int:
         return int(self.unet.config.sample_size)
 
-    def _to_tensor(self, images: list[Image.Image], size: int, mode: str = "RGB") -> torch.Tensor:
-        """[B, C, size, size] in [-1, 1] (RGB) or [0, 1] (mask, mode "L")."""
-        arrays = [np.asarray(im.convert(mode).resize((size, size), Image.Resampling.LANCZOS)) for im in images]
-        x = torch.from_numpy(np.stack(arrays)).float() / 255.0
-        x = x.unsqueeze(1) if mode == "L" else x.permute(0, 3, 1, 2)
-        return x if mode == "L" else x * 2 - 1
+    @property
+    def stepper(self) -> PixelStepper:
+        """Step-level access to this pipeline (what the engine batches with); built once."""
+        assert self.prompt_encoder is not None, "the loader sets prompt_encoder"
+        if getattr(self, "_stepper", None) is None:
+            self._stepper = PixelStepper(self.unet, self.scheduler, self.prompt_encoder)
+        return self._stepper
 
     @torch.no_grad()
     def __call__(
@@ -79,61 +75,43 @@ class EmberPixelPipeline(DiffusionPipeline):
         negative_prompt: list[str] | None = None,
         num_inference_steps: int = 20,
         guidance_scale: float = 3.0,
-        generator: list[torch.Generator] | torch.Generator | None = None,
+        generator: list[torch.Generator] | None = None,
         image: list[Image.Image] | None = None,
         mask_image: list[Image.Image] | None = None,
         strength: float = 0.8,
         callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
         output_type: str = "pil",
+        seeds: list[int] | None = None,
         **_: Any,
     ) -> ImagePipelineOutput:
         """Generate one image per prompt; with ``image``, start from it (SDEdit), and with ``mask_image`` (white
-        = repaint) keep the rest of it."""
-        assert self.prompt_encoder is not None, "the loader sets prompt_encoder"
+        = repaint) keep the rest of it. Image i's noise comes from ``seeds[i]`` (or ``generator[i]``)."""
         self._interrupt = False
-        batch, size = len(prompt), self.resolution
-        device = self.unet.device
-        cfg = guidance_scale > 1.0
-        cond, _ = self.prompt_encoder.encode(prompt, device)
-        # states: [2B, T, D] with the unconditional (or negative) half first, when guiding.
-        states = (
-            torch.cat([self.prompt_encoder.encode(negative_prompt or [""] * batch, device)[0], cond]) if cfg else cond
-        )
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-        # noise: [B, 3, size, size]; a list of generators gives each image its own stream, whatever the batch.
-        noise = randn_tensor((batch, 3, size, size), generator=generator, device=device, dtype=torch.float32)
-        known: torch.Tensor | None = None
-        mask: torch.Tensor | None = None
-        if image is None:
-            x = noise * self.scheduler.init_noise_sigma
-        else:
-            known = self._to_tensor(image, size).to(device)
-            start = num_inference_steps - effective_steps(num_inference_steps, strength)
-            timesteps = timesteps[start:]
-            x = self.scheduler.add_noise(known, noise, timesteps[:1].repeat(batch))
-            if mask_image is not None:
-                mask = self._to_tensor(mask_image, size, "L").to(device).round()
-        # The scheduler's state stays float32; only the UNet runs in its own dtype (bfloat16 halves its cost).
-        dtype = self.unet.dtype
-        states = states.to(dtype)
-        for i, t in enumerate(timesteps):
+        if seeds is None:
+            gens = generator or [torch.Generator().manual_seed(i) for i in range(len(prompt))]
+            seeds = [int(g.initial_seed()) for g in gens]
+        negatives = negative_prompt or [""] * len(prompt)
+        inputs = [
+            RowInput(
+                prompt=p,
+                seed=seeds[i],
+                steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                negative_prompt=negatives[i],
+                image=None if image is None else image[i],
+                mask=None if mask_image is None else mask_image[i],
+                strength=None if image is None else strength,
+            )
+            for i, p in enumerate(prompt)
+        ]
+        rows = self.stepper.start(inputs)
+        for i in range(rows[0].steps if rows else 0):
             if self.interrupt:
                 break
-            model_in = torch.cat([x, x]) if cfg else x
-            out = self.unet(model_in.to(dtype), t, encoder_hidden_states=states).sample.float()
-            if cfg:
-                uncond, cond_out = out.chunk(2)
-                out = uncond + guidance_scale * (cond_out - uncond)
-            x = self.scheduler.step(out, t, x).prev_sample
-            if mask is not None and known is not None:
-                # Outside the mask the image is the source, noised to the level of the step just reached.
-                nxt = timesteps[i + 1] if i + 1 < len(timesteps) else None
-                keep = known if nxt is None else self.scheduler.add_noise(known, noise, nxt.repeat(batch))
-                x = mask * x + (1 - mask) * keep
+            self.stepper.step(rows)
             if callback_on_step_end is not None:
-                callback_on_step_end(self, i, t, {})
-        pixels = (x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().float().numpy()
+                callback_on_step_end(self, i, rows[0].timesteps[i], {})
+        pixels = np.stack([PixelStepper.pixels(r.x) for r in rows])
         if output_type == "np":
             return ImagePipelineOutput(images=pixels)
         return ImagePipelineOutput(images=self.numpy_to_pil(pixels))
@@ -217,8 +195,6 @@ class PipelineRunner:
 
     def _variant(self, masked: bool) -> DiffusionPipeline:
         """The pipeline for image-to-image (or inpainting) calls: the same components, another call."""
-        if self.is_pixel:
-            return self.pipe
         from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting
 
         if masked:
@@ -230,6 +206,49 @@ class PipelineRunner:
             self._img2img = AutoPipelineForImage2Image.from_pipe(self.pipe)
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
+
+    @property
+    def stepper(self) -> PixelStepper | None:
+        """Step-level batching where Ember drives the denoising loop itself (its pixel pipeline); else None."""
+        return self.pipe.stepper if isinstance(self.pipe, EmberPixelPipeline) else None
+
+    def row_input(
+        self,
+        spec: BatchSpec,
+        prompt: str,
+        seed: int,
+        negative_prompt: str = "",
+        image: Image.Image | None = None,
+        mask: Image.Image | None = None,
+    ) -> RowInput:
+        """One image of a request, for the stepper."""
+        return RowInput(
+            prompt=prompt,
+            seed=seed,
+            steps=spec.steps,
+            guidance_scale=spec.guidance_scale,
+            negative_prompt=negative_prompt if spec.negative else "",
+            image=image if spec.strength is not None else None,
+            mask=mask if spec.masked else None,
+            strength=spec.strength,
+        )
+
+    @staticmethod
+    def fit(image: Image.Image, spec: BatchSpec) -> Image.Image:
+        """An RGB image at the requested size."""
+        size = (spec.width, spec.height)
+        return image.convert("RGB").resize(size, Image.Resampling.LANCZOS) if image.size != size else image
+
+    def shown_preview(
+        self, image: Image.Image, spec: BatchSpec, source: Image.Image | None, mask: Image.Image | None
+    ) -> Image.Image:
+        """A preview at the requested size; outside an edit's mask the source, as the final image will keep it."""
+        image = self.fit(image, spec)
+        if spec.masked and source is not None and mask is not None:
+            image = Image.composite(
+                image, source.convert("RGB").resize(image.size), mask.convert("L").resize(image.size)
+            )
+        return image
 
     @property
     def can_preview(self) -> bool:
@@ -247,6 +266,8 @@ class PipelineRunner:
         ``on_preview`` gets the previews that ``batch.partial_images`` asks for; only those rows, at those steps,
         are decoded.
         """
+        if self.stepper is not None:
+            return self._generate_rows(self.stepper, batch, on_step, on_preview)
         spec = batch.spec
         pipe = self._variant(spec.masked) if spec.strength is not None else self.pipe
         width, height = self.native_size if self.resize_output else (spec.width, spec.height)
@@ -283,15 +304,42 @@ class PipelineRunner:
             kwargs["strength"] = spec.strength
             if spec.masked:
                 kwargs["mask_image"] = [m.convert("L").resize((width, height)) for m in batch.masks]
-        if not self.is_pixel:
-            kwargs["height"], kwargs["width"] = height, width
+        kwargs["height"], kwargs["width"] = height, width
         if capture is not None:
             with capture:
                 images = list(pipe(**kwargs).images)
         else:
             images = list(pipe(**kwargs).images)
-        size = (spec.width, spec.height)
-        return [im.convert("RGB").resize(size, Image.Resampling.LANCZOS) if im.size != size else im for im in images]
+        return [self.fit(im, spec) for im in images]
+
+    def _generate_rows(
+        self,
+        stepper: PixelStepper,
+        batch: BatchInput,
+        on_step: StepCallback | None,
+        on_preview: PreviewCallback | None,
+    ) -> list[Image.Image]:
+        """The batch as stepper rows (what the pixel pipeline always is underneath)."""
+        spec = batch.spec
+        n = len(batch.prompts)
+        images, masks = batch.images or [None] * n, batch.masks or [None] * n
+        negatives = batch.negative_prompts or [""] * n
+        rows = stepper.start(
+            [
+                self.row_input(spec, batch.prompts[i], batch.seeds[i], negatives[i], images[i], masks[i])
+                for i in range(n)
+            ]
+        )
+        wanted = [preview_steps(r.steps, k) for r, k in zip(rows, batch.partial_images or [0] * n, strict=True)]
+        for _ in range(rows[0].steps):
+            stepper.step(rows)
+            step = rows[0].done
+            for i, row in enumerate(rows):
+                if on_preview is not None and step in wanted[i] and (preview := stepper.preview(row)) is not None:
+                    on_preview(i, wanted[i].index(step), step, self.shown_preview(preview, spec, images[i], masks[i]))
+            if on_step is not None and on_step(step, rows[0].steps):
+                break
+        return [self.fit(stepper.image(r) if r.finished else stepper.to_pil(r.x), spec) for r in rows]
 
     @torch.no_grad()
     def _previews(
@@ -305,19 +353,13 @@ class PipelineRunner:
     ) -> None:
         """Decode x0-hat of ``rows`` only, as RGB at the requested size, and hand each to ``on_preview``."""
         picked = x0[[row for row, _ in rows]]  # [R, C, h, w]
-        if self.is_pixel:
-            pixels = picked.float() / 2 + 0.5
-        else:
-            vae = pipe.vae
-            shift = getattr(vae.config, "shift_factor", None) or 0.0
-            latents = picked.to(vae.dtype) / vae.config.scaling_factor + shift
-            pixels = vae.decode(latents, return_dict=False)[0].float() / 2 + 0.5
+        vae = pipe.vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        latents = picked.to(vae.dtype) / vae.config.scaling_factor + shift
+        pixels = vae.decode(latents, return_dict=False)[0].float() / 2 + 0.5
         arrays = pixels.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()  # [R, H, W, 3]
-        size = (batch.spec.width, batch.spec.height)
         for (row, j), array in zip(rows, arrays, strict=True):
-            image = Image.fromarray((array * 255).round().astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
-            if batch.spec.masked:
-                # Outside the mask an edit keeps the source: show it there, as the final image will.
-                source = batch.images[row].convert("RGB").resize(size)
-                image = Image.composite(image, source, batch.masks[row].convert("L").resize(size))
-            on_preview(row, j, step, image)
+            image = Image.fromarray((array * 255).round().astype(np.uint8))
+            source = batch.images[row] if batch.images else None
+            mask = batch.masks[row] if batch.masks else None
+            on_preview(row, j, step, self.shown_preview(image, batch.spec, source, mask))

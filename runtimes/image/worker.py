@@ -167,6 +167,7 @@ class ImageJobHandler(JobHandler):
             init_image=init_image,
             mask=repaint,
             partial_images=job.partial_images,
+            priority=job.priority,
         )
 
     async def _payload(self, b64: str | None, name: str | None, param: str) -> bytes | None:

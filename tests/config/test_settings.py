@@ -96,7 +96,7 @@ def test_every_readme_config_example_is_valid(tmp_path: Path) -> None:
     assert models["smollm2-135m-instruct"].sampling is not None
     assert models["my-qwen"].max_context == 4096
     assert models["whisper-tiny.en"].modality == Modality.AUDIO
-    assert models["ember-shapes"].modality == Modality.IMAGE
+    assert models["ember-shapes"].modality == Modality.IMAGE and models["ember-shapes"].dtype == "auto"
 
 
 def test_tiers_extend_and_override_the_defaults(tmp_path: Path) -> None:
