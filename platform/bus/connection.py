@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import nats.errors
@@ -45,3 +46,22 @@ async def connect(url: str, *, name: str) -> NATS:
             log.warning("%s: cannot reach NATS at %s (%s); retrying in %.1fs", name, url, e, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+async def sync(nc: NATS, within_s: float = 10.0) -> None:
+    """Return once the server has handled everything ``nc`` sent before, subscriptions included.
+
+    ``nc.flush()`` does not promise that: nats-py writes its PING straight to the socket, ahead of the SUBs
+    and PUBs still queued for its flusher task, so the PONG can come back before the server has read them,
+    and another connection's publish then still finds no interest ("no responders"). A message that we send
+    ourselves travels in that same queue, and the server handles one connection's commands in order: when it
+    comes back, every SUB queued before it is in the server's interest graph, for every connection to see.
+    """
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(inbox, b"")
+        await sub.next_msg(within_s)
+    finally:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()

@@ -2,7 +2,8 @@
 
 A runtime plugs in a ``JobHandler``; ``WorkerHost`` does the NATS part the same way for every modality::
 
-    start()   subscribe (jobs in the model's queue group, cancel, ping, discover), announce, heartbeat
+    start()   subscribe (jobs in the model's queue group, cancel, ping, discover), wait until the server has
+              the subscriptions, announce, heartbeat; a job sent once start() returns finds this worker
     <job>     decode -> handler.handle(job, sink) in its own task; a bad message gets JobFailed, not a crash
     stop()    announce leaving, stop taking jobs, let running ones finish (up to a grace period), close
 """
@@ -25,6 +26,7 @@ from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
 from ember.bus import subjects
+from ember.bus.connection import sync
 from ember.bus.messages import (
     JOB_MODALITY,
     ErrorInfo,
@@ -147,7 +149,9 @@ class WorkerHost:
             await sub(subjects.worker_ping(self.worker_id), cb=self._on_ping),
             await sub(subjects.WORKERS_DISCOVER, cb=self._on_discover),
         ]
-        await self.nc.flush()
+        # Announce and return only once the server has the subscriptions: a gateway may send a job the moment
+        # either happens, on its own connection, and NATS answers "no responders" to one that comes first.
+        await sync(self.nc)
         await self.announce()
         self._heartbeat = asyncio.create_task(self._announce_forever())
         log.info("worker %s serving %s model %r", self.worker_id, h.modality, h.model)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
+from nats.aio.msg import Msg
 
+from ember.bus import subjects
 from ember.bus.client import JobClient, JobRefused, StreamTiming
-from ember.bus.connection import connect
+from ember.bus.connection import connect, sync
 from ember.bus.errors import NoWorkerError, WorkerLostError
-from ember.bus.messages import ErrorInfo, JobStatus, Modality, TextJob, Usage
+from ember.bus.messages import ErrorInfo, JobStatus, Modality, TextJob, Usage, decode_worker_info
 from ember.bus.worker import JobHandler, ReplySink, WorkerHost
 
 
@@ -183,7 +187,6 @@ async def test_announcements_fill_the_registry_and_leaving_empties_it(
 async def test_a_malformed_job_gets_an_error_and_the_worker_survives(
     client: JobClient, nats_url: str, model: str
 ) -> None:
-    from ember.bus import subjects
     from ember.bus.messages import JobFailed, decode_reply
 
     host = await start_host(nats_url, SpellHandler(model))
@@ -207,3 +210,156 @@ async def test_no_responders_clears_the_models_stale_registry_entries(client: Jo
     with pytest.raises(NoWorkerError):
         await stream.wait_accepted(5)
     assert model not in client.registry.models()
+
+
+# A worker takes jobs the moment WorkerHost.start returns, and the moment the gateway hears it announced: NATS
+# answers "no responders" to a job that reaches the server before the worker's queue subscription. nats-py's
+# flush() did not ensure that (it writes its PING ahead of the SUBs still queued for its flusher task);
+# SlowLink widens that window enough to hit it every time, the loop over fresh workers meets it as it comes.
+
+PING = b"PING\r\n"
+
+
+class SlowLink:
+    """A TCP relay in front of nats-server that is slow the way a busy server can be.
+
+    Every byte a client sends arrives ``latency_s`` late, in order, and what follows a PING arrives ``hold_s``
+    after the PING itself: the server answers the PING and only later gets to the rest of what was sent.
+    The server's bytes to the client pass straight through.
+    """
+
+    def __init__(self, upstream: str, latency_s: float = 0.1, hold_s: float = 0.3) -> None:
+        parts = urlsplit(upstream)
+        assert parts.hostname is not None and parts.port is not None
+        self._upstream = (parts.hostname, parts.port)
+        self.latency_s = latency_s
+        self.hold_s = hold_s
+        self._relays: set[asyncio.Task[None]] = set()
+        self._pumps: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def __aenter__(self) -> SlowLink:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.url = f"nats://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        # Stop the pumps, not the relays: asyncio's server logs a relay task that ends cancelled as an error.
+        for pump in self._pumps:
+            pump.cancel()
+        await asyncio.gather(*self._relays, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _relay(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        relay = asyncio.current_task()
+        assert relay is not None
+        self._relays.add(relay)
+        server_r, server_w = await asyncio.open_connection(*self._upstream)
+        sent: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        pumps = [
+            asyncio.create_task(self._receive(client_r, sent)),
+            asyncio.create_task(self._deliver(sent, server_w)),
+            asyncio.create_task(self._copy(server_r, client_w)),
+        ]
+        self._pumps.update(pumps)
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            self._pumps.difference_update(pumps)
+            for w in (client_w, server_w):
+                w.close()
+                with contextlib.suppress(OSError):
+                    await w.wait_closed()
+            self._relays.discard(relay)
+
+    async def _receive(self, src: asyncio.StreamReader, sent: asyncio.Queue[tuple[float, bytes]]) -> None:
+        loop = asyncio.get_running_loop()
+        while data := await src.read(65536):
+            sent.put_nowait((loop.time(), data))
+
+    async def _deliver(self, sent: asyncio.Queue[tuple[float, bytes]], dst: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            at, data = await sent.get()
+            await asyncio.sleep(at + self.latency_s - loop.time())
+            head, ping, rest = data.partition(PING)
+            while ping:
+                dst.write(head + ping)
+                await dst.drain()
+                await asyncio.sleep(self.hold_s)
+                head, ping, rest = rest.partition(PING)
+            dst.write(head)
+            await dst.drain()
+
+    async def _copy(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        while data := await src.read(65536):
+            dst.write(data)
+            await dst.drain()
+
+
+async def test_sync_returns_once_other_connections_see_the_subscription(nats_url: str) -> None:
+    async def answer(msg: Msg) -> None:
+        await nc.publish(msg.reply, b"here")
+
+    async with SlowLink(nats_url) as link:
+        nc = await connect(link.url, name="slow-subscriber")
+        other = await connect(nats_url, name="other")
+        try:
+            await nc.subscribe("ember.test.sync", cb=answer)
+            await sync(nc)
+            reply = await other.request("ember.test.sync", b"", timeout=5)  # NoRespondersError if too early
+            assert reply.data == b"here"
+        finally:
+            await other.close()
+            await nc.close()
+
+
+async def test_a_job_sent_the_moment_start_returns_is_taken(client: JobClient, nats_url: str, model: str) -> None:
+    async with SlowLink(nats_url) as link:
+        host = await start_host(link.url, SpellHandler(model))
+        try:
+            assert await collect(client, job(model, "now")) == "now"  # NoWorkerError if start returned too early
+        finally:
+            await host.stop()
+            await host.nc.close()
+
+
+async def test_a_job_sent_the_moment_the_worker_is_announced_is_taken(
+    client: JobClient, nats_url: str, model: str
+) -> None:
+    announced = asyncio.Event()
+
+    async def on_announce(msg: Msg) -> None:
+        if decode_worker_info(msg.data).model == model:
+            announced.set()
+
+    sub = await client.nc.subscribe(subjects.WORKERS_ANNOUNCE, cb=on_announce)
+    async with SlowLink(nats_url) as link:
+        nc = await connect(link.url, name="test-worker")
+        host = WorkerHost(nc, SpellHandler(model), announce_every_s=0.2)
+        starting = asyncio.create_task(host.start())
+        try:
+            await asyncio.wait_for(announced.wait(), 10)
+            assert await collect(client, job(model, "announced")) == "announced"
+        finally:
+            await starting
+            await sub.unsubscribe()
+            await host.stop()
+            await nc.close()
+
+
+async def test_fresh_workers_take_a_job_sent_the_moment_start_returns(client: JobClient, nats_url: str) -> None:
+    for i in range(50):
+        model = f"fresh-{i}-{client.gateway_id}"
+        host = await start_host(nats_url, SpellHandler(model))
+        try:
+            assert await collect(client, job(model, "x")) == "x", f"worker {i}"
+        finally:
+            await host.stop()
+            await host.nc.close()
