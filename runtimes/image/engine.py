@@ -283,7 +283,7 @@ class ImageEngine:
             self._running_now = 0
 
     def _start_rows(self, stepper: PixelStepper, items: list[_Item]) -> list[_Live]:
-        """Rows for newly admitted images (prompts encoded together); a failure fails only their requests."""
+        """Rows for newly admitted images; a failure fails only their requests."""
         if not items:
             return []
         inputs = []

@@ -111,7 +111,7 @@ class PixelStepper:
         return copy.deepcopy(self._schedulers[steps])
 
     def start(self, inputs: list[RowInput]) -> list[Row]:
-        """New rows, their prompts encoded in one encoder call; none of their steps has run."""
+        """New rows (each prompt encoded on its own, so batch-mates never change it); none of their steps has run."""
         size, device = self.resolution, self.device
         guided = [inp for inp in inputs if inp.guidance_scale > 1.0]
         texts = [inp.prompt for inp in inputs] + [inp.negative_prompt for inp in guided]

@@ -5,7 +5,8 @@ Training and inference share this module so that a prompt is encoded the same wa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +27,11 @@ class PromptEncoder:
     model: PreTrainedModel
     # Prompts are padded / truncated to this many tokens (captions are short).
     max_tokens: int
+    # Prompts encoded lately (lower-cased text -> (states [T, D], mask [T]) on the CPU), most recent last.
+    cache_size: int = 256
+    _cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = field(
+        default_factory=OrderedDict, init=False, repr=False
+    )
 
     @classmethod
     def from_package(cls, package: str = DEFAULT_PACKAGE, subdir: str = DEFAULT_SUBDIR, max_tokens: int = 16):
@@ -45,17 +51,34 @@ class PromptEncoder:
 
     @torch.inference_mode()
     def encode(self, prompts: list[str], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-        """states: [B, T, D] float32, mask: [B, T] (1 for real tokens)."""
-        batch = self.tokenizer(
-            [p.lower() for p in prompts],
-            padding="max_length",
-            truncation=True,
-            max_length=self.max_tokens,
-            return_tensors="pt",
-        )
+        """states: [B, T, D] float32, mask: [B, T] (1 for real tokens).
+
+        NOTE: every prompt is encoded on its own, never beside others. The encoder's matmuls split their
+        reductions by the batch's row count, so a prompt encoded among five others differs from itself alone in
+        the last bits; in a bfloat16 UNet that difference grows into another picture over the denoising steps,
+        and "same seed, same image" would depend on who else was admitted with it. Prompts repeat (n images of
+        one request, the empty negative prompt), so the recent ones are kept.
+        """
         self.model.to(device)
-        out = self.model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+        encoded = [self._encode_one(p.lower(), device) for p in prompts]
+        states = torch.stack([s for s, _ in encoded]).to(device)
+        mask = torch.stack([m for _, m in encoded]).to(device)
+        return states, mask
+
+    def _encode_one(self, prompt: str, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(states [T, D] float32, mask [T]) of one lower-cased prompt, from the cache when it is there."""
+        if (hit := self._cache.get(prompt)) is not None:
+            self._cache.move_to_end(prompt)
+            return hit
+        batch = self.tokenizer(
+            [prompt], padding="max_length", truncation=True, max_length=self.max_tokens, return_tensors="pt"
+        )
         mask = batch["attention_mask"].to(device)
+        out = self.model(input_ids=batch["input_ids"].to(device), attention_mask=mask)
         # Padding positions are zeroed so that they carry nothing even where a mask is not applied.
-        states = out.last_hidden_state * mask.unsqueeze(-1)
-        return states.float(), mask
+        states = (out.last_hidden_state * mask.unsqueeze(-1)).float()[0].cpu()
+        entry = (states, mask[0].cpu())
+        self._cache[prompt] = entry
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return entry
