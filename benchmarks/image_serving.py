@@ -2,15 +2,15 @@
 
     ember      POST /v1/images/generations through the real gateway, NATS and an `ember worker image` process
                (dynamic batching: concurrent requests with one size/steps/guidance share a pipeline call)
-    loop       the same pipeline called once per request, one request at a time, in a process of its own
-               (what serving diffusers without a batcher does), in float32: the model as shipped
-    loop@dt    the same loop in Ember's dtype (with --dtype auto on a CPU with native bfloat16: bfloat16), to
-               show how much of Ember's lead is the dtype and how much the batching
+    diffusers  the plain per-request loop: the folder loaded the usual diffusers way (float32, NCHW) and its
+               pipeline called once per request, one request at a time, in a process of its own
+    loop       Ember's own runner (its loader: --dtype, NHWC), still one request at a time: the difference to
+               Ember is the batching alone
 
-Both run the same model (default: the shipped ember-shapes), size, step count and guidance; every request is
-one image with its own seed. Both load through Ember's loader, so the loop gets the NHWC layout too. Peak memory
-is each process's peak resident set (VmHWM): the worker's for Ember, the loop's own. The goal is Ember >= 2x
-the loop at 8 concurrent.
+Every run uses the same model (default: the shipped ember-shapes), size, step count and guidance; every request
+is one image with its own seed and its own caption (none repeats within a run, so Ember's prompt cache saves
+nothing). Peak memory is each process's peak resident set (VmHWM). The goal is Ember >= 2x
+the diffusers loop at 8 concurrent.
 
     python benchmarks/image_serving.py
     python benchmarks/image_serving.py --concurrency 1 4 8 --rounds 3 --steps 20 --size 32x32 --dtype auto
@@ -19,11 +19,13 @@ the loop at 8 concurrent.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,10 +35,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.helper
 
 from ember.bus.nats_server import EmbeddedNats
 from ember.config import load_settings
+from ember.runtimes.dtypes import resolve_dtype
+from ember.runtimes.image.train.shapes import all_scenes
 from tests.helpers.cluster import GatewayThread, start_worker, stop_process, wait_for_model, write_config
 
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "runtimes" / "image" / "weights" / "ember-shapes"
-PROMPTS = ["a red circle", "a blue square on the left", "a green triangle", "a yellow circle at the top"]
+# 90 captions ("a red circle", "a blue square on the left", ...), taken in turn by every run.
+PROMPTS = [scene.caption() for scene in all_scenes()]
+
+
+def captions() -> itertools.cycle[str]:
+    return itertools.cycle(PROMPTS)
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -46,26 +55,60 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_loop(
-    model: Path, size: str, steps: int, guidance: float, levels: list[int], rounds: int, dtype: str
-) -> dict[str, float]:
-    """The per-request baseline (runs in its own process): {concurrency: seconds for the whole level}."""
-    import os
+def plain_pipeline(model: Path) -> Callable[[str, int, int, float], None]:
+    """The folder loaded the usual diffusers way; returns generate(prompt, seed, steps, guidance)."""
+    import torch
+    from diffusers import DiffusionPipeline
 
+    from ember.runtimes.image.pipeline import EmberPixelPipeline
+    from ember.runtimes.image.text_encoder import PromptEncoder
+
+    index = json.loads((model / "model_index.json").read_text())
+    if index["_class_name"] == EmberPixelPipeline.__name__:
+        pipe = EmberPixelPipeline.from_pretrained(str(model), local_files_only=True)
+        extra = json.loads((model / "ember_pipeline.json").read_text())
+        pipe.prompt_encoder = PromptEncoder.from_package(extra["text_encoder_package"], extra["text_encoder_subdir"])
+    else:
+        pipe = DiffusionPipeline.from_pretrained(str(model), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+
+    def generate(prompt: str, seed: int, steps: int, guidance: float) -> None:
+        gen = [torch.Generator().manual_seed(seed)]
+        pipe(prompt=[prompt], num_inference_steps=steps, guidance_scale=guidance, generator=gen)
+
+    return generate
+
+
+def ember_runner(model: Path, size: str, dtype: str) -> Callable[[str, int, int, float], None]:
+    """Ember's loader and runner, one request per call."""
     from ember.runtimes.dtypes import resolve_dtype
     from ember.runtimes.image.loader import load_pipeline
     from ember.runtimes.image.pipeline import BatchInput, BatchSpec
 
     loaded = load_pipeline(model, dtype=resolve_dtype(dtype))
     w, h = (int(v) for v in size.split("x"))
-    spec = BatchSpec(width=w, height=h, steps=steps, guidance_scale=guidance)
-    loaded.runner.generate(BatchInput(spec, ["warm up"], [0]))
+
+    def generate(prompt: str, seed: int, steps: int, guidance: float) -> None:
+        loaded.runner.generate(BatchInput(BatchSpec(w, h, steps, guidance), [prompt], [seed]))
+
+    return generate
+
+
+def run_loop(args: argparse.Namespace) -> dict[str, float]:
+    """A per-request baseline (runs in its own process): {concurrency: seconds for the whole level}."""
+    import os
+
+    generate = (
+        plain_pipeline(args.model) if args.loop == "diffusers" else ember_runner(args.model, args.size, args.dtype)
+    )
+    generate("warm up", 0, args.steps, args.guidance)
+    prompt = captions()
     out: dict[str, float] = {}
-    for c in levels:
+    for c in args.concurrency:
         start = time.perf_counter()
-        for r in range(rounds):
+        for r in range(args.rounds):
             for i in range(c):  # requests that arrived together, served one after another
-                loaded.runner.generate(BatchInput(spec, [PROMPTS[i % len(PROMPTS)]], [r * 100 + i]))
+                generate(next(prompt), r * 100 + i, args.steps, args.guidance)
         out[str(c)] = time.perf_counter() - start
     out["peak_mb"] = peak_rss_mb(os.getpid())
     return out
@@ -74,10 +117,12 @@ def run_loop(
 def run_ember(
     url: str, model_id: str, size: str, steps: int, guidance: float, levels: list[int], rounds: int
 ) -> dict[str, float]:
-    def one(i: int, seed: int) -> None:
+    prompts = captions()
+
+    def one(seed: int) -> None:
         body = {
             "model": model_id,
-            "prompt": PROMPTS[i % len(PROMPTS)],
+            "prompt": next(prompts),
             "size": size,
             "num_inference_steps": steps,
             "guidance_scale": guidance,
@@ -87,13 +132,13 @@ def run_ember(
         r = httpx.post(f"{url}/v1/images/generations", json=body, timeout=600)
         r.raise_for_status()
 
-    one(0, 0)  # warm up
+    one(0)  # warm up
     out: dict[str, float] = {}
     with ThreadPoolExecutor(max(levels)) as pool:
         for c in levels:
             start = time.perf_counter()
             for r in range(rounds):
-                list(pool.map(one, range(c), [r * 100 + i for i in range(c)]))
+                list(pool.map(one, [r * 100 + i for i in range(c)]))
             out[str(c)] = time.perf_counter() - start
     return out
 
@@ -106,27 +151,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--guidance", type=float, default=1.5)  # the shipped model's default
     ap.add_argument("--size", default="32x32")
-    ap.add_argument("--dtype", default="auto", help="Ember's model dtype, as in the config (the loop@dt's too)")
-    ap.add_argument("--loop-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--dtype", default="auto", help="Ember's model dtype, as in the config (the loop's too)")
+    ap.add_argument("--loop", choices=["diffusers", "ember"], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.loop_only:
-        levels = args.concurrency
-        print(json.dumps(run_loop(args.model, args.size, args.steps, args.guidance, levels, args.rounds, args.dtype)))
+    if args.loop:
+        print(json.dumps(run_loop(args)))
         return
 
-    from ember.runtimes.dtypes import resolve_dtype
-
     levels, rounds = args.concurrency, args.rounds
-    dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
 
-    def loop_in(loop_dtype: str) -> dict[str, float]:
-        cmd = [sys.executable, __file__, "--loop-only", "--model", str(args.model), "--size", args.size]
+    def loop_of(kind: str) -> dict[str, float]:
+        cmd = [sys.executable, __file__, "--loop", kind, "--model", str(args.model), "--size", args.size]
         cmd += ["--steps", str(args.steps), "--guidance", str(args.guidance), "--rounds", str(rounds)]
-        cmd += ["--concurrency", *map(str, levels), "--dtype", loop_dtype]
+        cmd += ["--concurrency", *map(str, levels), "--dtype", args.dtype]
         return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
 
-    loop = loop_in("float32")
-    loop_dt = loop if dtype == "float32" else loop_in(dtype)
+    plain, loop = loop_of("diffusers"), loop_of("ember")
 
     with tempfile.TemporaryDirectory() as tmp, EmbeddedNats(data_dir=Path(tmp) / "nats") as nats:
         model_id = "bench-image"
@@ -142,16 +182,17 @@ def main() -> None:
             stop_process(worker)
             gateway.stop()
 
+    dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
     print(f"model {args.model.name}, {args.size}, {args.steps} steps, guidance {args.guidance}, {rounds} rounds")
-    print(f"ember and loop@dt in {dtype}; loop in float32")
-    head = ("concurrent", "ember img/s", "loop img/s", "loop@dt img/s", "vs loop", "vs loop@dt", "ember s/img")
+    print(f"ember and loop: {dtype}, NHWC; diffusers: float32, NCHW")
+    head = ("concurrent", "ember img/s", "diffusers", "loop", "vs diffusers", "vs loop", "ember s/img")
     print(" ".join(f"{h:>13}" for h in head))
     for c in levels:
         n = c * rounds
-        e, b, d = n / ember[str(c)], n / loop[str(c)], n / loop_dt[str(c)]
-        print(f"{c:>13} {e:>13.2f} {b:>13.2f} {d:>13.2f} {e / b:>12.2f}x {e / d:>12.2f}x {1 / e:>13.3f}")
-    mb = {name: f"{run['peak_mb']:.0f} MB" for name, run in (("ember", ember), ("loop", loop), ("loop@dt", loop_dt))}
-    print(f"peak memory: ember worker {mb['ember']}, loop {mb['loop']}, loop@dt {mb['loop@dt']}")
+        e, d, b = n / ember[str(c)], n / plain[str(c)], n / loop[str(c)]
+        print(f"{c:>13} {e:>13.2f} {d:>13.2f} {b:>13.2f} {e / d:>12.2f}x {e / b:>12.2f}x {1 / e:>13.3f}")
+    mb = {name: f"{run['peak_mb']:.0f} MB" for name, run in (("ember", ember), ("diffusers", plain), ("loop", loop))}
+    print(f"peak memory: ember worker {mb['ember']}, diffusers {mb['diffusers']}, loop {mb['loop']}")
 
 
 if __name__ == "__main__":
