@@ -1,7 +1,7 @@
 """Image serving on this machine: images/s at 1, 4 and 8 concurrent requests, Ember against a plain loop, one run.
 
     ember      POST /v1/images/generations through the real gateway, NATS and an `ember worker image` process
-               (dynamic batching: concurrent requests with one size/steps/guidance share a pipeline call)
+               (step-level batching: images join the running batch between denoising steps)
     diffusers  the plain per-request loop: the folder loaded the usual diffusers way (float32, NCHW) and its
                pipeline called once per request, one request at a time, in a process of its own
     loop       Ember's own runner (its loader: --dtype, NHWC), still one request at a time: the difference to
