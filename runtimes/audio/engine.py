@@ -8,13 +8,16 @@ One step::
     feed each result to its Transcription -> new segments out, seek on; finished requests leave the batch
 
 So concurrent requests share encoder passes and decoder steps, and a long file interleaves with short ones
-instead of holding the model until it ends. NOTE: all model work runs on the one engine thread.
+instead of holding the model until it ends. Waiting requests take free places in the batch by priority (the
+key's tier), then the API key served least, then age (fair_queue.py). NOTE: all model work runs on the one
+engine thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -25,6 +28,7 @@ import torch
 
 from ember.runtimes.audio.loader import LoadedWhisper
 from ember.runtimes.audio.pipeline import Segment, Transcription, WindowKey
+from ember.runtimes.fair_queue import FairQueue
 
 log = logging.getLogger("ember.audio.engine")
 
@@ -62,6 +66,9 @@ class AudioRequest:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
     cancelled: bool = False
+    # Higher is admitted first (the key's tier); keys of one priority share the batch fairly.
+    priority: int = 0
+    key: str = ""
 
     def emit(self, event: Event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -81,7 +88,8 @@ class AudioEngine:
         self.config = config
         self.fp16 = loaded.device.type == "cuda"
         self._lock = threading.Condition()
-        self._waiting: collections.deque[AudioRequest] = collections.deque()
+        self._waiting: FairQueue[AudioRequest] = FairQueue()
+        self._arrivals = itertools.count()
         self._running: list[AudioRequest] = []
         self._stopped = False
         self.steps = 0
@@ -96,7 +104,10 @@ class AudioEngine:
         with self._lock:
             if len(self._waiting) >= self.config.max_waiting and len(self._running) >= self.config.max_batch:
                 raise EngineOverloaded(f"the worker has {len(self._waiting)} requests waiting; retry shortly")
-            self._waiting.extend(requests)
+            for r in requests:
+                self._waiting.push(
+                    r, request_id=r.request_id, key=r.key, priority=r.priority, arrival=next(self._arrivals)
+                )
             self._lock.notify()
 
     @staticmethod
@@ -136,9 +147,8 @@ class AudioEngine:
 
     def _admit(self) -> None:
         self._running = [r for r in self._running if not r.cancelled]
-        self._waiting = collections.deque(r for r in self._waiting if not r.cancelled)
-        while self._waiting and len(self._running) < self.config.max_batch:
-            self._running.append(self._waiting.popleft())
+        self._waiting.remove({r.request_id for r in self._waiting if r.cancelled})
+        self._running += self._waiting.take(self.config.max_batch - len(self._running))
 
     def step(self) -> None:
         """One batched window for every running request."""

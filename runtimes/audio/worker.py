@@ -141,7 +141,9 @@ class AudioJobHandler(JobHandler):
             log.exception("preparing %s failed", job.request_id)
             await sink.failed(internal_error(e))
             return
-        request = AudioRequest(job.request_id, transcription, asyncio.get_running_loop())
+        request = AudioRequest(
+            job.request_id, transcription, asyncio.get_running_loop(), priority=job.priority, key=job.key_id or ""
+        )
         try:
             self.engine.submit(request)
         except EngineOverloaded as e:

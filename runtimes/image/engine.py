@@ -5,8 +5,9 @@ The engine owns one thread that runs the model; the asyncio side only queues req
 Step-level (Ember's pixel pipeline, ``PipelineRunner.stepper``): like continuous batching of text, images join
 and leave the running batch between denoising steps. Each iteration::
 
-    admit     waiting images take the free rows (up to max_batch), highest priority first, then the oldest;
-              any size, step count, guidance or source image mixes (each row has its own schedule)
+    admit     waiting images take the free rows (up to max_batch): highest priority first, then the API key
+              served least (fair_queue.py), then the oldest; any size, step count, guidance or source image
+              mixes (each row has its own schedule)
     step      one UNet call advances every running row by one step
     emit      every request with a row in the step gets Progress(step, steps); a row at one of its request's
               preview steps gets Preview; a row whose last step ran goes back as ImageDone at once
@@ -14,9 +15,9 @@ and leave the running batch between denoising steps. Each iteration::
 
 Call-level (any other diffusers pipeline, driven through its own ``__call__``): each round::
 
-    pick      the waiting image first in line (priority, then age) decides the round's BatchSpec
-    gather    every waiting image with that spec joins, up to max_batch; a round that is not full waits up
-              to batch_window_s for more (arrivals during the previous call are already waiting)
+    pick      the waiting image first in line (the same order) decides the round's BatchSpec
+    gather    waiting images with that spec join in that order, up to max_batch; a round that is not full
+              waits up to batch_window_s for more (arrivals during the previous call are already waiting)
     run       one pipeline call; after each denoising step every request in it gets Progress(step, steps),
               and an image whose request asked for previews gets Preview at its chosen steps (only those rows
               are decoded: requests with different ``partial_images`` share a call, each paying for its own)
@@ -30,16 +31,17 @@ OpenMP teams on two threads share the cores badly. Image decoding/encoding (Pill
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 
 from PIL import Image
 
 from ember.bus.messages import ErrorInfo
+from ember.runtimes.fair_queue import FairQueue
 from ember.runtimes.image.pipeline import BatchInput, BatchSpec, PipelineRunner, preview_steps
 from ember.runtimes.image.stepper import PixelStepper, Row, effective_steps
 
@@ -77,6 +79,8 @@ class ImageRequest:
     partial_images: int = 0
     # Higher is served first (the key's tier).
     priority: int = 0
+    # Whose request it is (an API key id); keys of one priority share the rows fairly.
+    key: str = ""
 
     @property
     def n(self) -> int:
@@ -168,7 +172,8 @@ class ImageEngine:
         self.runner = runner
         self.config = config
         self.stats = EngineStats()
-        self._waiting: deque[_Item] = deque()
+        self._waiting: FairQueue[_Item] = FairQueue()
+        self._arrivals = itertools.count()
         self._requests: dict[str, _Running] = {}
         self._cond = threading.Condition()
         self._running_now = 0
@@ -187,7 +192,11 @@ class ImageEngine:
             if len(self._waiting) + req.n > self.config.max_waiting + self.config.max_batch:
                 raise EngineOverloaded(f"{len(self._waiting)} images are already waiting; retry shortly")
             self._requests[req.request_id] = running
-            self._waiting.extend(_Item(running, i) for i in range(req.n))
+            for i in range(req.n):
+                item = _Item(running, i)
+                self._waiting.push(
+                    item, request_id=req.request_id, key=req.key, priority=req.priority, arrival=next(self._arrivals)
+                )
             self._cond.notify()
         return self._events(running)
 
@@ -216,7 +225,7 @@ class ImageEngine:
             if running is None:
                 return None
             running.aborted = True
-            self._waiting = deque(it for it in self._waiting if it.req is not running)
+            self._waiting.remove({request_id})
         return running
 
     def stop(self) -> None:
@@ -226,13 +235,6 @@ class ImageEngine:
 
     # --- engine thread ---------------------------------------------------------------------------------------
 
-    def _in_line(self) -> list[_Item]:
-        """Waiting images in serving order: highest priority first, then the oldest (the sort is stable)."""
-        return sorted(self._waiting, key=lambda it: -it.req.req.priority)
-
-    def _first_in_line(self) -> _Item:
-        return max(self._waiting, key=lambda it: it.req.req.priority)
-
     def run(self) -> None:
         """The engine loop; returns after ``stop``."""
         stepper = self.runner.stepper if self.config.step_batching else None
@@ -241,7 +243,8 @@ class ImageEngine:
             return
         while (batch := self._take_batch()) is not None:
             try:
-                self._run_batch(batch)
+                if batch:  # empty when every image of the round was aborted while it gathered
+                    self._run_batch(batch)
             finally:
                 with self._cond:
                     self._running_now = 0
@@ -255,10 +258,7 @@ class ImageEngine:
                 self._cond.wait()
             if self._stopped:
                 return None
-            taken = self._in_line()[:free]
-            ids = {id(it) for it in taken}
-            self._waiting = deque(it for it in self._waiting if id(it) not in ids)
-            return taken
+            return self._waiting.take(free)
 
     def _run_steps(self, stepper: PixelStepper) -> None:
         live: list[_Live] = []
@@ -343,17 +343,19 @@ class ImageEngine:
                 self._cond.wait()
             if self._stopped:
                 return None
-            spec = self._first_in_line().req.req.spec
+            (first,) = self._waiting.take(1)
+            spec = first.req.req.spec
+
+            def fits(it: _Item) -> bool:
+                return it.req.req.spec == spec
+
             deadline = time.monotonic() + self.config.batch_window_s
-            while True:
-                matching = [it for it in self._in_line() if it.req.req.spec == spec]
-                left = deadline - time.monotonic()
-                if len(matching) >= self.config.max_batch or left <= 0 or self._stopped:
+            while (left := deadline - time.monotonic()) > 0 and not self._stopped and not first.req.aborted:
+                if 1 + sum(map(fits, self._waiting)) >= self.config.max_batch:
                     break
                 self._cond.wait(left)
-            batch = matching[: self.config.max_batch]
-            taken = {id(it) for it in batch}
-            self._waiting = deque(it for it in self._waiting if id(it) not in taken)
+            batch = [first, *self._waiting.take(self.config.max_batch - 1, where=fits)]
+            batch = [it for it in batch if not it.req.aborted]
             self._running_now = len(batch)
             return batch
 

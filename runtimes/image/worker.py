@@ -168,6 +168,7 @@ class ImageJobHandler(JobHandler):
             mask=repaint,
             partial_images=job.partial_images,
             priority=job.priority,
+            key=job.key_id or "",
         )
 
     async def _payload(self, b64: str | None, name: str | None, param: str) -> bytes | None:

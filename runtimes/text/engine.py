@@ -27,8 +27,8 @@ import llguidance
 import torch
 
 from ember.bus.messages import ErrorInfo, JobStatus, SamplingParams, TokenLogprob, Usage
+from ember.runtimes.fair_queue import FairQueue
 from ember.runtimes.text.detokenizer import IncrementalDetokenizer
-from ember.runtimes.text.fair_queue import FairQueue
 from ember.runtimes.text.grammar import TokenMasks
 from ember.runtimes.text.runner import ModelRunner
 from ember.runtimes.text.sampling import SampleOutput, Sampler, SequenceSampling

@@ -93,6 +93,30 @@ async def test_concurrent_requests_share_steps_and_get_their_own_words(
     assert words(results[0][1].text) == words(alone.text)  # batching does not change a request's result
 
 
+async def test_a_higher_tier_then_the_key_served_least_takes_the_next_free_place(tiny_en: LoadedWhisper) -> None:
+    eng = AudioEngine(tiny_en, EngineConfig(max_batch=1))
+    loop = asyncio.get_running_loop()
+    arrivals = [("a1", 0, "a"), ("a2", 0, "a"), ("b1", 0, "b"), ("high", 5, "c")]
+    requests = [AudioRequest(rid, transcription(tiny_en, SHORT), loop, priority=p, key=k) for rid, p, k in arrivals]
+    eng.submit(*requests)  # all waiting before the engine starts: one place, four candidates
+    thread = threading.Thread(target=eng.run, daemon=True)
+    thread.start()
+    finished: list[str] = []
+
+    async def track(request: AudioRequest) -> None:
+        _, last = await collect(eng, request)
+        assert isinstance(last, Finished)
+        finished.append(request.request_id)
+
+    try:
+        await asyncio.gather(*(track(r) for r in requests))
+    finally:
+        eng.stop()
+        thread.join(5)
+    # First come, first served would be a1, a2, b1, high.
+    assert finished == ["high", "a1", "b1", "a2"]
+
+
 async def test_word_timestamps(engine: AudioEngine, tiny_en: LoadedWhisper) -> None:
     t = transcription(tiny_en, SHORT, words=True)
     segments, done = await run(engine, "words", t)

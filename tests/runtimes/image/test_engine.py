@@ -87,9 +87,14 @@ def stepwise(pixel: LoadedPipeline) -> Iterator[ImageEngine]:
 
 
 def request(
-    rid: str, prompt: str = "a red circle", seeds: tuple[int, ...] = (0,), spec: BatchSpec = SPEC, priority: int = 0
+    rid: str,
+    prompt: str = "a red circle",
+    seeds: tuple[int, ...] = (0,),
+    spec: BatchSpec = SPEC,
+    priority: int = 0,
+    key: str = "",
 ) -> ImageRequest:
-    return ImageRequest(request_id=rid, spec=spec, prompt=prompt, seeds=list(seeds), priority=priority)
+    return ImageRequest(request_id=rid, spec=spec, prompt=prompt, seeds=list(seeds), priority=priority, key=key)
 
 
 async def drain(events: AsyncIterator[Event]) -> list[Event]:
@@ -196,6 +201,28 @@ async def test_higher_priority_images_take_free_rows_first(one_row: ImageEngine)
 
     await asyncio.gather(drain(busy), track("low", 0), track("high", 5))
     assert order == ["high", "low"]
+
+
+@pytest.fixture(params=["steps", "calls"])
+def one_place(request: pytest.FixtureRequest, pixel: LoadedPipeline) -> Iterator[ImageEngine]:
+    config = EngineConfig(max_batch=1, batch_window_s=0.0, step_batching=request.param == "steps")
+    yield from running(ImageEngine(pixel.runner, config))
+
+
+async def test_a_key_with_many_images_does_not_starve_another_of_its_tier(one_place: ImageEngine) -> None:
+    spec = BatchSpec(width=16, height=16, steps=3, guidance_scale=3.0)
+    busy = one_place.generate(request("busy", spec=spec, key="c"))
+    assert isinstance(await anext(busy), Progress)  # it holds the only place; what follows waits
+    done: list[str] = []
+
+    async def track(rid: str, key: str, n: int) -> None:
+        async for event in one_place.generate(request(rid, spec=spec, seeds=tuple(range(n)), key=key)):
+            if isinstance(event, ImageDone):
+                done.append(rid)
+
+    await asyncio.gather(drain(busy), track("flood", "a", 3), track("quiet", "b", 1))
+    # Oldest first would be flood, flood, flood, quiet: the keys take turns instead.
+    assert done == ["flood", "quiet", "flood", "flood"]
 
 
 def test_a_full_queue_refuses_new_requests(pixel: LoadedPipeline) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ember.runtimes.text.fair_queue import FairQueue
+from ember.runtimes.fair_queue import FairQueue
 
 
 def drain(q: FairQueue[str]) -> list[str]:
@@ -59,3 +59,23 @@ def test_remove_and_len() -> None:
     assert len(q) == 2 and sorted(q) == ["x0", "x3"]
     assert drain(q) == ["x3", "x0"]
     assert len(q) == 0
+
+
+def test_take_gives_up_to_its_limit_in_admission_order() -> None:
+    q: FairQueue[str] = FairQueue()
+    for i in range(3):
+        q.push(f"a{i}", request_id=f"a{i}", key="a", priority=0, arrival=i)
+    q.push("b0", request_id="b0", key="b", priority=0, arrival=5)
+    assert q.take(3) == ["a0", "b0", "a1"]
+    assert q.take(5) == ["a2"] and q.take(1) == [] and len(q) == 0
+
+
+def test_take_where_skips_what_it_rejects_and_leaves_it_in_place() -> None:
+    q: FairQueue[str] = FairQueue()
+    # Items named by their batch kind: only "x" items can share the call being filled.
+    for i, (name, key) in enumerate([("a-y0", "a"), ("a-x1", "a"), ("b-x0", "b"), ("c-y0", "c"), ("b-x1", "b")]):
+        q.push(name, request_id=name, key=key, priority=0, arrival=i)
+    q.push("hi-y", request_id="hi-y", key="d", priority=1, arrival=9)
+    assert q.take(2, where=lambda s: "-x" in s) == ["a-x1", "b-x0"]
+    # The rejected keep their places and their keys' counts go on: a and b were served once, c not yet.
+    assert len(q) == 4 and drain(q) == ["hi-y", "c-y0", "a-y0", "b-x1"]
