@@ -9,8 +9,9 @@
 
 Every run uses the same model (default: the shipped ember-shapes), size, step count and guidance; every request
 is one image with its own seed and its own caption (none repeats within a run, so Ember's prompt cache saves
-nothing). Peak memory is each process's peak resident set (VmHWM). The goal is Ember >= 2x
-the diffusers loop at 8 concurrent.
+nothing). The three take turns: each round's wave of requests runs on Ember, then on each loop, so a slow minute
+on a shared machine falls on all of them alike. Peak memory is each process's peak resident set (VmHWM). The goal
+is Ember >= 2x the diffusers loop at 8 concurrent.
 
     python benchmarks/image_serving.py
     python benchmarks/image_serving.py --concurrency 1 4 8 --rounds 3 --steps 20 --size 32x32 --dtype auto
@@ -94,8 +95,9 @@ def ember_runner(model: Path, size: str, dtype: str) -> Callable[[str, int, int,
     return generate
 
 
-def run_loop(args: argparse.Namespace) -> dict[str, float]:
-    """A per-request baseline (runs in its own process): {concurrency: seconds for the whole level}."""
+def serve_loop(args: argparse.Namespace) -> None:
+    """A per-request baseline in its own process: after "ready", each line "c r" on stdin runs round r's c
+    requests one after another (as if they arrived together) and answers their seconds; at EOF, its peak MB."""
     import os
 
     generate = (
@@ -103,44 +105,75 @@ def run_loop(args: argparse.Namespace) -> dict[str, float]:
     )
     generate("warm up", 0, args.steps, args.guidance)
     prompt = captions()
-    out: dict[str, float] = {}
-    for c in args.concurrency:
+    print("ready", flush=True)
+    for line in sys.stdin:
+        c, r = map(int, line.split())
         start = time.perf_counter()
-        for r in range(args.rounds):
-            for i in range(c):  # requests that arrived together, served one after another
-                generate(next(prompt), r * 100 + i, args.steps, args.guidance)
-        out[str(c)] = time.perf_counter() - start
-    out["peak_mb"] = peak_rss_mb(os.getpid())
-    return out
+        for i in range(c):
+            generate(next(prompt), r * 100 + i, args.steps, args.guidance)
+        print(time.perf_counter() - start, flush=True)
+    print(peak_rss_mb(os.getpid()), flush=True)
 
 
-def run_ember(
-    url: str, model_id: str, size: str, steps: int, guidance: float, levels: list[int], rounds: int
-) -> dict[str, float]:
-    prompts = captions()
+class Loop:
+    """A baseline process driven wave by wave, so that it and Ember take turns through the same minutes of a
+    noisy machine rather than each getting minutes of its own."""
 
-    def one(seed: int) -> None:
+    def __init__(self, kind: str, args: argparse.Namespace) -> None:
+        cmd = [sys.executable, __file__, "--loop", kind, "--model", str(args.model), "--size", args.size]
+        cmd += ["--steps", str(args.steps), "--guidance", str(args.guidance), "--dtype", args.dtype]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def _answer(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the loop process ended (exit {self.proc.wait()})")
+        return line.strip()
+
+    def ready(self) -> None:
+        while self._answer() != "ready":  # anything a library printed while loading
+            pass
+
+    def wave(self, c: int, r: int) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(f"{c} {r}\n")
+        self.proc.stdin.flush()
+        return float(self._answer())
+
+    def close(self) -> float:
+        """Ends the process; returns its peak memory in MB."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        peak = float(self._answer())
+        self.proc.wait()
+        return peak
+
+
+class EmberClient:
+    """Round r's c requests at once through the gateway."""
+
+    def __init__(self, url: str, model_id: str, args: argparse.Namespace, pool: ThreadPoolExecutor) -> None:
+        self.url, self.model_id, self.args, self.pool = url, model_id, args, pool
+        self.prompts = captions()
+
+    def one(self, seed: int) -> None:
         body = {
-            "model": model_id,
-            "prompt": next(prompts),
-            "size": size,
-            "num_inference_steps": steps,
-            "guidance_scale": guidance,
+            "model": self.model_id,
+            "prompt": next(self.prompts),
+            "size": self.args.size,
+            "num_inference_steps": self.args.steps,
+            "guidance_scale": self.args.guidance,
             "seed": seed,
             "response_format": "b64_json",
         }
-        r = httpx.post(f"{url}/v1/images/generations", json=body, timeout=600)
+        r = httpx.post(f"{self.url}/v1/images/generations", json=body, timeout=600)
         r.raise_for_status()
 
-    one(0)  # warm up
-    out: dict[str, float] = {}
-    with ThreadPoolExecutor(max(levels)) as pool:
-        for c in levels:
-            start = time.perf_counter()
-            for r in range(rounds):
-                list(pool.map(one, [r * 100 + i for i in range(c)]))
-            out[str(c)] = time.perf_counter() - start
-    return out
+    def wave(self, c: int, r: int) -> float:
+        start = time.perf_counter()
+        list(self.pool.map(self.one, [r * 100 + i for i in range(c)]))
+        return time.perf_counter() - start
 
 
 def main() -> None:
@@ -155,19 +188,14 @@ def main() -> None:
     ap.add_argument("--loop", choices=["diffusers", "ember"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.loop:
-        print(json.dumps(run_loop(args)))
+        serve_loop(args)
         return
 
     levels, rounds = args.concurrency, args.rounds
-
-    def loop_of(kind: str) -> dict[str, float]:
-        cmd = [sys.executable, __file__, "--loop", kind, "--model", str(args.model), "--size", args.size]
-        cmd += ["--steps", str(args.steps), "--guidance", str(args.guidance), "--rounds", str(rounds)]
-        cmd += ["--concurrency", *map(str, levels), "--dtype", args.dtype]
-        return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
-
-    plain, loop = loop_of("diffusers"), loop_of("ember")
-
+    names = ("ember", "diffusers", "loop")
+    seconds = {name: dict.fromkeys(levels, 0.0) for name in names}
+    loops = {"diffusers": Loop("diffusers", args), "loop": Loop("ember", args)}
+    peak: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedNats(data_dir=Path(tmp) / "nats") as nats:
         model_id = "bench-image"
         spec = {"modality": "image", "path": str(args.model), "max_batch": max(levels), "dtype": args.dtype}
@@ -175,12 +203,25 @@ def main() -> None:
         gateway = GatewayThread(load_settings(config), nats.url).start()
         worker = start_worker(config, model_id, nats.url, modality="image", log=Path(tmp) / "worker.log")
         try:
+            for loop in loops.values():
+                loop.ready()
             wait_for_model(gateway.url, model_id)
-            ember = run_ember(gateway.url, model_id, args.size, args.steps, args.guidance, levels, rounds)
-            ember["peak_mb"] = peak_rss_mb(worker.pid)
+            with ThreadPoolExecutor(max(levels)) as pool:
+                ember = EmberClient(gateway.url, model_id, args, pool)
+                ember.one(0)  # warm up
+                # Each round's wave runs on all three in turn.
+                for c in levels:
+                    for r in range(rounds):
+                        seconds["ember"][c] += ember.wave(c, r)
+                        for name, loop in loops.items():
+                            seconds[name][c] += loop.wave(c, r)
+            peak["ember"] = peak_rss_mb(worker.pid)
+            peak |= {name: loop.close() for name, loop in loops.items()}
         finally:
             stop_process(worker)
             gateway.stop()
+            for loop in loops.values():
+                loop.proc.kill()
 
     dtype = str(resolve_dtype(args.dtype)).removeprefix("torch.")
     print(f"model {args.model.name}, {args.size}, {args.steps} steps, guidance {args.guidance}, {rounds} rounds")
@@ -188,11 +229,9 @@ def main() -> None:
     head = ("concurrent", "ember img/s", "diffusers", "loop", "vs diffusers", "vs loop", "ember s/img")
     print(" ".join(f"{h:>13}" for h in head))
     for c in levels:
-        n = c * rounds
-        e, d, b = n / ember[str(c)], n / plain[str(c)], n / loop[str(c)]
+        e, d, b = (c * rounds / seconds[name][c] for name in names)
         print(f"{c:>13} {e:>13.2f} {d:>13.2f} {b:>13.2f} {e / d:>12.2f}x {e / b:>12.2f}x {1 / e:>13.3f}")
-    mb = {name: f"{run['peak_mb']:.0f} MB" for name, run in (("ember", ember), ("diffusers", plain), ("loop", loop))}
-    print(f"peak memory: ember worker {mb['ember']}, diffusers {mb['diffusers']}, loop {mb['loop']}")
+    print("peak memory: " + ", ".join(f"{name} {peak[name]:.0f} MB" for name in names))
 
 
 if __name__ == "__main__":
