@@ -34,16 +34,19 @@ class FairQueue(Generic[T]):
     # The count the last admitted key had: where a key that starts waiting joins in.
     _now: int = 0
     _size: int = 0
+    # Entries pushed so far: the next one's place in arrival order (ties between keys go to the older).
+    _pushed: int = 0
 
     def __len__(self) -> int:
         return self._size
 
-    def push(self, item: T, *, request_id: str, key: str, priority: int, arrival: int) -> None:
+    def push(self, item: T, *, request_id: str, key: str, priority: int) -> None:
         level = self._levels.setdefault(priority, {})
         if key not in level:
             # Joining (or rejoining): no credit for time spent idle, so start no lower than the present.
             self._served[key] = max(self._served[key], self._now)
-        level.setdefault(key, deque()).append(_Entry(item, request_id, arrival))
+        level.setdefault(key, deque()).append(_Entry(item, request_id, self._pushed))
+        self._pushed += 1
         self._size += 1
 
     def pop(self) -> T:

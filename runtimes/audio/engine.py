@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import threading
 import time
@@ -89,7 +88,6 @@ class AudioEngine:
         self.fp16 = loaded.device.type == "cuda"
         self._lock = threading.Condition()
         self._waiting: FairQueue[AudioRequest] = FairQueue()
-        self._arrivals = itertools.count()
         self._running: list[AudioRequest] = []
         self._stopped = False
         self.steps = 0
@@ -105,9 +103,7 @@ class AudioEngine:
             if len(self._waiting) >= self.config.max_waiting and len(self._running) >= self.config.max_batch:
                 raise EngineOverloaded(f"the worker has {len(self._waiting)} requests waiting; retry shortly")
             for r in requests:
-                self._waiting.push(
-                    r, request_id=r.request_id, key=r.key, priority=r.priority, arrival=next(self._arrivals)
-                )
+                self._waiting.push(r, request_id=r.request_id, key=r.key, priority=r.priority)
             self._lock.notify()
 
     @staticmethod

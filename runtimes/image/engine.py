@@ -31,7 +31,6 @@ OpenMP teams on two threads share the cores badly. Image decoding/encoding (Pill
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 import time
@@ -173,7 +172,6 @@ class ImageEngine:
         self.config = config
         self.stats = EngineStats()
         self._waiting: FairQueue[_Item] = FairQueue()
-        self._arrivals = itertools.count()
         self._requests: dict[str, _Running] = {}
         self._cond = threading.Condition()
         self._running_now = 0
@@ -194,9 +192,7 @@ class ImageEngine:
             self._requests[req.request_id] = running
             for i in range(req.n):
                 item = _Item(running, i)
-                self._waiting.push(
-                    item, request_id=req.request_id, key=req.key, priority=req.priority, arrival=next(self._arrivals)
-                )
+                self._waiting.push(item, request_id=req.request_id, key=req.key, priority=req.priority)
             self._cond.notify()
         return self._events(running)
 

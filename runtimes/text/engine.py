@@ -17,7 +17,6 @@ A failing step fails only the sequences in it; the engine keeps running.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -83,7 +82,6 @@ class _Sequence:
     req: GenerateRequest
     detok: IncrementalDetokenizer
     emit: Callable[[StepOutput], None]
-    arrival: int
     # Made on the engine thread when the sequence is admitted (see the NOTE on threads in TextEngine).
     sampling: SequenceSampling | None = None
     slot: int = -1
@@ -154,7 +152,6 @@ class TextEngine:
         self._running: list[_Sequence] = []
         self._by_id: dict[str, _Sequence] = {}
         self._free_slots = list(range(config.max_batch - 1, -1, -1))
-        self._counter = itertools.count()
         self._stop = False
         self._thread: threading.Thread | None = None
         self.steps = 0
@@ -185,7 +182,6 @@ class TextEngine:
             req=req,
             detok=IncrementalDetokenizer(self.tokenizer, req.prompt_ids, stop=req.sampling.stop),
             emit=lambda out: loop.call_soon_threadsafe(queue.put_nowait, out),
-            arrival=next(self._counter),
         )
         self.submit(seq)
         return OutputStream(self, req.request_id, queue)
@@ -223,7 +219,7 @@ class TextEngine:
                 aborts, self._aborts = self._aborts, set()
             for seq in arrivals:
                 r = seq.req
-                self._waiting.push(seq, request_id=r.request_id, key=r.key, priority=r.priority, arrival=seq.arrival)
+                self._waiting.push(seq, request_id=r.request_id, key=r.key, priority=r.priority)
             self._apply_aborts(aborts)
             self._admit()
             if self._running:
