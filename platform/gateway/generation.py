@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -142,6 +143,8 @@ class Choice:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     status: JobStatus = JobStatus.RUNNING
     completion_tokens: int = 0
+    # Prompt tokens the worker took from its prefix cache.
+    cached_tokens: int = 0
     worker_ms: float = 0.0
     tool_calls: ToolCallAssembler = field(default_factory=ToolCallAssembler)
     # "tool_calls" when the worker ended the reply with calls.
@@ -159,6 +162,7 @@ class Choice:
         self.status = chunk.status
         if chunk.usage is not None:
             self.completion_tokens = chunk.usage.completion_tokens
+            self.cached_tokens = chunk.usage.cached_tokens
         if chunk.worker_ms is not None:
             self.worker_ms = chunk.worker_ms
 
@@ -168,12 +172,13 @@ def response_headers(streams: list[JobStream[TextChunk]], choices: list[Choice])
     return {**worker_header(streams), "x-ember-processing-ms": f"{max(c.worker_ms for c in choices):.1f}"}
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """OpenAI's usage object."""
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI's usage object; ``cached_tokens`` are the prompt tokens served from the worker's prefix cache."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -198,6 +203,8 @@ class TurnResult:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    # Prompt tokens served from the worker's prefix cache (each turn of an orchestrated chat repeats the last).
+    cached_tokens: int = 0
 
 
 async def run_chat_turn(bus: JobClient, quota: Quota, job: TextJob, accept_timeout_s: float) -> TurnResult:
@@ -216,6 +223,7 @@ async def run_chat_turn(bus: JobClient, quota: Quota, job: TextJob, accept_timeo
         finish_reason=finish_reason(choice.status, choice.finish),
         prompt_tokens=prompt_tokens,
         completion_tokens=choice.completion_tokens,
+        cached_tokens=choice.cached_tokens,
     )
 
 

@@ -220,6 +220,7 @@ class Orchestration:
     steps: list[dict[str, Any]] = field(default_factory=list)
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     answer: str = ""
     finish_reason: str = "stop"
     # The first turn's quota, opened before a streamed response starts, so that a 429 is an HTTP error.
@@ -248,13 +249,14 @@ class Orchestration:
             turn = await generation.run_chat_turn(bus(self.request), quota, job, accept)
             self.prompt_tokens += turn.prompt_tokens
             self.completion_tokens += turn.completion_tokens
+            self.cached_tokens += turn.cached_tokens
             record = {
                 "type": "model",
                 "step": step,
                 "content": turn.text,
                 "tool_calls": [self._public(c) for c in turn.tool_calls],
                 "finish_reason": turn.finish_reason,
-                "usage": generation.usage(turn.prompt_tokens, turn.completion_tokens),
+                "usage": generation.usage(turn.prompt_tokens, turn.completion_tokens, turn.cached_tokens),
             }
             self.steps.append(record)
             yield record
@@ -375,7 +377,7 @@ async def run(request: Request, body: ChatCompletionRequest) -> Response:
                     "finish_reason": o.finish_reason,
                 }
             ],
-            "usage": generation.usage(o.prompt_tokens, o.completion_tokens),
+            "usage": generation.usage(o.prompt_tokens, o.completion_tokens, o.cached_tokens),
             "ember_steps": o.steps,
         },
         headers={"x-ember-steps": str(sum(1 for s in o.steps if s["type"] == "model"))},
@@ -416,5 +418,5 @@ async def _stream(o: Orchestration, completion_id: str, created: int) -> AsyncGe
         yield chunk([choice({"content": o.answer})])
     yield chunk([choice({}, o.finish_reason)])
     if include_usage:
-        yield chunk([], usage=generation.usage(o.prompt_tokens, o.completion_tokens))
+        yield chunk([], usage=generation.usage(o.prompt_tokens, o.completion_tokens, o.cached_tokens))
     yield sse.DONE

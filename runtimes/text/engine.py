@@ -1,17 +1,16 @@
-"""Continuous batching: requests join and leave the running batch at step boundaries.
+"""The text engine: continuous batching over a paged KV cache, one forward per step.
 
-The engine owns one thread that runs the model; the asyncio side only queues requests and reads outputs.
-Each step::
+The engine owns one thread that runs the model; the asyncio side only queues requests and reads outputs. Each
+step wires four parts, each with one job::
 
-    admit      waiting requests take free KV slots: highest priority first, then the key served least
-               (start-time fair queuing, fair_queue.py), then the oldest
-    prefill    admitted prompts run in chunks of at most ``prefill_chunk`` tokens per step, so one long
-               prompt delays the running decodes by a bounded amount; a finished prefill samples token 1
-    decode     every running sequence advances one token in ONE batched forward; rows with a grammar get their
-               token mask on the logits, then the whole batch is sampled at once
-    emit       per sequence, the step's tokens become one StepOutput (the worker sends it as one message)
+    scheduler.schedule()          which requests run and how many tokens each (decodes, prefill chunks), KV
+                                  blocks allocated, prefix-cache hits taken, preemptions made (scheduler.py)
+    runner.execute(output)        ONE forward over the flattened batch; logits of the rows that sample (runner.py)
+    masks + sampler               grammar masks on those rows, then one sampling call for the batch
+    scheduler.update(output)      computed marks move on and full blocks enter the prefix cache
+    outputs.accept(...)           tokens become text, stops and finish reasons (output_processor.py)
 
-A failing step fails only the sequences in it; the engine keeps running.
+A failing step fails only the requests in it; the engine keeps running.
 """
 
 from __future__ import annotations
@@ -19,21 +18,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Literal
 
-import llguidance
 import torch
 
-from ember.bus.messages import ErrorInfo, JobStatus, SamplingParams, TokenLogprob, Usage
-from ember.runtimes.fair_queue import FairQueue
+from ember.bus.messages import ErrorInfo, JobStatus
+from ember.runtimes.text.block_pool import BlockPool
 from ember.runtimes.text.detokenizer import IncrementalDetokenizer
 from ember.runtimes.text.grammar import TokenMasks
+from ember.runtimes.text.kv_manager import KVCacheManager
+from ember.runtimes.text.output_processor import GrammarViolation, OutputProcessor, OutputState, StepOutput
+from ember.runtimes.text.request import GenerateRequest, Request
 from ember.runtimes.text.runner import ModelRunner
-from ember.runtimes.text.sampling import SampleOutput, Sampler, SequenceSampling
+from ember.runtimes.text.sampling import Sampler, SequenceSampling
+from ember.runtimes.text.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from ember.runtimes.text.tokenizer import TextTokenizer
 
+__all__ = ["EngineConfig", "EngineOverloaded", "GenerateRequest", "OutputStream", "StepOutput", "TextEngine"]
+
 log = logging.getLogger("ember.text.engine")
+
+PrefixCacheMode = Literal["shared", "per_key", "off"]
 
 
 class EngineOverloaded(Exception):
@@ -42,64 +48,16 @@ class EngineOverloaded(Exception):
 
 @dataclass(frozen=True)
 class EngineConfig:
-    # Sequences decoded together (= KV cache slots).
-    max_batch: int = 8
-    # Requests queued beyond the batch before new ones are refused.
+    # Requests running at once. Memory is the KV pool's budget, not this: a running request holds only the blocks
+    # its tokens fill.
+    max_batch: int = 32
+    # Requests queued beyond the running ones before new ones are refused.
     max_waiting: int = 256
-    # Prompt tokens prefilled per step.
-    prefill_chunk: int = 256
-
-
-@dataclass
-class GenerateRequest:
-    request_id: str
-    prompt_ids: list[int]
-    sampling: SamplingParams
-    # Already resolved against the context: prompt + max_tokens <= max_context.
-    max_tokens: int
-    priority: int = 0
-    # Whose request it is (an API key id); fairness in the queue is per key.
-    key: str = ""
-    # Constrained decoding: every token is picked among those this matcher allows, and fed back to it
-    # (ember.runtimes.text.grammar). Compiled by the caller, off the engine thread.
-    matcher: llguidance.LLMatcher | None = None
-
-
-@dataclass
-class StepOutput:
-    """What one step produced for one request."""
-
-    text: str
-    token_ids: list[int]
-    status: JobStatus
-    logprobs: list[TokenLogprob] | None = None
-    usage: Usage | None = None
-    error: ErrorInfo | None = None
-
-
-@dataclass
-class _Sequence:
-    req: GenerateRequest
-    detok: IncrementalDetokenizer
-    emit: Callable[[StepOutput], None]
-    # Made on the engine thread when the sequence is admitted (see the NOTE on threads in TextEngine).
-    sampling: SequenceSampling | None = None
-    slot: int = -1
-    num_prefilled: int = 0
-    output_ids: list[int] = field(default_factory=list)
-    status: JobStatus = JobStatus.QUEUED
-    # This step's output, flushed as one StepOutput at the end of the step.
-    pending_text: list[str] = field(default_factory=list)
-    pending_ids: list[int] = field(default_factory=list)
-    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
-
-    @property
-    def prefilled(self) -> bool:
-        return self.num_prefilled == len(self.req.prompt_ids)
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.req.prompt_ids) + len(self.output_ids)
+    # Tokens computed per step (decodes and prefill chunks together); bounds how long one step delays the decodes.
+    max_step_tokens: int = 256
+    # "shared": any request may reuse any cached prefix; "per_key": only those of its own API key (no timing side
+    # channel between tenants); "off": no prefix caching.
+    prefix_cache: PrefixCacheMode = "shared"
 
 
 class OutputStream:
@@ -127,31 +85,42 @@ class OutputStream:
             self._engine.abort(self.request_id)
 
 
+@dataclass
+class _Entry:
+    req: Request
+    out: OutputState
+
+
 class TextEngine:
     """Runs a ModelRunner over many concurrent requests; ``generate`` is the asyncio entry point.
 
     NOTE: one thread owns every torch call of a worker process: it loads the model and then runs this loop.
     A parallel torch op on any other thread starts a second OpenMP team, and the two teams then share the cores
     so badly that decoding runs at half speed (measured: 42 -> 21 tok/s on SmolLM2-135M, 2 cores). Hence the
-    asyncio side never touches torch, and sampling state is made here on admission.
+    asyncio side never touches torch, and sampling state is made here.
     """
 
     def __init__(self, runner: ModelRunner, tokenizer: TextTokenizer, config: EngineConfig) -> None:
-        if config.max_batch > runner.max_slots:
-            raise ValueError(f"max_batch={config.max_batch} exceeds the runner's {runner.max_slots} KV slots")
+        if config.max_batch > runner.max_batch:
+            raise ValueError(f"max_batch={config.max_batch} exceeds the runner's {runner.max_batch} rows")
+        if config.max_step_tokens > runner.max_step_tokens:
+            raise ValueError(f"max_step_tokens={config.max_step_tokens} exceeds the runner's {runner.max_step_tokens}")
         self.runner = runner
         self.tokenizer = tokenizer
         self.config = config
+        self.max_context = runner.max_context
+        self.kv = KVCacheManager(
+            BlockPool(runner.cache.num_blocks, runner.block_size), caching=config.prefix_cache != "off"
+        )
+        self.scheduler = Scheduler(SchedulerConfig(config.max_batch, config.max_step_tokens), self.kv)
+        self.outputs = OutputProcessor(tokenizer, runner.max_context)
         self.sampler = Sampler()
         self.masks = TokenMasks(runner.vocab_size)
-        self._eos = frozenset(tokenizer.eos_token_ids)
         self._lock = threading.Condition()
-        self._arrivals: list[_Sequence] = []
+        self._arrivals: list[_Entry] = []
         self._aborts: set[str] = set()
-        self._waiting: FairQueue[_Sequence] = FairQueue()
-        self._running: list[_Sequence] = []
-        self._by_id: dict[str, _Sequence] = {}
-        self._free_slots = list(range(config.max_batch - 1, -1, -1))
+        # Every unfinished request (arrived, waiting or running); changes only under the lock.
+        self._live: dict[str, _Entry] = {}
         self._stop = False
         self._thread: threading.Thread | None = None
         self.steps = 0
@@ -172,34 +141,45 @@ class TextEngine:
     def load(self) -> tuple[int, int]:
         """(running, waiting) right now."""
         with self._lock:
-            return len(self._running), len(self._waiting) + len(self._arrivals)
+            running = len(self.scheduler.running)
+            return running, len(self._live) - running
 
     def generate(self, req: GenerateRequest) -> OutputStream:
         """Queue a request at once (raises EngineOverloaded when full); iterate the result for its outputs."""
+        if len(req.prompt_ids) + 1 > self.max_context:
+            raise ValueError(
+                f"a prompt of {len(req.prompt_ids)} tokens leaves no room in max_context={self.max_context}"
+            )
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[StepOutput] = asyncio.Queue()
-        seq = _Sequence(
-            req=req,
+        state = OutputState(
             detok=IncrementalDetokenizer(self.tokenizer, req.prompt_ids, stop=req.sampling.stop),
             emit=lambda out: loop.call_soon_threadsafe(queue.put_nowait, out),
         )
-        self.submit(seq)
+        self._submit(_Entry(Request(req, cache_salt=self._salt(req)), state))
         return OutputStream(self, req.request_id, queue)
 
-    def submit(self, seq: _Sequence) -> None:
+    def _salt(self, req: GenerateRequest) -> str | None:
+        mode = self.config.prefix_cache
+        if mode == "off":
+            return None
+        # A NUL keeps a key id from ever equalling the shared salt.
+        return "" if mode == "shared" else f"\0{req.key}"
+
+    def _submit(self, entry: _Entry) -> None:
+        rid = entry.req.request_id
         with self._lock:
-            if seq.req.request_id in self._by_id:
-                raise ValueError(f"request id {seq.req.request_id!r} is already running")
-            # _by_id holds every unfinished request (queued or running) and changes only under the lock.
-            if len(self._by_id) >= self.config.max_batch + self.config.max_waiting:
+            if rid in self._live:
+                raise ValueError(f"request id {rid!r} is already running")
+            if len(self._live) >= self.config.max_batch + self.config.max_waiting:
                 raise EngineOverloaded(f"{self.config.max_waiting} requests are already waiting")
-            self._by_id[seq.req.request_id] = seq
-            self._arrivals.append(seq)
+            self._live[rid] = entry
+            self._arrivals.append(entry)
             self._lock.notify()
 
     def abort(self, request_id: str) -> None:
         with self._lock:
-            if request_id in self._by_id:
+            if request_id in self._live:
                 self._aborts.add(request_id)
                 self._lock.notify()
 
@@ -211,154 +191,74 @@ class TextEngine:
         torch.set_grad_enabled(False)
         while True:
             with self._lock:
-                while not (self._stop or self._arrivals or self._aborts or self._running or self._waiting):
+                while not (self._stop or self._arrivals or self._aborts or len(self.scheduler)):
                     self._lock.wait()
                 if self._stop:
                     break
                 arrivals, self._arrivals = self._arrivals, []
                 aborts, self._aborts = self._aborts, set()
-            for seq in arrivals:
-                r = seq.req
-                self._waiting.push(seq, request_id=r.request_id, key=r.key, priority=r.priority)
-            self._apply_aborts(aborts)
-            self._admit()
-            if self._running:
-                self._step()
-        for seq in [*self._running, *self._waiting]:
-            self._finish(seq, JobStatus.FINISHED_ABORTED)
-        self._flush()
-
-    def _apply_aborts(self, aborts: set[str]) -> None:
-        if not aborts:
-            return
-        for seq in self._waiting.remove(aborts):
-            self._finish(seq, JobStatus.FINISHED_ABORTED)
-        for seq in list(self._running):
-            if seq.req.request_id in aborts:
-                self._finish(seq, JobStatus.FINISHED_ABORTED)
-        self._flush()
-
-    def _admit(self) -> None:
-        while self._waiting and self._free_slots:
-            seq = self._waiting.pop()
-            seq.slot = self._free_slots.pop()
-            seq.status = JobStatus.RUNNING
-            seq.sampling = SequenceSampling.create(seq.req.sampling, self.runner.vocab_size, self.runner.device)
-            self._running.append(seq)
+            for entry in arrivals:
+                self.scheduler.add(entry.req)
+            if aborts:
+                for req in self.scheduler.remove(aborts):
+                    self._finish(req, JobStatus.FINISHED_ABORTED)
+            self._step()
+        for req in [*self.scheduler.running, *self.scheduler.waiting_requests()]:
+            self._finish(req, JobStatus.FINISHED_ABORTED)
 
     def _step(self) -> None:
+        out = self.scheduler.schedule()
+        for req in out.preempted:
+            log.info("preempted %s at %d tokens (KV pool full)", req.request_id, req.num_tokens)
+        if not out:
+            return
         self.steps += 1
-        prefilling = [s for s in self._running if not s.prefilled]
-        decoding = [s for s in self._running if s.prefilled]
+        sampling = [c.request for c in out.chunks if c.samples]
         try:
-            self._prefill(prefilling)
+            logits = self.runner.execute(out)  # [S, V]
+            self.scheduler.update(out)
+            if sampling:
+                entries = [self._live_entry(r) for r in sampling]
+                for e in entries:
+                    if e.out.sampling is None:
+                        e.out.sampling = SequenceSampling.create(
+                            e.req.params.sampling, self.runner.vocab_size, logits.device
+                        )
+                self.masks.apply(logits, [r.params.matcher for r in sampling])
+                sampled = self.sampler.sample(logits, [e.out.sampling for e in entries if e.out.sampling is not None])
         except Exception as e:
-            log.exception("prefill failed")
-            self._fail([s for s in prefilling if not s.status.finished], e)
-        try:
-            if decoding:
-                self._decode(decoding)
-        except Exception as e:
-            log.exception("decode step failed")
-            self._fail([s for s in decoding if not s.status.finished], e)
-        self._flush()
-
-    def _prefill(self, seqs: Sequence[_Sequence]) -> None:
-        budget = self.config.prefill_chunk
-        for seq in seqs:
-            if budget <= 0:
-                break
-            start = seq.num_prefilled
-            n = min(len(seq.req.prompt_ids) - start, budget)
-            logits = self.runner.prefill(seq.slot, seq.req.prompt_ids[start : start + n], start_pos=start)
-            seq.num_prefilled += n
-            budget -= n
-            if seq.prefilled:
-                # logits: [V] of the last prompt position -> the first generated token
-                assert seq.sampling is not None  # set on admission
-                logits = logits[None]  # [1, V]
-                self.masks.apply(logits, [seq.req.matcher])
-                self._accept(seq, self.sampler.sample(logits, [seq.sampling]), 0)
-
-    def _decode(self, seqs: Sequence[_Sequence]) -> None:
-        logits = self.runner.decode(
-            [s.slot for s in seqs], [s.output_ids[-1] for s in seqs], [s.num_tokens - 1 for s in seqs]
-        )  # [B, V]
-        self.masks.apply(logits, [s.req.matcher for s in seqs])
-        sampled = self.sampler.sample(logits, [s.sampling for s in seqs if s.sampling is not None])
-        for i, seq in enumerate(seqs):
-            self._accept(seq, sampled, i)
-
-    def _accept(self, seq: _Sequence, sampled: SampleOutput, i: int) -> None:
-        """Append one sampled token to ``seq`` and decide whether it is finished."""
-        token = sampled.token_ids[i]
-        seq.output_ids.append(token)
-        seq.pending_ids.append(token)
-        if seq.req.sampling.logprobs and sampled.logprobs is not None:
-            top = sampled.top_logprobs[i] if sampled.top_logprobs else []
-            seq.pending_logprobs.append(self._logprob(token, sampled.logprobs[i], top))
-        matcher = seq.req.matcher
-        if matcher is not None and not matcher.consume_token(token):
-            # The mask allowed only tokens the matcher accepts: a bug, which fails this sequence alone.
-            self._fail([seq], RuntimeError(f"the grammar rejected token {token}: {matcher.get_error()}"))
+            log.exception("step %d failed", self.steps)
+            self._fail(self._step_requests(out), e)
             return
-        if token in self._eos and (not seq.req.sampling.ignore_eos or matcher is not None):
-            self._finish(seq, JobStatus.FINISHED_STOPPED)
-            return
-        seq.pending_text.append(seq.detok.add(token))
-        if seq.detok.stopped or (matcher is not None and matcher.is_stopped()):
-            self._finish(seq, JobStatus.FINISHED_STOPPED)
-        elif len(seq.output_ids) >= seq.req.max_tokens or seq.num_tokens >= self.runner.max_context:
-            self._finish(seq, JobStatus.FINISHED_LENGTH)
+        for i, req in enumerate(sampling):
+            entry = self._live_entry(req)
+            try:
+                status = self.outputs.accept(req, entry.out, sampled, i)
+            except GrammarViolation as e:
+                self._fail([req], e)
+                continue
+            if status is not None:
+                self._finish(req, status)
+        for req in self.scheduler.running:
+            self.outputs.flush(self._live_entry(req).out)
 
-    def _logprob(self, token: int, logprob: float, top: Sequence[tuple[int, float]]) -> TokenLogprob:
-        def entry(t: int, lp: float) -> dict[str, object]:
-            raw = self.tokenizer.token_bytes(t)
-            return {"token": raw.decode("utf-8", errors="replace"), "logprob": lp, "bytes": list(raw)}
-
-        raw = self.tokenizer.token_bytes(token)
-        return TokenLogprob(
-            token=raw.decode("utf-8", errors="replace"),
-            logprob=logprob,
-            bytes=list(raw),
-            top_logprobs=[entry(t, lp) for t, lp in top],
-        )
-
-    def _finish(self, seq: _Sequence, status: JobStatus, error: ErrorInfo | None = None) -> None:
-        if seq.status.finished:
-            return
-        if status in (JobStatus.FINISHED_STOPPED, JobStatus.FINISHED_LENGTH) and not seq.detok.stopped:
-            seq.pending_text.append(seq.detok.flush())
-        seq.status = status
-        if seq in self._running:
-            self._running.remove(seq)
-            self._free_slots.append(seq.slot)
-        seq.slot = -1
-        with self._lock:
-            self._by_id.pop(seq.req.request_id, None)
-        usage = Usage(prompt_tokens=len(seq.req.prompt_ids), completion_tokens=len(seq.output_ids))
-        seq.emit(self._drain(seq, status, usage, error))
-
-    def _fail(self, seqs: Sequence[_Sequence], e: Exception) -> None:
-        error = ErrorInfo(status=500, type="server_error", code="engine_error", message=f"generation failed: {e}")
-        for seq in seqs:
-            self._finish(seq, JobStatus.FINISHED_ERROR, error)
-
-    def _flush(self) -> None:
-        """Send each running sequence's output of this step as one message."""
-        for seq in self._running:
-            if seq.pending_ids or seq.pending_text:
-                seq.emit(self._drain(seq, JobStatus.RUNNING, None, None))
+    def _live_entry(self, req: Request) -> _Entry:
+        return self._live[req.request_id]
 
     @staticmethod
-    def _drain(seq: _Sequence, status: JobStatus, usage: Usage | None, error: ErrorInfo | None) -> StepOutput:
-        out = StepOutput(
-            text="".join(seq.pending_text),
-            token_ids=seq.pending_ids,
-            status=status,
-            logprobs=seq.pending_logprobs or None,
-            usage=usage,
-            error=error,
-        )
-        seq.pending_text, seq.pending_ids, seq.pending_logprobs = [], [], []
-        return out
+    def _step_requests(out: SchedulerOutput) -> list[Request]:
+        return [c.request for c in out.chunks]
+
+    def _finish(self, req: Request, status: JobStatus, error: ErrorInfo | None = None) -> None:
+        with self._lock:
+            entry = self._live.pop(req.request_id, None)
+        if entry is None:
+            return  # finished already
+        self.scheduler.finish(req)
+        req.status = status
+        self.outputs.finish(req, entry.out, status, error)
+
+    def _fail(self, reqs: list[Request], e: Exception) -> None:
+        error = ErrorInfo(status=500, type="server_error", code="engine_error", message=f"generation failed: {e}")
+        for req in reqs:
+            self._finish(req, JobStatus.FINISHED_ERROR, error)

@@ -106,11 +106,13 @@ class TokenMasks:
         if not rows:
             return
         bitmask = torch.empty(len(rows), self._words, dtype=torch.int32)  # [R, W], bit j of word w: token 32w+j
-        pairs = [(matchers[i], k) for k, i in enumerate(rows)]
+        pairs: list[tuple[llguidance.LLMatcher, int]] = []
+        for k, i in enumerate(rows):
+            m = matchers[i]
+            assert m is not None  # rows holds the constrained rows only
+            pairs.append((m, k))
         if len(pairs) == 1:
-            m, _ = pairs[0]
-            assert m is not None
-            m.unsafe_compute_mask_ptr(bitmask.data_ptr(), self._words * 4)
+            pairs[0][0].unsafe_compute_mask_ptr(bitmask.data_ptr(), self._words * 4)
         else:
             if self._executor is None:
                 self._executor = llguidance.LLExecutor()

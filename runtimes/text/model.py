@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ember.runtimes.text.attention import AttentionBatch, attend, causal
 from ember.runtimes.text.config import ModelConfig
-from ember.runtimes.text.kv_cache import KVStep
 
 
 def _onednn_linear_works() -> bool:
@@ -101,7 +101,7 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate x: [B, H, S, hd] by cos/sin: [B, 1, S, hd]."""
+    """Rotate x: [N, H, hd] by cos/sin: [N, 1, hd]."""
     return x * cos + rotate_half(x) * sin
 
 
@@ -118,22 +118,17 @@ class Attention(nn.Module):
         self.v_proj = Linear(hidden, self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.o_proj = Linear(self.n_heads * self.head_dim, hidden, bias=config.o_proj_bias)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: KVStep | None) -> Tensor:
-        # x: [B, S, D]
-        B, S, _ = x.shape
-        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, S, hd]
-        k = self.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, KV, S, hd]
-        v = self.v_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)  # [B, KV, S, hd]
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, batch: AttentionBatch | None) -> Tensor:
+        # x: [N, D], the step's tokens of every sequence, flattened
+        n = x.shape[0]
+        q = self.q_proj(x).view(n, self.n_heads, self.head_dim)  # [N, H, hd]
+        k = self.k_proj(x).view(n, self.n_kv_heads, self.head_dim)  # [N, KV, hd]
+        v = self.v_proj(x).view(n, self.n_kv_heads, self.head_dim)  # [N, KV, hd]
         q = apply_rotary(q, cos, sin)
         k = apply_rotary(k, cos, sin)
-        if kv is None:
-            # No cache: the S tokens are a whole sequence from position 0.
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=S > 1, enable_gqa=True)
-        else:
-            k, v = kv.update(self.layer_idx, k, v)  # [B, KV, T, hd]: the cached prefix plus the new tokens
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=kv.mask, is_causal=kv.is_causal, enable_gqa=True)
-        # out: [B, H, S, hd]
-        return self.o_proj(out.transpose(1, 2).reshape(B, S, self.n_heads * self.head_dim))
+        # No batch: the N tokens are one whole sequence from position 0, and nothing is cached.
+        out = causal(q, k, v) if batch is None else attend(self.layer_idx, q, k, v, batch)  # [N, H, hd]
+        return self.o_proj(out.reshape(n, self.n_heads * self.head_dim))
 
 
 class MLP(nn.Module):
@@ -145,7 +140,7 @@ class MLP(nn.Module):
         self.down_proj = Linear(inner, hidden, bias=config.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        # SwiGLU: x: [B, S, D] -> [B, S, I] -> [B, S, D]
+        # SwiGLU: x: [N, D] -> [N, I] -> [N, D]
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -157,8 +152,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, kv: KVStep | None) -> Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, kv)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, batch: AttentionBatch | None) -> Tensor:
+        h = x + self.self_attn(self.input_layernorm(x), cos, sin, batch)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -206,18 +201,18 @@ class CausalLM(nn.Module):
         self.rope_cos = emb.cos().to(device=weight.device, dtype=weight.dtype)
         self.rope_sin = emb.sin().to(device=weight.device, dtype=weight.dtype)
 
-    def forward(self, input_ids: Tensor, positions: Tensor, kv: KVStep | None = None) -> Tensor:
-        """Final-normed hidden states [B, S, D] for input_ids: [B, S] at positions: [B, S].
+    def forward(self, input_ids: Tensor, positions: Tensor, batch: AttentionBatch | None = None) -> Tensor:
+        """Final-normed hidden states [N, D] for the flattened tokens input_ids: [N] at positions: [N].
 
-        With kv=None the tokens are one whole causal sequence per row (no cache); call `logits`
-        on the rows whose next-token distribution is needed.
+        With batch=None the tokens are one whole causal sequence (no cache); call `logits` on the rows whose
+        next-token distribution is needed.
         """
         assert self.rope_cos.numel(), "call setup_rope() before the first forward"
-        x = self.model.embed_tokens(input_ids)  # [B, S, D]
-        cos = self.rope_cos[positions].unsqueeze(1)  # [B, 1, S, hd]
+        x = self.model.embed_tokens(input_ids)  # [N, D]
+        cos = self.rope_cos[positions].unsqueeze(1)  # [N, 1, hd]
         sin = self.rope_sin[positions].unsqueeze(1)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, kv)
+            x = layer(x, cos, sin, batch)
         return self.model.norm(x)
 
     def logits(self, hidden: Tensor) -> Tensor:

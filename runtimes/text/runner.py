@@ -1,98 +1,205 @@
-"""`ModelRunner`: the one interface the engine uses to run the model (prefill one slot, decode a batch)."""
+"""`ModelRunner`: one forward per step over the scheduler's flattened batch, on the paged KV cache.
+
+Call cycle (engine thread only): ``execute(scheduler_output)`` turns the step's chunks into input tensors (token
+ids, positions, the KV slot of every token, the decode rows' block tables), runs the model once over all of
+them, and returns the next-token logits of the chunks that reach their request's last token.
+
+Inputs are written into buffers allocated once at the largest step (``max_step_tokens`` tokens, ``max_batch``
+decode rows), through numpy views: no tensor is built per step from Python lists, and on a GPU the host buffers
+are pinned and copied over without waiting.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from ember.runtimes.text.attention import AttentionBatch, PagedKVCache, PrefillSpan, decode_mask
+from ember.runtimes.text.block_pool import NULL_BLOCK
 from ember.runtimes.text.config import ModelConfig
-from ember.runtimes.text.kv_cache import KVCache
 from ember.runtimes.text.model import CausalLM
+from ember.runtimes.text.scheduler import SchedulerOutput
+
+# Tokens per KV block unless configured otherwise.
+DEFAULT_BLOCK_SIZE = 16
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    num_blocks: int
+    block_size: int = DEFAULT_BLOCK_SIZE
+
+    @classmethod
+    def from_bytes(
+        cls, budget: int, config: ModelConfig, dtype: torch.dtype, block_size: int = DEFAULT_BLOCK_SIZE
+    ) -> CacheConfig:
+        """As many blocks as ``budget`` bytes hold (K and V of every layer), the null block included."""
+        per_block = PagedKVCache.bytes_per_block(
+            layers=config.num_hidden_layers,
+            block_size=block_size,
+            kv_heads=config.num_key_value_heads,
+            head_dim=config.head_dim,
+            dtype=dtype,
+        )
+        num_blocks = budget // per_block
+        if num_blocks < 2:
+            raise ValueError(f"kv_cache_bytes={budget} holds no block of {per_block} bytes for this model")
+        return cls(num_blocks=num_blocks, block_size=block_size)
+
+    @property
+    def capacity_tokens(self) -> int:
+        return (self.num_blocks - 1) * self.block_size
+
+
+class _HostBuffers:
+    """The step's inputs, written through numpy views; on a GPU, pinned and copied to device buffers."""
+
+    def __init__(self, max_tokens: int, max_rows: int, max_blocks: int, device: torch.device) -> None:
+        pin = device.type == "cuda"
+        self.ids = torch.zeros(max_tokens, dtype=torch.int64, pin_memory=pin)
+        self.positions = torch.zeros(max_tokens, dtype=torch.int64, pin_memory=pin)
+        self.slots = torch.zeros(max_tokens, dtype=torch.int64, pin_memory=pin)
+        self.block_table = torch.full((max_rows, max_blocks), NULL_BLOCK, dtype=torch.int32, pin_memory=pin)
+        self.context_lens = torch.zeros(max_rows, dtype=torch.int32, pin_memory=pin)
+        self.np_ids, self.np_positions, self.np_slots = self.ids.numpy(), self.positions.numpy(), self.slots.numpy()
+        self.np_block_table, self.np_context_lens = self.block_table.numpy(), self.context_lens.numpy()
+        self.device = device
+        self._on_device = {}
+        if pin:
+            self._on_device = {
+                name: torch.empty_like(getattr(self, name), device=device)
+                for name in ("ids", "positions", "slots", "block_table", "context_lens")
+            }
+
+    def take(self, name: str, *index: slice) -> Tensor:
+        """The first entries of a buffer as a tensor on the model's device."""
+        host = getattr(self, name)[index]
+        if not self._on_device:
+            return host.contiguous()  # a copy only for the block table's [rows, width] corner
+        device = self._on_device[name][index]
+        device.copy_(host, non_blocking=True)
+        return device
 
 
 class ModelRunner:
-    """Owns the KV cache and turns token ids into next-token logits.
-
-    Call cycle: the engine gives each new sequence a free slot, calls `prefill` once (or several
-    times, in chunks, with increasing `start_pos`) with the prompt, then `decode` once per step
-    with the last sampled token of every running sequence. A slot is reused by simply prefilling it
-    again from position 0. Called from one thread; not thread-safe.
-    """
+    """Owns the paged KV cache and turns a SchedulerOutput into next-token logits. Not thread-safe."""
 
     def __init__(
         self,
         model: CausalLM,
         config: ModelConfig,
         *,
-        max_slots: int,
+        cache: CacheConfig,
         max_context: int,
+        max_step_tokens: int,
+        max_batch: int,
         device: torch.device,
         dtype: torch.dtype,
     ) -> None:
-        if max_slots < 1:
-            raise ValueError(f"max_slots={max_slots} must be at least 1")
         if max_context < 1:
             raise ValueError(f"max_context={max_context} must be at least 1")
         self.model = model
         self.config = config
-        self.max_slots = max_slots
-        self.max_context = max_context
         self.vocab_size = config.vocab_size
         self.device = device
         self.dtype = dtype
-        if model.rope_positions < max_context:
-            model.setup_rope(max_context)
-        self.cache = KVCache(
+        self.block_size = cache.block_size
+        # No sequence can be longer than the whole pool holds.
+        self.max_context = min(max_context, cache.capacity_tokens)
+        if model.rope_positions < self.max_context:
+            model.setup_rope(self.max_context)
+        self.cache = PagedKVCache(
             layers=config.num_hidden_layers,
-            slots=max_slots,
+            num_blocks=cache.num_blocks,
+            block_size=cache.block_size,
             kv_heads=config.num_key_value_heads,
-            max_context=max_context,
             head_dim=config.head_dim,
             device=device,
             dtype=dtype,
         )
+        max_blocks = -(-self.max_context // cache.block_size)
+        self._buf = _HostBuffers(max_step_tokens, max_batch, max_blocks, device)
+        self.max_step_tokens = max_step_tokens
+        self.max_batch = max_batch
+        self._table_rows = self._table_width = 0
 
     @torch.inference_mode()
-    def prefill(self, slot: int, token_ids: Sequence[int], start_pos: int = 0) -> Tensor:
-        """Run token_ids at positions start_pos.. for this slot, writing its KV; return float32 logits [V] of
-        the LAST position. start_pos>0 continues a chunked prefill."""
-        self._check_slot(slot)
-        n = len(token_ids)
-        if n == 0:
-            raise ValueError("prefill needs at least one token")
-        if start_pos < 0 or start_pos + n > self.max_context:
-            raise ValueError(f"prefill of {n} tokens at start_pos={start_pos} exceeds max_context={self.max_context}")
-        ids = torch.tensor([list(token_ids)], device=self.device)  # [1, S]
-        positions = torch.arange(start_pos, start_pos + n, device=self.device)[None]  # [1, S]
-        step = self.cache.prefill_step(slot, start_pos, n)
-        hidden = self.model(ids, positions, step)  # [1, S, D]
-        # Only the last position's logits are needed: lm_head over a 49k vocab dominates otherwise.
-        return self.model.logits(hidden[0, -1])  # [V]
+    def execute(self, out: SchedulerOutput) -> Tensor:
+        """Run the step; float32 logits [S, V] for the chunks that sample (``chunk.samples``), in chunk order."""
+        batch, ids, positions, last_rows = self._prepare(out)
+        hidden = self.model(ids, positions, batch)  # [N, D]
+        # Only the sampled rows' logits: lm_head over a 49k vocabulary dominates otherwise.
+        return self.model.logits(hidden[last_rows])  # [S, V]
 
-    @torch.inference_mode()
-    def decode(self, slots: Sequence[int], token_ids: Sequence[int], positions: Sequence[int]) -> Tensor:
-        """One token per sequence, batched across slots with different lengths (mask positions beyond each slot's
-        length); return float32 logits [B, V]."""
-        slots, positions = list(slots), list(positions)
-        if not (len(slots) == len(token_ids) == len(positions)) or not slots:
-            raise ValueError(
-                f"decode needs equal, non-empty slots/token_ids/positions; got {len(slots)}/{len(token_ids)}/"
-                f"{len(positions)}"
-            )
-        if len(set(slots)) != len(slots):
-            raise ValueError(f"decode got a slot twice: slots={slots}")
-        for slot, pos in zip(slots, positions, strict=True):
-            self._check_slot(slot)
-            if not 0 <= pos < self.max_context:
-                raise ValueError(f"position {pos} of slot {slot} is outside max_context={self.max_context}")
-        ids = torch.tensor(list(token_ids), device=self.device)[:, None]  # [B, 1]
-        step = self.cache.decode_step(slots, positions)
-        hidden = self.model(ids, step.write_pos[:, None], step)  # [B, 1, D]
-        return self.model.logits(hidden[:, 0])  # [B, V]
-
-    def _check_slot(self, slot: int) -> None:
-        """Reject a slot outside 0..max_slots-1."""
-        if not 0 <= slot < self.max_slots:
-            raise ValueError(f"slot={slot} is outside 0..{self.max_slots - 1}")
+    def _prepare(self, out: SchedulerOutput) -> tuple[AttentionBatch, Tensor, Tensor, Tensor]:
+        buf, bs = self._buf, self.block_size
+        n = out.num_tokens
+        if n > self.max_step_tokens:
+            raise ValueError(f"a step of {n} tokens exceeds max_step_tokens={self.max_step_tokens}")
+        decodes = [c for c in out.chunks if c.num_tokens == 1]
+        if len(decodes) > self.max_batch:
+            raise ValueError(f"{len(decodes)} decode rows exceed max_batch={self.max_batch}")
+        if out.chunks[: len(decodes)] != decodes:
+            raise ValueError("single-token chunks must come first in the step")
+        # Rows are rewritten only up to their own length: clear what the last step wrote, so padding is null.
+        buf.np_block_table[: self._table_rows, : self._table_width] = NULL_BLOCK
+        row = 0
+        fresh: list[int] = []
+        last_rows: list[int] = []
+        max_context = 0
+        prefills: list[tuple[int, int, int, list[int]]] = []
+        for i, chunk in enumerate(out.chunks):
+            req, start, count = chunk.request, chunk.start, chunk.num_tokens
+            end = start + count
+            if end > self.max_context:
+                raise ValueError(f"{req.request_id}: position {end - 1} is beyond max_context={self.max_context}")
+            if len(req.block_ids) * bs < end:
+                raise ValueError(f"{req.request_id}: {len(req.block_ids)} blocks cannot hold {end} tokens")
+            buf.np_ids[row : row + count] = req.token_ids[start:end]
+            last = (end - 1) // bs * bs
+            if end % bs and last >= start:
+                # The chunk enters its last block and leaves it part-filled: its unwritten slots are read (masked)
+                # until they fill up, and must hold finite numbers, not whatever the memory held.
+                fresh.append(req.block_ids[last // bs])
+            if count == 1:
+                buf.np_positions[row] = start
+                buf.np_slots[row] = req.block_ids[start // bs] * bs + start % bs
+                nb = -(-end // bs)
+                buf.np_block_table[i, :nb] = req.block_ids[:nb]
+                buf.np_context_lens[i] = end
+                max_context = max(max_context, end)
+            else:
+                pos = np.arange(start, end)
+                buf.np_positions[row : row + count] = pos
+                table = np.asarray(req.block_ids, dtype=np.int64)
+                buf.np_slots[row : row + count] = table[pos // bs] * bs + pos % bs
+                prefills.append((row, count, start, req.block_ids[: -(-end // bs)]))
+            row += count
+            if chunk.samples:
+                last_rows.append(row - 1)
+        if fresh:
+            self.cache.zero_blocks(torch.tensor(fresh, dtype=torch.int64, device=self.device))
+        d = len(decodes)
+        batch = AttentionBatch(cache=self.cache, slots=buf.take("slots", slice(0, n)), num_decodes=d)
+        if d:
+            width = -(-max_context // bs)
+            batch.block_table = buf.take("block_table", slice(0, d), slice(0, width))
+            batch.context_lens = buf.take("context_lens", slice(0, d))
+            batch.max_context = max_context
+            self._table_rows, self._table_width = d, width
+            if any(c.start + 1 != max_context for c in decodes):
+                batch.decode_mask = decode_mask(batch.context_lens, max_context)
+        for row0, count, start, blocks in prefills:
+            span = PrefillSpan(rows=slice(row0, row0 + count), start=start)
+            if start > 0:
+                span.blocks = torch.tensor(blocks, dtype=torch.int64, device=self.device)
+                query_pos = torch.arange(start, start + count, device=self.device)
+                span.mask = torch.arange(start + count, device=self.device)[None, :] <= query_pos[:, None]
+            batch.prefills.append(span)
+        ids = buf.take("ids", slice(0, n))
+        positions = buf.take("positions", slice(0, n))
+        rows = torch.tensor(last_rows, dtype=torch.int64, device=self.device)
+        return batch, ids, positions, rows

@@ -99,7 +99,8 @@ def choose_format(chat_template: str | None, override: str | None = None) -> Too
 
 def call_schema(tools: list[dict[str, Any]], arguments_key: str) -> dict[str, Any]:
     """The JSON schema of one call to any of ``tools``: ``{"name": <const>, <arguments_key>: <its parameters>}``."""
-    options, defs = [], {}
+    options: list[dict[str, Any]] = []
+    defs: dict[str, Any] = {}
     for t in tools:
         fn = t["function"]
         params = dict(fn.get("parameters") or {"type": "object", "properties": {}})

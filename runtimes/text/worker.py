@@ -27,12 +27,13 @@ from ember.bus.messages import (
 from ember.bus.worker import JobHandler, ReplySink, WorkerHost, serve
 from ember.config import ModelSpec, Settings
 from ember.config.weights import resolve_weights
+from ember.runtimes.devices import free_memory, resolve_device
 from ember.runtimes.dtypes import resolve_dtype
 from ember.runtimes.engine_thread import start_engine_thread
 from ember.runtimes.text.engine import EngineConfig, EngineOverloaded, GenerateRequest, StepOutput, TextEngine
 from ember.runtimes.text.grammar import GrammarCompiler, GrammarError, response_grammar
 from ember.runtimes.text.loader import LoadedModel, load_model
-from ember.runtimes.text.runner import ModelRunner
+from ember.runtimes.text.runner import CacheConfig, ModelRunner
 from ember.runtimes.text.tool_format import ToolCallParser, ToolFormat, choose_format
 
 log = logging.getLogger("ember.text.worker")
@@ -94,7 +95,7 @@ class TextJobHandler(JobHandler):
         self.engine = engine
         self.defaults = defaults or SamplingDefaults()
         self.max_batch = engine.config.max_batch
-        self.context_length = engine.runner.max_context
+        self.context_length = engine.max_context
         self.tool_format = tool_format or choose_format(loaded.tokenizer.chat_template)
         self.grammars = GrammarCompiler(loaded.tokenizer, engine.runner.vocab_size)
         # False only to measure what the grammar buys (benchmarks/tool_call_eval.py): tool calls are then parsed
@@ -245,31 +246,52 @@ async def send_with_tool_calls(sink: ReplySink, out: StepOutput, parser: ToolCal
     )
 
 
-def build_engine(spec: ModelSpec, loaded: LoadedModel) -> TextEngine:
-    ctx = min(loaded.context_length, spec.max_context or loaded.context_length)
+def build_engine(spec: ModelSpec, loaded: LoadedModel, device: torch.device, dtype: torch.dtype) -> TextEngine:
+    """The engine for a loaded model: a KV pool of the configured budget, a runner sized for the largest step."""
+    budget = spec.kv_cache_bytes
+    if spec.kv_cache_fraction is not None:
+        budget = int(free_memory(device) * spec.kv_cache_fraction)
+    cache = CacheConfig.from_bytes(budget, loaded.config, dtype, spec.kv_block_size)
     runner = ModelRunner(
         loaded.model,
         loaded.config,
-        max_slots=spec.max_batch,
-        max_context=ctx,
-        device=torch.device("cpu"),
-        dtype=resolve_dtype(spec.dtype, "cpu"),
+        cache=cache,
+        max_context=min(loaded.context_length, spec.max_context or loaded.context_length),
+        max_step_tokens=spec.max_step_tokens,
+        max_batch=spec.max_batch,
+        device=device,
+        dtype=dtype,
     )
-    return TextEngine(runner, loaded.tokenizer, EngineConfig(max_batch=spec.max_batch, max_waiting=spec.max_waiting))
+    config = EngineConfig(
+        max_batch=spec.max_batch,
+        max_waiting=spec.max_waiting,
+        max_step_tokens=spec.max_step_tokens,
+        prefix_cache=spec.prefix_cache,
+    )
+    log.info(
+        "KV cache: %d blocks of %d tokens (%.0f MiB, %s), context %d, prefix cache %s",
+        cache.num_blocks,
+        cache.block_size,
+        budget / 2**20,
+        dtype,
+        runner.max_context,
+        spec.prefix_cache,
+    )
+    return TextEngine(runner, loaded.tokenizer, config)
 
 
 async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedModel, TextEngine]:
     """Load the model and run its engine on one dedicated thread (see the NOTE in TextEngine)."""
     spec = settings.model(model_id)
     path = resolve_weights(spec)
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
 
     def load() -> tuple[LoadedModel, TextEngine]:
-        loaded = load_model(
-            path, dtype=resolve_dtype(spec.dtype, "cpu"), device=torch.device("cpu"), cache_dir=settings.cache_dir
-        )
-        return loaded, build_engine(spec, loaded)
+        loaded = load_model(path, dtype=dtype, device=device, cache_dir=settings.cache_dir)
+        return loaded, build_engine(spec, loaded, device, dtype)
 
-    log.info("loading %s from %s", model_id, path)
+    log.info("loading %s from %s on %s (%s)", model_id, path, device, dtype)
     return await start_engine_thread("ember-text-model", load)
 
 

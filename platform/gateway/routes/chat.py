@@ -100,7 +100,8 @@ async def create(request: Request) -> Response:
                 }
                 for c in choices
             ],
-            "usage": generation.usage(prompt_tokens, completion_tokens),
+            # All choices share one prompt, counted once: its cache hits are the first choice's.
+            "usage": generation.usage(prompt_tokens, completion_tokens, choices[0].cached_tokens),
         },
         headers={**generation.response_headers(streams, choices), **quota.headers()},
     )
@@ -123,7 +124,7 @@ async def _stream(
 ) -> AsyncGenerator[bytes, None]:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
 
-    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
         data: dict[str, Any] = {
             "id": completion_id,
             "object": "chat.completion.chunk",
@@ -143,7 +144,7 @@ async def _stream(
         # OpenAI opens every choice with the role and an empty content.
         for i in range(body.n):
             yield chunk([choice(i, {"role": "assistant", "content": ""})])
-        completion_tokens = 0
+        completion_tokens = cached_tokens = 0
         assemblers = [ToolCallAssembler() for _ in range(body.n)]
         try:
             async for index, part in parts:
@@ -158,11 +159,13 @@ async def _stream(
                         yield chunk([choice(index, {"tool_calls": [entry]})])
                 if part.finished:
                     completion_tokens += part.usage.completion_tokens if part.usage else 0
+                    if index == 0 and part.usage:
+                        cached_tokens = part.usage.cached_tokens
                     yield chunk([choice(index, {}, generation.finish_reason(part.status, part.finish_reason))])
         except GatewayError as e:
             yield sse.event(e.body())
             yield sse.DONE
             return
         if include_usage:
-            yield chunk([], generation.usage(prompt_tokens, completion_tokens))
+            yield chunk([], generation.usage(prompt_tokens, completion_tokens, cached_tokens))
         yield sse.DONE

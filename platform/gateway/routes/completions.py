@@ -86,7 +86,10 @@ async def create(request: Request) -> Response:
                 }
                 for c in choices
             ],
-            "usage": generation.usage(prompt_tokens, completion_tokens),
+            # Each prompt is counted once, by its first choice (as its prompt tokens are).
+            "usage": generation.usage(
+                prompt_tokens, completion_tokens, sum(c.cached_tokens for c in choices[:: body.n])
+            ),
         },
         headers={**generation.response_headers(streams, choices), **quota.headers()},
     )
@@ -103,7 +106,7 @@ async def _stream(
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     offsets = [len(e) for e in echoes]
 
-    def chunk(choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> bytes:
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> bytes:
         data: dict[str, Any] = {
             "id": completion_id,
             "object": "text_completion",
@@ -120,7 +123,7 @@ async def _stream(
         for i, echo in enumerate(echoes):
             if echo:
                 yield chunk([{"index": i, "text": echo, "logprobs": None, "finish_reason": None}])
-        completion_tokens = 0
+        completion_tokens = cached_tokens = 0
         try:
             async for index, part in parts:
                 lp = None
@@ -132,10 +135,12 @@ async def _stream(
                     yield chunk([{"index": index, "text": part.text, "logprobs": lp, "finish_reason": finish}])
                 if part.finished and part.usage:
                     completion_tokens += part.usage.completion_tokens
+                    if index % body.n == 0:
+                        cached_tokens += part.usage.cached_tokens
         except GatewayError as e:
             yield sse.event(e.body())
             yield sse.DONE
             return
         if include_usage:
-            yield chunk([], generation.usage(prompt_tokens, completion_tokens))
+            yield chunk([], generation.usage(prompt_tokens, completion_tokens, cached_tokens))
         yield sse.DONE

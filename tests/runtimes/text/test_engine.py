@@ -19,6 +19,7 @@ from ember.runtimes.text.engine import (
 )
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.runner import ModelRunner
+from tests.helpers.text_runner import new_runner
 
 GREEDY = SamplingParams(temperature=0.0, ignore_eos=True)
 
@@ -28,18 +29,26 @@ def loaded(tiny_model: Path) -> LoadedModel:
     return load_model(tiny_model)
 
 
-def make_engine(loaded: LoadedModel, *, max_batch: int = 4, max_waiting: int = 16, runner=None) -> TextEngine:
-    runner = runner or ModelRunner(
-        loaded.model,
-        loaded.config,
-        max_slots=max_batch,
-        max_context=256,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
+def make_engine(
+    loaded: LoadedModel,
+    *,
+    max_batch: int = 4,
+    max_waiting: int = 16,
+    runner: ModelRunner | None = None,
+    num_blocks: int = 256,
+    block_size: int = 4,
+    prefix_cache: str = "shared",
+) -> TextEngine:
+    runner = runner or new_runner(
+        loaded, num_blocks=num_blocks, block_size=block_size, max_step_tokens=16, max_batch=max_batch
     )
-    engine = TextEngine(
-        runner, loaded.tokenizer, EngineConfig(max_batch=max_batch, max_waiting=max_waiting, prefill_chunk=16)
+    config = EngineConfig(
+        max_batch=max_batch,
+        max_waiting=max_waiting,
+        max_step_tokens=16,
+        prefix_cache=prefix_cache,  # type: ignore[arg-type]
     )
+    engine = TextEngine(runner, loaded.tokenizer, config)
     engine.start()
     return engine
 
@@ -94,7 +103,7 @@ def hf_greedy(model_dir: Path, prompt_ids: list[int], n: int) -> list[int]:
 
 
 async def test_batched_greedy_equals_transformers_token_for_token(loaded: LoadedModel, tiny_model: Path) -> None:
-    engine = make_engine(loaded, max_batch=3)  # 5 prompts, 3 slots: some wait and join mid-flight
+    engine = make_engine(loaded, max_batch=3)  # 5 prompts, 3 running at most: some wait and join mid-flight
     try:
         reqs = [request(loaded, f"r{i}", p, max_tokens=20) for i, p in enumerate(PROMPTS)]
         results = await asyncio.gather(*(run(engine, r) for r in reqs))
@@ -208,21 +217,20 @@ async def test_a_full_queue_refuses_at_once(loaded: LoadedModel) -> None:
 
 
 class FlakyRunner(ModelRunner):
-    """A real runner whose next decode fails once, as a device error would."""
+    """A real runner whose next step fails once, as a device error would."""
 
     fail_next = False
 
-    def decode(self, slots, token_ids, positions):  # type: ignore[no-untyped-def]
+    def execute(self, out):  # type: ignore[no-untyped-def]
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("simulated device error")
-        return super().decode(slots, token_ids, positions)
+        return super().execute(out)
 
 
 async def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(loaded: LoadedModel) -> None:
-    runner = FlakyRunner(
-        loaded.model, loaded.config, max_slots=2, max_context=256, device=torch.device("cpu"), dtype=torch.float32
-    )
+    runner = new_runner(loaded, num_blocks=64, max_step_tokens=16, max_batch=2, runner_class=FlakyRunner)
+    assert isinstance(runner, FlakyRunner)
     engine = make_engine(loaded, max_batch=2, runner=runner)
     try:
         stream = engine.generate(request(loaded, "doomed", "hello", max_tokens=100))
@@ -253,3 +261,61 @@ async def test_keys_of_one_priority_share_the_slots_fairly(loaded: LoadedModel) 
         engine.stop()
     # a queued three requests before b's one, but a already had the slot (the blocker): b goes first, not last.
     assert order == ["b1", "a1", "a2", "a3"]
+
+
+async def test_greedy_equals_transformers_when_the_pool_forces_preemption(
+    loaded: LoadedModel, tiny_model: Path
+) -> None:
+    """A pool far too small for five requests at once: some are preempted, recomputed, and still generate exactly
+    what transformers generates alone."""
+    engine = make_engine(loaded, max_batch=4, num_blocks=1 + 20, block_size=4)  # 80 tokens for ~150 wanted
+    try:
+        reqs = [request(loaded, f"r{i}", p, max_tokens=20) for i, p in enumerate(PROMPTS)]
+        results = await asyncio.gather(*(run(engine, r) for r in reqs))
+    finally:
+        engine.stop()
+    assert engine.scheduler.num_preemptions > 0
+    for req, outs in zip(reqs, results, strict=True):
+        assert tokens(outs) == hf_greedy(tiny_model, req.prompt_ids, 20), req.request_id
+    assert engine.kv.pool.usage == 0.0
+
+
+async def test_a_repeated_prompt_is_served_from_the_prefix_cache(loaded: LoadedModel) -> None:
+    engine = make_engine(loaded)
+    prompt = PROMPTS[0] + " " + PROMPTS[3]
+    try:
+        first = await run(engine, request(loaded, "first", prompt, max_tokens=6))
+        second = await run(engine, request(loaded, "second", prompt, max_tokens=6))
+    finally:
+        engine.stop()
+    n = len(loaded.tokenizer.encode(prompt, add_special_tokens=False))
+    assert first[-1].usage is not None and first[-1].usage.cached_tokens == 0
+    assert second[-1].usage is not None and second[-1].usage.cached_tokens == (n - 1) // 4 * 4
+    assert tokens(first) == tokens(second)
+
+
+async def test_choices_of_one_prompt_share_its_prefill(loaded: LoadedModel) -> None:
+    engine = make_engine(loaded)
+    prompt = PROMPTS[3] + " " + PROMPTS[0]
+    try:
+        outs = await asyncio.gather(*(run(engine, request(loaded, f"n{i}", prompt, max_tokens=5)) for i in range(3)))
+    finally:
+        engine.stop()
+    cached = sorted(o[-1].usage.cached_tokens for o in outs if o[-1].usage is not None)
+    assert cached[0] == 0 and cached[1] == cached[2] > 0
+    assert len({tuple(tokens(o)) for o in outs}) == 1
+
+
+@pytest.mark.parametrize(("mode", "shared"), [("per_key", False), ("off", False), ("shared", True)])
+async def test_prefix_cache_modes(loaded: LoadedModel, mode: str, shared: bool) -> None:
+    engine = make_engine(loaded, prefix_cache=mode)
+    prompt = PROMPTS[3]
+    try:
+        await run(engine, request(loaded, "a", prompt, max_tokens=2, key="alice"))
+        bob = await run(engine, request(loaded, "b", prompt, max_tokens=2, key="bob"))
+        alice = await run(engine, request(loaded, "c", prompt, max_tokens=2, key="alice"))
+    finally:
+        engine.stop()
+    assert bob[-1].usage is not None and alice[-1].usage is not None
+    assert (bob[-1].usage.cached_tokens > 0) == shared
+    assert (alice[-1].usage.cached_tokens > 0) == (mode != "off")

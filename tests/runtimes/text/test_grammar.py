@@ -11,13 +11,12 @@ from typing import Any
 
 import jsonschema
 import pytest
-import torch
 
 from ember.bus.messages import ChatMessage, JobStatus, OutputConstraint, SamplingParams, TextJob, ToolChoice
 from ember.runtimes.text.engine import EngineConfig, GenerateRequest, TextEngine
 from ember.runtimes.text.loader import LoadedModel, load_model
-from ember.runtimes.text.runner import ModelRunner
 from ember.runtimes.text.worker import RequestError, TextJobHandler, split_output
+from tests.helpers.text_runner import new_runner
 
 WEATHER = {
     "type": "function",
@@ -55,10 +54,8 @@ ASK = (ChatMessage(role="user", content="What is the weather in Paris?"),)
 @pytest.fixture(scope="module")
 def handler(tiny_model: Path) -> TextJobHandler:
     loaded: LoadedModel = load_model(tiny_model)
-    runner = ModelRunner(
-        loaded.model, loaded.config, max_slots=8, max_context=1024, device=torch.device("cpu"), dtype=torch.float32
-    )
-    engine = TextEngine(runner, loaded.tokenizer, EngineConfig(max_batch=8, prefill_chunk=64))
+    runner = new_runner(loaded, num_blocks=1024, block_size=16, max_context=1024, max_step_tokens=64)
+    engine = TextEngine(runner, loaded.tokenizer, EngineConfig(max_batch=8, max_step_tokens=64))
     engine.start()
     yield TextJobHandler("tiny", loaded, engine)
     engine.stop()

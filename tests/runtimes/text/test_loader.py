@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from ember.runtimes.text.config import ModelConfig, ModelLoadError
 from ember.runtimes.text.loader import LoadedModel, load_model
-from ember.runtimes.text.runner import ModelRunner
+from tests.helpers.text_runner import Driver, new_runner
 from tests.helpers.tiny_checkpoint import write_tiny_llama
 
 
@@ -26,9 +26,9 @@ def edit_json(path: Path, **changes) -> None:
 
 
 def logits_of(loaded: LoadedModel, text: str = "The quick brown fox") -> torch.Tensor:
-    ids = torch.tensor([loaded.tokenizer.encode(text)])
+    ids = torch.tensor(loaded.tokenizer.encode(text))
     with torch.inference_mode():
-        return loaded.model.logits(loaded.model(ids, torch.arange(ids.shape[1])[None]))
+        return loaded.model.logits(loaded.model(ids, torch.arange(ids.shape[0])))
 
 
 def test_loads_a_folder(tmp_path: Path) -> None:
@@ -46,12 +46,13 @@ def test_bfloat16(tmp_path: Path) -> None:
     loaded = load_model(write_tiny_llama(tmp_path / "m"), dtype=torch.bfloat16)
     assert {p.dtype for p in loaded.model.parameters()} == {torch.bfloat16}
     assert torch.isfinite(logits_of(loaded)).all()
-    runner = ModelRunner(
-        loaded.model, loaded.config, max_slots=2, max_context=64, device=torch.device("cpu"), dtype=torch.bfloat16
-    )
-    ids = loaded.tokenizer.encode("The quick brown fox")
-    first = runner.prefill(1, ids)
-    step = runner.decode([1], [int(first.argmax())], [len(ids)])
+    runner = new_runner(loaded, num_blocks=16, max_context=64, max_step_tokens=32, max_batch=2, dtype=torch.bfloat16)
+    assert runner.cache.k.dtype == torch.bfloat16
+    driver = Driver(runner)
+    seq = driver.sequence(loaded.tokenizer.encode("The quick brown fox"))
+    (first,) = driver.step((seq, seq.num_tokens))
+    driver.append(seq, int(first.argmax()))
+    (step,) = driver.step((seq, 1))
     assert first.dtype == step.dtype == torch.float32 and torch.isfinite(step).all()
 
 

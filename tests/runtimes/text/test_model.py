@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.model import Linear
-from ember.runtimes.text.runner import ModelRunner
+from tests.helpers.text_runner import Driver, new_runner
 from tests.helpers.tiny_checkpoint import write_tiny_llama
 
 LLAMA3_SCALING = {
@@ -49,17 +49,6 @@ def reference(checkpoint: Path) -> torch.nn.Module:
     return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
 
 
-def new_runner(loaded: LoadedModel, *, max_slots: int = 4, max_context: int = 256) -> ModelRunner:
-    return ModelRunner(
-        loaded.model,
-        loaded.config,
-        max_slots=max_slots,
-        max_context=max_context,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-    )
-
-
 def hf_greedy(reference: torch.nn.Module, ids: list[int], n: int) -> list[int]:
     out = reference.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False)
     return out[0, len(ids) :].tolist()
@@ -76,8 +65,8 @@ def test_logits_equal_transformers(loaded: LoadedModel, reference: torch.nn.Modu
         ids = torch.tensor([loaded.tokenizer.encode(prompt)])
         with torch.inference_mode():
             expected = reference(ids).logits
-            ours = loaded.model.logits(loaded.model(ids, torch.arange(ids.shape[1])[None]))
-        torch.testing.assert_close(ours, expected, atol=1e-4, rtol=1e-4)
+            ours = loaded.model.logits(loaded.model(ids[0], torch.arange(ids.shape[1])))
+        torch.testing.assert_close(ours, expected[0], atol=1e-4, rtol=1e-4)
 
 
 def test_tied_embeddings_share_storage(loaded: LoadedModel) -> None:
@@ -86,9 +75,9 @@ def test_tied_embeddings_share_storage(loaded: LoadedModel) -> None:
 
 
 def test_runner_prefill_logits_equal_transformers(loaded: LoadedModel, reference: torch.nn.Module) -> None:
-    runner = new_runner(loaded)
+    driver = Driver(new_runner(loaded))
     ids = loaded.tokenizer.encode(PROMPTS[3])
-    logits = runner.prefill(2, ids)
+    (logits,) = driver.step((driver.sequence(ids), len(ids)))
     assert logits.shape == (loaded.config.vocab_size,) and logits.dtype == torch.float32
     with torch.inference_mode():
         expected = reference(torch.tensor([ids])).logits[0, -1]
@@ -96,97 +85,120 @@ def test_runner_prefill_logits_equal_transformers(loaded: LoadedModel, reference
 
 
 def test_runner_greedy_equals_transformers_generate(loaded: LoadedModel, reference: torch.nn.Module) -> None:
-    runner = new_runner(loaded)
+    driver = Driver(new_runner(loaded))
     n = 20
     for prompt in PROMPTS[:2]:
         ids = loaded.tokenizer.encode(prompt)
-        logits = runner.prefill(0, ids)
-        ours = []
-        for i in range(n):
-            token = int(logits.argmax())
-            ours.append(token)
-            logits = runner.decode([0], [token], [len(ids) + i])[0]
-        assert ours == hf_greedy(reference, ids, n), prompt
+        seq = driver.sequence(ids)
+        (logits,) = driver.step((seq, len(ids)))
+        for _ in range(n - 1):
+            driver.append(seq, int(logits.argmax()))
+            (logits,) = driver.step((seq, 1))
+        driver.append(seq, int(logits.argmax()))
+        assert seq.output_ids == hf_greedy(reference, ids, n), prompt
 
 
-def test_batched_decode_of_different_lengths_equals_transformers(
-    loaded: LoadedModel, reference: torch.nn.Module
-) -> None:
-    """Three sequences of different prompt lengths, decoded together in one call per step, from
-    non-contiguous slots listed out of order (the gathered-cache path)."""
-    runner = new_runner(loaded, max_slots=6)
-    slots = [4, 1, 3]
-    prompts = [loaded.tokenizer.encode(p) for p in PROMPTS[1:]]
-    n = 16
-    tokens = [int(runner.prefill(slot, ids).argmax()) for slot, ids in zip(slots, prompts, strict=True)]
-    outputs = [[t] for t in tokens]
-    positions = [len(ids) for ids in prompts]
-    for _ in range(n - 1):
-        logits = runner.decode(slots, tokens, positions)
-        assert logits.shape == (3, loaded.config.vocab_size) and logits.dtype == torch.float32
-        tokens = logits.argmax(-1).tolist()
-        for out, token in zip(outputs, tokens, strict=True):
-            out.append(token)
-        positions = [p + 1 for p in positions]
-    for ids, out in zip(prompts, outputs, strict=True):
-        assert out == hf_greedy(reference, ids, n)
+def test_mixed_steps_equal_transformers(loaded: LoadedModel, reference: torch.nn.Module) -> None:
+    """Sequences decode while others prefill in chunks, all in one forward per step; every one of them must still
+    generate what transformers generates alone."""
+    driver = Driver(new_runner(loaded, block_size=4))
+    prompts = [loaded.tokenizer.encode(p) for p in PROMPTS]
+    n = 12
+    # Each step: (sequence, tokens) for every sequence that has work; prefills advance 7 tokens a step.
+    seqs = [driver.sequence(ids) for ids in prompts]
+    started = 0
+    while any(s.num_output_tokens < n for s in seqs):
+        if started < len(seqs):
+            started += 1  # one more sequence joins each step
+        work = []
+        for seq in seqs[:started]:
+            if seq.num_output_tokens >= n:
+                continue
+            left = seq.num_tokens - seq.num_computed
+            work.append((seq, min(left, 7)))
+        logits = iter(driver.step(*work))
+        for seq, _ in work:
+            if seq.num_computed == seq.num_tokens:
+                driver.append(seq, int(next(logits).argmax()))
+    for ids, seq in zip(prompts, seqs, strict=True):
+        assert seq.output_ids == hf_greedy(reference, ids, n)
+
+
+def test_mixed_batch_equals_separate_forwards(loaded: LoadedModel) -> None:
+    """One step holding two decodes and two prefill chunks (one from position 0, one after a cached prefix)
+    gives each the logits it gets alone."""
+    prompts = [loaded.tokenizer.encode(p) for p in PROMPTS]
+    together, alone = Driver(new_runner(loaded)), Driver(new_runner(loaded))
+    pairs = []
+    for driver in (together, alone):
+        a, b = driver.sequence(prompts[0]), driver.sequence(prompts[1])
+        for seq in (a, b):
+            driver.step((seq, seq.num_tokens))
+            driver.append(seq, 7)
+        c, d = driver.sequence(prompts[2]), driver.sequence(prompts[3])
+        driver.step((d, 5))  # d continues after a first chunk
+        pairs.append((a, b, c, d))
+    (a, b, c, d), (a1, b1, c1, d1) = pairs
+    mixed = together.step((c, c.num_tokens), (a, 1), (d, d.num_tokens - 5), (b, 1))
+    separate = [alone.step((c1, c1.num_tokens)), alone.step((a1, 1)), alone.step((d1, d1.num_tokens - 5))]
+    separate.append(alone.step((b1, 1)))
+    torch.testing.assert_close(mixed, torch.cat(separate), atol=1e-5, rtol=1e-5)
 
 
 def test_chunked_prefill_equals_one_shot(loaded: LoadedModel) -> None:
-    runner = new_runner(loaded)
+    driver = Driver(new_runner(loaded))
     ids = loaded.tokenizer.encode(PROMPTS[3] + " " + PROMPTS[0])
-    one_shot = runner.prefill(0, ids)
-    runner.prefill(1, ids[:5])
-    runner.prefill(1, ids[5:11], start_pos=5)
-    chunked = runner.prefill(1, ids[11:], start_pos=11)
-    torch.testing.assert_close(chunked, one_shot, atol=1e-5, rtol=1e-5)
+    one, chunked = driver.sequence(ids), driver.sequence(ids)
+    (one_shot,) = driver.step((one, len(ids)))
+    driver.step((chunked, 5))
+    driver.step((chunked, 6))
+    (last,) = driver.step((chunked, len(ids) - 11))
+    torch.testing.assert_close(last, one_shot, atol=1e-5, rtol=1e-5)
     # And the caches the two wrote continue identically.
-    a = runner.decode([0], [7], [len(ids)])
-    b = runner.decode([1], [7], [len(ids)])
+    for seq in (one, chunked):
+        driver.append(seq, 7)
+    a, b = driver.step((one, 1), (chunked, 1))
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
-def test_batched_decode_equals_per_sequence_decode(loaded: LoadedModel) -> None:
-    prompts = [loaded.tokenizer.encode(p) for p in PROMPTS]
-    batched, single = new_runner(loaded), new_runner(loaded)
-    for slot, ids in enumerate(prompts):
-        batched.prefill(slot, ids)
-        single.prefill(slot, ids)
-    tokens = [11, 22, 33, 44]
-    for order in ([0, 1, 2, 3], [2, 0, 3, 1]):
-        positions = [len(prompts[s]) for s in order]
-        together = batched.decode(order, [tokens[s] for s in order], positions)
-        for row, slot in enumerate(order):
-            alone = single.decode([slot], [tokens[slot]], [len(prompts[slot])])[0]
-            torch.testing.assert_close(together[row], alone, atol=1e-5, rtol=1e-5)
+def test_a_prefix_hit_continues_as_if_computed(loaded: LoadedModel) -> None:
+    """A sequence that starts from another's cached blocks gets the logits of one that computed them itself."""
+    driver = Driver(new_runner(loaded, block_size=4), caching=True)
+    ids = loaded.tokenizer.encode(PROMPTS[3])
+    first = driver.sequence(ids)
+    (full,) = driver.step((first, len(ids)))
+    second = driver.sequence(ids, use_cache=True)
+    assert second.num_computed == (len(ids) - 1) // 4 * 4 and second.block_ids[0] == first.block_ids[0]
+    (hit,) = driver.step((second, len(ids) - second.num_computed))
+    torch.testing.assert_close(hit, full, atol=1e-5, rtol=1e-5)
 
 
-def test_reused_slot_forgets_the_previous_sequence(loaded: LoadedModel) -> None:
-    runner = new_runner(loaded)
+def test_freed_blocks_forget_the_previous_sequence(loaded: LoadedModel) -> None:
+    """Blocks reused by a new sequence (the pool is tiny) hold nothing of the one before."""
+    runner = new_runner(loaded, num_blocks=1 + 16, block_size=4)
+    driver = Driver(runner)
     long_ids = loaded.tokenizer.encode(PROMPTS[3])
     short_ids = loaded.tokenizer.encode(PROMPTS[0])
-    runner.prefill(0, long_ids)
-    runner.decode([0], [5], [len(long_ids)])
-    reused = runner.prefill(0, short_ids)
-    step = runner.decode([0], [9], [len(short_ids)])
-    fresh_runner = new_runner(loaded)
-    torch.testing.assert_close(reused, fresh_runner.prefill(0, short_ids))
-    torch.testing.assert_close(step, fresh_runner.decode([0], [9], [len(short_ids)]))
+    old = driver.sequence(long_ids)
+    driver.step((old, len(long_ids)))
+    driver.kv.free(old)
+    reused = driver.sequence(short_ids)
+    (logits,) = driver.step((reused, len(short_ids)))
+    fresh = Driver(new_runner(loaded))
+    (expected,) = fresh.step((fresh.sequence(short_ids), len(short_ids)))
+    torch.testing.assert_close(logits, expected)
 
 
-def test_runner_rejects_bad_calls(loaded: LoadedModel) -> None:
-    runner = new_runner(loaded, max_slots=2, max_context=16)
-    assert (runner.max_slots, runner.max_context, runner.vocab_size) == (2, 16, loaded.config.vocab_size)
-    with pytest.raises(ValueError, match="slot=2"):
-        runner.prefill(2, [1, 2])
+def test_runner_rejects_bad_steps(loaded: LoadedModel) -> None:
+    runner = new_runner(loaded, max_context=16, max_step_tokens=32, max_batch=2)
+    driver = Driver(runner)
     with pytest.raises(ValueError, match="max_context=16"):
-        runner.prefill(0, list(range(10)), start_pos=7)
-    with pytest.raises(ValueError, match="at least one token"):
-        runner.prefill(0, [])
-    with pytest.raises(ValueError, match="slot twice"):
-        runner.decode([0, 0], [1, 2], [3, 3])
-    with pytest.raises(ValueError, match="position 16"):
-        runner.decode([1], [1], [16])
+        driver.step((driver.sequence(list(range(3, 20))), 17))
+    with pytest.raises(ValueError, match="max_step_tokens=32"):
+        Driver(new_runner(loaded, max_step_tokens=32)).step((driver.sequence(list(range(3, 40))), 37))
+    seqs = [driver.sequence([5]) for _ in range(3)]
+    with pytest.raises(ValueError, match="max_batch=2"):
+        driver.step(*((s, 1) for s in seqs))
 
 
 @pytest.mark.parametrize("bias", [False, True])

@@ -1,0 +1,1 @@
+"""Other inference servers that the benchmarks run beside Ember, for comparison."""

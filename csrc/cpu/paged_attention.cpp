@@ -1,0 +1,126 @@
+// ember::paged_decode on the CPU: attention of one query token per row over its context in the paged KV cache,
+// reading the blocks where they are (the pure-torch reference gathers them into a padded copy first).
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "ops.h"
+
+// One copy of the kernel per instruction set; see paged_attention_impl.h.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
+namespace ember::cpu::avx512 {
+#include "paged_attention_impl.h"
+}
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace ember::cpu::avx2 {
+#include "paged_attention_impl.h"
+}
+#pragma GCC pop_options
+
+namespace ember::cpu::baseline {
+#include "paged_attention_impl.h"
+}
+
+namespace ember::cpu {
+namespace {
+
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+Isa detect_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
+    return Isa::kAvx512;
+  }
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+  return Isa::kBaseline;
+}
+
+const Isa kIsa = detect_isa();
+
+template <typename T>
+void dispatch(T* out, const T* q, const T* k, const T* v, const int32_t* table, const int32_t* lens, int64_t batch,
+              int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t block_size, int64_t max_blocks,
+              float scale) {
+  switch (kIsa) {
+    case Isa::kAvx512:
+      return avx512::paged_decode(out, q, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
+                                  max_blocks, scale);
+    case Isa::kAvx2:
+      return avx2::paged_decode(out, q, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
+                                max_blocks, scale);
+    default:
+      return baseline::paged_decode(out, q, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
+                                    max_blocks, scale);
+  }
+}
+
+}  // namespace
+
+const char* isa_name() {
+  switch (kIsa) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "baseline";
+  }
+}
+
+void paged_decode(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                  const at::Tensor& block_table, const at::Tensor& context_lens, double scale) {
+  TORCH_CHECK(q.dim() == 3, "q must be [B, H, hd], got ", q.sizes());
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes(),
+              "k_cache and v_cache must both be [num_blocks, block_size, KV, hd]");
+  TORCH_CHECK(out.sizes() == q.sizes(), "out must have q's shape");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type() &&
+                  q.scalar_type() == out.scalar_type(),
+              "q, out and the caches must share one dtype");
+  TORCH_CHECK(block_table.scalar_type() == at::kInt && context_lens.scalar_type() == at::kInt,
+              "block_table and context_lens must be int32");
+  TORCH_CHECK(q.is_contiguous() && out.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous() &&
+                  block_table.is_contiguous() && context_lens.is_contiguous(),
+              "every tensor must be contiguous");
+  const int64_t batch = q.size(0), heads = q.size(1), head_dim = q.size(2);
+  const int64_t block_size = k_cache.size(1), kv_heads = k_cache.size(2);
+  TORCH_CHECK(k_cache.size(3) == head_dim, "the caches' head_dim differs from q's");
+  TORCH_CHECK(heads % kv_heads == 0, "heads=", heads, " is not a multiple of kv_heads=", kv_heads);
+  TORCH_CHECK(block_table.dim() == 2 && block_table.size(0) == batch && context_lens.size(0) == batch,
+              "block_table must be [B, max_blocks] and context_lens [B]");
+  const int64_t max_blocks = block_table.size(1);
+  const int32_t* lens = context_lens.data_ptr<int32_t>();
+  const int32_t* table = block_table.data_ptr<int32_t>();
+  const int64_t num_blocks = k_cache.size(0);
+  for (int64_t b = 0; b < batch; ++b) {
+    TORCH_CHECK(lens[b] >= 1 && lens[b] <= max_blocks * block_size, "context_lens[", b, "]=", lens[b],
+                " is outside 1..", max_blocks * block_size);
+    for (int64_t i = 0; i < (lens[b] + block_size - 1) / block_size; ++i) {
+      const int32_t blk = table[b * max_blocks + i];
+      TORCH_CHECK(blk >= 0 && blk < num_blocks, "block_table[", b, "][", i, "]=", blk, " is outside the cache");
+    }
+  }
+  const float s = static_cast<float>(scale);
+  if (q.scalar_type() == at::kFloat) {
+    dispatch(out.data_ptr<float>(), q.data_ptr<float>(), k_cache.data_ptr<float>(), v_cache.data_ptr<float>(),
+             table, lens, batch, heads, kv_heads, head_dim, block_size, max_blocks, s);
+  } else {
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "paged_decode supports float32 and bfloat16, not ",
+                q.scalar_type());
+    auto raw = [](const at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); };
+    dispatch(raw(out), raw(q), raw(k_cache), raw(v_cache), table, lens, batch, heads, kv_heads, head_dim,
+             block_size, max_blocks, s);
+  }
+}
+
+}  // namespace ember::cpu

@@ -1,0 +1,197 @@
+"""What the next step computes: which requests, how many tokens each, and in which KV blocks.
+
+Every step is one forward over a flattened batch. ``schedule()`` fills it under a token budget::
+
+    running    every running request gets its next tokens: 1 when it decodes, a chunk of its prompt while it
+               prefills (highest priority, then oldest first; chunks stop where the budget does). A request that
+               needs a new block when the pool is empty preempts the lowest-priority, newest running request:
+               its blocks are freed and it waits again, to be recomputed later (mostly from the prefix cache).
+    waiting    then new requests are admitted, in fair-queue order (priority, then the key served least, then
+               age), while the budget, ``max_batch`` and the pool allow: each starts from its longest cached
+               prefix and prefills the rest in chunks. A request whose next block another running request is
+               prefilling right now (n > 1 choices of one prompt) waits a step and takes it from the cache.
+
+The step's tokens come back to ``update()``: computed marks move forward and full blocks enter the prefix index.
+Sampling and stop conditions are the engine's; it calls ``finish()`` for a request that is done.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ember.bus.messages import JobStatus
+from ember.runtimes.fair_queue import FairQueue
+from ember.runtimes.text.block_pool import BlockKey
+from ember.runtimes.text.kv_manager import KVCacheManager, PrefixHit
+from ember.runtimes.text.request import Request
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    # Requests running at once (their KV is in the pool; memory is bounded by the pool, not by this).
+    max_batch: int = 32
+    # Tokens computed per step, prefill chunks and decodes together: a long prompt delays the running decodes by
+    # at most one such step.
+    max_step_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch={self.max_batch} must be at least 1")
+        if self.max_step_tokens < self.max_batch:
+            # Every running request must be able to decode in the same step.
+            raise ValueError(f"max_step_tokens={self.max_step_tokens} is below max_batch={self.max_batch}")
+
+
+@dataclass
+class ScheduledChunk:
+    """``num_tokens`` of a request's tokens, from position ``start``, computed in this step."""
+
+    request: Request
+    start: int
+    num_tokens: int
+    # Whether the chunk reaches the request's last token, so the step yields its next-token logits (fixed when
+    # scheduled: the sampled token is appended to the request afterwards).
+    samples: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.samples = self.start + self.num_tokens == self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    # Single-token chunks (decodes) first, then the longer prefill chunks: the runner reads them in this order.
+    chunks: list[ScheduledChunk] = field(default_factory=list)
+    # Requests that lost their blocks in this step and wait again.
+    preempted: list[Request] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.chunks)
+
+    @property
+    def num_scheduled_tokens(self) -> dict[str, int]:
+        """{request_id: tokens computed this step}, for every kind of work alike."""
+        return {c.request.request_id: c.num_tokens for c in self.chunks}
+
+    def __bool__(self) -> bool:
+        return bool(self.chunks)
+
+
+class Scheduler:
+    """Owns the waiting queue and the running set. Not thread-safe: the engine thread alone calls it."""
+
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+        self.config = config
+        self.kv = kv
+        self.waiting: FairQueue[Request] = FairQueue()
+        self.running: list[Request] = []
+        # Counters for metrics and tests.
+        self.num_preemptions = 0
+        self.num_deferred = 0
+
+    def __len__(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def add(self, req: Request) -> None:
+        if req.num_tokens > self.kv.capacity_tokens:
+            # The worker checks this before accepting; a request that cannot fit would preempt everyone forever.
+            raise ValueError(f"{req.num_tokens} tokens exceed the KV pool's {self.kv.capacity_tokens}")
+        req.status = JobStatus.QUEUED
+        p = req.params
+        req.arrival = self.waiting.push(req, request_id=p.request_id, key=p.key, priority=p.priority)
+
+    def remove(self, request_ids: set[str]) -> list[Request]:
+        """Take these requests out, waiting or running, freeing their blocks."""
+        removed = self.waiting.remove(request_ids)
+        for req in [r for r in self.running if r.request_id in request_ids]:
+            self.finish(req)
+            removed.append(req)
+        return removed
+
+    def finish(self, req: Request) -> None:
+        """A running request is done (or failed): its blocks go back to the pool."""
+        if req in self.running:
+            self.running.remove(req)
+        self.kv.free(req)
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_step_tokens
+        scheduled: list[ScheduledChunk] = []
+        # Highest priority first, then oldest: preemption takes from the other end.
+        order = sorted(self.running, key=lambda r: (-r.params.priority, r.arrival))
+        while order and budget > 0:
+            req = order.pop(0)
+            num_new = min(req.num_tokens - req.num_computed, budget)
+            while not self.kv.allocate(req, num_new):
+                victim = order.pop() if order else req
+                self._preempt(victim, out)
+                if victim is req:
+                    break
+            else:
+                scheduled.append(ScheduledChunk(req, req.num_computed, num_new))
+                budget -= num_new
+        if not out.preempted:
+            # Admitting while requests are being preempted would only thrash.
+            budget = self._admit(scheduled, budget)
+        out.chunks = sorted(scheduled, key=lambda c: c.num_tokens > 1)
+        return out
+
+    def _admit(self, scheduled: list[ScheduledChunk], budget: int) -> int:
+        prefilling = {k for c in scheduled if (k := self.kv.next_key(c.request)) is not None and c.num_tokens > 1}
+        hits: dict[int, PrefixHit] = {}
+
+        def admissible(req: Request) -> bool:
+            hit = hits.setdefault(id(req), self.kv.lookup(req))
+            deferred = self._pending(req, hit, prefilling)
+            self.num_deferred += deferred
+            return not deferred
+
+        while budget > 0 and len(self.running) < self.config.max_batch:
+            req = self.waiting.peek(admissible)
+            if req is None:
+                break
+            # Looked up again: blocks admitted before it in this step may have evicted what the filter saw.
+            hit = self.kv.lookup(req)
+            num_new = min(req.num_tokens - hit.num_tokens(self.kv.block_size), budget)
+            # Keep a block per running request in hand, so the running ones can grow without a preemption.
+            if not self.kv.allocate(req, num_new, hit, reserve=len(self.running)):
+                break
+            self.waiting.take(1, where=lambda r, req=req: r is req)
+            if not req.admitted:
+                req.admitted = True
+                req.num_cached_tokens = min(req.num_computed, req.num_prompt_tokens)
+            req.status = JobStatus.RUNNING
+            self.running.append(req)
+            scheduled.append(ScheduledChunk(req, req.num_computed, num_new))
+            budget -= num_new
+            if num_new > 1 and (key := self.kv.next_key(req)) is not None:
+                prefilling.add(key)
+        return budget
+
+    def _pending(self, req: Request, hit: PrefixHit, prefilling: set[BlockKey]) -> bool:
+        """Whether another request is computing ``req``'s first missed block in this step."""
+        if not prefilling:
+            return False
+        return self.kv.next_key(req, hit.entries) in prefilling
+
+    def _preempt(self, req: Request, out: SchedulerOutput) -> None:
+        self.running.remove(req)
+        self.kv.free(req)
+        req.status = JobStatus.QUEUED
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        p = req.params
+        self.waiting.requeue(req, request_id=p.request_id, key=p.key, priority=p.priority, arrival=req.arrival)
+        out.preempted.append(req)
+
+    def update(self, out: SchedulerOutput) -> None:
+        """The step ran: its tokens' KV is in the cache."""
+        for chunk in out.chunks:
+            req = chunk.request
+            req.num_computed = chunk.start + chunk.num_tokens
+            self.kv.commit(req)
+
+    def waiting_requests(self) -> Iterable[Request]:
+        return iter(self.waiting)

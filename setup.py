@@ -1,0 +1,49 @@
+"""Builds the optional native extension ``ember._C`` (Ember's CPU kernels, registered as ``torch.ops.ember``).
+
+Everything else about the distribution is in pyproject.toml. The extension is built only where torch and a C++
+compiler are present at build time (``scripts/setup.sh`` installs with ``--no-build-isolation`` after torch); a
+build without them, or one whose compile fails, installs without it, and every op falls back to its pure-torch
+reference. ``EMBER_NATIVE=0`` skips it on purpose. Nothing here needs nvcc.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import Any
+
+from setuptools import setup
+
+SOURCES = ["csrc/torch_bindings.cpp", "csrc/cpu/paged_attention.cpp"]
+HEADERS = ["csrc/cpu/ops.h", "csrc/cpu/paged_attention_impl.h"]
+
+
+def native_extension() -> dict[str, Any]:
+    if os.environ.get("EMBER_NATIVE", "auto") == "0":
+        return {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        return {}  # an isolated build without torch
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        print("ember: no C++ compiler; building without ember._C", file=sys.stderr)
+        return {}
+
+    class OptionalBuild(BuildExtension):
+        """A failed compile leaves the extension out (with the reason) instead of failing the install."""
+
+        def build_extension(self, ext: Any) -> None:
+            try:
+                super().build_extension(ext)
+            except Exception as e:  # the compiler's own error is printed above this
+                if os.environ.get("EMBER_NATIVE") == "1":
+                    raise
+                print(f"ember: building {ext.name} failed ({e}); installing without it", file=sys.stderr)
+
+    # -fopenmp-simd: the kernels' `omp simd` loops vectorize; no OpenMP runtime is linked for them.
+    ext = CppExtension("ember._C", SOURCES, depends=HEADERS, extra_compile_args=["-O3", "-std=c++17", "-fopenmp-simd"])
+    return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuild}}
+
+
+setup(**native_extension())

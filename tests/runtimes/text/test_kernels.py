@@ -1,0 +1,88 @@
+"""ember._C's CPU ops against their pure-torch references, on random inputs with odd shapes.
+
+The extension is part of the install (scripts/setup.sh builds it); only EMBER_NATIVE=0 leaves it out on purpose,
+and then these tests check that the references take over.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from ember.runtimes.text import kernels
+from ember.runtimes.text.attention import paged_decode, paged_decode_native
+
+BUILT = os.environ.get("EMBER_NATIVE") != "0"
+
+
+def test_the_extension_is_built_unless_left_out_on_purpose() -> None:
+    assert kernels.available() == BUILT
+    if BUILT:
+        assert torch.ops.ember.cpu_isa() in ("avx512", "avx2", "baseline")
+
+
+def paged_inputs(
+    batch: int, heads: int, kv_heads: int, head_dim: int, block_size: int, longest: int, dtype: torch.dtype, seed: int
+) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    max_blocks = -(-longest // block_size)
+    num_blocks = batch * max_blocks + 3
+    k = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen).to(dtype)
+    v = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen).to(dtype)
+    k[0] = 0
+    v[0] = 0
+    # Each row's blocks anywhere in the cache, in any order; rows padded with the null block 0.
+    blocks = (torch.randperm(num_blocks - 1, generator=gen)[: batch * max_blocks] + 1).view(batch, max_blocks)
+    lens = torch.randint(1, longest + 1, (batch,), generator=gen, dtype=torch.int32)
+    lens[0] = longest
+    table = torch.zeros(batch, max_blocks, dtype=torch.int32)
+    for b in range(batch):
+        used = -(-int(lens[b]) // block_size)
+        table[b, :used] = blocks[b, :used].to(torch.int32)
+    q = torch.randn(batch, heads, head_dim, generator=gen).to(dtype)
+    return q, k, v, table, lens
+
+
+SHAPES = [
+    # batch, heads, kv_heads, head_dim, block_size, longest
+    (16, 9, 3, 64, 16, 300),  # SmolLM2-135M
+    (3, 12, 2, 128, 16, 100),  # Qwen2.5-1.5B
+    (5, 4, 4, 16, 4, 33),  # no grouping, a head_dim below one vector
+    (2, 6, 2, 24, 3, 7),  # a head_dim that is no multiple of a vector, odd block size
+    (1, 2, 1, 8, 16, 1),  # one token of context
+]
+
+
+@pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_paged_decode_equals_the_reference(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    q, k, v, table, lens = paged_inputs(*shape, dtype=dtype, seed=sum(shape))
+    expected = paged_decode_native(q, k, v, table, lens, int(lens.max()))
+    got = kernels.paged_decode(q, k, v, table, lens)
+    assert got.dtype == dtype and got.shape == q.shape
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got.float(), expected.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
+def test_paged_decode_passes_opcheck() -> None:
+    q, k, v, table, lens = paged_inputs(4, 6, 2, 32, 8, 40, torch.float32, seed=1)
+    out = torch.empty_like(q)
+    torch.library.opcheck(torch.ops.ember.paged_decode, (out, q, k, v, table, lens, 32**-0.5))
+
+
+@pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
+def test_paged_decode_refuses_a_block_outside_the_cache() -> None:
+    q, k, v, table, lens = paged_inputs(2, 4, 2, 16, 4, 9, torch.float32, seed=2)
+    table[0, 0] = k.shape[0]
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        kernels.paged_decode(q, k, v, table, lens)
+
+
+def test_the_dispatcher_takes_the_reference_for_what_the_kernel_does_not_cover() -> None:
+    q, k, v, table, lens = paged_inputs(3, 4, 2, 16, 4, 10, torch.float16, seed=3)
+    expected = paged_decode_native(q, k, v, table, lens, int(lens.max()))
+    torch.testing.assert_close(paged_decode(q, k, v, table, lens, int(lens.max())), expected)
