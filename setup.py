@@ -41,8 +41,16 @@ def native_extension() -> dict[str, Any]:
                     raise
                 print(f"ember: building {ext.name} failed ({e}); installing without it", file=sys.stderr)
 
-    # -fopenmp-simd: the kernels' `omp simd` loops vectorize; no OpenMP runtime is linked for them.
-    ext = CppExtension("ember._C", SOURCES, depends=HEADERS, extra_compile_args=["-O3", "-std=c++17", "-fopenmp-simd"])
+    # -fopenmp: at::parallel_for's OpenMP loop is inline in torch's headers and runs serially without it; the
+    # library links libgomp.so.1, which resolves to the one torch has loaded already (one thread pool, not two).
+    # gnu++17: GCC's generic vectors and fused multiply-adds, which ISO mode turns off.
+    ext = CppExtension(
+        "ember._C",
+        SOURCES,
+        depends=HEADERS,
+        extra_compile_args=["-O3", "-std=gnu++17", "-fopenmp"],
+        extra_link_args=["-fopenmp"],
+    )
     return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuild}}
 
 

@@ -1,15 +1,21 @@
 // Paged-attention decode for one instruction set. Included once per ISA by paged_attention.cpp, inside a
-// namespace and a `#pragma GCC target` region: the loops below are plain C++ that the compiler vectorizes for that
-// target (`omp simd` lets it reorder the float reductions, which it may not do on its own; built with
-// -fopenmp-simd, no OpenMP runtime involved), and the dispatcher picks the widest variant the CPU runs at call
-// time, never at build time.
+// namespace and a `#pragma GCC target` region: the kernel is written with GCC's generic vectors (16 floats), which
+// the compiler lowers to one AVX-512 register, two AVX2 registers or four SSE ones, and the dispatcher picks the
+// widest variant the CPU runs at call time, never at build time.
 //
 // Layouts (row-major):
 //   q, out        [B, H, hd]
 //   k/v cache     [num_blocks, block_size, KV, hd]
 //   block_table   [B, max_blocks] int32, context_lens [B] int32
-// Query head h reads KV head h / (H / KV) (grouped-query attention); each task is one (row, KV head) pair, so a
-// K/V row is read once for all the query heads of its group.
+// Query head h reads KV head h / (H / KV) (grouped-query attention). Each task is one (row, KV head) pair, so a
+// K/V row is read once for all the query heads of its group: pass 1 takes every score, then the softmax, then
+// pass 2 the weighted sum of V rows. Accumulation is in float32 whatever the storage type.
+
+constexpr int kLanes = 16;
+typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
+typedef float half_vec __attribute__((vector_size(kLanes / 2 * sizeof(float))));
+typedef uint16_t vec_u16 __attribute__((vector_size(kLanes * sizeof(uint16_t))));
+typedef uint32_t vec_u32 __attribute__((vector_size(kLanes * sizeof(uint32_t))));
 
 inline float load(const float* p, int64_t i) { return p[i]; }
 
@@ -19,6 +25,34 @@ inline float load(const uint16_t* p, int64_t i) {
   float f;
   std::memcpy(&f, &bits, sizeof f);
   return f;
+}
+
+inline vec load_vec(const float* p) {
+  vec v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline vec load_vec(const uint16_t* p) {
+#if defined(__AVX512F__)
+  // GCC splits the generic conversion below in two halves; one widening load does it here.
+  __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16);
+  return reinterpret_cast<vec>(w);
+#else
+  vec_u16 h;
+  std::memcpy(&h, p, sizeof h);
+  vec_u32 w = __builtin_convertvector(h, vec_u32) << 16;
+  vec v;
+  std::memcpy(&v, &w, sizeof v);
+  return v;
+#endif
+}
+
+inline float hsum(vec v) {
+  half_vec a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7);
+  half_vec b = __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+  a += b;
+  return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
 }
 
 inline void store(float* p, int64_t i, float x) { p[i] = x; }
@@ -52,18 +86,114 @@ inline float exp_nonpositive(float x) {
   return p * scale;
 }
 
+// q . k over hd values: whole vectors with two independent accumulators (the sum of two chains, not one long
+// one), then the tail one value at a time.
 template <typename T>
 inline float dot(const float* q, const T* k, int64_t hd) {
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < hd; ++i) sum += q[i] * load(k, i);
+  vec a = {}, b = {};
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= hd; i += 2 * kLanes) {
+    a += load_vec(q + i) * load_vec(k + i);
+    b += load_vec(q + i + kLanes) * load_vec(k + i + kLanes);
+  }
+  for (; i + kLanes <= hd; i += kLanes) a += load_vec(q + i) * load_vec(k + i);
+  float sum = hsum(a + b);
+  for (; i < hd; ++i) sum += q[i] * load(k, i);
   return sum;
 }
 
+// acc += w * v over hd values.
 template <typename T>
-inline void axpy(float* acc, float a, const T* v, int64_t hd) {
-#pragma omp simd
-  for (int64_t i = 0; i < hd; ++i) acc[i] += a * load(v, i);
+inline void axpy(float* acc, float w, const T* v, int64_t hd) {
+  int64_t i = 0;
+  for (; i + kLanes <= hd; i += kLanes) {
+    vec a = load_vec(acc + i) + w * load_vec(v + i);
+    std::memcpy(acc + i, &a, sizeof a);
+  }
+  for (; i < hd; ++i) acc[i] += w * load(v, i);
+}
+
+// Each head's scores [length] become softmax numerators e^(s - max), in place; inv_sum[h] = 1 / their sum (the
+// normalization is applied to the output once).
+inline void softmax_numerators(float* scores, float* inv_sum, int64_t length, int64_t group) {
+  for (int64_t h = 0; h < group; ++h) {
+    float* s = scores + h * length;
+    float m = s[0];
+#pragma omp simd reduction(max : m)
+    for (int64_t t = 0; t < length; ++t) m = s[t] > m ? s[t] : m;
+    float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t t = 0; t < length; ++t) {
+      s[t] = exp_nonpositive(s[t] - m);
+      sum += s[t];
+    }
+    inv_sum[h] = 1.0f / sum;
+  }
+}
+
+// One (row, KV head) task with head_dim HD known at compile time: a query head's vectors and its running sum stay
+// in registers while it walks a block of K or V rows (the block stays in L1 for the group's other heads).
+template <typename T, int HD>
+void attend_fixed(const float* query, float* acc, float* inv_sum, float* scores, const T* k_cache, const T* v_cache,
+                  const int32_t* table, int64_t length, int64_t group, int64_t block_size, int64_t row_stride,
+                  int64_t block_stride, int64_t g) {
+  constexpr int kVecs = HD / kLanes;
+  const int64_t num_blocks = (length + block_size - 1) / block_size;
+  for (int64_t j = 0; j < num_blocks; ++j) {
+    const int64_t t0 = j * block_size;
+    const int64_t rows = length - t0 < block_size ? length - t0 : block_size;
+    const T* k = k_cache + table[j] * block_stride + g * HD;
+    for (int64_t h = 0; h < group; ++h) {
+      vec qv[kVecs];
+      for (int c = 0; c < kVecs; ++c) qv[c] = load_vec(query + h * HD + c * kLanes);
+      float* s = scores + h * length + t0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* kr = k + r * row_stride;
+        vec a = qv[0] * load_vec(kr);
+        for (int c = 1; c < kVecs; ++c) a += qv[c] * load_vec(kr + c * kLanes);
+        s[r] = hsum(a);
+      }
+    }
+  }
+  softmax_numerators(scores, inv_sum, length, group);
+  std::fill(acc, acc + group * HD, 0.0f);
+  for (int64_t j = 0; j < num_blocks; ++j) {
+    const int64_t t0 = j * block_size;
+    const int64_t rows = length - t0 < block_size ? length - t0 : block_size;
+    const T* v = v_cache + table[j] * block_stride + g * HD;
+    for (int64_t h = 0; h < group; ++h) {
+      vec av[kVecs];
+      for (int c = 0; c < kVecs; ++c) av[c] = load_vec(acc + h * HD + c * kLanes);
+      const float* s = scores + h * length + t0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* vr = v + r * row_stride;
+        for (int c = 0; c < kVecs; ++c) av[c] += s[r] * load_vec(vr + c * kLanes);
+      }
+      std::memcpy(acc + h * HD, av, sizeof av);
+    }
+  }
+}
+
+// Any head_dim: one K or V row at a time, for every head of the group.
+template <typename T>
+void attend_any(const float* query, float* acc, float* inv_sum, float* scores, const T* k_cache, const T* v_cache,
+                const int32_t* table, int64_t length, int64_t group, int64_t head_dim, int64_t block_size,
+                int64_t row_stride, int64_t block_stride, int64_t g) {
+  const int64_t num_blocks = (length + block_size - 1) / block_size;
+  for (int64_t j = 0, t = 0; j < num_blocks; ++j) {
+    const T* k = k_cache + table[j] * block_stride + g * head_dim;
+    for (int64_t off = 0; off < block_size && t < length; ++off, ++t, k += row_stride) {
+      for (int64_t h = 0; h < group; ++h) scores[h * length + t] = dot(query + h * head_dim, k, head_dim);
+    }
+  }
+  softmax_numerators(scores, inv_sum, length, group);
+  std::fill(acc, acc + group * head_dim, 0.0f);
+  for (int64_t j = 0, t = 0; j < num_blocks; ++j) {
+    const T* v = v_cache + table[j] * block_stride + g * head_dim;
+    for (int64_t off = 0; off < block_size && t < length; ++off, ++t, v += row_stride) {
+      for (int64_t h = 0; h < group; ++h) axpy(acc + h * head_dim, scores[h * length + t], v, head_dim);
+    }
+  }
 }
 
 template <typename T>
@@ -72,8 +202,9 @@ void paged_decode(T* out, const T* q, const T* k_cache, const T* v_cache, const 
                   int64_t block_size, int64_t max_blocks, float scale) {
   const int64_t group = heads / kv_heads;
   const int64_t row_stride = kv_heads * head_dim;  // between consecutive tokens in the cache
+  const int64_t block_stride = block_size * row_stride;
   at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> query(group * head_dim), acc(group * head_dim), scores;
+    std::vector<float> query(group * head_dim), acc(group * head_dim), inv_sum(group), scores;
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / kv_heads, g = task % kv_heads;
       const int64_t length = context_lens[b];
@@ -83,33 +214,15 @@ void paged_decode(T* out, const T* q, const T* k_cache, const T* v_cache, const 
         for (int64_t i = 0; i < head_dim; ++i) query[h * head_dim + i] = load(src, i) * scale;
       }
       scores.resize(group * length);
-      // Pass 1: every score of the group's heads, one K row at a time.
-      for (int64_t t = 0; t < length; ++t) {
-        const int64_t slot = static_cast<int64_t>(table[t / block_size]) * block_size + t % block_size;
-        const T* k = k_cache + slot * row_stride + g * head_dim;
-        for (int64_t h = 0; h < group; ++h) scores[h * length + t] = dot(&query[h * head_dim], k, head_dim);
-      }
-      // Softmax numerators in place; the normalization is applied to the output once.
-      std::vector<float> inv_sum(group);
-      for (int64_t h = 0; h < group; ++h) {
-        float* s = &scores[h * length];
-        float m = s[0];
-#pragma omp simd reduction(max : m)
-        for (int64_t t = 0; t < length; ++t) m = s[t] > m ? s[t] : m;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t t = 0; t < length; ++t) {
-          s[t] = exp_nonpositive(s[t] - m);
-          sum += s[t];
-        }
-        inv_sum[h] = 1.0f / sum;
-      }
-      // Pass 2: the weighted sum of V rows.
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t t = 0; t < length; ++t) {
-        const int64_t slot = static_cast<int64_t>(table[t / block_size]) * block_size + t % block_size;
-        const T* v = v_cache + slot * row_stride + g * head_dim;
-        for (int64_t h = 0; h < group; ++h) axpy(&acc[h * head_dim], scores[h * length + t], v, head_dim);
+      if (head_dim == 64) {
+        attend_fixed<T, 64>(query.data(), acc.data(), inv_sum.data(), scores.data(), k_cache, v_cache, table, length, group,
+                            block_size, row_stride, block_stride, g);
+      } else if (head_dim == 128) {
+        attend_fixed<T, 128>(query.data(), acc.data(), inv_sum.data(), scores.data(), k_cache, v_cache, table, length, group,
+                             block_size, row_stride, block_stride, g);
+      } else {
+        attend_any(query.data(), acc.data(), inv_sum.data(), scores.data(), k_cache, v_cache, table, length, group, head_dim,
+                   block_size, row_stride, block_stride, g);
       }
       for (int64_t h = 0; h < group; ++h) {
         T* dst = out + (b * heads + g * group + h) * head_dim;

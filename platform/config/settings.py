@@ -82,7 +82,8 @@ class ModelSpec(_Section):
     # ...or an installed Python package that ships the weights, and a glob for the file inside it.
     package: str | None = None
     file: str = "*.gguf"
-    # "auto": bfloat16 where the hardware computes it natively, else float32 (ember.runtimes.dtypes).
+    # "auto": bfloat16 where the hardware computes it natively, else float32 (ember.runtimes.dtypes). Unset: "auto"
+    # for text (the KV cache is kept in the same dtype), float32 for the others.
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     # Where the model runs: "auto" is the first CUDA GPU when there is one, else the CPU (ember.runtimes.devices).
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
@@ -100,7 +101,7 @@ class ModelSpec(_Section):
     kv_block_size: int = Field(default=16, ge=1, le=1024)
     # Text: tokens computed per step, prefill chunks and decodes together; one step's prefill delays the running
     # decodes by at most this many tokens' worth of compute.
-    max_step_tokens: int = Field(default=256, ge=1, le=65536)
+    max_step_tokens: int = Field(default=512, ge=1, le=65536)
     # Text: reuse of computed prompt prefixes. "shared" between every request, "per_key" only between requests of
     # one API key (no timing side channel between tenants), or "off".
     prefix_cache: Literal["shared", "per_key", "off"] = "shared"
@@ -125,9 +126,9 @@ class ModelSpec(_Section):
 
     @model_validator(mode="before")
     @classmethod
-    def _batch_by_modality(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "max_batch" not in data and data.get("modality", Modality.TEXT) == Modality.TEXT:
-            data = {**data, "max_batch": 32}
+    def _text_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("modality", Modality.TEXT) == Modality.TEXT:
+            data = {"max_batch": 32, "dtype": "auto", **data}
         return data
 
     @model_validator(mode="after")

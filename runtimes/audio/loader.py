@@ -19,6 +19,7 @@ from whisper.model import ModelDimensions, Whisper
 from whisper.tokenizer import Tokenizer, get_tokenizer
 
 from ember.runtimes.audio.ct2_convert import convert
+from ember.runtimes.devices import resolve_device
 
 log = logging.getLogger("ember.audio.loader")
 
@@ -95,8 +96,9 @@ def converted_checkpoint(folder: Path, cache_dir: Path) -> Path:
 
 
 def load_whisper(path: Path, cache_dir: Path, device: torch.device | None = None) -> LoadedWhisper:
-    """A Whisper model on ``device`` (CUDA when there is one) from a checkpoint file or a CTranslate2 folder."""
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """A Whisper model on ``device`` (default: ``auto``, see ember.runtimes.devices) from a checkpoint file or a
+    CTranslate2 folder."""
+    device = device or resolve_device("auto")
     checkpoint_path = converted_checkpoint(path, cache_dir) if path.is_dir() else path
     try:
         # weights_only: a checkpoint is data, never code (the same guard whisper.load_model uses).

@@ -38,6 +38,7 @@ from ember.runtimes.audio.engine import (
 )
 from ember.runtimes.audio.loader import LoadedWhisper, load_whisper
 from ember.runtimes.audio.pipeline import Segment, Transcription, mel_of
+from ember.runtimes.devices import resolve_device
 from ember.runtimes.engine_thread import start_engine_thread
 
 log = logging.getLogger("ember.audio.worker")
@@ -197,12 +198,14 @@ async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedW
     spec = settings.model(model_id)
     path = resolve_weights(spec)
 
+    device = resolve_device(spec.device)
+
     def load() -> tuple[LoadedWhisper, AudioEngine]:
         torch.set_grad_enabled(False)
-        loaded = load_whisper(path, settings.cache_dir)
+        loaded = load_whisper(path, settings.cache_dir, device)
         return loaded, AudioEngine(loaded, EngineConfig(max_batch=spec.max_batch, max_waiting=spec.max_waiting))
 
-    log.info("loading %s from %s", model_id, path)
+    log.info("loading %s from %s on %s", model_id, path, device)
     return await start_engine_thread("ember-audio-model", load)
 
 

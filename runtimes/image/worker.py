@@ -29,6 +29,7 @@ from ember.bus.messages import ErrorInfo, ImageJob, ImagePreview, ImageProgress,
 from ember.bus.worker import JobHandler, ReplySink, WorkerHost, serve
 from ember.config import Settings
 from ember.config.weights import resolve_weights
+from ember.runtimes.devices import resolve_device
 from ember.runtimes.dtypes import resolve_dtype
 from ember.runtimes.engine_thread import start_engine_thread
 from ember.runtimes.image.engine import (
@@ -260,11 +261,14 @@ async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedP
     spec = settings.model(model_id)
     path = resolve_weights(spec)
 
+    device = resolve_device(spec.device)
+    dtype = resolve_dtype(spec.dtype, device)
+
     def load() -> tuple[LoadedPipeline, ImageEngine]:
-        loaded = load_pipeline(path, dtype=resolve_dtype(spec.dtype, "cpu"))
+        loaded = load_pipeline(path, dtype=dtype, device=str(device))
         return loaded, build_engine(loaded, spec.max_batch, spec.max_waiting)
 
-    log.info("loading %s from %s", model_id, path)
+    log.info("loading %s from %s on %s (%s)", model_id, path, device, dtype)
     return await start_engine_thread("ember-image-model", load)
 
 

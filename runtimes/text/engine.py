@@ -54,7 +54,7 @@ class EngineConfig:
     # Requests queued beyond the running ones before new ones are refused.
     max_waiting: int = 256
     # Tokens computed per step (decodes and prefill chunks together); bounds how long one step delays the decodes.
-    max_step_tokens: int = 256
+    max_step_tokens: int = 512
     # "shared": any request may reuse any cached prefix; "per_key": only those of its own API key (no timing side
     # channel between tenants); "off": no prefix caching.
     prefix_cache: PrefixCacheMode = "shared"

@@ -162,13 +162,21 @@ class DecoderStack(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # NOTE: built with its weight given, so nn.Embedding skips its random init: the model is built on the meta
+        # device (the loader assigns the checkpoint's tensors), and a normal_() there imports torch's Python
+        # decompositions, 73 MiB of a worker's resident memory for nothing.
+        weight = torch.empty(config.vocab_size, config.hidden_size)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, _weight=weight)
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
 class CausalLM(nn.Module):
-    """The equivalent of transformers' `LlamaForCausalLM` / `Qwen2ForCausalLM` / `MistralForCausalLM`."""
+    """The equivalent of transformers' `LlamaForCausalLM` / `Qwen2ForCausalLM` / `MistralForCausalLM`.
+
+    Built to receive a checkpoint (``loader.build_model`` makes it on the meta device and assigns the tensors): its
+    embedding starts uninitialized.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -55,28 +55,29 @@ class CacheConfig:
 
 
 class _HostBuffers:
-    """The step's inputs, written through numpy views; on a GPU, pinned and copied to device buffers."""
+    """The step's inputs, written through numpy views; on a GPU, pinned and copied to device buffers without waiting
+    (the decode step then makes no host sync until the sampler reads its tokens)."""
 
     def __init__(self, max_tokens: int, max_rows: int, max_blocks: int, device: torch.device) -> None:
         pin = device.type == "cuda"
-        self.ids = torch.zeros(max_tokens, dtype=torch.int64, pin_memory=pin)
-        self.positions = torch.zeros(max_tokens, dtype=torch.int64, pin_memory=pin)
-        self.slots = torch.zeros(max_tokens, dtype=torch.int64, pin_memory=pin)
-        self.block_table = torch.full((max_rows, max_blocks), NULL_BLOCK, dtype=torch.int32, pin_memory=pin)
-        self.context_lens = torch.zeros(max_rows, dtype=torch.int32, pin_memory=pin)
-        self.np_ids, self.np_positions, self.np_slots = self.ids.numpy(), self.positions.numpy(), self.slots.numpy()
-        self.np_block_table, self.np_context_lens = self.block_table.numpy(), self.context_lens.numpy()
-        self.device = device
-        self._on_device = {}
-        if pin:
-            self._on_device = {
-                name: torch.empty_like(getattr(self, name), device=device)
-                for name in ("ids", "positions", "slots", "block_table", "context_lens")
-            }
+        shapes = {
+            "ids": ((max_tokens,), torch.int64),
+            "positions": ((max_tokens,), torch.int64),
+            "slots": ((max_tokens,), torch.int64),
+            "block_table": ((max_rows, max_blocks), torch.int32),
+            "context_lens": ((max_rows,), torch.int32),
+            # The rows whose logits are sampled, and the blocks to zero before the step.
+            "sampled_rows": ((max_rows,), torch.int64),
+            "fresh_blocks": ((max_rows,), torch.int64),
+        }
+        self.host = {name: torch.zeros(shape, dtype=dtype, pin_memory=pin) for name, (shape, dtype) in shapes.items()}
+        self.np = {name: t.numpy() for name, t in self.host.items()}
+        self.np["block_table"].fill(NULL_BLOCK)
+        self._on_device = {name: torch.empty_like(t, device=device) for name, t in self.host.items()} if pin else {}
 
     def take(self, name: str, *index: slice) -> Tensor:
         """The first entries of a buffer as a tensor on the model's device."""
-        host = getattr(self, name)[index]
+        host = self.host[name][index]
         if not self._on_device:
             return host.contiguous()  # a copy only for the block table's [rows, width] corner
         device = self._on_device[name][index]
@@ -145,7 +146,7 @@ class ModelRunner:
         if out.chunks[: len(decodes)] != decodes:
             raise ValueError("single-token chunks must come first in the step")
         # Rows are rewritten only up to their own length: clear what the last step wrote, so padding is null.
-        buf.np_block_table[: self._table_rows, : self._table_width] = NULL_BLOCK
+        buf.np["block_table"][: self._table_rows, : self._table_width] = NULL_BLOCK
         row = 0
         fresh: list[int] = []
         last_rows: list[int] = []
@@ -158,30 +159,31 @@ class ModelRunner:
                 raise ValueError(f"{req.request_id}: position {end - 1} is beyond max_context={self.max_context}")
             if len(req.block_ids) * bs < end:
                 raise ValueError(f"{req.request_id}: {len(req.block_ids)} blocks cannot hold {end} tokens")
-            buf.np_ids[row : row + count] = req.token_ids[start:end]
+            buf.np["ids"][row : row + count] = req.token_ids[start:end]
             last = (end - 1) // bs * bs
             if end % bs and last >= start:
                 # The chunk enters its last block and leaves it part-filled: its unwritten slots are read (masked)
                 # until they fill up, and must hold finite numbers, not whatever the memory held.
                 fresh.append(req.block_ids[last // bs])
             if count == 1:
-                buf.np_positions[row] = start
-                buf.np_slots[row] = req.block_ids[start // bs] * bs + start % bs
+                buf.np["positions"][row] = start
+                buf.np["slots"][row] = req.block_ids[start // bs] * bs + start % bs
                 nb = -(-end // bs)
-                buf.np_block_table[i, :nb] = req.block_ids[:nb]
-                buf.np_context_lens[i] = end
+                buf.np["block_table"][i, :nb] = req.block_ids[:nb]
+                buf.np["context_lens"][i] = end
                 max_context = max(max_context, end)
             else:
                 pos = np.arange(start, end)
-                buf.np_positions[row : row + count] = pos
+                buf.np["positions"][row : row + count] = pos
                 table = np.asarray(req.block_ids, dtype=np.int64)
-                buf.np_slots[row : row + count] = table[pos // bs] * bs + pos % bs
+                buf.np["slots"][row : row + count] = table[pos // bs] * bs + pos % bs
                 prefills.append((row, count, start, req.block_ids[: -(-end // bs)]))
             row += count
             if chunk.samples:
                 last_rows.append(row - 1)
         if fresh:
-            self.cache.zero_blocks(torch.tensor(fresh, dtype=torch.int64, device=self.device))
+            buf.np["fresh_blocks"][: len(fresh)] = fresh
+            self.cache.zero_blocks(buf.take("fresh_blocks", slice(0, len(fresh))))
         d = len(decodes)
         batch = AttentionBatch(cache=self.cache, slots=buf.take("slots", slice(0, n)), num_decodes=d)
         if d:
@@ -201,5 +203,6 @@ class ModelRunner:
             batch.prefills.append(span)
         ids = buf.take("ids", slice(0, n))
         positions = buf.take("positions", slice(0, n))
-        rows = torch.tensor(last_rows, dtype=torch.int64, device=self.device)
+        buf.np["sampled_rows"][: len(last_rows)] = last_rows
+        rows = buf.take("sampled_rows", slice(0, len(last_rows)))
         return batch, ids, positions, rows

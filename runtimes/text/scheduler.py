@@ -33,7 +33,7 @@ class SchedulerConfig:
     max_batch: int = 32
     # Tokens computed per step, prefill chunks and decodes together: a long prompt delays the running decodes by
     # at most one such step.
-    max_step_tokens: int = 256
+    max_step_tokens: int = 512
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -143,7 +143,9 @@ class Scheduler:
         hits: dict[int, PrefixHit] = {}
 
         def admissible(req: Request) -> bool:
-            hit = hits.setdefault(id(req), self.kv.lookup(req))
+            hit = hits.get(id(req))
+            if hit is None:
+                hit = hits[id(req)] = self.kv.lookup(req)
             deferred = self._pending(req, hit, prefilling)
             self.num_deferred += deferred
             return not deferred

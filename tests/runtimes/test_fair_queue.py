@@ -79,3 +79,23 @@ def test_take_where_skips_what_it_rejects_and_leaves_it_in_place() -> None:
     assert q.take(2, where=lambda s: "-x" in s) == ["a-x1", "b-x0"]
     # The rejected keep their places and their keys' counts go on: a and b were served once, c not yet.
     assert len(q) == 4 and drain(q) == ["hi-y", "c-y0", "a-y0", "b-x1"]
+
+
+def test_peek_shows_the_next_item_and_leaves_it() -> None:
+    q: FairQueue[str] = FairQueue()
+    q.push("a", request_id="a", key="k", priority=0)
+    q.push("b", request_id="b", key="k", priority=1)
+    assert q.peek() == "b" and len(q) == 2
+    assert q.peek(lambda item: item != "b") == "a"
+    assert q.pop() == "b"
+
+
+def test_a_requeued_item_keeps_its_place_and_its_key_its_share() -> None:
+    q: FairQueue[str] = FairQueue()
+    first = q.push("a1", request_id="a1", key="a", priority=0)
+    q.push("a2", request_id="a2", key="a", priority=0)
+    assert q.pop() == "a1"
+    q.push("b1", request_id="b1", key="b", priority=0)
+    # a1 was given up (preempted): back ahead of a2, and a's count goes back to what it was.
+    q.requeue("a1", request_id="a1", key="a", priority=0, arrival=first)
+    assert drain(q) == ["a1", "b1", "a2"]

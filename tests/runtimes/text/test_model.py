@@ -211,3 +211,19 @@ def test_linear_kernels_equal_f_linear(bias: bool) -> None:
         expected = torch.nn.functional.linear(x, layer.weight, layer.bias)
         torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(layer(x[None]), expected[None], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mixed_steps_on_cuda_equal_the_cpu(checkpoint: Path) -> None:
+    """The same decodes and prefill chunks on a GPU runner (pinned host buffers, device block tables) and on the CPU."""
+    cpu_model, gpu_model = load_model(checkpoint), load_model(checkpoint, device="cuda")
+    prompts = [cpu_model.tokenizer.encode(p) for p in PROMPTS]
+    drivers = [Driver(new_runner(cpu_model)), Driver(new_runner(gpu_model, device="cuda"))]
+    logits = []
+    for driver in drivers:
+        a, b = driver.sequence(prompts[0]), driver.sequence(prompts[1])
+        driver.step((a, a.num_tokens), (b, 3))
+        driver.append(a, 9)
+        logits.append(driver.step((a, 1), (b, b.num_tokens - 3)).cpu())
+    torch.testing.assert_close(logits[1], logits[0], atol=1e-3, rtol=1e-3)
