@@ -55,6 +55,20 @@ inline float hsum(vec v) {
   return ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
 }
 
+// The lane sums of 16 vectors as one vector: lane i = the sum of a[i]'s lanes. A tree of pairwise even/odd
+// shuffles (15 shuffle pairs for 16 sums) instead of a horizontal sum per vector, which costs about as much alone.
+inline vec combine(vec a, vec b) {
+  return __builtin_shufflevector(a, b, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+         __builtin_shufflevector(a, b, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+inline vec hsum16(vec* a) {
+  for (int n = kLanes; n > 1; n /= 2) {
+    for (int i = 0; i < n / 2; ++i) a[i] = combine(a[2 * i], a[2 * i + 1]);
+  }
+  return a[0];
+}
+
 inline void store(float* p, int64_t i, float x) { p[i] = x; }
 
 inline void store(uint16_t* p, int64_t i, float x) {
@@ -131,27 +145,71 @@ inline void softmax_numerators(float* scores, float* inv_sum, int64_t length, in
   }
 }
 
+// A block's rows of one KV head as float32: the cache itself for float32 (rows `stride` apart), else converted
+// once into `buf` (rows HD apart), so the group's heads do not each convert the same bfloat16 rows again.
+struct FloatRows {
+  const float* p;
+  int64_t stride;
+};
+
+template <int HD>
+inline FloatRows as_float(const float* src, int64_t, int64_t row_stride, float*) {
+  return {src, row_stride};
+}
+
+template <int HD>
+inline FloatRows as_float(const uint16_t* src, int64_t rows, int64_t row_stride, float* buf) {
+  constexpr int kVecs = HD / kLanes;
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int c = 0; c < kVecs; ++c) {
+      vec v = load_vec(src + r * row_stride + c * kLanes);
+      std::memcpy(buf + r * HD + c * kLanes, &v, sizeof v);
+    }
+  }
+  return {buf, HD};
+}
+
+// Ask for a block's rows of one KV head ahead of use: blocks lie anywhere in the cache, so the hardware prefetcher,
+// which follows one stride, misses the jump to each next block.
+template <typename T, int HD>
+inline void prefetch_block(const T* rows, int64_t count, int64_t row_stride) {
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t r = 0; r < count; ++r) {
+    for (int64_t i = 0; i < HD; i += kLine) __builtin_prefetch(rows + r * row_stride + i);
+  }
+}
+
 // One (row, KV head) task with head_dim HD known at compile time: a query head's vectors and its running sum stay
 // in registers while it walks a block of K or V rows (the block stays in L1 for the group's other heads).
 template <typename T, int HD>
-void attend_fixed(const float* query, float* acc, float* inv_sum, float* scores, const T* k_cache, const T* v_cache,
-                  const int32_t* table, int64_t length, int64_t group, int64_t block_size, int64_t row_stride,
-                  int64_t block_stride, int64_t g) {
+void attend_fixed(const float* query, float* acc, float* inv_sum, float* scores, float* rows_buf, const T* k_cache,
+                  const T* v_cache, const int32_t* table, int64_t length, int64_t group, int64_t block_size,
+                  int64_t row_stride, int64_t block_stride, int64_t g) {
   constexpr int kVecs = HD / kLanes;
   const int64_t num_blocks = (length + block_size - 1) / block_size;
   for (int64_t j = 0; j < num_blocks; ++j) {
     const int64_t t0 = j * block_size;
     const int64_t rows = length - t0 < block_size ? length - t0 : block_size;
-    const T* k = k_cache + table[j] * block_stride + g * HD;
+    if (j + 1 < num_blocks) prefetch_block<T, HD>(k_cache + table[j + 1] * block_stride + g * HD, block_size, row_stride);
+    const FloatRows k = as_float<HD>(k_cache + table[j] * block_stride + g * HD, rows, row_stride, rows_buf);
     for (int64_t h = 0; h < group; ++h) {
       vec qv[kVecs];
       for (int c = 0; c < kVecs; ++c) qv[c] = load_vec(query + h * HD + c * kLanes);
       float* s = scores + h * length + t0;
-      for (int64_t r = 0; r < rows; ++r) {
-        const T* kr = k + r * row_stride;
-        vec a = qv[0] * load_vec(kr);
-        for (int c = 1; c < kVecs; ++c) a += qv[c] * load_vec(kr + c * kLanes);
-        s[r] = hsum(a);
+      for (int64_t r0 = 0; r0 < rows; r0 += kLanes) {
+        const int64_t n = rows - r0 < kLanes ? rows - r0 : kLanes;
+        vec a[kLanes];
+        for (int64_t r = 0; r < kLanes; ++r) {
+          if (r >= n) {
+            a[r] = vec{};  // past the context: never read (the slot may hold anything)
+            continue;
+          }
+          const float* kr = k.p + (r0 + r) * k.stride;
+          a[r] = qv[0] * load_vec(kr);
+          for (int c = 1; c < kVecs; ++c) a[r] += qv[c] * load_vec(kr + c * kLanes);
+        }
+        const vec sums = hsum16(a);
+        std::memcpy(s + r0, &sums, n * sizeof(float));
       }
     }
   }
@@ -160,13 +218,14 @@ void attend_fixed(const float* query, float* acc, float* inv_sum, float* scores,
   for (int64_t j = 0; j < num_blocks; ++j) {
     const int64_t t0 = j * block_size;
     const int64_t rows = length - t0 < block_size ? length - t0 : block_size;
-    const T* v = v_cache + table[j] * block_stride + g * HD;
+    if (j + 1 < num_blocks) prefetch_block<T, HD>(v_cache + table[j + 1] * block_stride + g * HD, block_size, row_stride);
+    const FloatRows v = as_float<HD>(v_cache + table[j] * block_stride + g * HD, rows, row_stride, rows_buf);
     for (int64_t h = 0; h < group; ++h) {
       vec av[kVecs];
       for (int c = 0; c < kVecs; ++c) av[c] = load_vec(acc + h * HD + c * kLanes);
       const float* s = scores + h * length + t0;
       for (int64_t r = 0; r < rows; ++r) {
-        const T* vr = v + r * row_stride;
+        const float* vr = v.p + r * v.stride;
         for (int c = 0; c < kVecs; ++c) av[c] += s[r] * load_vec(vr + c * kLanes);
       }
       std::memcpy(acc + h * HD, av, sizeof av);
@@ -205,6 +264,7 @@ void paged_decode(T* out, const T* q, const T* k_cache, const T* v_cache, const 
   const int64_t block_stride = block_size * row_stride;
   at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> query(group * head_dim), acc(group * head_dim), inv_sum(group), scores;
+    std::vector<float> rows_buf(block_size * head_dim);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / kv_heads, g = task % kv_heads;
       const int64_t length = context_lens[b];
@@ -215,10 +275,10 @@ void paged_decode(T* out, const T* q, const T* k_cache, const T* v_cache, const 
       }
       scores.resize(group * length);
       if (head_dim == 64) {
-        attend_fixed<T, 64>(query.data(), acc.data(), inv_sum.data(), scores.data(), k_cache, v_cache, table, length, group,
+        attend_fixed<T, 64>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache, v_cache, table, length, group,
                             block_size, row_stride, block_stride, g);
       } else if (head_dim == 128) {
-        attend_fixed<T, 128>(query.data(), acc.data(), inv_sum.data(), scores.data(), k_cache, v_cache, table, length, group,
+        attend_fixed<T, 128>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache, v_cache, table, length, group,
                              block_size, row_stride, block_stride, g);
       } else {
         attend_any(query.data(), acc.data(), inv_sum.data(), scores.data(), k_cache, v_cache, table, length, group, head_dim,

@@ -29,6 +29,8 @@ def covers(q: Tensor) -> bool:
 
 def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, context_lens: Tensor) -> Tensor:
     """``attention.paged_decode`` reading the blocks in place (no gathered copy of the context)."""
+    if not available():
+        raise RuntimeError("ember._C is not built: use attention.paged_decode, which falls back to torch")
     q = q.contiguous()
     out = torch.empty_like(q)
     torch.ops.ember.paged_decode(out, q, k_cache, v_cache, block_table, context_lens, q.shape[-1] ** -0.5)
