@@ -53,7 +53,7 @@ class EngineConfig:
     max_batch: int = 32
     # Requests queued beyond the running ones before new ones are refused.
     max_waiting: int = 256
-    # Tokens computed per step (decodes and prefill chunks together); bounds how long one step delays the decodes.
+    # Prompt tokens computed per step (decodes ride along); bounds how long one step delays the decodes.
     max_step_tokens: int = 512
     # "shared": any request may reuse any cached prefix; "per_key": only those of its own API key (no timing side
     # channel between tenants); "off": no prefix caching.
@@ -103,8 +103,11 @@ class TextEngine:
     def __init__(self, runner: ModelRunner, tokenizer: TextTokenizer, config: EngineConfig) -> None:
         if config.max_batch > runner.max_batch:
             raise ValueError(f"max_batch={config.max_batch} exceeds the runner's {runner.max_batch} rows")
-        if config.max_step_tokens > runner.max_step_tokens:
-            raise ValueError(f"max_step_tokens={config.max_step_tokens} exceeds the runner's {runner.max_step_tokens}")
+        scheduling = SchedulerConfig(config.max_batch, config.max_step_tokens)
+        if scheduling.step_capacity > runner.max_step_tokens:
+            raise ValueError(
+                f"a step of up to {scheduling.step_capacity} tokens exceeds the runner's {runner.max_step_tokens}"
+            )
         self.runner = runner
         self.tokenizer = tokenizer
         self.config = config
@@ -112,7 +115,7 @@ class TextEngine:
         self.kv = KVCacheManager(
             BlockPool(runner.cache.num_blocks, runner.block_size), caching=config.prefix_cache != "off"
         )
-        self.scheduler = Scheduler(SchedulerConfig(config.max_batch, config.max_step_tokens), self.kv)
+        self.scheduler = Scheduler(scheduling, self.kv)
         self.outputs = OutputProcessor(tokenizer, runner.max_context)
         self.sampler = Sampler()
         self.masks = TokenMasks(runner.vocab_size)

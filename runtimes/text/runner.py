@@ -4,9 +4,9 @@ Call cycle (engine thread only): ``execute(scheduler_output)`` turns the step's 
 ids, positions, the KV slot of every token, the decode rows' block tables), runs the model once over all of
 them, and returns the next-token logits of the chunks that reach their request's last token.
 
-Inputs are written into buffers allocated once at the largest step (``max_step_tokens`` tokens, ``max_batch``
-decode rows), through numpy views: no tensor is built per step from Python lists, and on a GPU the host buffers
-are pinned and copied over without waiting.
+Inputs are written into buffers allocated once at the largest step (``max_step_tokens`` tokens in all, at most
+``max_batch`` requests), through numpy views: no tensor is built per step from Python lists, and on a GPU the host
+buffers are pinned and copied over without waiting.
 """
 
 from __future__ import annotations

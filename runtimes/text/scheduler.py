@@ -1,9 +1,10 @@
 """What the next step computes: which requests, how many tokens each, and in which KV blocks.
 
-Every step is one forward over a flattened batch. ``schedule()`` fills it under a token budget::
+Every step is one forward over a flattened batch. ``schedule()`` fills it under a budget of prompt tokens::
 
-    running    every running request gets its next tokens: 1 when it decodes, a chunk of its prompt while it
-               prefills (highest priority, then oldest first; chunks stop where the budget does). A request that
+    running    every running request gets its next tokens: 1 when it decodes (outside the budget), a chunk of its
+               prompt while it prefills (highest priority, then oldest first; chunks stop where the budget does,
+               or a little past it to finish a prompt). A request that
                needs a new block when the pool is empty preempts the lowest-priority, newest running request:
                its blocks are freed and it waits again, to be recomputed later (mostly from the prefix cache).
     waiting    then new requests are admitted, in fair-queue order (priority, then the key served least, then
@@ -31,16 +32,26 @@ from ember.runtimes.text.request import Request
 class SchedulerConfig:
     # Requests running at once (their KV is in the pool; memory is bounded by the pool, not by this).
     max_batch: int = 32
-    # Tokens computed per step, prefill chunks and decodes together: a long prompt delays the running decodes by
-    # at most one such step.
+    # Prompt tokens computed per step (prefill chunks): a long prompt delays the running decodes by at most one such
+    # step. Decodes ride along outside it, one token per running request.
     max_step_tokens: int = 512
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError(f"max_batch={self.max_batch} must be at least 1")
-        if self.max_step_tokens < self.max_batch:
-            # Every running request must be able to decode in the same step.
-            raise ValueError(f"max_step_tokens={self.max_step_tokens} is below max_batch={self.max_batch}")
+        if self.max_step_tokens < 1:
+            raise ValueError(f"max_step_tokens={self.max_step_tokens} must be at least 1")
+
+    @property
+    def slack(self) -> int:
+        """How far a chunk may run past the budget to finish its prompt, rather than leave a stub of it to the
+        next step (where it would delay that request's first token by a whole step)."""
+        return self.max_step_tokens // 8
+
+    @property
+    def step_capacity(self) -> int:
+        """The most tokens one step can hold: a budget's worth of prompt, its slack, and a decode per request."""
+        return self.max_step_tokens + self.slack + self.max_batch
 
 
 @dataclass
@@ -121,9 +132,11 @@ class Scheduler:
         scheduled: list[ScheduledChunk] = []
         # Highest priority first, then oldest: preemption takes from the other end.
         order = sorted(self.running, key=lambda r: (-r.params.priority, r.arrival))
-        while order and budget > 0:
+        while order:
             req = order.pop(0)
-            num_new = min(req.num_tokens - req.num_computed, budget)
+            num_new = self._chunk(req.num_tokens - req.num_computed, budget)
+            if num_new == 0:
+                continue  # no budget left for its prompt in this step
             while not self.kv.allocate(req, num_new):
                 victim = order.pop() if order else req
                 self._preempt(victim, out)
@@ -131,14 +144,22 @@ class Scheduler:
                     break
             else:
                 scheduled.append(ScheduledChunk(req, req.num_computed, num_new))
-                budget -= num_new
+                budget -= num_new if num_new > 1 else 0
         if not out.preempted:
             # Admitting while requests are being preempted would only thrash.
-            budget = self._admit(scheduled, budget)
+            self._admit(scheduled, budget)
         out.chunks = sorted(scheduled, key=lambda c: c.num_tokens > 1)
         return out
 
-    def _admit(self, scheduled: list[ScheduledChunk], budget: int) -> int:
+    def _chunk(self, remaining: int, budget: int) -> int:
+        """How many of a request's ``remaining`` tokens to compute now, with ``budget`` prompt tokens left."""
+        if remaining == 1:
+            return 1  # a decode, or a prompt's last token: outside the budget
+        if remaining <= budget + self.config.slack:
+            return remaining
+        return max(budget, 0)
+
+    def _admit(self, scheduled: list[ScheduledChunk], budget: int) -> None:
         prefilling = {k for c in scheduled if (k := self.kv.next_key(c.request)) is not None and c.num_tokens > 1}
         hits: dict[int, PrefixHit] = {}
 
@@ -150,13 +171,15 @@ class Scheduler:
             self.num_deferred += deferred
             return not deferred
 
-        while budget > 0 and len(self.running) < self.config.max_batch:
+        while len(self.running) < self.config.max_batch:
             req = self.waiting.peek(admissible)
             if req is None:
                 break
             # Looked up again: blocks admitted before it in this step may have evicted what the filter saw.
             hit = self.kv.lookup(req)
-            num_new = min(req.num_tokens - hit.num_tokens(self.kv.block_size), budget)
+            num_new = self._chunk(req.num_tokens - hit.num_tokens(self.kv.block_size), budget)
+            if num_new == 0:
+                break
             # Keep a block per running request in hand, so the running ones can grow without a preemption.
             if not self.kv.allocate(req, num_new, hit, reserve=len(self.running)):
                 break
@@ -167,10 +190,9 @@ class Scheduler:
             req.status = JobStatus.RUNNING
             self.running.append(req)
             scheduled.append(ScheduledChunk(req, req.num_computed, num_new))
-            budget -= num_new
+            budget -= num_new if num_new > 1 else 0
             if num_new > 1 and (key := self.kv.next_key(req)) is not None:
                 prefilling.add(key)
-        return budget
 
     def _pending(self, req: Request, hit: PrefixHit, prefilling: set[BlockKey]) -> bool:
         """Whether another request is computing ``req``'s first missed block in this step."""

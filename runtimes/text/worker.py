@@ -34,6 +34,7 @@ from ember.runtimes.text.engine import EngineConfig, EngineOverloaded, GenerateR
 from ember.runtimes.text.grammar import GrammarCompiler, GrammarError, response_grammar
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.runner import CacheConfig, ModelRunner
+from ember.runtimes.text.scheduler import SchedulerConfig
 from ember.runtimes.text.tool_format import ToolCallParser, ToolFormat, choose_format
 
 log = logging.getLogger("ember.text.worker")
@@ -257,7 +258,7 @@ def build_engine(spec: ModelSpec, loaded: LoadedModel, device: torch.device, dty
         loaded.config,
         cache=cache,
         max_context=min(loaded.context_length, spec.max_context or loaded.context_length),
-        max_step_tokens=spec.max_step_tokens,
+        max_step_tokens=SchedulerConfig(spec.max_batch, spec.max_step_tokens).step_capacity,
         max_batch=spec.max_batch,
         device=device,
         dtype=dtype,

@@ -40,7 +40,7 @@ def make_engine(
     prefix_cache: str = "shared",
 ) -> TextEngine:
     runner = runner or new_runner(
-        loaded, num_blocks=num_blocks, block_size=block_size, max_step_tokens=16, max_batch=max_batch
+        loaded, num_blocks=num_blocks, block_size=block_size, max_step_tokens=64, max_batch=max_batch
     )
     config = EngineConfig(
         max_batch=max_batch,
@@ -229,7 +229,7 @@ class FlakyRunner(ModelRunner):
 
 
 async def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(loaded: LoadedModel) -> None:
-    runner = new_runner(loaded, num_blocks=64, max_step_tokens=16, max_batch=2, runner_class=FlakyRunner)
+    runner = new_runner(loaded, num_blocks=64, max_step_tokens=64, max_batch=2, runner_class=FlakyRunner)
     assert isinstance(runner, FlakyRunner)
     engine = make_engine(loaded, max_batch=2, runner=runner)
     try:
@@ -319,3 +319,19 @@ async def test_prefix_cache_modes(loaded: LoadedModel, mode: str, shared: bool) 
     assert bob[-1].usage is not None and alice[-1].usage is not None
     assert (bob[-1].usage.cached_tokens > 0) == shared
     assert (alice[-1].usage.cached_tokens > 0) == (mode != "off")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+async def test_batched_greedy_on_cuda_equals_transformers(tiny_model: Path) -> None:
+    loaded = load_model(tiny_model, device="cuda")
+    runner = new_runner(loaded, num_blocks=64, block_size=4, max_step_tokens=64, max_batch=3, device="cuda")
+    engine = TextEngine(runner, loaded.tokenizer, EngineConfig(max_batch=3, max_step_tokens=16))
+    engine.start()
+    try:
+        reqs = [request(loaded, f"r{i}", p, max_tokens=20) for i, p in enumerate(PROMPTS)]
+        results = await asyncio.gather(*(run(engine, r) for r in reqs))
+    finally:
+        engine.stop()
+    for req, outs in zip(reqs, results, strict=True):
+        assert tokens(outs) == hf_greedy(tiny_model, req.prompt_ids, 20), req.request_id

@@ -203,7 +203,7 @@ async def test_smollm_greedy_equals_transformers_under_load(smollm: LoadedModel,
     prompts = [smollm.tokenizer.encode(smollm.tokenizer.apply_chat_template(c)) for c in chats]
     longest = max(len(p) for p in prompts) + n
     # Room for about two and a half of the eight requests at once.
-    runner = new_runner(smollm, num_blocks=1 + 5 * longest // 2 // 16, block_size=16, max_step_tokens=64)
+    runner = new_runner(smollm, num_blocks=1 + 5 * longest // 2 // 16, block_size=16, max_step_tokens=128)
     engine = TextEngine(runner, smollm.tokenizer, EngineConfig(max_batch=8, max_step_tokens=64))
     engine.start()
     greedy = SamplingParams(temperature=0.0)

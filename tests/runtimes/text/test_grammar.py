@@ -54,7 +54,7 @@ ASK = (ChatMessage(role="user", content="What is the weather in Paris?"),)
 @pytest.fixture(scope="module")
 def handler(tiny_model: Path) -> TextJobHandler:
     loaded: LoadedModel = load_model(tiny_model)
-    runner = new_runner(loaded, num_blocks=1024, block_size=16, max_context=1024, max_step_tokens=64)
+    runner = new_runner(loaded, num_blocks=1024, block_size=16, max_context=1024, max_step_tokens=128)
     engine = TextEngine(runner, loaded.tokenizer, EngineConfig(max_batch=8, max_step_tokens=64))
     engine.start()
     yield TextJobHandler("tiny", loaded, engine)

@@ -24,7 +24,9 @@ def request(rid: str, prompt: list[int], max_tokens: int = 4, *, priority: int =
 def step(s: Scheduler) -> SchedulerOutput:
     """One step: schedule, 'run', sample 7 for every chunk that reaches its end, finish requests at max_tokens."""
     out = s.schedule()
-    assert out.num_tokens <= s.config.max_step_tokens
+    prompt_tokens = sum(c.num_tokens for c in out.chunks if c.num_tokens > 1)
+    assert prompt_tokens <= s.config.max_step_tokens + s.config.slack
+    assert out.num_tokens <= s.config.step_capacity
     assert len(out.chunks) <= s.config.max_batch
     s.update(out)
     for chunk in out.chunks:
@@ -46,22 +48,37 @@ def run_all(s: Scheduler, limit: int = 1000) -> list[SchedulerOutput]:
 
 
 def test_prefill_is_chunked_by_the_budget_and_mixed_with_decodes() -> None:
-    s = scheduler(step_tokens=16)
+    s = scheduler(step_tokens=16)  # 16 prompt tokens a step, and 2 of slack to finish a prompt
     short, long = request("short", [1, 2, 3]), request("long", list(range(10, 50)))  # 3 and 40 tokens
     s.add(short)
     step(s)  # short prefills alone and samples its first token
     s.add(long)
     out = step(s)
-    # short decodes (1 token, listed first) while long prefills 15 tokens in the same step.
-    assert [(c.request.request_id, c.num_tokens) for c in out.chunks] == [("short", 1), ("long", 15)]
+    # short decodes (1 token, listed first, outside the budget) while long prefills 16 tokens in the same step.
+    assert [(c.request.request_id, c.num_tokens) for c in out.chunks] == [("short", 1), ("long", 16)]
     assert not out.chunks[1].samples
     out = step(s)
-    assert out.num_scheduled_tokens == {"short": 1, "long": 15}
-    out = step(s)  # short's 4th token ends it; long's last 10 prompt tokens, and its first sample
-    assert out.num_scheduled_tokens == {"short": 1, "long": 10} and out.chunks[1].samples
+    assert out.num_scheduled_tokens == {"short": 1, "long": 16}
+    out = step(s)  # short's 4th token ends it; long's last 8 prompt tokens, and its first sample
+    assert out.num_scheduled_tokens == {"short": 1, "long": 8} and out.chunks[1].samples
     assert short.status == JobStatus.FINISHED_LENGTH and s.running == [long]
     run_all(s)
     assert long.output_ids == [7] * 4 and short.output_ids == [7] * 4
+
+
+def test_decodes_do_not_take_a_prompt_s_place_and_a_prompt_is_not_left_a_stub() -> None:
+    """Prompts of one budget each, arriving together, are each prefilled whole in one step: the decodes of those
+    before them ride along outside the budget, and a prompt a token or two over it is finished rather than leave
+    that token to delay its first output by a step."""
+    s = scheduler(step_tokens=16)
+    reqs = [request(f"r{i}", [i + 1] * (16 + i % 3)) for i in range(4)]  # 16, 17, 18, 16 tokens
+    for r in reqs:
+        s.add(r)
+    firsts = []
+    for _ in range(4):
+        out = step(s)
+        firsts += [c.request.request_id for c in out.chunks if c.num_tokens > 1 and c.samples]
+    assert firsts == ["r0", "r1", "r2", "r3"]  # one whole prompt per step
 
 
 def test_max_batch_limits_the_running_requests() -> None:
@@ -76,8 +93,8 @@ def test_max_batch_limits_the_running_requests() -> None:
 
 
 def test_a_full_pool_preempts_the_lowest_priority_newest_request_and_recomputes_it_later() -> None:
-    # 7 usable blocks of 2 tokens; three 3-token prompts growing to 9 tokens (5 blocks each) cannot all fit.
-    s = scheduler(blocks=8, block_size=2, max_batch=4, step_tokens=8, caching=False)
+    # 8 usable blocks of 2 tokens; three 3-token prompts growing to 9 tokens (5 blocks each) cannot all fit.
+    s = scheduler(blocks=9, block_size=2, max_batch=4, step_tokens=8, caching=False)
     vip = request("vip", [7, 8, 9], max_tokens=6, priority=1)
     old = request("old", [1, 2, 3], max_tokens=6)
     new = request("new", [4, 5, 6], max_tokens=6)
@@ -91,7 +108,7 @@ def test_a_full_pool_preempts_the_lowest_priority_newest_request_and_recomputes_
     assert vip.num_preemptions == 0
     for r in (old, new, vip):
         assert r.output_ids == [7] * 6  # a preempted request keeps what it generated and goes on
-    assert s.kv.pool.num_idle == 7  # every block came back
+    assert s.kv.pool.num_idle == 8  # every block came back
 
 
 def test_a_preempted_request_keeps_its_place_in_the_queue() -> None:
