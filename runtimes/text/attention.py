@@ -86,6 +86,8 @@ class AttentionBatch:
     cache: PagedKVCache
     # [N] int64: where each token's K/V is written.
     slots: Tensor
+    # N: the step's real tokens; rows past them are padding (runner.padded_rows), never written nor attended to.
+    num_tokens: int
     # Rows 0..num_decodes-1 are single-token chunks (decodes), each attending over its whole context.
     num_decodes: int = 0
     # [num_decodes, max_blocks] int32, padded with the null block; [num_decodes] int32.
@@ -100,8 +102,10 @@ class AttentionBatch:
 
 def attend(layer: int, q: Tensor, k: Tensor, v: Tensor, batch: AttentionBatch) -> Tensor:
     """Write this layer's new K/V into the cache and attend: q [N, H, hd], k/v [N, KV, hd] -> [N, H, hd]."""
-    batch.cache.write(layer, batch.slots, k, v)
+    n = batch.num_tokens
+    batch.cache.write(layer, batch.slots, k[:n], v[:n])
     out = torch.empty_like(q)
+    out[n:] = 0  # padding rows
     d = batch.num_decodes
     if d:
         assert batch.block_table is not None and batch.context_lens is not None
