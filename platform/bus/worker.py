@@ -261,13 +261,14 @@ def stop_event(stop: asyncio.Event | None) -> asyncio.Event:
     return stop
 
 
-async def serve(host: WorkerHost, what: str, stop: asyncio.Event | None = None) -> None:
-    """Serve ``host``'s jobs until ``stop`` (or a signal), then leave the queue group and drain the connection."""
+async def serve(host: WorkerHost, what: str, stop: asyncio.Event | None = None, drain_timeout_s: float = 10.0) -> None:
+    """Serve ``host``'s jobs until ``stop`` (or a signal), then leave the queue group, let running jobs finish for
+    up to ``drain_timeout_s`` (the rest are aborted cleanly) and drain the connection."""
     stop = stop_event(stop)
     try:
         await host.start()
         print(f"ember worker: {what} ready ({host.worker_id})", flush=True)
         await stop.wait()
     finally:
-        await host.stop()
+        await host.stop(drain_timeout_s)
         await host.nc.drain()
