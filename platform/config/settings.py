@@ -58,6 +58,8 @@ class GatewaySettings(_Section):
     port: int = Field(default=8000, ge=0, le=65535)
     # Bodies over this get 413 before they are read to the end.
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # JSON bodies nesting arrays and objects deeper than this get 400 (a tool's schema needs a dozen at most).
+    max_json_depth: int = Field(default=64, ge=4, le=512)
     # Longest wait for a worker to accept a job (it validates and queues it; generation comes after).
     accept_timeout_s: float = Field(default=30.0, gt=0)
     # A stream with no output for this long makes the gateway check that its worker is alive.
@@ -117,10 +119,12 @@ class ModelSpec(_Section):
     sampling: SamplingDefaults | None = None
     # How the model writes tool calls (ember.runtimes.text.tool_format). None: chosen from its chat template.
     tool_format: Literal["hermes", "llama3", "json"] | None = None
+    # false removes the model, a default one included (`[models.ember-shapes] enabled = false`).
+    enabled: bool = True
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if (self.path is None) == (self.package is None):
+        if self.enabled and (self.path is None) == (self.package is None):
             raise ValueError("set exactly one of 'path' or 'package'")
         return self
 
@@ -226,6 +230,20 @@ class Settings(BaseSettings):
         if isinstance(value, dict):
             return {**default_tiers(), **value}
         return value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models_extend_the_defaults(cls, value: Any) -> Any:
+        """[models.ID] in a config file replaces or adds that model; the other defaults stay, after the file's own
+        (the first image model configured is the images' default)."""
+        if isinstance(value, dict):
+            return {**value, **{k: v for k, v in default_models().items() if k not in value}}
+        return value
+
+    @field_validator("models", mode="after")
+    @classmethod
+    def _drop_disabled_models(cls, value: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        return {k: spec for k, spec in value.items() if spec.enabled}
 
     def tier(self, name: str) -> Tier:
         try:

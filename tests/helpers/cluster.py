@@ -16,6 +16,7 @@ import uvicorn
 
 from ember.bus.nats_server import free_port
 from ember.config import Settings
+from ember.config.settings import default_models
 from ember.gateway.app import create_app
 from ember.gateway.server import uvicorn_config
 
@@ -28,13 +29,18 @@ def toml_value(v: Any) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def only_models(models: dict[str, Any]) -> dict[str, Any]:
+    """``models`` plus ``enabled = false`` for every default model they do not name: these models and no others."""
+    return {**models, **{m: {"enabled": False} for m in default_models() if m not in models}}
+
+
 def write_config(path: Path, models: dict[str, dict[str, Any]], **sections: dict[str, Any]) -> Path:
-    """An ember.toml with these models (model id -> ModelSpec fields) and top-level sections."""
+    """An ember.toml with these models (model id -> ModelSpec fields), and no others, and top-level sections."""
     lines = []
     for name, values in sections.items():
         lines.append(f"[{name}]")
         lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-    for model_id, spec in models.items():
+    for model_id, spec in only_models(models).items():
         lines.append(f'[models."{model_id}"]')
         lines += [f"{k} = {toml_value(v)}" for k, v in spec.items()]
     path.write_text("\n".join(lines) + "\n")

@@ -108,8 +108,10 @@ def image_settings(folder: Path, model_id: str, **spec: object):  # type: ignore
     """Settings serving the pipeline in ``folder`` as image model ``model_id`` (dev mode, no keys)."""
     from ember.config import Settings
     from ember.config.settings import ModelSpec
+    from tests.helpers.cluster import only_models
 
-    return Settings(models={model_id: ModelSpec(modality="image", path=folder, **spec)}, auth={"enabled": False})
+    models = only_models({model_id: ModelSpec(modality="image", path=folder, **spec)})
+    return Settings(models=models, auth={"enabled": False})
 
 
 @contextlib.asynccontextmanager
