@@ -173,6 +173,8 @@ class TextJob(_Message):
     priority: int = 0
     # The API key it runs for; workers share their slots fairly between keys of one priority.
     key_id: str | None = None
+    # Unix time by which the job must be finished; the worker aborts it then (None: no deadline).
+    deadline: float | None = None
     # OpenAI tool objects ({"type": "function", "function": {"name", "description", "parameters"}}), already
     # checked by the gateway. The worker renders them into the prompt in the model's tool format and decodes
     # every call under a grammar, so each call it returns is JSON matching its tool's ``parameters``.
@@ -302,6 +304,8 @@ class ImageJob(_Message):
     mask_object: str | None = None
     priority: int = 0
     key_id: str | None = None
+    # Unix time by which the job must be finished; the worker aborts it then (None: no deadline).
+    deadline: float | None = None
     # Streaming: previews (the step's prediction of the final image) per image, evenly spaced over the steps;
     # 0 (the default, and what older senders mean): none. OpenAI's range.
     partial_images: int = Field(default=0, ge=0, le=3)
@@ -372,6 +376,8 @@ class AudioJob(_Message):
     word_timestamps: bool = False
     priority: int = 0
     key_id: str | None = None
+    # Unix time by which the job must be finished; the worker aborts it then (None: no deadline).
+    deadline: float | None = None
 
 
 class AudioWord(BaseModel):
@@ -425,6 +431,8 @@ class FunctionJob(_Message):
     timeout_s: float = Field(default=60.0, gt=0)
     priority: int = 0
     key_id: str | None = None
+    # Unix time by which the job must be finished; the worker aborts it then (None: no deadline).
+    deadline: float | None = None
 
 
 class FunctionResult(StreamReply):
@@ -456,6 +464,35 @@ class CancelJob(_Message):
     request_id: str
 
 
+class JobProbe(_Message):
+    """The gateway asking a job's worker where the job stands (a quiet stream, a gap, a reconnect).
+
+    With ``resend``, the worker publishes again, to the job's reply subject, every reply it still holds from
+    position ``next_seq`` on (-1: from the acceptance), so replies lost while the gateway was cut off from NATS
+    are recovered instead of waited for.
+    """
+
+    kind: Literal["probe"] = "probe"
+    request_id: str
+    next_seq: int = Field(default=0, ge=-1)
+    resend: bool = True
+
+
+class JobState(_Message):
+    """A worker's answer to a ``JobProbe``."""
+
+    kind: Literal["job_state"] = "job_state"
+    request_id: str
+    # False: the worker has no such job (never got it, or finished it long enough ago to forget).
+    known: bool
+    finished: bool = False
+    # Numbered replies sent so far; and whether all of them from ``next_seq`` on could be sent again.
+    sent: int = Field(default=0, ge=0)
+    resent: bool = False
+    # Seconds the worker's engine has been inside one step: a stuck engine answers probes but makes no progress.
+    stalled_s: float = Field(default=0.0, ge=0)
+
+
 class WorkerInfo(_Message):
     """A worker announcing itself: on start, every few seconds after, and (``leaving``) when it stops."""
 
@@ -469,8 +506,8 @@ class WorkerInfo(_Message):
     running: int = Field(default=0, ge=0)
     waiting: int = Field(default=0, ge=0)
     leaving: bool = False
-    # Announcements arrive at least this often; a worker silent for 3 intervals is gone.
-    interval_s: float = Field(default=2.0, gt=0)
+    # Announcements arrive at least this often; a worker silent for a few intervals is gone.
+    interval_s: float = Field(default=1.0, gt=0)
 
 
 class UsageRecord(_Message):
@@ -537,6 +574,14 @@ def decode_job(raw: bytes) -> Job:
 
 def decode_cancel(raw: bytes) -> CancelJob:
     return CancelJob.model_validate(_load(raw))
+
+
+def decode_probe(raw: bytes) -> JobProbe:
+    return JobProbe.model_validate(_load(raw))
+
+
+def decode_job_state(raw: bytes) -> JobState:
+    return JobState.model_validate(_load(raw))
 
 
 def decode_worker_info(raw: bytes) -> WorkerInfo:

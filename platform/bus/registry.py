@@ -1,4 +1,5 @@
-"""Which workers are alive, from their announcements; the gateway reads it for /v1/models and /readyz."""
+"""Which workers are alive, from their announcements; the gateway routes jobs by it and reads it for
+/v1/models and /readyz."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from dataclasses import dataclass, field
 
 from ember.bus.messages import Modality, WorkerInfo
 
-# A worker that missed this many announcements in a row is taken for gone.
-MISSED_ANNOUNCEMENTS = 3
+# A worker silent for this many announcement intervals is taken for gone (a beat may be late; three are not).
+MISSED_ANNOUNCEMENTS = 2.5
 
 
 @dataclass
 class WorkerRegistry:
+    # worker id -> (its last announcement, when it came)
     _workers: dict[str, tuple[WorkerInfo, float]] = field(default_factory=dict)
 
     def update(self, info: WorkerInfo, now: float | None = None) -> None:
@@ -31,6 +33,11 @@ class WorkerRegistry:
             if info.model == model:
                 del self._workers[wid]
 
+    def seen(self, worker_id: str) -> float | None:
+        """When the worker last announced itself (monotonic), or None if it is not (or no longer) known."""
+        entry = self._workers.get(worker_id)
+        return None if entry is None else entry[1]
+
     def alive(self, now: float | None = None) -> list[WorkerInfo]:
         now = time.monotonic() if now is None else now
         live = []
@@ -40,6 +47,10 @@ class WorkerRegistry:
             else:
                 live.append(info)
         return live
+
+    def serving(self, modality: Modality, model: str) -> list[WorkerInfo]:
+        """The live workers of one model."""
+        return [w for w in self.alive() if w.modality == modality and w.model == model]
 
     def models(self) -> dict[str, list[WorkerInfo]]:
         """Live model workers grouped by model id (functions are not models: see ``functions``)."""

@@ -1,8 +1,10 @@
 """The subject scheme: one place that says who publishes and who listens where.
 
 ember.v1.jobs.<modality>.<model>       jobs; the workers of one model share it as a queue group
+ember.v1.worker.<worker_id>.jobs       jobs sent to one worker the gateway knows is alive (the usual route)
 ember.v1.worker.<worker_id>.cancel     stop one job on the worker that runs it
-ember.v1.worker.<worker_id>.ping       liveness, asked when a stream goes quiet
+ember.v1.worker.<worker_id>.ping       liveness
+ember.v1.worker.<worker_id>.probe      where one job stands, and its lost replies sent again
 ember.v1.workers.announce              WorkerInfo heartbeats, to every gateway
 ember.v1.workers.discover              a gateway asking every worker to announce now
 ember.v1.reply.<gateway_id>.<n>        a job's reply stream back to the gateway that sent it
@@ -31,6 +33,14 @@ def jobs(modality: str, model: str) -> str:
 
 def queue_group(modality: str, model: str) -> str:
     return f"ember-{modality}-{token(model)}"
+
+
+def worker_jobs(worker_id: str) -> str:
+    return f"{PREFIX}.worker.{token(worker_id)}.jobs"
+
+
+def worker_probe(worker_id: str) -> str:
+    return f"{PREFIX}.worker.{token(worker_id)}.probe"
 
 
 def worker_cancel(worker_id: str) -> str:

@@ -1,10 +1,13 @@
-"""The bus side of every worker: take jobs from a model's queue group, answer pings, cancels and discovery.
+"""The bus side of every worker: take jobs, answer pings, probes, cancels and discovery.
 
 A runtime plugs in a ``JobHandler``; ``WorkerHost`` does the NATS part the same way for every modality::
 
-    start()   subscribe (jobs in the model's queue group, cancel, ping, discover), wait until the server has
-              the subscriptions, announce, heartbeat; a job sent once start() returns finds this worker
-    <job>     decode -> handler.handle(job, sink) in its own task; a bad message gets JobFailed, not a crash
+    start()   subscribe (jobs sent to this worker, jobs in the model's queue group, cancel, ping, probe,
+              discover), wait until the server has the subscriptions, announce, heartbeat; a job sent once
+              start() returns finds this worker
+    <job>     decode -> handler.handle(job, sink) in its own task; a bad message gets JobFailed, not a crash;
+              a job past its deadline is aborted; a job cancelled before it arrived never starts
+    <probe>   the job's state, and its replies from the gateway's next seq sent again (``ReplyLog``)
     stop()    announce leaving, stop taking jobs, let running ones finish (up to a grace period), close
 """
 
@@ -20,6 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -33,6 +37,7 @@ from ember.bus.messages import (
     Job,
     JobAccepted,
     JobFailed,
+    JobState,
     JobStatus,
     Modality,
     StreamReply,
@@ -43,8 +48,10 @@ from ember.bus.messages import (
     WorkerInfo,
     decode_cancel,
     decode_job,
+    decode_probe,
     encode,
 )
+from ember.bus.reply_log import ACCEPTED, ReplyLog
 
 log = logging.getLogger("ember.worker")
 
@@ -52,22 +59,35 @@ R = TypeVar("R", bound=StreamReply)
 
 
 class ReplySink:
-    """Sends one job's replies, numbering the chunks; ignores sends after the final one."""
+    """Sends one job's replies, numbering the chunks; ignores sends after the final one.
 
-    def __init__(self, nc: NATS, reply: str, request_id: str, worker_id: str) -> None:
+    Every message also goes to the worker's ``ReplyLog`` first, so a publish that fails or is lost (NATS
+    restarting) can be sent again when the gateway probes the job; a failed publish is therefore not an error.
+    """
+
+    def __init__(self, nc: NATS, reply: str, request_id: str, worker_id: str, log: ReplyLog | None = None) -> None:
         self._nc = nc
         self._reply = reply
         self.request_id = request_id
         self.worker_id = worker_id
+        self._log = log
         self._seq = 0
         self.closed = False
         self._received = time.perf_counter()
+
+    async def _publish(self, position: int, data: bytes, *, numbered: bool = False, final: bool = False) -> None:
+        if self._log is not None:
+            self._log.record(self.request_id, position, data, numbered=numbered, final=final)
+        try:
+            await self._nc.publish(self._reply, data)
+        except nats.errors.Error as e:  # reconnecting; the log has it for the gateway's probe
+            log.info("reply %d of %s not sent now (%s); kept for a resend", position, self.request_id, e)
 
     async def accepted(self, prompt_tokens: int, max_tokens: int | None = None) -> None:
         msg = JobAccepted(
             request_id=self.request_id, worker_id=self.worker_id, prompt_tokens=prompt_tokens, max_tokens=max_tokens
         )
-        await self._nc.publish(self._reply, encode(msg))
+        await self._publish(ACCEPTED, encode(msg))
 
     async def failed(self, error: ErrorInfo) -> None:
         """The job's last message, before or after acceptance."""
@@ -75,7 +95,7 @@ class ReplySink:
             return
         self.closed = True
         msg = JobFailed(request_id=self.request_id, worker_id=self.worker_id, error=error)
-        await self._nc.publish(self._reply, encode(msg))
+        await self._publish(self._seq, encode(msg), final=True)
 
     async def send(self, kind: type[R], status: JobStatus = JobStatus.RUNNING, **fields: Any) -> None:
         """Send one numbered reply of any modality; a finished ``status`` makes it the last."""
@@ -90,7 +110,7 @@ class ReplySink:
             **fields,
         )
         self._seq += 1
-        await self._nc.publish(self._reply, encode(msg))
+        await self._publish(msg.seq, encode(msg), numbered=True, final=status.finished)
 
     async def chunk(
         self,
@@ -124,9 +144,23 @@ class JobHandler(abc.ABC):
         """(running, waiting) jobs, for announcements."""
         return (0, 0)
 
+    def stalled_s(self) -> float:
+        """Seconds the engine has been inside its current step (0 between steps), for probes: a worker whose
+        event loop answers while its engine is stuck must not look healthy."""
+        return 0.0
+
 
 def internal_error(e: BaseException) -> ErrorInfo:
     return ErrorInfo(status=500, type="server_error", code="internal_error", message=f"worker failed: {e}")
+
+
+def deadline_error() -> ErrorInfo:
+    return ErrorInfo(status=504, type="server_error", code="deadline_exceeded", message="the job ran past its deadline")
+
+
+# Cancels that arrived before their job (the gateway gave up on one worker and sent the job to another) are
+# remembered this long, so the job is dropped when it does arrive rather than run for nobody.
+EARLY_CANCEL_TTL_S = 120.0
 
 
 @dataclass
@@ -134,19 +168,27 @@ class WorkerHost:
     nc: NATS
     handler: JobHandler
     worker_id: str = field(default_factory=lambda: f"w-{uuid.uuid4().hex[:12]}")
-    announce_every_s: float = 2.0
+    announce_every_s: float = 1.0
+    replies: ReplyLog = field(default_factory=ReplyLog)
+    _job_subs: list[Subscription] = field(default_factory=list, init=False)
     _subs: list[Subscription] = field(default_factory=list, init=False)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
+    _early_cancels: dict[str, float] = field(default_factory=dict, init=False)
     _heartbeat: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> None:
         h = self.handler
         sub = self.nc.subscribe
         group = subjects.queue_group(h.modality, h.model)
-        self._subs = [
+        self._job_subs = [
+            # Gateways send to a worker they know is alive; the queue group is for those that know none yet.
+            await sub(subjects.worker_jobs(self.worker_id), cb=self._on_job),
             await sub(subjects.jobs(h.modality, h.model), queue=group, cb=self._on_job),
+        ]
+        self._subs = [
             await sub(subjects.worker_cancel(self.worker_id), cb=self._on_cancel),
             await sub(subjects.worker_ping(self.worker_id), cb=self._on_ping),
+            await sub(subjects.worker_probe(self.worker_id), cb=self._on_probe),
             await sub(subjects.WORKERS_DISCOVER, cb=self._on_discover),
         ]
         # Announce and return only once the server has the subscriptions: a gateway may send a job the moment
@@ -162,9 +204,10 @@ class WorkerHost:
             self._heartbeat.cancel()
         with contextlib.suppress(Exception):
             await self.announce(leaving=True)
-        for s in self._subs[:1]:
+        for s in self._job_subs:
             with contextlib.suppress(Exception):
                 await s.unsubscribe()
+        self._job_subs.clear()
         if self._tasks:
             _, pending = await asyncio.wait(list(self._tasks.values()), timeout=grace_s)
             for rid, task in list(self._tasks.items()):
@@ -172,7 +215,7 @@ class WorkerHost:
                     self.handler.cancel(rid)
             if pending:
                 await asyncio.wait(pending, timeout=2.0)
-        for s in self._subs[1:]:
+        for s in self._subs:
             with contextlib.suppress(Exception):
                 await s.unsubscribe()
         self._subs.clear()
@@ -211,7 +254,11 @@ class WorkerHost:
             error = ErrorInfo(status=400, type="invalid_request_error", code="bad_job", message=f"bad job: {e}")
             await ReplySink(self.nc, msg.reply, "?", self.worker_id).failed(error)
             return
-        sink = ReplySink(self.nc, msg.reply, job.request_id, self.worker_id)
+        if self._early_cancels.pop(job.request_id, None) is not None or job.request_id in self._tasks:
+            log.info("dropping job %s: cancelled before it arrived, or already running here", job.request_id)
+            return
+        self.replies.open(job.request_id, msg.reply)
+        sink = ReplySink(self.nc, msg.reply, job.request_id, self.worker_id, self.replies)
         if JOB_MODALITY[job.kind] != self.handler.modality:
             kind = job.kind
             error = ErrorInfo(
@@ -222,11 +269,20 @@ class WorkerHost:
             )
             await sink.failed(error)
             return
+        if job.deadline is not None and job.deadline <= time.time():
+            await sink.failed(deadline_error())
+            return
         # Callbacks of one subscription run one after another: hand the job to its own task at once.
         task = asyncio.create_task(self._run(job, sink))
         self._tasks[job.request_id] = task
 
     async def _run(self, job: Job, sink: ReplySink) -> None:
+        timer = None
+        if job.deadline is not None:
+            # The engine ends the job as aborted; the gateway, past the same deadline, tells its client why.
+            timer = asyncio.get_running_loop().call_later(
+                max(0.0, job.deadline - time.time()), self.handler.cancel, job.request_id
+            )
         try:
             await self.handler.handle(job, sink)
         except Exception as e:
@@ -234,17 +290,53 @@ class WorkerHost:
             with contextlib.suppress(Exception):
                 await sink.failed(internal_error(e))
         finally:
+            if timer is not None:
+                timer.cancel()
             self._tasks.pop(job.request_id, None)
 
     async def _on_cancel(self, msg: Msg) -> None:
         try:
-            self.handler.cancel(decode_cancel(msg.data).request_id)
+            request_id = decode_cancel(msg.data).request_id
         except (ValidationError, WireVersionError, ValueError) as e:
             log.warning("ignoring a bad cancel: %s", e)
+            return
+        if request_id in self._tasks:
+            self.handler.cancel(request_id)
+        elif self.replies.get(request_id) is None:
+            now = time.monotonic()
+            self._early_cancels = {r: t for r, t in self._early_cancels.items() if now - t < EARLY_CANCEL_TTL_S}
+            self._early_cancels[request_id] = now
 
     async def _on_ping(self, msg: Msg) -> None:
         if msg.reply:
             await self.nc.publish(msg.reply, b"pong")
+
+    async def _on_probe(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            probe = decode_probe(msg.data)
+        except (ValidationError, WireVersionError, ValueError) as e:
+            log.warning("ignoring a bad probe: %s", e)
+            return
+        job = self.replies.get(probe.request_id)
+        resent = False
+        if job is not None and probe.resend:
+            lost = self.replies.since(probe.request_id, probe.next_seq)
+            if lost is not None:
+                resent = True
+                for data in lost:
+                    await self.nc.publish(job.reply, data)
+        state = JobState(
+            request_id=probe.request_id,
+            known=job is not None,
+            finished=job is not None and job.finished_at is not None,
+            sent=job.sent if job is not None else 0,
+            resent=resent,
+            stalled_s=self.handler.stalled_s(),
+        )
+        # The resent replies go out before the answer: the gateway may read them as soon as it has it.
+        await self.nc.publish(msg.reply, encode(state))
 
     async def _on_discover(self, msg: Msg) -> None:
         await self.announce()

@@ -62,8 +62,14 @@ class GatewaySettings(_Section):
     max_json_depth: int = Field(default=64, ge=4, le=512)
     # Longest wait for a worker to accept a job (it validates and queues it; generation comes after).
     accept_timeout_s: float = Field(default=30.0, gt=0)
-    # A stream with no output for this long makes the gateway check that its worker is alive.
+    # A stream with no output for this long makes the gateway probe its worker (alive? replies lost?).
     idle_probe_s: float = Field(default=1.0, gt=0)
+    # A worker whose engine has been inside one step for longer is stalled: its jobs fail with 503.
+    stall_limit_s: float = Field(default=30.0, gt=0)
+    # Every job's deadline: past it the worker stops the job and the client gets 504.
+    job_timeout_s: float = Field(default=600.0, gt=0)
+    # In-flight jobs wait this long for the gateway's NATS connection to come back, then fail with 503.
+    bus_outage_s: float = Field(default=30.0, gt=0)
 
 
 class NatsSettings(_Section):

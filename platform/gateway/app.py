@@ -50,8 +50,13 @@ def create_app(settings: Settings, nats_url: str) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nc = await connect(nats_url, name="ember-gateway")
+        g = settings.gateway
         timing = StreamTiming(
-            accept_timeout_s=settings.gateway.accept_timeout_s, idle_probe_s=settings.gateway.idle_probe_s
+            accept_timeout_s=g.accept_timeout_s,
+            idle_probe_s=g.idle_probe_s,
+            stall_limit_s=g.stall_limit_s,
+            job_timeout_s=g.job_timeout_s,
+            outage_limit_s=g.bus_outage_s,
         )
         client = JobClient(nc, timing=timing)
         await client.start()

@@ -16,7 +16,15 @@ from typing import Any
 import anyio
 
 from ember.bus.client import JobClient, JobRefused, JobStream
-from ember.bus.errors import NoWorkerError, ReplyTimeoutError, WorkerLostError
+from ember.bus.errors import (
+    BusError,
+    BusUnavailableError,
+    DeadlineExceededError,
+    NoWorkerError,
+    ReplyTimeoutError,
+    WorkerLostError,
+    WorkerStalledError,
+)
 from ember.bus.messages import ErrorInfo, JobStatus, TextChunk, TextJob, TokenLogprob, ToolCallDelta
 from ember.gateway.errors import GatewayError, ServiceUnavailable, UpstreamError
 from ember.gateway.quota import Quota
@@ -29,16 +37,32 @@ def bus_error(e: Exception, model: str) -> GatewayError:
         return UpstreamError(e.failed.error)
     if isinstance(e, NoWorkerError):
         return ServiceUnavailable(f"no worker is serving model {model!r} right now", code="no_worker")
+    if isinstance(e, WorkerStalledError):
+        return ServiceUnavailable(f"the worker serving this request stalled: {e}", code="worker_stalled")
     if isinstance(e, WorkerLostError):
         return ServiceUnavailable(f"the worker serving this request went away: {e}", code="worker_lost")
     if isinstance(e, ReplyTimeoutError):
         return ServiceUnavailable(f"model {model!r}: {e}", code="worker_timeout")
+    if isinstance(e, BusUnavailableError):
+        return ServiceUnavailable(f"the job bus is unavailable: {e}", code="bus_unavailable")
+    if isinstance(e, DeadlineExceededError):
+        return UpstreamError(ErrorInfo(status=504, type="server_error", code="timeout", message=str(e)))
     raise e
 
 
 async def start(bus: JobClient, jobs: list[TextJob], accept_timeout_s: float) -> list[JobStream[TextChunk]]:
-    """Publish all jobs and wait for every one to be accepted; on any refusal, cancel the rest and raise."""
-    streams = [await bus.submit(job) for job in jobs]
+    """Publish all jobs and wait for every one to be accepted; on any refusal, cancel the rest and raise.
+
+    The jobs of one request go to one worker where it can take them: they share their prompt's KV blocks.
+    """
+    streams: list[JobStream[TextChunk]] = []
+    try:
+        for job in jobs:
+            streams.append(await bus.submit(job, prefer=streams[0].target if streams else None))
+    except BusUnavailableError as e:
+        for s in streams:
+            await s.cancel()
+        raise bus_error(e, jobs[0].model) from e
     results = await asyncio.gather(*(s.wait_accepted(accept_timeout_s) for s in streams), return_exceptions=True)
     failures = [r for r in results if isinstance(r, BaseException)]
     if failures:
@@ -256,7 +280,7 @@ async def merged(streams: list[JobStream[TextChunk]], model: str) -> AsyncGenera
                 if chunk.status == JobStatus.FINISHED_ABORTED:
                     raise aborted_error()
                 yield 0, chunk
-        except (JobRefused, WorkerLostError, NoWorkerError) as e:
+        except (JobRefused, BusError) as e:
             raise bus_error(e, model) from e
         finally:
             with anyio.CancelScope(shield=True):  # see settled()

@@ -62,7 +62,7 @@ def model() -> str:
 @pytest.fixture
 async def client(nats_url: str):
     nc = await connect(nats_url, name="test-gateway")
-    c = JobClient(nc, timing=StreamTiming(idle_probe_s=0.2, ping_timeout_s=0.5, max_missed_pings=2))
+    c = JobClient(nc, timing=StreamTiming(idle_probe_s=0.2, probe_timeout_s=0.5, max_missed_probes=2))
     await c.start()
     yield c
     await c.stop()
@@ -123,6 +123,9 @@ async def test_workers_of_a_queue_group_share_the_load(client: JobClient, nats_u
     handlers = [SpellHandler(model), SpellHandler(model)]
     hosts = [await start_host(nats_url, h) for h in handlers]
     try:
+        # The gateway routes to the workers it has heard from: wait for both announcements.
+        while len(client.registry.serving(Modality.TEXT, model)) < 2:
+            await asyncio.sleep(0.02)
         results = await asyncio.gather(*(collect(client, job(model, f"j{i}")) for i in range(40)))
         assert results == [f"j{i}" for i in range(40)]
         counts = [len(h.handled) for h in handlers]
