@@ -166,8 +166,29 @@ class FunctionsSettings(_Section):
     max_concurrent: int = Field(default=32, ge=1, le=1024)
     # Model turns one orchestrated chat may take (a request's ember_max_steps may only lower it).
     max_steps: int = Field(default=8, ge=1, le=64)
-    # How long an async invocation's result stays readable at /v1/jobs/{id}.
+    # How long an async invocation's result stays readable at /v1/jobs/{id} (and a queued job waits for a worker).
     job_ttl_s: float = Field(default=24 * 3600.0, ge=60)
+    # Async jobs (ember.functions.queue): a job whose worker stops confirming it for ack_wait_s goes to another
+    # worker (a running job confirms every ack_wait_s / 3); after max_attempts such losses it fails (worker_lost).
+    ack_wait_s: float = Field(default=30.0, ge=1, le=3600)
+    max_attempts: int = Field(default=3, ge=1, le=20)
+    # A repeated Idempotency-Key within this window is dropped by the queue even before the job store sees it.
+    idempotency_window_s: float = Field(default=600.0, ge=1, le=24 * 3600)
+    # Hosts an async job's webhook_url may name (exact names, any port); empty: webhooks are refused (400).
+    webhook_hosts: list[str] = []
+    # The HMAC-SHA256 key of the Ember-Signature header; needed once webhook_hosts is set.
+    webhook_secret: str | None = Field(default=None, min_length=16)
+    # Deliveries of one webhook (a non-2xx answer or no answer is retried), the wait before the second one
+    # (doubling after each), and how long one delivery may take.
+    webhook_attempts: int = Field(default=5, ge=1, le=20)
+    webhook_backoff_s: float = Field(default=1.0, gt=0, le=300)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    @model_validator(mode="after")
+    def _webhooks_are_signed(self) -> FunctionsSettings:
+        if self.webhook_hosts and not self.webhook_secret:
+            raise ValueError("functions.webhook_hosts needs functions.webhook_secret (16+ characters) to sign with")
+        return self
 
 
 def default_models() -> dict[str, ModelSpec]:

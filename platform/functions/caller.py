@@ -69,6 +69,12 @@ class FunctionCaller:
         """The declaration of a live function; CallError 404 otherwise."""
         if not NAME_PATTERN.match(name) or name not in self.live():
             raise CallError(errors.not_found(name))
+        return await self.declared(name)
+
+    async def declared(self, name: str) -> FunctionInfo:
+        """The declaration of a function some worker served at some time, live or not; CallError 404 otherwise."""
+        if not NAME_PATTERN.match(name):
+            raise CallError(errors.not_found(name))
         now = time.monotonic()
         cached = self._declared.get(name)
         if cached is not None and now - cached[0] < CACHE_S:
@@ -78,6 +84,9 @@ class FunctionCaller:
             raise CallError(errors.not_found(name))
         self._declared[name] = (now, found)
         return found
+
+    def no_worker(self, name: str) -> CallError:
+        return _unavailable(f"no worker is serving function {name!r} right now", "no_worker")
 
     def _validator(self, fn: FunctionInfo) -> jsonschema.Draft202012Validator | str:
         """The input schema's validator, or what is wrong with the schema."""
@@ -155,7 +164,7 @@ class FunctionCaller:
         except JobRefused as e:
             raise CallError(e.failed.error) from e
         except NoWorkerError as e:
-            raise _unavailable(f"no worker is serving function {fn.name!r} right now", "no_worker") from e
+            raise self.no_worker(fn.name) from e
         except WorkerLostError as e:
             raise _unavailable(f"the worker running function {fn.name!r} went away: {e}", "worker_lost") from e
         except ReplyTimeoutError as e:

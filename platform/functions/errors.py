@@ -4,7 +4,8 @@
 404 function_not_found         no live worker serves a function by that name
 500 function_raised            the function raised; the message names the exception
 500 invalid_function_output    it returned something its return type does not allow (or not JSON)
-503 no_worker / worker_lost    the platform could not run it (from the bus)
+503 no_worker / worker_lost    the platform could not run it (from the bus; for an async job, its workers were
+                               lost functions.max_attempts times)
 504 function_timeout           it did not finish within its timeout_s
 """
 
@@ -61,4 +62,14 @@ def timed_out(name: str, timeout_s: float) -> ErrorInfo:
         type="function_error",
         code="function_timeout",
         message=f"function {name!r} did not finish within its timeout of {timeout_s:g}s",
+    )
+
+
+def workers_lost(name: str, attempts: int) -> ErrorInfo:
+    return ErrorInfo(
+        status=503,
+        type="server_error",
+        code="worker_lost",
+        message=f"function {name!r}: the job's worker was lost {attempts} times (functions.max_attempts); "
+        "it was not run again",
     )

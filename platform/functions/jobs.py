@@ -1,18 +1,28 @@
-"""Asynchronous invocations (``POST /v1/functions/{name}/invoke?async=true``): their state in JetStream KV.
+"""Asynchronous jobs (``POST /v1/functions/{name}/invoke?async=true``): their state in JetStream KV.
 
-Any gateway can answer ``GET /v1/jobs/{id}``: the one that runs the call writes its state here at each change,
-and entries expire ``functions.job_ttl_s`` after their last write. A gateway that dies mid-call leaves its jobs
-``running`` until they expire.
+The job itself travels on the job queue (``ember.functions.queue``); this store holds what ``GET /v1/jobs/{id}``
+shows, and it is the one place that decides a job's fate: every change is a compare-and-set on the entry's
+revision, so of two workers that both finish a redelivered job (or a worker finishing and a client cancelling)
+exactly one moves it to a finished state. Entries expire ``functions.job_ttl_s`` after their last write.
 
-    queued -> running -> succeeded | failed
+    queued -> running -> succeeded | failed | cancelled
+       |         ^  |
+       |         +--+  (its worker was lost: another worker takes it, up to functions.max_attempts times)
+       +-> cancelled
+
+Who writes: the gateway creates the entry (queued) and cancels; the worker that runs the job writes the rest, so
+a gateway that dies after its 202 changes nothing. A worker that dequeues a job before the gateway wrote its
+entry creates the entry itself from the queued message.
 """
 
 from __future__ import annotations
 
-import time
+import hashlib
+import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -24,11 +34,13 @@ from ember.bus.messages import ErrorInfo
 
 BUCKET = "ember_function_jobs"
 
-JobState = Literal["queued", "running", "succeeded", "failed"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINISHED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+WebhookState = Literal["pending", "delivered", "failed"]
 
 
 class FunctionJobRecord(BaseModel):
-    """One async invocation as ``GET /v1/jobs/{id}`` shows it (``key_id`` is kept back: only its owner reads it)."""
+    """One async invocation as ``GET /v1/jobs/{id}`` shows it (the fields in ``INTERNAL`` are kept back)."""
 
     model_config = ConfigDict(extra="forbid")
     id: str
@@ -36,21 +48,47 @@ class FunctionJobRecord(BaseModel):
     function: str
     status: JobState = "queued"
     created_at: float
+    started_at: float | None = None
     finished_at: float | None = None
     output: Any = None
     error: ErrorInfo | None = None
+    # Workers that took the job so far (a lost worker's job is taken again).
+    attempts: int = 0
+    webhook_url: str | None = None
+    webhook_status: WebhookState | None = None
     key_id: str
+    # The host running it (its cancel subject), and the queue message it runs from: a second message of the same
+    # job (an Idempotency-Key repeated after the queue's duplicate window) is dropped, not run beside it.
+    worker_id: str | None = None
+    message_seq: int | None = None
+    # What the job was asked to do, to refuse an Idempotency-Key reused for different work.
+    fingerprint: str = ""
+
+    INTERNAL: ClassVar[frozenset[str]] = frozenset({"key_id", "worker_id", "message_seq", "fingerprint"})
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
 
     def public(self) -> dict[str, Any]:
-        body = self.model_dump(mode="json", exclude={"key_id"})
+        body = self.model_dump(mode="json", exclude=set(self.INTERNAL))
         if self.error is not None:
             e = self.error
             body["error"] = {"message": e.message, "type": e.type, "param": e.param, "code": e.code, "status": e.status}
         return body
 
 
-def new_job_id() -> str:
-    return f"fnjob_{uuid.uuid4().hex}"
+def new_job_id(key_id: str, function: str, idempotency_key: str | None = None) -> str:
+    """A fresh id; or, with an Idempotency-Key, the same id for the same (key, function, Idempotency-Key)."""
+    if idempotency_key is None:
+        return f"fnjob_{uuid.uuid4().hex}"
+    digest = hashlib.sha256(json.dumps([key_id, function, idempotency_key]).encode()).hexdigest()
+    return f"fnjob_{digest[:32]}"
+
+
+def fingerprint(function: str, value: Any, timeout_s: float, webhook_url: str | None) -> str:
+    canonical = json.dumps([function, value, timeout_s, webhook_url], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass
@@ -66,17 +104,54 @@ class JobStore:
             kv = await js.create_key_value(config)
         return cls(kv)
 
-    async def create(self, function: str, key_id: str) -> FunctionJobRecord:
-        record = FunctionJobRecord(id=new_job_id(), function=function, created_at=time.time(), key_id=key_id)
-        await self.put(record)
-        return record
+    async def create(self, record: FunctionJobRecord) -> FunctionJobRecord:
+        """Write ``record`` unless its id has an entry already; returns whichever is stored."""
+        try:
+            await self.kv.create(record.id, _encode(record))
+            return record
+        except nats.js.errors.KeyWrongLastSequenceError:
+            found = await self.get(record.id)
+            if found is None:  # expired between the two calls
+                return await self.create(record)
+            return found
 
     async def put(self, record: FunctionJobRecord) -> None:
-        await self.kv.put(record.id, record.model_dump_json().encode())
+        await self.kv.put(record.id, _encode(record))
 
     async def get(self, job_id: str) -> FunctionJobRecord | None:
+        found = await self._read(job_id)
+        return found[0] if found else None
+
+    async def change(
+        self, job_id: str, edit: Callable[[FunctionJobRecord], FunctionJobRecord | None]
+    ) -> FunctionJobRecord | None:
+        """Apply ``edit`` to the stored record, compare-and-set, again on a conflict; returns what is stored.
+
+        ``edit`` returns the new record, or None to leave the entry as it is (the change no longer applies).
+        Returns None when there is no entry.
+        """
+        while True:
+            found = await self._read(job_id)
+            if found is None:
+                return None
+            record, revision = found
+            changed = edit(record)
+            if changed is None:
+                return record
+            try:
+                await self.kv.update(job_id, _encode(changed), last=revision)
+                return changed
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # someone wrote in between: read again and decide again
+
+    async def _read(self, job_id: str) -> tuple[FunctionJobRecord, int] | None:
         try:
             entry = await self.kv.get(job_id)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError, nats.js.errors.InvalidKeyError):
             return None
-        return FunctionJobRecord.model_validate_json(entry.value or b"{}")
+        assert entry.revision is not None
+        return FunctionJobRecord.model_validate_json(entry.value or b"{}"), entry.revision
+
+
+def _encode(record: FunctionJobRecord) -> bytes:
+    return record.model_dump_json().encode()

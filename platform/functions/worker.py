@@ -6,6 +6,10 @@ A call's life: the job's input is validated against the function's input model (
 job is accepted, the function runs (``async`` ones on the loop, plain ones on a thread pool) under its timeout,
 and its return value, checked against the return type, goes back as one ``FunctionResult``. Whatever the
 function does (raise, hang, return junk) becomes a ``JobFailed`` for that call; the worker itself never dies.
+
+Async jobs (``?async=true``) take the same path from the job queue instead (``ember.functions.queue``): each
+function's host also pulls its function's queued jobs, and ``ember.functions.runner`` records their state,
+usage and webhook, so that a job survives the loss of its gateway and of its worker.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import contextlib
 import logging
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,11 +33,14 @@ from ember.bus.connection import connect
 from ember.bus.messages import FunctionJob, FunctionResult, JobStatus, Modality, encode
 from ember.bus.worker import JobHandler, ReplySink, WorkerHost, stop_event
 from ember.config import Settings
-from ember.functions import context, errors
+from ember.functions import context, errors, queue
 from ember.functions.builtins import builtin_functions
 from ember.functions.catalog import FunctionCatalog
+from ember.functions.jobs import JobStore
 from ember.functions.loader import load_modules
 from ember.functions.registry import FunctionRegistry, info
+from ember.functions.runner import Outcome, QueuedJobs
+from ember.usage import stream as usage_stream
 
 log = logging.getLogger("ember.functions.worker")
 
@@ -73,15 +80,28 @@ class FunctionHandler(JobHandler):
             task.cancel()
 
     async def handle(self, job: FunctionJob, sink: ReplySink) -> None:
+        outcome = await self.execute(job, accepted=lambda: sink.accepted(prompt_tokens=0))
+        if outcome.aborted:
+            await sink.send(FunctionResult, JobStatus.FINISHED_ABORTED)
+        elif outcome.error is not None:
+            await sink.failed(outcome.error)
+        else:
+            await sink.send(FunctionResult, JobStatus.FINISHED_STOPPED, output=outcome.output)
+
+    async def execute(self, job: FunctionJob, accepted: Callable[[], Awaitable[None]] | None = None) -> Outcome:
+        """Run one call to its end, from a request over the bus or from the job queue (``ember.functions.runner``).
+
+        ``accepted`` is awaited once the input has been checked, before the call waits for a slot.
+        """
         name = self.defn.name
         try:
             kwargs = self.defn.parse_input(job.input)
         except pydantic.ValidationError as e:
             err = e.errors()[0]
             param = ".".join(str(p) for p in err["loc"]) or None
-            await sink.failed(errors.bad_input(name, err["msg"], param))
-            return
-        await sink.accepted(prompt_tokens=0)
+            return Outcome(error=errors.bad_input(name, err["msg"], param))
+        if accepted is not None:
+            await accepted()
         rt = self.runtime
         context.enter(context.CallContext(rt.bus, rt.blobs, rt.settings, job.request_id, job.key_id, job.priority))
         self._waiting += 1
@@ -94,24 +114,20 @@ class FunctionHandler(JobHandler):
                 output = await asyncio.wait_for(task, job.timeout_s)
             except TimeoutError:
                 log.warning("function %s: call %s timed out after %gs", name, job.request_id, job.timeout_s)
-                await sink.failed(errors.timed_out(name, job.timeout_s))
-                return
+                return Outcome(error=errors.timed_out(name, job.timeout_s))
             except asyncio.CancelledError:
                 if job.request_id not in self._cancelled:
                     raise  # the worker itself is stopping
-                await sink.send(FunctionResult, JobStatus.FINISHED_ABORTED)
-                return
+                return Outcome(aborted=True)
             except errors.FunctionFailed as e:
-                await sink.failed(e.info)
-                return
+                return Outcome(error=e.info)
             except Exception as e:
                 log.warning("function %s raised on call %s", name, job.request_id, exc_info=True)
-                await sink.failed(errors.raised(name, e))
-                return
+                return Outcome(error=errors.raised(name, e))
             finally:
                 self._calls.pop(job.request_id, None)
                 self._cancelled.discard(job.request_id)
-        await self._reply(sink, output)
+        return self._checked(job.request_id, output)
 
     async def _call(self, kwargs: dict[str, Any]) -> Any:
         if self.defn.is_async:
@@ -124,20 +140,19 @@ class FunctionHandler(JobHandler):
 
         return await in_daemon_thread(run, f"ember-fn-{self.defn.name}")
 
-    async def _reply(self, sink: ReplySink, value: Any) -> None:
+    def _checked(self, request_id: str, value: Any) -> Outcome:
+        """The return value as JSON, once checked against the return type and the bus's message size."""
         name = self.defn.name
         try:
             output = self.defn.dump_output(value)
         except (pydantic_core.PydanticSerializationError, ValueError, TypeError) as e:
-            await sink.failed(errors.bad_output(name, str(e).splitlines()[0]))
-            return
-        # The reply is one NATS message; a bigger one would be refused by the server and the call would hang.
-        size = len(encode(FunctionResult(request_id=sink.request_id, seq=0, output=output)))
+            return Outcome(error=errors.bad_output(name, str(e).splitlines()[0]))
+        # The reply (or the job's record) is one NATS message; a bigger one would be refused by the server.
+        size = len(encode(FunctionResult(request_id=request_id, seq=0, output=output)))
         if size > self.runtime.max_payload:
             limit = self.runtime.max_payload
-            await sink.failed(errors.bad_output(name, f"{size} bytes of JSON, over the bus's limit of {limit}"))
-            return
-        await sink.send(FunctionResult, JobStatus.FINISHED_STOPPED, output=output)
+            return Outcome(error=errors.bad_output(name, f"{size} bytes of JSON, over the bus's limit of {limit}"))
+        return Outcome(output=output)
 
 
 async def in_daemon_thread(fn: Callable[[], Any], name: str) -> Any:
@@ -215,16 +230,35 @@ async def run_functions_worker(
     for i, defn in enumerate(registry):
         await catalog.publish(info(defn))
         hosts.append(WorkerHost(nc, FunctionHandler(defn, runtime), worker_id=f"{base}-{i}"))
+    await usage_stream.ensure_stream(js)  # async jobs are billed from here
+    await queue.ensure_stream(js, settings.functions)
+    store = await JobStore.open(js, settings.functions.job_ttl_s)
     stop = stop_event(stop)
+    queued: list[QueuedJobs] = []
     try:
         for host in hosts:
             await host.start()
+            h = host.handler
+            assert isinstance(h, FunctionHandler)
+            queued.append(
+                await QueuedJobs.start(
+                    nc,
+                    store,
+                    settings.functions,
+                    modality=h.modality,
+                    model=h.model,
+                    executor=h,
+                    worker_id=host.worker_id,
+                    capacity=h.max_batch,
+                )
+            )
         names = ", ".join(d.name for d in registry)
         print(f"ember worker: functions ready ({base}): {names}", flush=True)
         await stop.wait()
     finally:
-        for host in hosts:
-            with contextlib.suppress(Exception):
-                await host.stop(grace_s=5.0)
+        # Queued jobs still running after the grace period go back to the queue for another worker.
+        grace = 5.0
+        stopping = [*(q.stop(grace) for q in queued), *(host.stop(grace) for host in hosts)]
+        await asyncio.gather(*stopping, return_exceptions=True)
         await bus.stop()
         await nc.drain()

@@ -1,20 +1,23 @@
-"""Functions over HTTP: list them, invoke one (sync or ``?async=true``), and poll an async invocation.
+"""Functions over HTTP: list them, invoke one (sync or ``?async=true``), and poll or cancel an async invocation.
 
     GET  /v1/functions                     live functions with their input and output schemas
     GET  /v1/functions/{name}              one of them
     POST /v1/functions/{name}/invoke       {"input": {...}, "timeout_s": 30}  -> {"output": ...}
-    POST ...?async=true                    -> 202 {"id": "fnjob_...", "status": "queued"}
-    GET  /v1/jobs/{id}                     queued | running | succeeded (output) | failed (error)
+    POST ...?async=true                    {..., "webhook_url": ...} -> 202 {"id": "fnjob_...", "status": "queued"}
+    GET  /v1/jobs/{id}                     queued | running | succeeded (output) | failed (error) | cancelled
+    POST /v1/jobs/{id}/cancel              -> the job, cancelled; 409 if it had finished
 
 A call is charged to the caller's key like a request (``Quota``, modality ``function``); the input is checked
-against the function's schema before any quota is spent or any work done.
+against the function's schema before any quota is spent or any work done. A sync call of a function that no
+live worker serves is a 503 ``no_worker`` (a name no worker ever declared is a 404); an async one is queued all
+the same (202): the queue keeps it until a worker comes. Async jobs are admitted here (rate limits) and billed
+by the worker that runs them (``ember.functions.runner``), once each, under their job id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -25,13 +28,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ember.bus.client import JobClient
-from ember.bus.messages import ErrorInfo, FunctionInfo, Modality
+from ember.bus.messages import FunctionInfo, FunctionJob, Modality
 from ember.config import Settings
+from ember.functions.async_jobs import AsyncJobs, IdempotencyConflict, JobFinished
 from ember.functions.caller import CallError, CallResult, FunctionCaller
 from ember.functions.catalog import FunctionCatalog
-from ember.functions.jobs import FunctionJobRecord, JobStore
+from ember.functions.webhook import WebhookRefused, check_url
 from ember.gateway.auth import current_key
-from ember.gateway.errors import GatewayError, NotFound, UpstreamError
+from ember.gateway.errors import GatewayError, InvalidRequest, NotFound, UpstreamError
 from ember.gateway.generation import settled
 from ember.gateway.quota import Quota
 from ember.gateway.routes.common import parse_body
@@ -46,14 +50,25 @@ class InvokeRequest(BaseModel):
     input: dict[str, Any] = {}
     # None: the function's own timeout, else functions.default_timeout_s.
     timeout_s: float | None = Field(default=None, gt=0)
+    # Async only: POSTed the finished job (ember.functions.webhook); its host must be in functions.webhook_hosts.
+    webhook_url: str | None = Field(default=None, max_length=2048)
+
+
+class Conflict(GatewayError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+# Longer keys are refused rather than cut: two keys that differ only past the cut would name one job.
+MAX_IDEMPOTENCY_KEY = 255
 
 
 async def setup(app: Starlette, bus: JobClient, js: JetStreamContext, settings: Settings) -> None:
-    """The function catalog, the caller and the async job store, on ``app.state`` (at gateway start)."""
+    """The function catalog, the caller and the async jobs (their queue and store), on ``app.state``."""
     catalog = await FunctionCatalog.open(js)
     app.state.functions = FunctionCaller(bus, catalog, settings.functions, settings.gateway.accept_timeout_s)
-    app.state.function_jobs = await JobStore.open(js, settings.functions.job_ttl_s)
-    app.state.function_tasks = set()
+    app.state.function_jobs = await AsyncJobs.open(js, bus, settings.functions)
 
 
 def caller(request: Request) -> FunctionCaller:
@@ -96,29 +111,26 @@ async def _resolve(c: FunctionCaller, name: str) -> FunctionInfo:
 
 async def invoke(request: Request) -> Response:
     c = caller(request)
-    fn = await _resolve(c, request.path_params["name"])
+    name = request.path_params["name"]
+    try:
+        fn = await c.declared(name)
+    except CallError as e:
+        raise NotFound(e.info.message, code=e.info.code, param="name") from None
     body = await parse_body(request, InvokeRequest)
     try:
         c.check_input(fn, body.input)
         timeout_s = c.timeout(fn, body.timeout_s)
     except CallError as e:
         raise UpstreamError(e.info) from None
-    run_async = request.query_params.get("async", "false").lower() in ("1", "true", "yes")
+    if request.query_params.get("async", "false").lower() in ("1", "true", "yes"):
+        return await submit(request, fn, body, timeout_s)
+    if body.webhook_url is not None:
+        raise InvalidRequest("webhook_url is for async invocations (?async=true) only", param="webhook_url")
+    if name not in c.live():
+        raise UpstreamError(c.no_worker(name).info)
     quota = await Quota.open(request, fn.name)
     quota.modality = Modality.FUNCTION
     request_id: str = request.state.request_id
-    if run_async:
-        store: JobStore = request.app.state.function_jobs
-        try:
-            record = await store.create(fn.name, quota.key.id)
-        except Exception:
-            await settled(quota.close(status="internal_error", refund=True))
-            raise
-        task = asyncio.create_task(_run_job(c, store, record, fn, body.input, timeout_s, quota))
-        tasks: set[asyncio.Task[None]] = request.app.state.function_tasks
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        return JSONResponse(record.public(), status_code=202, headers=quota.headers())
     result = await metered_call(c, quota, fn, body.input, request_id=request_id, timeout_s=timeout_s)
     return JSONResponse(
         {
@@ -130,6 +142,43 @@ async def invoke(request: Request) -> Response:
         },
         headers={"x-ember-worker": result.worker_id, **quota.headers()},
     )
+
+
+async def submit(request: Request, fn: FunctionInfo, body: InvokeRequest, timeout_s: float) -> Response:
+    """Queue an async invocation: 202 once the queue holds it, whether or not a worker serves it now."""
+    settings: Settings = request.app.state.settings
+    if body.webhook_url is not None:
+        try:
+            check_url(body.webhook_url, settings.functions.webhook_hosts)
+        except WebhookRefused as e:
+            raise InvalidRequest(str(e), code="invalid_webhook_url", param="webhook_url") from None
+    idempotency_key = request.headers.get("idempotency-key")
+    if idempotency_key is not None and not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", param="Idempotency-Key")
+    quota = await Quota.open(request, fn.name)
+    quota.modality = Modality.FUNCTION
+    jobs: AsyncJobs = request.app.state.function_jobs
+    job = FunctionJob(
+        request_id=request.state.request_id,
+        model=fn.name,
+        input=body.input,
+        timeout_s=timeout_s,
+        priority=quota.tier.priority,
+    )
+    try:
+        record = await jobs.submit(
+            job, key_id=quota.key.id, webhook_url=body.webhook_url, idempotency_key=idempotency_key
+        )
+    except IdempotencyConflict as e:
+        await settled(quota.close(status="idempotency_key_reused"))
+        raise Conflict(str(e), code="idempotency_key_reused", param="Idempotency-Key") from None
+    except Exception:
+        await settled(quota.close(status="internal_error", refund=True))
+        raise
+    # Admitted here; the worker that runs the job writes its one usage record, under the job id, when it ends.
+    quota.usage = None
+    await settled(quota.close())
+    return JSONResponse(record.public(), status_code=202, headers=quota.headers())
 
 
 async def metered_call(
@@ -151,42 +200,30 @@ async def metered_call(
         await settled(quota.close(status=status, refund=status in ("no_worker", "worker_lost")))
 
 
-async def _run_job(
-    c: FunctionCaller,
-    store: JobStore,
-    record: FunctionJobRecord,
-    fn: FunctionInfo,
-    value: dict[str, Any],
-    timeout_s: float,
-    quota: Quota,
-) -> None:
-    """An async invocation, in the background: its state goes to the job store at each step."""
-    try:
-        await store.put(record.model_copy(update={"status": "running"}))
-        result = await metered_call(c, quota, fn, value, request_id=record.id, timeout_s=timeout_s)
-        final = record.model_copy(update={"status": "succeeded", "output": result.output})
-    except GatewayError as e:
-        error = ErrorInfo(status=e.status, type=e.type, code=e.code, message=e.message, param=e.param)
-        final = record.model_copy(update={"status": "failed", "error": error})
-    except Exception as e:
-        log.exception("async function job %s failed", record.id)
-        error = ErrorInfo(status=500, type="server_error", code="internal_error", message=f"the call failed: {e}")
-        final = record.model_copy(update={"status": "failed", "error": error})
-    finally:
-        await settled(quota.close(status="internal_error"))  # a no-op when the call closed it
-    try:
-        await store.put(final.model_copy(update={"finished_at": time.time()}))
-    except Exception:  # the bus is gone; the job stays "running" until its entry expires
-        log.exception("async function job %s: its result could not be stored", record.id)
+def _job_id(request: Request) -> str:
+    return str(request.path_params["id"])
+
+
+def _no_job(job_id: str) -> NotFound:
+    return NotFound(f"no job {job_id!r} (jobs are kept for a limited time)", code="job_not_found", param="id")
 
 
 async def get_job(request: Request) -> Response:
-    store: JobStore = request.app.state.function_jobs
-    job_id = request.path_params["id"]
-    record = await store.get(job_id)
-    # Another key's job is as absent as an expired one.
-    if record is None or record.key_id != current_key(request).id:
-        raise NotFound(f"no job {job_id!r} (jobs are kept for a limited time)", code="job_not_found", param="id")
+    jobs: AsyncJobs = request.app.state.function_jobs
+    record = await jobs.get(_job_id(request), current_key(request).id)
+    if record is None:
+        raise _no_job(_job_id(request))
+    return JSONResponse(record.public())
+
+
+async def cancel_job(request: Request) -> Response:
+    jobs: AsyncJobs = request.app.state.function_jobs
+    try:
+        record = await jobs.cancel(_job_id(request), current_key(request).id)
+    except JobFinished as e:
+        raise Conflict(f"job {e.record.id!r} has already {e.record.status}", code="job_finished", param="id") from None
+    if record is None:
+        raise _no_job(_job_id(request))
     return JSONResponse(record.public())
 
 
@@ -196,4 +233,5 @@ def routes() -> list[Route]:
         Route("/v1/functions/{name}", retrieve, methods=["GET"]),
         Route("/v1/functions/{name}/invoke", invoke, methods=["POST"]),
         Route("/v1/jobs/{id}", get_job, methods=["GET"]),
+        Route("/v1/jobs/{id}/cancel", cancel_job, methods=["POST"]),
     ]
