@@ -154,6 +154,18 @@ class AuthSettings(_Section):
 
 class FunctionsSettings(_Section):
     """Functions (``ember worker functions``) and the orchestration of server-executed tools in chat."""
+class AudioSettings(_Section):
+    """What an audio worker accepts as an upload; the rest is refused with 400 before any model work."""
+
+    # Longest audio one request may hold. Read from the file's header before decoding (and enforced while
+    # decoding, since a header may lie).
+    max_duration_s: float = Field(default=1800.0, gt=0, le=24 * 3600)
+    # Longest one upload may take to decode; past it, 400.
+    decode_timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    # Uploads one worker decodes at once, on threads of their own; more wait (already accepted) for a turn.
+    decode_threads: int = Field(default=2, ge=1, le=64)
+
+
 
     # Importable modules of @ember.function's that `ember serve`'s functions worker loads (next to the built-ins).
     modules: list[str] = []
@@ -246,6 +258,7 @@ class Settings(BaseSettings):
         init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource,
         dotenv_settings: PydanticBaseSettingsSource,
+    audio: AudioSettings = AudioSettings()
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _FileSource(settings_cls))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from whisper import timing
-from whisper.audio import HOP_LENGTH, N_FRAMES, SAMPLE_RATE, log_mel_spectrogram
+from whisper.audio import HOP_LENGTH, N_FFT, N_FRAMES, SAMPLE_RATE, mel_filters
 from whisper.decoding import DecodingOptions, DecodingResult
 from whisper.model import Whisper
 from whisper.timing import add_word_timestamps
@@ -227,5 +227,37 @@ class Transcription:
 
 
 def mel_of(samples: np.ndarray, n_mels: int) -> torch.Tensor:
-    """The log-mel of 16 kHz mono samples with 30 s of trailing silence, ``[n_mels, frames + N_FRAMES]``."""
-    return log_mel_spectrogram(torch.from_numpy(samples), n_mels, padding=N_FRAMES * HOP_LENGTH)
+    """The log-mel of 16 kHz mono samples with 30 s of trailing silence, ``[n_mels, frames + N_FRAMES]``.
+
+    Whisper's ``log_mel_spectrogram(samples, n_mels, padding=N_FRAMES * HOP_LENGTH)``, computed a window of
+    frames at a time: the whole STFT of a 30-minute file at once would hold about a gigabyte of buffers, for a
+    result of 58 MB. Each frame sees the same samples as in whisper's one pass, so the numbers are the same.
+    """
+    audio = torch.from_numpy(samples)
+    frames = (audio.numel() + N_FRAMES * HOP_LENGTH) // HOP_LENGTH  # whisper drops the STFT's last frame
+    window = torch.hann_window(N_FFT)
+    filters = mel_filters(audio.device, n_mels)
+    out = torch.empty(n_mels, frames)
+    for first in range(0, frames, N_FRAMES):
+        last = min(frames, first + N_FRAMES)
+        piece = _stft_input(audio, first * HOP_LENGTH, (last - 1) * HOP_LENGTH + N_FFT)
+        stft = torch.stft(piece, N_FFT, HOP_LENGTH, window=window, center=False, return_complex=True)
+        out[:, first:last] = (filters @ stft.abs().square_()).clamp_(min=1e-10).log10_()
+    torch.maximum(out, out.max() - 8.0, out=out)
+    return out.add_(4.0).div_(4.0)
+
+
+def _stft_input(audio: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Samples ``[start, stop)`` of what whisper's centred STFT reads: the audio followed by 30 s of zeros,
+    reflected by N_FFT / 2 samples at either end. (The reflection at the right end lies in the zeros.)"""
+    half, n = N_FFT // 2, audio.numel()
+    out = torch.zeros(stop - start)
+    if start < half:  # the mirrored head: position i reads padded[half - i]
+        index = torch.arange(half - start, half - min(stop, half), -1)
+        inside = index < n
+        out[: index.numel()][inside] = audio[index[inside]]
+    lo, hi = max(start, half) - half, min(stop - half, n)  # the audio itself: position i reads audio[i - half]
+    if hi > lo:
+        at = lo + half - start
+        out[at : at + hi - lo] = audio[lo:hi]
+    return out

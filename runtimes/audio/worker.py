@@ -2,11 +2,14 @@
 
 Replies for one job::
 
-    JobAccepted (prompt_tokens=0)          the file decoded as audio; the engine queued it
+    JobAccepted (prompt_tokens=0)          the file's header read: a supported container, audio within the cap
     AudioSegment (n)                       each segment as soon as its 30 s window is decoded
     AudioResult (final)                    the whole text, the language, the audio's duration in seconds
 
-Bad input (not audio, truncated, empty, an unknown language) gets JobFailed with a 400 before JobAccepted.
+Bad input that shows before decoding (not a supported container, no audio stream, a header over the duration
+cap, an unknown language) gets JobFailed with a 400 instead of JobAccepted. Decoding comes after acceptance, on a
+few threads of the worker's own, so a slow or hostile upload never delays the acceptance of other jobs; what
+decoding finds (a damaged file, audio past the cap, a decode past its deadline) is a JobFailed 400 after it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import base64
 import binascii
 import contextlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
@@ -25,8 +30,9 @@ from ember.bus.connection import connect
 from ember.bus.messages import AudioJob, AudioResult, AudioSegment, AudioWord, ErrorInfo, JobStatus, Modality
 from ember.bus.worker import JobHandler, ReplySink, WorkerHost, internal_error, serve
 from ember.config import Settings
+from ember.config.settings import AudioSettings
 from ember.config.weights import resolve_weights
-from ember.runtimes.audio.decode import AudioDecodeError, decode_audio
+from ember.runtimes.audio.decode import AudioDecodeError, decode_audio, probe
 from ember.runtimes.audio.engine import (
     Aborted,
     AudioEngine,
@@ -43,8 +49,8 @@ from ember.runtimes.engine_thread import start_engine_thread
 
 log = logging.getLogger("ember.audio.worker")
 
-# Longest audio a job may hold (25 MB of 8 kHz 8-bit mono is ~52 min); longer is refused, not queued for hours.
-MAX_AUDIO_SECONDS = 4 * 3600.0
+# Reading a header is quick for every allowed container; this only bounds a pathological one.
+PROBE_TIMEOUT_S = 5.0
 
 
 class RequestError(Exception):
@@ -67,22 +73,49 @@ def language_code(language: str | None) -> str | None:
     raise RequestError(f"language={language!r} is not a language Whisper knows", "invalid_language", "language")
 
 
+@dataclass
+class _Decoding:
+    """An accepted job whose upload is being decoded: not in the engine yet, so a cancel is noted here."""
+
+    cancelled: bool = False
+
+
 class AudioJobHandler(JobHandler):
     modality = Modality.AUDIO
 
-    def __init__(self, model_id: str, loaded: LoadedWhisper, engine: AudioEngine, blobs: BlobStore | None) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        loaded: LoadedWhisper,
+        engine: AudioEngine,
+        blobs: BlobStore | None,
+        limits: AudioSettings | None = None,
+    ) -> None:
         self.model = model_id
         self.loaded = loaded
         self.engine = engine
         self.blobs = blobs
+        self.limits = limits or AudioSettings()
         self.max_batch = engine.config.max_batch
         self.context_length = loaded.model.dims.n_text_ctx
+        # Decoding has threads of its own: a slow upload waits for one of these, never for the event loop's pool.
+        self.decoder = ThreadPoolExecutor(self.limits.decode_threads, thread_name_prefix="ember-audio-decode")
+        self._decoding: dict[str, _Decoding] = {}
 
     def load(self) -> tuple[int, int]:
-        return self.engine.load()
+        running, waiting = self.engine.load()
+        return running, waiting + len(self._decoding)
 
     def cancel(self, request_id: str) -> None:
-        self.engine.abort(request_id)
+        decoding = self._decoding.get(request_id)
+        if decoding is not None:
+            decoding.cancelled = True
+        else:
+            self.engine.abort(request_id)
+
+    def close(self) -> None:
+        """Stop taking decodes; one in progress ends at its deadline."""
+        self.decoder.shutdown(wait=False, cancel_futures=True)
 
     async def audio_bytes(self, job: AudioJob) -> bytes:
         if job.audio_b64 is not None:
@@ -99,8 +132,8 @@ class AudioJobHandler(JobHandler):
                 ) from None
         raise RequestError("an audio job needs audio_b64 or audio_object", "invalid_value", "file")
 
-    def prepare(self, job: AudioJob, data: bytes) -> Transcription:
-        """Decode the upload and set up its transcription; raises RequestError for bad input."""
+    def language(self, job: AudioJob) -> str | None:
+        """The job's language as whisper's code, checked against the model; raises RequestError."""
         language = language_code(job.language)
         if not self.loaded.multilingual:
             if job.task == "translate":
@@ -112,8 +145,19 @@ class AudioJobHandler(JobHandler):
                     "language",
                 )
             language = "en"
+        return language
+
+    def check(self, job: AudioJob, data: bytes) -> None:
+        """The upload's container and declared duration, from its header alone; raises RequestError."""
         try:
-            samples = decode_audio(data, max_seconds=MAX_AUDIO_SECONDS)
+            probe(data, self.limits.max_duration_s, PROBE_TIMEOUT_S)
+        except AudioDecodeError as e:
+            raise RequestError(f"{e} (file {job.filename or 'upload'})", "invalid_audio", "file") from None
+
+    def prepare(self, job: AudioJob, data: bytes, language: str | None) -> Transcription:
+        """Decode the upload and set up its transcription (on a decode thread); raises RequestError."""
+        try:
+            samples = decode_audio(data, self.limits.max_duration_s, self.limits.decode_timeout_s)
         except AudioDecodeError as e:
             raise RequestError(f"{e} (file {job.filename or 'upload'})", "invalid_audio", "file") from None
         dims = self.loaded.model.dims
@@ -133,14 +177,33 @@ class AudioJobHandler(JobHandler):
     async def handle(self, job: AudioJob, sink: ReplySink) -> None:
         try:
             data = await self.audio_bytes(job)
-            # Off the event loop: decoding a long file must not delay pings and other jobs.
-            transcription = await asyncio.to_thread(self.prepare, job, data)
+            language = self.language(job)
+            # The header only (milliseconds), off the event loop so pings and other jobs never wait on it.
+            await asyncio.to_thread(self.check, job, data)
         except RequestError as e:
             await sink.failed(e.info)
             return
         except Exception as e:  # never let one upload take the worker down
-            log.exception("preparing %s failed", job.request_id)
+            log.exception("checking %s failed", job.request_id)
             await sink.failed(internal_error(e))
+            return
+        running, waiting = self.load()
+        if waiting >= self.engine.config.max_waiting and running >= self.engine.config.max_batch:
+            message = f"the worker has {waiting} requests waiting; retry shortly"
+            await sink.failed(ErrorInfo(status=503, type="server_error", code="overloaded", message=message))
+            return
+        decoding = self._decoding[job.request_id] = _Decoding()
+        try:
+            await sink.accepted(0)
+            transcription = await self._decode(job, data, language, sink)
+        finally:
+            del self._decoding[job.request_id]
+        if transcription is None:
+            return
+        if decoding.cancelled:  # the client went (or the deadline passed) while the file was decoding
+            await sink.send(
+                AudioResult, JobStatus.FINISHED_ABORTED, text="", language="", duration=transcription.duration
+            )
             return
         request = AudioRequest(
             job.request_id, transcription, asyncio.get_running_loop(), priority=job.priority, key=job.key_id or ""
@@ -150,7 +213,6 @@ class AudioJobHandler(JobHandler):
         except EngineOverloaded as e:
             await sink.failed(ErrorInfo(status=503, type="server_error", code="overloaded", message=str(e)))
             return
-        await sink.accepted(0)
         # aclosing: if sending fails (NATS went away), the request leaves the engine at once.
         async with contextlib.aclosing(self.engine.events(request)) as events:
             async for event in events:
@@ -174,6 +236,18 @@ class AudioJobHandler(JobHandler):
                     await sink.failed(
                         ErrorInfo(status=500, type="server_error", code="internal_error", message=event.message)
                     )
+
+    async def _decode(self, job: AudioJob, data: bytes, language: str | None, sink: ReplySink) -> Transcription | None:
+        """The upload decoded on a decode thread; None when it failed (the failure is sent)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.decoder, self.prepare, job, data, language)
+        except RequestError as e:
+            await sink.failed(e.info)
+        except Exception as e:  # never let one upload take the worker down
+            log.exception("decoding %s failed", job.request_id)
+            await sink.failed(internal_error(e))
+        return None
 
 
 def segment_fields(s: Segment) -> dict[str, object]:
@@ -229,9 +303,10 @@ async def run_audio_worker(
     loaded, engine = await start_model_thread(model_id, settings)
     nc = await connect(nats_url, name=f"ember-worker-audio-{model_id}")
     blobs = await BlobStore.open(nc.jetstream())
-    handler = AudioJobHandler(model_id, loaded, engine, blobs)
+    handler = AudioJobHandler(model_id, loaded, engine, blobs, settings.audio)
     host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
     try:
         await serve(host, f"audio model {model_id!r}", stop)
     finally:
+        handler.close()
         engine.stop()

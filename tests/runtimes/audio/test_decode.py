@@ -1,16 +1,19 @@
-"""Uploads in any container and sample format become 16 kHz mono float32; anything else is a clean AudioDecodeError."""
+"""Uploads in the allowed containers and any sample format become 16 kHz mono float32; anything else is a clean
+AudioDecodeError, and nothing in an upload makes FFmpeg open another resource."""
 
 from __future__ import annotations
 
 import io
 import random
+import time
 import wave
 
 import av
 import numpy as np
 import pytest
 
-from ember.runtimes.audio.decode import SAMPLE_RATE, AudioDecodeError, decode_audio
+from ember.runtimes.audio import decode
+from ember.runtimes.audio.decode import SAMPLE_RATE, AudioDecodeError, AudioTooLong, decode_audio, probe, sniff
 
 
 def tone(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
@@ -55,7 +58,10 @@ def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
         ("flac", "flac", "s16", 44100, 2),
         ("mp3", "libmp3lame", "fltp", 44100, 1),
         ("ogg", "libopus", "s16", 48000, 1),
-        ("adts", "aac", "fltp", 16000, 1),
+        ("ipod", "aac", "fltp", 16000, 1),  # .m4a
+        ("mp4", "aac", "fltp", 44100, 2),
+        ("webm", "libopus", "s16", 48000, 1),
+        ("matroska", "libopus", "flt", 48000, 2),  # .mka
     ],
 )
 def test_formats_decode_to_16k_mono(container: str, codec: str, fmt: str, rate: int, channels: int) -> None:
@@ -78,10 +84,10 @@ def test_the_tone_keeps_its_pitch() -> None:
     ("data", "why"),
     [
         (b"", "empty"),
-        (b"hello, this is not audio at all" * 20, "decode"),
-        (b"RIFF\x24\x00\x00\x00WAVEfmt ", "decode"),  # a header cut short
+        (b"hello, this is not audio at all" * 20, "not in a supported audio format"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt ", "could not read"),  # a header cut short
         (wav_bytes(tone(0.0, 16000), 16000), "no audio samples"),  # a valid header with no frames
-        (b"\x89PNG\r\n\x1a\n" + bytes(200), "no audio stream"),  # an image
+        (b"\x89PNG\r\n\x1a\n" + bytes(200), "not in a supported audio format"),  # an image
     ],
     ids=["empty", "text", "cut-header", "no-frames", "png"],
 )
@@ -150,3 +156,113 @@ def test_corrupted_files_decode_or_fail_cleanly(container: str, codec: str, fmt:
         outcomes["decoded"] += 1
     print(container, outcomes)
     assert outcomes["refused"] > 0 and outcomes["decoded"] > 0
+
+
+SDP = b"""v=0
+o=- 0 0 IN IP4 127.0.0.1
+s=ember
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio 45678 RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+"""
+# What FFmpeg's probing would otherwise take for a demuxer that reads other resources: an RTP session (UDP ports
+# of the uploader's choosing), an HLS playlist and an ffconcat list (URLs and local paths), a concat: URL.
+HOSTILE = {
+    "sdp": SDP,
+    "hls": b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nhttp://127.0.0.1:9/a.ts\n#EXT-X-ENDLIST\n",
+    "ffconcat": b"ffconcat version 1.0\nfile /etc/passwd\nfile http://127.0.0.1:9/a.wav\n",
+    "concat-url": b"concat:/etc/passwd|/etc/hosts",
+    "id3-then-sdp": b"ID3\x04\x00\x00\x00\x00\x00\x00" + SDP,
+    "adts-aac": encode(tone(0.5, 16000), 16000, "adts", "aac", "fltp"),  # raw AAC: not on the list
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_playlists_and_session_descriptions_are_refused_at_once(name: str) -> None:
+    for read in (decode_audio, probe):
+        started = time.monotonic()
+        with pytest.raises(AudioDecodeError):
+            read(HOSTILE[name])
+        assert time.monotonic() - started < 0.5, (name, read)
+
+
+def test_even_a_forced_network_demuxer_opens_nothing() -> None:
+    """The second lock: were the SDP demuxer ever chosen, the protocol whitelist stops its UDP opens at once
+    (without it FFmpeg waits 20 s on the ports the file names)."""
+    started = time.monotonic()
+    with pytest.raises(AudioDecodeError):
+        decode._open(SDP, "sdp", timeout_s=30.0)
+    assert time.monotonic() - started < 1.0
+
+
+@pytest.mark.parametrize(
+    ("container", "codec", "fmt", "demuxer"),
+    [
+        ("wav", "pcm_s16le", "s16", "wav"),
+        ("mp3", "libmp3lame", "fltp", "mp3"),
+        ("flac", "flac", "s16", "flac"),
+        ("ogg", "libopus", "s16", "ogg"),
+        ("ipod", "aac", "fltp", "mov"),
+        ("webm", "libopus", "s16", "matroska"),
+    ],
+)
+def test_each_allowed_container_is_recognised_and_its_duration_read(
+    container: str, codec: str, fmt: str, demuxer: str
+) -> None:
+    rate = 48000 if codec == "libopus" else 16000
+    data = encode(tone(2.0, rate), rate, container, codec, fmt)
+    assert sniff(data) == demuxer
+    found = probe(data)
+    assert found.demuxer == demuxer and found.duration is not None and abs(found.duration - 2.0) < 0.1
+
+
+def test_mp3_without_a_tag_is_recognised_by_its_frame_header() -> None:
+    data = encode(tone(1.0, 16000), 16000, "mp3", "libmp3lame", "fltp")
+    bare = data[decode._id3_size(data) :]
+    assert bare[:3] != b"ID3" and sniff(bare) == "mp3"
+    assert abs(decode_audio(bare).size - SAMPLE_RATE) < 0.1 * SAMPLE_RATE
+
+
+def silent_wav(seconds: float, rate: int = 8000) -> bytes:
+    """8-bit silence: the most audio per uploaded byte a WAV holds (25 MB is ~52 minutes)."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(1)
+        w.setframerate(rate)
+        w.writeframes(b"\x80" * int(seconds * rate))
+    return buf.getvalue()
+
+
+def test_a_file_over_the_cap_is_refused_from_its_header_before_decoding() -> None:
+    data = silent_wav(600)
+    started = time.monotonic()
+    with pytest.raises(AudioTooLong, match="limit of 60 s"):
+        probe(data, max_seconds=60)
+    assert time.monotonic() - started < 0.1  # decoding all of it takes ~0.3 s here
+    assert probe(data, max_seconds=600).duration == 600.0
+
+
+def test_a_header_that_understates_the_length_is_caught_while_decoding() -> None:
+    """A streamed WAV declares no size; whatever the header says, decoding stops at the cap."""
+    data = bytearray(silent_wav(120))
+    data[4:8] = data[40:44] = b"\xff\xff\xff\xff"
+    with pytest.raises(AudioTooLong, match="limit of 30 s"):
+        decode_audio(bytes(data), max_seconds=30)
+
+
+def test_decoding_stops_at_its_deadline() -> None:
+    data = silent_wav(600)
+    started = time.monotonic()
+    with pytest.raises(AudioDecodeError, match=r"took longer than the limit of 0\.02 s"):
+        decode_audio(data, timeout_s=0.02)
+    assert time.monotonic() - started < 0.5
+
+
+def test_samples_grow_past_an_understated_header() -> None:
+    """The buffer is sized from the header; more audio than it said is kept, not cut."""
+    data = bytearray(wav_bytes(tone(3.0, 16000), 16000))
+    data[40:44] = b"\xff\xff\xff\xff"  # a data chunk of unknown size: FFmpeg reads to the end
+    samples = decode_audio(bytes(data))
+    assert abs(samples.size - 3 * SAMPLE_RATE) < 0.01 * SAMPLE_RATE
