@@ -22,6 +22,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.helpers
 
+from ember.bus import children
 from ember.bus.nats_server import EmbeddedNats, free_port
 from tests.helpers.cluster import wait_ready, write_config
 from tests.helpers.tiny_checkpoint import write_tiny_llama
@@ -49,9 +50,9 @@ def main() -> None:
         cli = [sys.executable, "-m", "ember.cli", "--config", str(config), "--log-level", "warning"]
         on_port, off_port = free_port(), free_port()
         procs = [
-            subprocess.Popen([*cli, "worker", "text", "--model", "tiny", "--nats", nats.url]),
-            subprocess.Popen([*cli, "gateway", "--nats", nats.url, "--port", str(on_port)], stdout=subprocess.DEVNULL),
-            subprocess.Popen(
+            children.spawn([*cli, "worker", "text", "--model", "tiny", "--nats", nats.url]),
+            children.spawn([*cli, "gateway", "--nats", nats.url, "--port", str(on_port)], stdout=subprocess.DEVNULL),
+            children.spawn(
                 [*cli, "gateway", "--nats", nats.url, "--port", str(off_port)],
                 stdout=subprocess.DEVNULL,
                 env={**os.environ, "EMBER_AUTH__ENABLED": "0"},

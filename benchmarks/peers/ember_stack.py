@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from ember.bus import children
 from ember.bus.nats_server import EmbeddedNats, free_port
 from tests.helpers.cluster import toml_value
 
@@ -99,7 +100,7 @@ class EmberStack:
         logs = {name: open(tmp / f"{name}.log", "wb") for name in ("worker", "gateway")}
         try:
             self._procs.append(
-                subprocess.Popen(
+                children.spawn(
                     [*cli, "worker", "text", "--model", self.model, "--nats", self._nats.url],
                     env=env,
                     stdout=logs["worker"],
@@ -107,7 +108,7 @@ class EmberStack:
                 )
             )
             self._procs.append(
-                subprocess.Popen(
+                children.spawn(
                     [*cli, "gateway", "--nats", self._nats.url],
                     env=env,
                     stdout=logs["gateway"],

@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ember.bus import children
 from ember.bus.errors import BusError
 
 
@@ -37,8 +38,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedNats:
     """A nats-server child process with JetStream on; its data lives in ``data_dir``.
 
-    The child gets its own process group so that a Ctrl-C to ``ember serve`` reaches us first and we stop it
-    in order (drain clients, then the server), rather than racing it.
+    The child has its own session so that a Ctrl-C to ``ember serve`` reaches us first and we stop it in order
+    (drain clients, then the server), rather than racing it; and it dies with us (``ember.bus.children``).
     """
 
     host: str = "127.0.0.1"
@@ -59,7 +60,7 @@ class EmbeddedNats:
             self.data_dir = Path(self._tmp.name)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [str(find_nats_server()), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.data_dir)]
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        self.process = children.spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self._wait_ready(timeout)
         return self.url
 
@@ -80,13 +81,8 @@ class EmbeddedNats:
 
     def stop(self, timeout: float = 5.0) -> None:
         proc, self.process = self.process, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            children.stop(proc, timeout)
         if proc is not None and proc.stderr is not None:
             proc.stderr.close()
         if self._tmp is not None:

@@ -2,6 +2,11 @@
 
 Workers are child processes, not threads: a model step holds the CPU for tens of milliseconds and must not
 stall the gateway's event loop; and a crashed worker is restarted without taking the gateway down.
+
+SIGTERM or SIGINT stops it all at once: the gateway stops accepting and waits for its requests in flight (up to
+gateway.shutdown_timeout_s) while every worker drains its jobs (up to worker.drain_timeout_s, then aborts the rest
+with a clean error that reaches the waiting client); then NATS stops. So it exits within the larger of the two
+timeouts, plus a second. Every child dies with it even when it is killed with -9 (``ember.bus.children``).
 """
 
 from __future__ import annotations
@@ -17,19 +22,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import uvicorn
+
+from ember.bus import children
 from ember.bus.nats_server import EmbeddedNats
 from ember.cli.runners import FUNCTIONS_WORKER, WORKER_RUNNERS
 from ember.config import ConfigError, Settings
 from ember.config.weights import resolve_weights
 
 if TYPE_CHECKING:
-    import uvicorn
+    from collections.abc import Iterator
+
     from starlette.applications import Starlette
 
 log = logging.getLogger("ember.serve")
 
 # A worker that crashes more often than this is left down (its model then answers 503).
 MAX_RESTARTS = 5
+# After its drain a worker aborts what is left and closes its connection; past this more it is killed.
+EXIT_GRACE_S = 1.0
+# nats-server exits at once on SIGTERM; past this it is killed.
+NATS_STOP_S = 2.0
 
 
 @dataclass
@@ -42,25 +55,34 @@ class WorkerProcess:
     started_at: float = 0.0
 
     def start(self) -> None:
-        # Own process group: Ctrl-C goes to `ember serve`, which then stops workers in order.
-        self.proc = subprocess.Popen(self.cmd, start_new_session=True)
+        # Own session: Ctrl-C goes to `ember serve`, which then stops workers in order; and it dies with us.
+        self.proc = children.spawn(self.cmd)
         self.started_at = time.monotonic()
 
-    def stop(self, grace_s: float) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+    def terminate(self) -> None:
+        """SIGTERM: the worker leaves its queue group and drains."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait_or_kill(self, deadline: float) -> None:
+        """Wait for the worker to exit until ``deadline`` (monotonic), then kill it with its process group."""
+        if self.proc is None:
             return
-        self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(grace_s)
+            self.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            log.warning("worker for %s did not exit after its drain; killing it", self.model)
+        children.kill_group(self.proc)
 
 
 @dataclass
 class Supervisor:
     workers: list[WorkerProcess] = field(default_factory=list)
+    # worker.drain_timeout_s: how long a worker may take to exit after SIGTERM (plus EXIT_GRACE_S).
+    drain_timeout_s: float = 10.0
     stopping: bool = False
+    # When the workers' drain is over (monotonic); set by the first begin_stop().
+    deadline: float | None = None
 
     async def watch(self) -> None:
         """Restart workers that die, a bounded number of times."""
@@ -81,13 +103,21 @@ class Supervisor:
                 log.warning("worker for %s exited with %s; restarting (%d/%d)", w.model, code, w.restarts, MAX_RESTARTS)
                 w.start()
 
-    def stop(self, grace_s: float = 15.0) -> None:
+    def begin_stop(self) -> None:
+        """SIGTERM every worker at once, so that they drain while the gateway does; later calls do nothing."""
+        if self.deadline is not None:
+            return
         self.stopping = True
+        self.deadline = time.monotonic() + self.drain_timeout_s + EXIT_GRACE_S
         for w in self.workers:
-            if w.proc is not None and w.proc.poll() is None:
-                w.proc.send_signal(signal.SIGTERM)
+            w.terminate()
+
+    def stop(self) -> None:
+        """``begin_stop``, then wait for the workers until their drain is over and kill whatever is left."""
+        self.begin_stop()
+        assert self.deadline is not None
         for w in self.workers:
-            w.stop(grace_s)
+            w.wait_or_kill(self.deadline)
 
 
 def worker_commands(
@@ -159,7 +189,7 @@ def serve(settings: Settings, *, nats_url: str | None, only: list[str] | None, c
         )
     else:
         print(f"ember: API keys required; create one with: ember keys create --tier developer --nats {nats_url}")
-    supervisor = Supervisor()
+    supervisor = Supervisor(drain_timeout_s=settings.worker.drain_timeout_s)
     try:
         supervisor.workers = worker_commands(settings, nats_url, only, config_path)
         for w in supervisor.workers:
@@ -168,28 +198,53 @@ def serve(settings: Settings, *, nats_url: str | None, only: list[str] | None, c
     finally:
         supervisor.stop()
         if embedded is not None:
-            embedded.stop()
+            embedded.stop(NATS_STOP_S)
         print("ember: stopped", flush=True)
     return 0
 
 
 async def _run(settings: Settings, nats_url: str, supervisor: Supervisor) -> None:
-    import uvicorn
-
     from ember.gateway.app import create_app
     from ember.gateway.server import uvicorn_config
 
     app = create_app(settings, nats_url)
-    server = uvicorn.Server(uvicorn_config(settings, app))
+    server = _Gateway(uvicorn_config(settings, app), supervisor)
     tasks = [asyncio.create_task(supervisor.watch()), asyncio.create_task(_report_ready(server, app, supervisor))]
     try:
-        await server.serve()  # returns on SIGINT / SIGTERM (uvicorn installs the handlers)
+        await server.serve()  # returns on SIGINT / SIGTERM, once requests in flight are done or shutdown_timeout_s
     finally:
-        supervisor.stopping = True
+        supervisor.begin_stop()
         for t in tasks:
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+
+
+class _Gateway(uvicorn.Server):
+    """uvicorn's server, whose SIGINT / SIGTERM also start the workers' drain.
+
+    uvicorn's own handlers raise the signal again once the server has stopped, to end the process: a SIGTERM would
+    then kill `ember serve` before it stops its workers and NATS. These handlers do not.
+    """
+
+    def __init__(self, config: uvicorn.Config, supervisor: Supervisor) -> None:
+        super().__init__(config)
+        self.supervisor = supervisor
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.on_signal, sig)
+        try:
+            yield
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+    def on_signal(self, sig: int) -> None:
+        self.handle_exit(sig, None)  # a second SIGINT: stop waiting for requests in flight
+        self.supervisor.begin_stop()
 
 
 async def _report_ready(server: uvicorn.Server, app: Starlette, supervisor: Supervisor) -> None:

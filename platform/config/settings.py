@@ -70,6 +70,10 @@ class GatewaySettings(_Section):
     job_timeout_s: float = Field(default=600.0, gt=0)
     # In-flight jobs wait this long for the gateway's NATS connection to come back, then fail with 503.
     bus_outage_s: float = Field(default=30.0, gt=0)
+    # On SIGTERM / SIGINT the gateway stops accepting and lets requests in flight finish for up to this long,
+    # then closes the rest. Keep it above worker.drain_timeout_s: a worker's clean abort then reaches the client
+    # (an SSE error and [DONE], or a 503) before its connection is closed.
+    shutdown_timeout_s: float = Field(default=15.0, ge=0, le=3600)
 
 
 class NatsSettings(_Section):
@@ -79,6 +83,14 @@ class NatsSettings(_Section):
     # The embedded server's port (0: any free port) and its JetStream data folder.
     port: int = Field(default=4222, ge=0, le=65535)
     data_dir: Path = Field(default_factory=lambda: _data_home() / "nats")
+
+
+class WorkerSettings(_Section):
+    """Every worker process (text, image, audio, functions)."""
+
+    # On SIGTERM / SIGINT a worker leaves its queue groups and lets running jobs finish for up to this long; what
+    # is left is aborted with a clean error to its client.
+    drain_timeout_s: float = Field(default=10.0, ge=0, le=3600)
 
 
 class ModelSpec(_Section):
@@ -142,18 +154,6 @@ class ModelSpec(_Section):
         return data
 
 
-class AuthSettings(_Section):
-    """API keys. With ``enabled = false`` the gateway serves anyone (dev mode) and says so at start."""
-
-    enabled: bool = True
-    # Guards the admin API (/v1/admin/*); set it from the environment: EMBER_AUTH__ADMIN_KEY.
-    admin_key: str | None = Field(default=None, min_length=16)
-    # The tier of requests in dev mode (no key).
-    anonymous_tier: str = "enterprise"
-
-
-class FunctionsSettings(_Section):
-    """Functions (``ember worker functions``) and the orchestration of server-executed tools in chat."""
 class AudioSettings(_Section):
     """What an audio worker accepts as an upload; the rest is refused with 400 before any model work."""
 
@@ -166,6 +166,18 @@ class AudioSettings(_Section):
     decode_threads: int = Field(default=2, ge=1, le=64)
 
 
+class AuthSettings(_Section):
+    """API keys. With ``enabled = false`` the gateway serves anyone (dev mode) and says so at start."""
+
+    enabled: bool = True
+    # Guards the admin API (/v1/admin/*); set it from the environment: EMBER_AUTH__ADMIN_KEY.
+    admin_key: str | None = Field(default=None, min_length=16)
+    # The tier of requests in dev mode (no key).
+    anonymous_tier: str = "enterprise"
+
+
+class FunctionsSettings(_Section):
+    """Functions (``ember worker functions``) and the orchestration of server-executed tools in chat."""
 
     # Importable modules of @ember.function's that `ember serve`'s functions worker loads (next to the built-ins).
     modules: list[str] = []
@@ -242,9 +254,11 @@ class Settings(BaseSettings):
 
     gateway: GatewaySettings = GatewaySettings()
     nats: NatsSettings = NatsSettings()
+    worker: WorkerSettings = WorkerSettings()
     models: dict[str, ModelSpec] = Field(default_factory=default_models)
     auth: AuthSettings = AuthSettings()
     functions: FunctionsSettings = FunctionsSettings()
+    audio: AudioSettings = AudioSettings()
     # Named tiers; a config file's [tiers.NAME] replaces or adds one.
     tiers: dict[str, Tier] = Field(default_factory=default_tiers)
     # Converted checkpoints (GGUF -> safetensors) live here, outside the repo.
@@ -258,7 +272,6 @@ class Settings(BaseSettings):
         init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource,
         dotenv_settings: PydanticBaseSettingsSource,
-    audio: AudioSettings = AudioSettings()
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _FileSource(settings_cls))

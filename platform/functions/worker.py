@@ -256,8 +256,9 @@ async def run_functions_worker(
         print(f"ember worker: functions ready ({base}): {names}", flush=True)
         await stop.wait()
     finally:
-        # Queued jobs still running after the grace period go back to the queue for another worker.
-        grace = 5.0
+        # Every host drains at once: the worker leaves within worker.drain_timeout_s however many functions it has;
+        # queued jobs still running then go back to the queue for another worker.
+        grace = settings.worker.drain_timeout_s
         stopping = [*(q.stop(grace) for q in queued), *(host.stop(grace) for host in hosts)]
         await asyncio.gather(*stopping, return_exceptions=True)
         await bus.stop()

@@ -17,6 +17,8 @@ def uvicorn_config(settings: Settings, app: Starlette) -> uvicorn.Config:
         log_level="warning",
         # Streams run for minutes, but an idle keep-alive connection need not.
         timeout_keep_alive=30,
+        # On SIGTERM / SIGINT: requests in flight get this long to finish, then they are cancelled.
+        timeout_graceful_shutdown=settings.gateway.shutdown_timeout_s,
     )
 
 

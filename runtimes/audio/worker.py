@@ -306,7 +306,7 @@ async def run_audio_worker(
     handler = AudioJobHandler(model_id, loaded, engine, blobs, settings.audio)
     host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
     try:
-        await serve(host, f"audio model {model_id!r}", stop)
+        await serve(host, f"audio model {model_id!r}", stop, settings.worker.drain_timeout_s)
     finally:
         handler.close()
         engine.stop()

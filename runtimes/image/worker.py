@@ -295,6 +295,6 @@ async def run_image_worker(
     handler = ImageJobHandler(model_id, loaded, engine, blobs)
     host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
     try:
-        await serve(host, f"image model {model_id!r}", stop)
+        await serve(host, f"image model {model_id!r}", stop, settings.worker.drain_timeout_s)
     finally:
         engine.stop()

@@ -312,6 +312,6 @@ async def run_text_worker(
     handler = TextJobHandler(model_id, loaded, engine, sampling_defaults(spec, loaded.path), tool_format)
     host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
     try:
-        await serve(host, f"text model {model_id!r}", stop)
+        await serve(host, f"text model {model_id!r}", stop, settings.worker.drain_timeout_s)
     finally:
         engine.stop()

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -16,30 +13,7 @@ import openai
 
 from ember.bus.nats_server import free_port
 from tests.helpers.cluster import wait_for_model, write_config
-
-
-def read_lines(proc: subprocess.Popen[str], into: queue.Queue[str]) -> None:
-    assert proc.stdout is not None
-    for line in proc.stdout:
-        into.put(line)
-
-
-def wait_for_line(lines: queue.Queue[str], needle: str, seen: list[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        seen.append(line)
-        if needle in line:
-            return
-    raise AssertionError(f"{needle!r} not printed within {timeout}s:\n{''.join(seen)}")
-
-
-def children_of(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+from tests.helpers.serve_process import ServeProcess, is_gone
 
 
 def test_serve_runs_everything_and_stops_everything(tiny_model: Path, tmp_path: Path) -> None:
@@ -50,27 +24,17 @@ def test_serve_runs_everything_and_stops_everything(tiny_model: Path, tmp_path: 
         gateway={"port": port},
         nats={"port": 0, "data_dir": str(tmp_path / "nats-data")},
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ember.cli", "--config", str(config), "serve", "--dev"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    reader = threading.Thread(target=read_lines, args=(proc, lines), daemon=True)
-    reader.start()
-    seen: list[str] = []
+    serve = ServeProcess(config)
     closing: list[openai.OpenAI] = []
     try:
-        wait_for_line(lines, "all models ready", seen, timeout=90)
-        printed = "".join(seen)
+        serve.wait_for_line("all models ready", timeout=90)
+        printed = serve.output()
         assert "embedded NATS with JetStream" in printed
         assert "DEV MODE" in printed
         assert f"listening on http://127.0.0.1:{port}/v1" in printed
         assert "model 'tiny' ready" in printed
         assert "functions ready" in printed
-        children = children_of(proc.pid)
+        children = serve.children()
         assert len(children) == 3  # nats-server, the text worker and the functions worker (built-ins)
 
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0)
@@ -82,30 +46,24 @@ def test_serve_runs_everything_and_stops_everything(tiny_model: Path, tmp_path: 
         # A worker that crashes is restarted by `ember serve`, and the model serves again.
         worker = next(pid for pid in children if "\0worker\0text\0" in Path(f"/proc/{pid}/cmdline").read_text())
         os.kill(worker, signal.SIGKILL)
-        wait_for_line(lines, "restarting (1/5)", seen, timeout=30)
+        serve.wait_for_line("restarting (1/5)", timeout=30)
         # Until the new worker is up the model answers 503 (never a hang), and the SDK's retries ride it out.
         patient = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=10)
         closing.append(patient)
         r = patient.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
         assert r.choices[0].finish_reason in ("length", "stop")
         wait_for_model(f"http://127.0.0.1:{port}", "tiny", timeout=5)
-        children = children_of(proc.pid)
+        children = serve.children()
     finally:
         for c in closing:
             c.close()
-        proc.send_signal(signal.SIGINT)
+        serve.proc.send_signal(signal.SIGINT)
         try:
-            code = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+            code = serve.proc.wait(timeout=30)
         finally:
-            reader.join(timeout=5)
-            assert proc.stdout is not None
-            proc.stdout.close()
+            serve.close()
     assert code == 0
-    for child in children:
-        assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+    assert all(is_gone(child) for child in children)
     try:
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
         raise AssertionError("the gateway still answers after Ctrl-C")

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from ember.bus import children
 from ember.bus.nats_server import free_port
 from ember.config import Settings
 from ember.config.settings import default_models
@@ -56,14 +57,14 @@ def start_worker(
     worker_id: str | None = None,
     modality: str = "text",
 ) -> subprocess.Popen[bytes]:
-    """A real `ember worker <modality>` process."""
+    """A real `ember worker <modality>` process, which dies with this one (ember.bus.children)."""
     cmd = [sys.executable, "-m", "ember.cli", "--config", str(config), "worker", modality, "--model", model]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     args = [*cmd, "--nats", nats_url, *(["--worker-id", worker_id] if worker_id else [])]
     if log is None:
-        return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
+        return children.spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        return children.spawn(args, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
