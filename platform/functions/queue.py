@@ -102,6 +102,22 @@ async def publish(js: JetStreamContext, queued: QueuedJob) -> bool:
     return not ack.duplicate
 
 
+def consumer_config(modality: str, model: str, ack_wait_s: float, max_deliver: int) -> ConsumerConfig:
+    """The durable consumer that every worker of one model pulls from (so each job goes to one of them)."""
+    name = consumer_name(modality, model)
+    return ConsumerConfig(
+        name=name,
+        durable_name=name,
+        filter_subject=queue_subject(modality, model),
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait_s,
+        max_deliver=max_deliver,
+        # Bounded by what its workers pull; no limit of its own.
+        max_ack_pending=-1,
+    )
+
+
 class Settle(enum.Enum):
     """What to tell JetStream about a message once its job has been dealt with."""
 
@@ -133,21 +149,10 @@ class QueueConsumer:
         self._free = asyncio.Semaphore(self.capacity)
 
     async def start(self) -> None:
-        name = consumer_name(self.modality, self.model)
-        config = ConsumerConfig(
-            name=name,
-            durable_name=name,
-            filter_subject=queue_subject(self.modality, self.model),
-            deliver_policy=DeliverPolicy.ALL,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.ack_wait_s,
-            max_deliver=self.max_deliver,
-            # Bounded by what its workers pull; no limit of its own.
-            max_ack_pending=-1,
-        )
+        config = consumer_config(self.modality, self.model, self.ack_wait_s, self.max_deliver)
         # Creates it, or updates ack_wait / max_deliver of one made under another config.
         await self.js.add_consumer(STREAM, config)
-        self._sub = await self.js.pull_subscribe_bind(durable=name, stream=STREAM)
+        self._sub = await self.js.pull_subscribe_bind(durable=config.durable_name, stream=STREAM)
         self._pull = asyncio.create_task(self._pull_forever())
 
     async def stop(self, grace_s: float) -> None:
