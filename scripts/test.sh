@@ -6,5 +6,5 @@ PY=${PYTHON:-python3}
 bash scripts/setup.sh
 "$PY" -m ruff check .
 "$PY" -m ruff format --check .
-"$PY" -m mypy platform sdk
+"$PY" -m mypy  # platform, sdk and runtimes (pyproject.toml)
 "$PY" -m pytest -q -p no:cacheprovider "$@"

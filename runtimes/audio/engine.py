@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import torch
 
@@ -55,7 +56,7 @@ class Aborted:
     text: str
 
 
-Event = Segment | Finished | Failed | Aborted
+Event: TypeAlias = Segment | Finished | Failed | Aborted
 
 
 @dataclass

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -189,7 +190,7 @@ class Transcription:
                 duration = (stamps[-1] - tb) * TIME_PRECISION
             spans.append((offset, offset + duration, tokens))
             self.seek += size
-        out = []
+        out: list[Segment] = []
         for start, end, part in spans:
             text = self.tokenizer.decode([t for t in part if t < self.tokenizer.eot])
             if not text.strip() or end <= start:  # whisper drops empty and instantaneous segments too
@@ -213,7 +214,9 @@ class Transcription:
 
     def _add_words(self, new: list[Segment], model: Whisper, mel: torch.Tensor, size: int, seek: int) -> None:
         """Word timings from the cross-attention of the model's alignment heads (whisper.timing)."""
-        dicts = [{"seek": seek, "start": s.start, "end": s.end, "tokens": s.tokens, "text": s.text} for s in new]
+        dicts: list[dict[str, Any]] = [
+            {"seek": seek, "start": s.start, "end": s.end, "tokens": s.tokens, "text": s.text} for s in new
+        ]
         last = self.segments[-1].end if self.segments else 0.0
         add_word_timestamps(
             segments=dicts, model=model, tokenizer=self.tokenizer, mel=mel, num_frames=size, last_speech_timestamp=last

@@ -365,9 +365,9 @@ class ImageEngine:
             negative_prompts=[it.req.req.negative_prompt for it in batch],
         )
         if spec.strength is not None:
-            inputs.images = [it.req.req.init_image for it in batch]  # type: ignore[misc]
+            inputs.images = [it.req.req.init_image for it in batch]
             if spec.masked:
-                inputs.masks = [it.req.req.mask for it in batch]  # type: ignore[misc]
+                inputs.masks = [it.req.req.mask for it in batch]
         if any(it.req.req.partial_images for it in batch):
             inputs.partial_images = [it.req.req.partial_images for it in batch]
         steps_total = effective_steps(spec.steps, spec.strength)

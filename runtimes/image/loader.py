@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 
+from ember.runtimes.image.diffusers_types import DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from ember.runtimes.image.pipeline import EmberPixelPipeline, PipelineRunner
 from ember.runtimes.image.text_encoder import DEFAULT_PACKAGE, DEFAULT_SUBDIR, PromptEncoder
 
@@ -87,7 +87,7 @@ def _channels_last(pipe: DiffusionPipeline) -> None:
     for name in ("unet", "vae"):
         module = getattr(pipe, name, None)
         if isinstance(module, torch.nn.Module):
-            module.to(memory_format=torch.channels_last)
+            module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
 
 
 def load_pipeline(path: Path, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedPipeline:

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
-from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from PIL import Image
 
+from ember.runtimes.image.diffusers_types import (
+    DiffusionPipeline,
+    ImagePipelineOutput,
+    SchedulerMixin,
+    UNet2DConditionModel,
+)
 from ember.runtimes.image.stepper import PixelStepper, RowInput, effective_steps
 from ember.runtimes.image.text_encoder import PromptEncoder
 
@@ -322,7 +326,8 @@ class PipelineRunner:
         """The batch as stepper rows (what the pixel pipeline always is underneath)."""
         spec = batch.spec
         n = len(batch.prompts)
-        images, masks = batch.images or [None] * n, batch.masks or [None] * n
+        images: Sequence[Image.Image | None] = batch.images or [None] * n
+        masks: Sequence[Image.Image | None] = batch.masks or [None] * n
         negatives = batch.negative_prompts or [""] * n
         rows = stepper.start(
             [

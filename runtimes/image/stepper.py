@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from diffusers import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ember.runtimes.image.diffusers_types import SchedulerMixin, UNet2DConditionModel
 from ember.runtimes.image.text_encoder import PromptEncoder
 
 
@@ -88,7 +88,7 @@ class Row:
 class PixelStepper:
     """Starts rows and steps any set of them together; everything here runs on the engine's one torch thread."""
 
-    def __init__(self, unet: torch.nn.Module, scheduler: SchedulerMixin, encoder: PromptEncoder) -> None:
+    def __init__(self, unet: UNet2DConditionModel, scheduler: SchedulerMixin, encoder: PromptEncoder) -> None:
         self.unet = unet
         self.scheduler = scheduler
         self.encoder = encoder
@@ -97,7 +97,7 @@ class PixelStepper:
 
     @property
     def resolution(self) -> int:
-        return int(self.unet.config.sample_size)
+        return int(self.unet.config["sample_size"])
 
     @property
     def device(self) -> torch.device:

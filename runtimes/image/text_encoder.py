@@ -59,7 +59,8 @@ class PromptEncoder:
         and "same seed, same image" would depend on who else was admitted with it. Prompts repeat (n images of
         one request, the empty negative prompt), so the recent ones are kept.
         """
-        self.model.to(device)
+        # transformers wraps PreTrainedModel.to in a decorator whose type takes the model as its first argument.
+        self.model.to(device)  # type: ignore[arg-type]
         encoded = [self._encode_one(p.lower(), device) for p in prompts]
         states = torch.stack([s for s, _ in encoded]).to(device)
         mask = torch.stack([m for _, m in encoded]).to(device)

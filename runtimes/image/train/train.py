@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
+from ember.runtimes.image.diffusers_types import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from ember.runtimes.image.text_encoder import DEFAULT_PACKAGE, DEFAULT_SUBDIR, PromptEncoder
 from ember.runtimes.image.train.shapes import N_TEMPLATES, all_scenes, render
 
 # The scheduler the model is trained with and sampled with (DDIM reuses its betas).
+NUM_TRAIN_TIMESTEPS = 1000
 SCHEDULE = {
-    "num_train_timesteps": 1000,
+    "num_train_timesteps": NUM_TRAIN_TIMESTEPS,
     "beta_schedule": "squaredcos_cap_v2",
     "prediction_type": "v_prediction",
     "clip_sample": True,
@@ -130,7 +131,7 @@ def main() -> None:
         x0 = torch.from_numpy(np.stack([np.asarray(im) for im in imgs])).permute(0, 3, 1, 2).float() / 127.5 - 1
         cond = torch.tensor([len(captions) if rng.random() < args.uncond_prob else i for i in idx])
         noise = torch.randn_like(x0)
-        t = torch.randint(0, SCHEDULE["num_train_timesteps"], (args.batch,))
+        t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (args.batch,))
         xt = sched.add_noise(x0, noise, t)
         target = sched.get_velocity(x0, noise, t)
         pred = unet(xt, t, encoder_hidden_states=states[cond]).sample
