@@ -69,7 +69,10 @@ class AsyncJobs:
         )
         # A retry whose first try got as far as here is dropped by the queue within its duplicate window.
         await queue.publish(self.js, queued)
-        return await self.store.create(record_for(queued))
+        record = record_for(queued)
+        # A worker may have taken the job and written its entry first: the client still hears "queued", its 202.
+        await self.store.create(record)
+        return record
 
     async def get(self, job_id: str, key_id: str) -> FunctionJobRecord | None:
         """The job, if ``key_id`` owns it (another key's job is as absent as an expired one)."""
