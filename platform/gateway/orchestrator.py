@@ -350,7 +350,7 @@ def _error(code: str | None, message: str, status: int) -> dict[str, Any]:
 
 async def run(request: Request, body: ChatCompletionRequest) -> Response:
     """``POST /v1/chat/completions`` with ``ember_tools``."""
-    check_model(request, body.model)
+    check_model(request, body.model, Modality.TEXT)
     orchestration = Orchestration(request, body, await plan(request, body), functions_caller(request))
     completion_id = f"chatcmpl-{request.state.request_id.removeprefix('req_')}"
     created = now()

@@ -25,7 +25,7 @@ from ember.bus.messages import Modality, UsageRecord
 from ember.config import ConfigError, Settings
 from ember.gateway.auth import current_key
 from ember.gateway.errors import InvalidRequest, PermissionDenied, ServiceUnavailable
-from ember.limits.headers import RateLimitExceeded, rate_limit_headers
+from ember.limits.headers import RateLimitExceeded, concurrency_headers, rate_limit_headers
 from ember.limits.interface import Cost, Decision, Dimension, Lease, LimiterUnavailable, RateLimiter
 from ember.limits.tiers import Tier
 from ember.usage import stream as usage_stream
@@ -70,7 +70,9 @@ class Quota:
         try:
             quota.lease = await quota.limiter.acquire_slot(key.id, tier)
             if quota.lease is None:
-                raise RateLimitExceeded.too_many_concurrent(tier.concurrent_requests or 0)
+                # A zero-cost admission charges nothing: it reads the other limits, for this 429's headers.
+                standing = await quota.limiter.admit(key.id, tier, Cost(requests=0))
+                raise RateLimitExceeded.too_many_concurrent(tier.concurrent_requests or 0, standing)
             quota.decision = await quota.limiter.admit(key.id, tier, Cost(requests=1))
         except LimiterUnavailable as e:
             await quota.close(status="limiter_unavailable")
@@ -118,7 +120,10 @@ class Quota:
 
     def headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers of the latest admission (every response carries them)."""
-        return rate_limit_headers(self.decision) if self.decision is not None else {}
+        headers = rate_limit_headers(self.decision) if self.decision is not None else {}
+        if self.lease is not None and self.lease.limit is not None and self.lease.remaining is not None:
+            headers |= concurrency_headers(self.lease.limit, self.lease.remaining)
+        return headers
 
     async def close(
         self,

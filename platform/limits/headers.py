@@ -10,6 +10,14 @@ and the same three for ``-tokens``. Ember limits prompt and completion tokens ap
 one of the two nearer to running out; ``-prompt-tokens``, ``-completion-tokens``, ``-images`` and
 ``-audio-seconds`` show each dimension a request used, by name. ``remaining`` may exceed ``limit`` for an idle
 key: its bucket holds ``limit * (1 + burst_fraction)``.
+
+Ember's extension, for a tier with ``concurrent_requests``::
+
+    x-ratelimit-limit-concurrency: 4        requests the key may run at once
+    x-ratelimit-remaining-concurrency: 3    of them still free (this request's slot taken)
+
+A slot has no reset time (it is free when a request ends), so the pair has no ``-reset-``. Every 429 carries
+the whole family, whichever limit refused it.
 """
 
 from __future__ import annotations
@@ -89,6 +97,14 @@ def rate_limit_headers(decision: Decision) -> dict[str, str]:
     return headers
 
 
+def concurrency_headers(limit: int, remaining: int) -> dict[str, str]:
+    """Ember's x-ratelimit-*-concurrency pair: the tier's concurrent requests, and how many are still free."""
+    return {
+        "x-ratelimit-limit-concurrency": str(limit),
+        "x-ratelimit-remaining-concurrency": str(max(0, remaining)),
+    }
+
+
 def retry_after_header(seconds: float) -> str:
     """Retry-After in whole seconds, rounded up, at least 1."""
     return str(max(1, math.ceil(round(seconds, 6))))
@@ -132,8 +148,13 @@ class RateLimitExceeded(GatewayError):
 
     @classmethod
     def too_many_concurrent(cls, limit: int, decision: Decision | None = None) -> RateLimitExceeded:
-        """The 429 for a key already running its tier's ``concurrent_requests``."""
+        """The 429 for a key already running its tier's ``concurrent_requests``.
+
+        ``decision``: the key's other limits as they stand (a zero-cost admission), so that this 429 carries the
+        same x-ratelimit-* headers as the others, plus the concurrency pair.
+        """
         headers = rate_limit_headers(decision) if decision is not None else {}
+        headers |= concurrency_headers(limit, 0)
         if limit == 0:
             message = "Rate limit reached for concurrent requests: this key's tier allows none."
         else:

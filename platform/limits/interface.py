@@ -121,6 +121,10 @@ class Lease:
     lease_id: str
     # False for a tier without a concurrency limit: nothing is stored and release does nothing.
     tracked: bool = True
+    # The tier's concurrent_requests and the slots still free once this one was taken (for the headers);
+    # None for an untracked lease.
+    limit: int | None = None
+    remaining: int | None = None
 
 
 class RateLimiter(abc.ABC):

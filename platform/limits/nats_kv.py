@@ -330,21 +330,23 @@ class NatsRateLimiter(RateLimiter):
         key = kv_key("slots", key_id)
         ttl_ns = int(self.lease_ttl_s * NS_PER_S)
 
-        async def attempt() -> tuple[bool, bool]:
+        async def attempt() -> tuple[bool, int | None]:
+            """Done?, and the slots left free after ours (None: none was free)."""
             leases, revision = await self._read(key)
             now = await self.clock.now_ns()
             live = _prune(leases, now)
             if len(live) >= limit:
-                return True, False
+                return True, None
             live[lease_id] = now + ttl_ns
-            return await self._write(key, live, revision), True
+            return await self._write(key, live, revision), limit - len(live)
 
-        if not await self._cas_loop(f"acquire_slot for key {key_id!r}", attempt):
+        remaining = await self._cas_loop(f"acquire_slot for key {key_id!r}", attempt)
+        if remaining is None:
             return None
         self._held.setdefault(key_id, set()).add(lease_id)
         if self._heartbeat is None or self._heartbeat.done():
             self._heartbeat = asyncio.create_task(self._renew_forever(), name="ember-limits-leases")
-        return Lease(key_id, lease_id)
+        return Lease(key_id, lease_id, limit=limit, remaining=remaining)
 
     async def release(self, lease: Lease) -> None:
         if not lease.tracked:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -13,6 +13,7 @@ import nats
 import pytest
 
 from ember.config import load_settings
+from ember.limits.nats_kv import NatsRateLimiter
 from ember.limits.tiers import Tier
 from ember.usage import stream as usage_stream
 from tests.conftest import TINY
@@ -239,14 +240,57 @@ def test_concurrent_requests_beyond_the_tier_get_429(secured: str) -> None:
     key = new_key(secured, tier="solo")["secret"]
     with long_stream(secured, key) as first:
         assert first.status_code == 200
+        # Ember's extension of the x-ratelimit-* family: the tier's concurrency and what is left of it.
+        assert first.headers["x-ratelimit-limit-concurrency"] == "1"
+        assert first.headers["x-ratelimit-remaining-concurrency"] == "0"
         lines = first.iter_lines()  # NOTE: keep it referenced; a collected iterator makes httpx hang up
         next(lines)  # the first request is running
         second = chat(secured, key)
         assert second.status_code == 429 and "concurrent" in second.json()["error"]["message"]
+        assert second.headers["retry-after"] == "1"
         assert sum(1 for _ in lines) > 400  # the first one ran to the end, undisturbed
     deadline = time.monotonic() + 10
     while (r := chat(secured, key)).status_code != 200:  # the slot is freed when the first one ends
         assert time.monotonic() < deadline, r.text
+
+
+@contextlib.asynccontextmanager
+async def slots_held(nats_url: str, key_id: str, tier: Tier) -> AsyncIterator[None]:
+    """Every slot of the key taken in the store all gateways share, as requests running elsewhere hold them."""
+    nc = await nats.connect(nats_url)
+    limiter = await NatsRateLimiter.open(nc)
+    leases = [await limiter.acquire_slot(key_id, tier) for _ in range(tier.concurrent_requests or 0)]
+    try:
+        assert None not in leases
+        yield
+    finally:
+        for lease in leases:
+            if lease is not None:
+                await limiter.release(lease)
+        await limiter.close()
+        await nc.close()
+
+
+async def test_the_concurrency_429_carries_the_whole_rate_limit_family(secured: str, nats_url: str) -> None:
+    """Every 429 alike: the requests and tokens headers a per-minute refusal has, plus the concurrency pair."""
+    key = new_key(secured)  # "tight": 3 requests a minute, one at a time
+    ok = chat(secured, key["secret"])
+    assert ok.status_code == 200, ok.text
+    assert ok.headers["x-ratelimit-remaining-concurrency"] == "0"  # its own slot was the only one
+    async with slots_held(nats_url, key["id"], TIGHT):
+        refused = chat(secured, key["secret"])
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["retry-after"] == "1"
+    assert refused.headers["x-ratelimit-limit-concurrency"] == "1"
+    assert refused.headers["x-ratelimit-remaining-concurrency"] == "0"
+    family = {
+        f"x-ratelimit-{part}-{what}" for what in ("requests", "tokens") for part in ("limit", "remaining", "reset")
+    }
+    assert family <= set(refused.headers), sorted(refused.headers)
+    assert refused.headers["x-ratelimit-limit-requests"] == "3"
+    # The key's standing as it is: the refusal charged nothing.
+    assert refused.headers["x-ratelimit-remaining-requests"] == ok.headers["x-ratelimit-remaining-requests"]
+    assert chat(secured, key["secret"]).status_code == 200  # its slot free again, the key is served
 
 
 def test_a_client_that_hangs_up_gives_its_slot_back_at_once(secured: str) -> None:

@@ -216,6 +216,16 @@ def test_language_checks(audio_worker: tuple[str, object]) -> None:
     assert post(base, wav(1.0), language="en").status_code == 200
 
 
+def test_a_text_route_naming_the_audio_model_is_400(audio_worker: tuple[str, object]) -> None:
+    """This gateway's config does not name the model: its modality comes from the worker's announcement."""
+    base, _ = audio_worker
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(base + "/v1/chat/completions", json=body, timeout=10)
+    error = error_of(r, 400)
+    assert error["code"] == "invalid_model" and "is an audio model" in error["message"]
+    assert "retry-after" not in r.headers
+
+
 def test_a_json_body_is_refused(audio_worker: tuple[str, object]) -> None:
     base, _ = audio_worker
     r = httpx.post(base + URL, json={"model": MODEL, "file": "abc"}, timeout=10)

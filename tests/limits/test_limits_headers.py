@@ -7,7 +7,13 @@ import json
 import pytest
 
 from ember.gateway.errors import GatewayError, error_response
-from ember.limits.headers import RateLimitExceeded, format_duration, rate_limit_headers, retry_after_header
+from ember.limits.headers import (
+    RateLimitExceeded,
+    concurrency_headers,
+    format_duration,
+    rate_limit_headers,
+    retry_after_header,
+)
 from ember.limits.interface import Decision, Dimension, DimensionState
 
 
@@ -133,3 +139,17 @@ def test_the_429_response_is_openai_shaped() -> None:
 def test_an_allowed_decision_cannot_become_a_429() -> None:
     with pytest.raises(AssertionError):
         RateLimitExceeded.from_decision(Decision(allowed=True))
+
+
+def test_the_concurrency_429_has_the_same_family_as_the_others() -> None:
+    standing = Decision(allowed=True, dimensions={Dimension.REQUESTS: state(60, 41, 12.0, requested=0)})
+    error = RateLimitExceeded.too_many_concurrent(4, standing)
+    assert error.status == 429 and error.headers["Retry-After"] == "1"
+    assert error.headers["x-ratelimit-limit-requests"] == "60"
+    assert error.headers["x-ratelimit-remaining-requests"] == "41"
+    assert error.headers["x-ratelimit-limit-concurrency"] == "4"
+    assert error.headers["x-ratelimit-remaining-concurrency"] == "0"
+    # A tier that allows none: the pair says so, and there is nothing to wait for.
+    none = RateLimitExceeded.too_many_concurrent(0, standing)
+    assert none.headers["x-ratelimit-limit-concurrency"] == "0" and "Retry-After" not in none.headers
+    assert concurrency_headers(4, -1)["x-ratelimit-remaining-concurrency"] == "0"

@@ -171,7 +171,7 @@ async def _run(request: Request, task: str) -> Response:
 
 async def _serve(request: Request, form: FormData, task: str) -> Response:
     body = parse_form(form, task)
-    check_model(request, body.model)
+    check_model(request, body.model, Modality.AUDIO)
     data = await read_upload(body.file)  # every check of the request itself comes before any quota is spent
     quota = await Quota.open(request, body.model)
     quota.modality = Modality.AUDIO

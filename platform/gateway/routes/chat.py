@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ember.bus.messages import ChatMessage, OutputConstraint, TextChunk, TextJob, TokenLogprob, ToolChoice
+from ember.bus.messages import ChatMessage, Modality, OutputConstraint, TextChunk, TextJob, TokenLogprob, ToolChoice
 from ember.gateway import generation, orchestrator, sse
 from ember.gateway.errors import GatewayError, InvalidRequest
 from ember.gateway.quota import Quota
@@ -48,7 +48,7 @@ async def create(request: Request) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     if body.ember_tools is not None:  # server-executed functions: the orchestrator runs the whole loop
         return await orchestrator.run(request, body)
-    check_model(request, body.model)
+    check_model(request, body.model, Modality.TEXT)
     messages = to_job_messages(body)  # every check of the request itself comes before any quota is spent
     tools, choice, constraint = tool_fields(body)
     quota = await Quota.open(request, body.model)

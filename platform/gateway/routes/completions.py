@@ -9,7 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ember.bus.messages import TextChunk, TextJob, TokenLogprob
+from ember.bus.messages import Modality, TextChunk, TextJob, TokenLogprob
 from ember.gateway import generation, sse
 from ember.gateway.errors import GatewayError
 from ember.gateway.quota import Quota
@@ -35,7 +35,7 @@ def legacy_logprobs(entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
 
 async def create(request: Request) -> Response:
     body = await parse_body(request, CompletionRequest)
-    check_model(request, body.model)
+    check_model(request, body.model, Modality.TEXT)
     constraint = output_constraint(body.response_format.model_dump()) if body.response_format else None
     quota = await Quota.open(request, body.model)
     request_id: str = request.state.request_id

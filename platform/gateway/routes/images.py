@@ -103,6 +103,8 @@ async def _parse_form(
         raise InvalidRequest("this endpoint takes multipart/form-data", code="invalid_request")
     try:
         form = await request.form()
+    except GatewayError:  # the body limit tripped while the form was read: 413, not a parse error
+        raise
     except Exception as e:  # python-multipart's parse errors share no base class
         raise InvalidRequest(f"the multipart body cannot be parsed: {e}", code="invalid_request") from None
     fields: dict[str, Any] = {}
@@ -190,7 +192,7 @@ async def _run(
 ) -> Response:
     """Run one request; ``kind`` ("image_generation", "image_edit") names its stream events."""
     model = body.model or default_model(request)
-    check_model(request, model)
+    check_model(request, model, Modality.IMAGE)
     width, height = body.dimensions()
     streamed = isinstance(body, _Streamable) and body.stream
     blobs, files = _stores(request)

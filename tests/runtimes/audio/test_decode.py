@@ -14,6 +14,7 @@ import pytest
 
 from ember.runtimes.audio import decode
 from ember.runtimes.audio.decode import SAMPLE_RATE, AudioDecodeError, AudioTooLong, decode_audio, probe, sniff
+from tests.helpers.audio_files import NOT_AUDIO, SDP, silent_wav
 
 
 def tone(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
@@ -158,24 +159,8 @@ def test_corrupted_files_decode_or_fail_cleanly(container: str, codec: str, fmt:
     assert outcomes["refused"] > 0 and outcomes["decoded"] > 0
 
 
-SDP = b"""v=0
-o=- 0 0 IN IP4 127.0.0.1
-s=ember
-c=IN IP4 127.0.0.1
-t=0 0
-m=audio 45678 RTP/AVP 0
-a=rtpmap:0 PCMU/8000
-"""
-# What FFmpeg's probing would otherwise take for a demuxer that reads other resources: an RTP session (UDP ports
-# of the uploader's choosing), an HLS playlist and an ffconcat list (URLs and local paths), a concat: URL.
-HOSTILE = {
-    "sdp": SDP,
-    "hls": b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nhttp://127.0.0.1:9/a.ts\n#EXT-X-ENDLIST\n",
-    "ffconcat": b"ffconcat version 1.0\nfile /etc/passwd\nfile http://127.0.0.1:9/a.wav\n",
-    "concat-url": b"concat:/etc/passwd|/etc/hosts",
-    "id3-then-sdp": b"ID3\x04\x00\x00\x00\x00\x00\x00" + SDP,
-    "adts-aac": encode(tone(0.5, 16000), 16000, "adts", "aac", "fltp"),  # raw AAC: not on the list
-}
+# Not on the list: raw AAC, with no container.
+HOSTILE = {**NOT_AUDIO, "adts-aac": encode(tone(0.5, 16000), 16000, "adts", "aac", "fltp")}
 
 
 @pytest.mark.parametrize("name", HOSTILE)
@@ -222,17 +207,6 @@ def test_mp3_without_a_tag_is_recognised_by_its_frame_header() -> None:
     bare = data[decode._id3_size(data) :]
     assert bare[:3] != b"ID3" and sniff(bare) == "mp3"
     assert abs(decode_audio(bare).size - SAMPLE_RATE) < 0.1 * SAMPLE_RATE
-
-
-def silent_wav(seconds: float, rate: int = 8000) -> bytes:
-    """8-bit silence: the most audio per uploaded byte a WAV holds (25 MB is ~52 minutes)."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(1)
-        w.setframerate(rate)
-        w.writeframes(b"\x80" * int(seconds * rate))
-    return buf.getvalue()
 
 
 def test_a_file_over_the_cap_is_refused_from_its_header_before_decoding() -> None:
