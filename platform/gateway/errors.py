@@ -1,12 +1,14 @@
 """Every failure the gateway shows a client, as an HTTP status and OpenAI's error body.
 
 GatewayError                       {"error": {"message", "type", "param", "code"}}
-├── InvalidRequest        400      invalid_request_error: a bad field, bad JSON, an unsupported parameter
+├── InvalidRequest        400      invalid_request_error: a bad field, bad or too deeply nested JSON, an unsupported
+│                                  parameter, a model of another modality than the route's (invalid_model)
 ├── AuthenticationError   401      invalid_api_key: no key, a malformed, unknown or revoked one, a wrong admin key
 ├── PermissionDenied      403      the admin API is off (no auth.admin_key configured)
 ├── NotFound              404      model_not_found, or an unknown route
 ├── MethodNotAllowed      405
-├── RequestTooLarge       413      the body passed gateway.max_body_bytes
+├── RequestTooLarge       413      the body passed gateway.max_body_bytes (or its route's own limit), with or
+│                                  without a Content-Length
 ├── RateLimitExceeded     429      rate_limit_exceeded: the key is over a limit of its tier (ember.limits.headers)
 ├── ServiceUnavailable    503      no worker serves the model, or the workers are overloaded (with Retry-After)
 └── UpstreamError         any      an error a worker reported (ErrorInfo), passed through
