@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from ember.config import load_settings
-from ember.gateway.routes.common import json_depth_exceeds
+from ember.gateway.errors import InvalidRequest
+from ember.gateway.routes.common import json_depth_exceeds, parse_json
 from tests.conftest import TINY
 from tests.helpers.audio_files import NOT_AUDIO, SDP, silent_wav, tone_wav
 from tests.helpers.cluster import GatewayThread, start_worker, stop_process, wait_for_model, write_config
@@ -112,6 +113,11 @@ def test_the_depth_is_counted_exactly() -> None:
     assert json_depth_exceeds(nest(DEPTH + 1), DEPTH)
     assert not json_depth_exceeds({"wide": list(range(10_000)), "s": "x"}, 2)
     assert not json_depth_exceeds("scalar", 0)
+    # The same through the parser, whose bracket count lets most bodies skip the walk.
+    assert parse_json(b"[" * DEPTH + b"]" * DEPTH, DEPTH) is not None
+    with pytest.raises(InvalidRequest, match="more than 64 levels deep"):
+        parse_json(b"[" * (DEPTH + 1) + b"]" * (DEPTH + 1), DEPTH)
+    assert parse_json(b'{"prompt": "' + b"[" * 1000 + b'"}', DEPTH) == {"prompt": "[" * 1000}  # brackets in a string
 
 
 # -- modality --------------------------------------------------------------------------------------------------
