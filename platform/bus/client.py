@@ -70,7 +70,10 @@ class JobClient:
 
     async def stop(self) -> None:
         for sub in self._subs:
-            await sub.unsubscribe()
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error as e:  # NATS is away; the subscription ends with the connection
+                log.info("unsubscribe at stop: %s", e)
         self._subs.clear()
 
     def new_route(self, queue: asyncio.Queue[Msg]) -> str:

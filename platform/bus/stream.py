@@ -218,13 +218,23 @@ class JobStream(Generic[R]):
         timing = self._client.timing
         missed = 0
         try:
+            gap_since: float | None = None
             while not self._done:
-                wait = timing.gap_wait_s if self._ahead else timing.idle_probe_s
+                # A gap is repaired gap_wait_s after it opened, however many later replies keep arriving.
+                if self._ahead and gap_since is None:
+                    gap_since = time.monotonic()
+                elif not self._ahead:
+                    gap_since = None
+                if gap_since is not None:
+                    wait = gap_since + timing.gap_wait_s - time.monotonic()
+                else:
+                    wait = timing.idle_probe_s
                 wait = min(wait, self.deadline + timing.deadline_grace_s - time.time())
                 try:
                     reply = await self._next_message(wait)
                 except TimeoutError:
                     missed = await self._check(missed)
+                    gap_since = None if gap_since is None else time.monotonic()
                     continue
                 except NoWorkerError as e:  # a resend to a reply subject nobody had any more; cannot happen here
                     raise WorkerLostError(str(e)) from e

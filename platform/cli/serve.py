@@ -194,7 +194,7 @@ def serve(settings: Settings, *, nats_url: str | None, only: list[str] | None, c
         supervisor.workers = worker_commands(settings, nats_url, only, config_path)
         for w in supervisor.workers:
             w.start()
-        asyncio.run(_run(settings, nats_url, supervisor))
+        asyncio.run(_run(settings, nats_url, supervisor, only))
     finally:
         supervisor.stop()
         if embedded is not None:
@@ -203,11 +203,12 @@ def serve(settings: Settings, *, nats_url: str | None, only: list[str] | None, c
     return 0
 
 
-async def _run(settings: Settings, nats_url: str, supervisor: Supervisor) -> None:
+async def _run(settings: Settings, nats_url: str, supervisor: Supervisor, only: list[str] | None) -> None:
     from ember.gateway.app import create_app
     from ember.gateway.server import uvicorn_config
 
-    app = create_app(settings, nats_url)
+    # /readyz waits for the models this serve runs, not every configured one.
+    app = create_app(settings, nats_url, ready_models=only)
     server = _Gateway(uvicorn_config(settings, app), supervisor)
     tasks = [asyncio.create_task(supervisor.watch()), asyncio.create_task(_report_ready(server, app, supervisor))]
     try:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from ember._functions import FunctionDef, function, function_def
 from ember.bus.blobs import BlobNotFound
 from ember.bus.client import JobRefused, JobStream
-from ember.bus.errors import NoWorkerError, ReplyTimeoutError, WorkerLostError
+from ember.bus.errors import BusError, NoWorkerError
 from ember.bus.messages import (
     AudioJob,
     AudioResult,
@@ -65,7 +65,10 @@ def _default_model(modality: Modality) -> str:
 async def _replies(job: Job, reply_type: type[R]) -> list[R]:
     """Run ``job`` to its end; every reply of ``reply_type``. Bus failures raise FunctionFailed."""
     ctx = current()
-    stream: JobStream[StreamReply] = await ctx.bus.submit(job, StreamReply)
+    try:
+        stream: JobStream[StreamReply] = await ctx.bus.submit(job, StreamReply)
+    except BusError as e:
+        raise _unavailable(f"model {job.model!r}: {e}", "bus_unavailable") from e
     out: list[R] = []
     try:
         await stream.wait_accepted(ctx.settings.gateway.accept_timeout_s)
@@ -76,7 +79,7 @@ async def _replies(job: Job, reply_type: type[R]) -> list[R]:
         raise FunctionFailed(e.failed.error) from e
     except NoWorkerError as e:
         raise _unavailable(f"no worker is serving model {job.model!r} right now", "no_worker") from e
-    except (WorkerLostError, ReplyTimeoutError) as e:
+    except BusError as e:  # lost, stalled, timed out, past its deadline, or NATS away
         raise _unavailable(f"model {job.model!r}: {e}", "worker_lost") from e
     finally:
         await stream.cancel()

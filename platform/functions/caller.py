@@ -18,7 +18,13 @@ import jsonschema
 
 from ember._functions import NAME_PATTERN
 from ember.bus.client import JobClient, JobRefused
-from ember.bus.errors import NoWorkerError, ReplyTimeoutError, WorkerLostError
+from ember.bus.errors import (
+    BusUnavailableError,
+    DeadlineExceededError,
+    NoWorkerError,
+    ReplyTimeoutError,
+    WorkerLostError,
+)
 from ember.bus.messages import ErrorInfo, FunctionInfo, FunctionJob, FunctionResult, JobStatus, encode
 from ember.config.settings import FunctionsSettings
 from ember.functions import errors
@@ -154,7 +160,10 @@ class FunctionCaller:
                 )
             )
         started = time.perf_counter()
-        stream = await self.bus.submit(job, FunctionResult)
+        try:
+            stream = await self.bus.submit(job, FunctionResult)
+        except BusUnavailableError as e:
+            raise _unavailable(f"function {fn.name!r}: {e}", "bus_unavailable") from e
         result: FunctionResult | None = None
         try:
             async with asyncio.timeout(self.accept_timeout_s + timeout_s + BACKSTOP_S):
@@ -169,7 +178,9 @@ class FunctionCaller:
             raise _unavailable(f"the worker running function {fn.name!r} went away: {e}", "worker_lost") from e
         except ReplyTimeoutError as e:
             raise _unavailable(f"function {fn.name!r}: {e}", "worker_timeout") from e
-        except TimeoutError as e:
+        except BusUnavailableError as e:
+            raise _unavailable(f"function {fn.name!r}: {e}", "bus_unavailable") from e
+        except (TimeoutError, DeadlineExceededError) as e:
             raise CallError(errors.timed_out(fn.name, timeout_s)) from e
         finally:
             with anyio.CancelScope(shield=True):  # the caller may be going away: still stop the call

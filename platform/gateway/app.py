@@ -19,6 +19,7 @@ from ember.bus.connection import connect
 from ember.config import Settings
 from ember.gateway import errors
 from ember.gateway.auth import AuthMiddleware
+from ember.gateway.disconnect import DisconnectMiddleware
 from ember.gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ember.gateway.routes import admin, audio, chat, completions, functions, health, images, models, usage
 from ember.limits.nats_kv import NatsRateLimiter
@@ -38,14 +39,19 @@ def middleware(settings: Settings) -> list[Middleware]:
     """The gateway's middleware, outermost first."""
     return [
         Middleware(RequestIdMiddleware),
+        # Outside the others: a client that hangs up cancels whatever handles its request, streamed or not.
+        Middleware(DisconnectMiddleware),
         # Before the body is read: a request without a valid key costs us no more than its headers.
         Middleware(AuthMiddleware, settings=settings),
         Middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes, per_path=audio.BODY_LIMITS),
     ]
 
 
-def create_app(settings: Settings, nats_url: str) -> Starlette:
-    """An app that connects to NATS at startup and drains the connection at shutdown."""
+def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None = None) -> Starlette:
+    """An app that connects to NATS at startup and drains the connection at shutdown.
+
+    ``ready_models``: those /readyz waits for (``ember serve --model``); all the configured ones by default.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -85,7 +91,13 @@ def create_app(settings: Settings, nats_url: str) -> Starlette:
             if app.state.limiter is not None:
                 await app.state.limiter.close()
             await client.stop()
-            await nc.drain()
+            # Usage records that waited out a NATS outage get a last chance before the connection closes.
+            if not await usage_stream.flush_backlog(js, 5.0):
+                log.error("usage records not written before shutdown (NATS unreachable)")
+            if nc.is_connected:
+                await nc.drain()
+            else:  # NATS is away: there is nothing to drain, and drain() would refuse
+                await nc.close()
 
     app = Starlette(
         routes=[
@@ -110,4 +122,5 @@ def create_app(settings: Settings, nats_url: str) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.expected_models = frozenset(ready_models if ready_models is not None else settings.models)
     return app

@@ -63,7 +63,13 @@ async def start(bus: JobClient, jobs: list[TextJob], accept_timeout_s: float) ->
         for s in streams:
             await s.cancel()
         raise bus_error(e, jobs[0].model) from e
-    results = await asyncio.gather(*(s.wait_accepted(accept_timeout_s) for s in streams), return_exceptions=True)
+    try:
+        results = await asyncio.gather(*(s.wait_accepted(accept_timeout_s) for s in streams), return_exceptions=True)
+    except BaseException:  # the client went away while the workers were accepting: take the jobs back
+        with anyio.CancelScope(shield=True):
+            for s in streams:
+                await s.cancel()
+        raise
     failures = [r for r in results if isinstance(r, BaseException)]
     if failures:
         for s in streams:
@@ -101,17 +107,21 @@ async def start_metered(
         # Nothing was generated: a 503 (no worker, workers full) is the platform's failure, not the key's.
         await quota.close(status=e.code or "error", refund=e.status == 503)
         raise
+    except BaseException:
+        await settled(quota.close(status="client_closed"))
+        raise
     return streams, prompt_tokens
 
 
 async def collect(streams: list[JobStream[TextChunk]], quota: Quota, prompt_tokens: int) -> list[Choice]:
     """Every choice to the end; the quota is closed with what was generated, whatever happens."""
     choices = [Choice(index=i) for i in range(len(streams))]
-    status = "ok"
+    status = "client_closed"  # unless it ends otherwise: a cancel (the client hung up) is a BaseException
     try:
         async with contextlib.aclosing(merged(streams, quota.model)) as parts:
             async for index, chunk in parts:
                 choices[index].add(chunk)
+        status = "ok"
     except GatewayError as e:
         status = e.code or "error"
         raise

@@ -2,15 +2,21 @@
 
 A record is published with its request id as ``Nats-Msg-Id``, so JetStream drops a redelivered copy within its
 duplicate window; summaries also count each request id once, so a copy that arrives later is not counted twice.
+That is also what makes a retry safe: a record that cannot be written now (NATS restarting) waits in a backlog
+and is retried in the background until the stream takes it, without delaying the response it describes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 import re
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
@@ -18,6 +24,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, S
 from ember.bus import subjects
 from ember.bus.messages import UsageRecord, WireVersionError, decode_usage, encode
 from ember.config import ConfigError
+
+log = logging.getLogger("ember.usage")
 
 STREAM = "EMBER_USAGE"
 SUBJECTS = f"{subjects.PREFIX}.usage.>"
@@ -43,8 +51,73 @@ async def ensure_stream(js: JetStreamContext, max_age_days: float = 90.0) -> Non
 
 
 async def record(js: JetStreamContext, rec: UsageRecord) -> None:
-    """Append one record; a second publish of the same request id within the window is dropped by JetStream."""
-    await js.publish(usage_subject(rec.key_id), encode(rec), headers={"Nats-Msg-Id": rec.request_id})
+    """Append one record; a second publish of the same request id within the window is dropped by JetStream.
+
+    If the stream cannot take it now, the record is kept and retried in the background (``Backlog``).
+    """
+    try:
+        await _publish(js, rec)
+    except (nats.errors.Error, TimeoutError) as e:
+        log.info("usage record %s kept for a retry: %s", rec.request_id, e)
+        _backlog(js).add(rec)
+
+
+async def _publish(js: JetStreamContext, rec: UsageRecord) -> None:
+    await js.publish(usage_subject(rec.key_id), encode(rec), headers={"Nats-Msg-Id": rec.request_id}, timeout=2.0)
+
+
+@dataclass
+class Backlog:
+    """Records waiting for the usage stream, oldest first, retried with a growing pause until written."""
+
+    js: JetStreamContext
+    # An outage long enough to fill this loses the oldest records (and says so), rather than all memory.
+    max_records: int = 100_000
+    pending: deque[UsageRecord] = field(default_factory=deque)
+    _task: asyncio.Task[None] | None = None
+
+    def add(self, rec: UsageRecord) -> None:
+        if len(self.pending) >= self.max_records:
+            dropped = self.pending.popleft()
+            log.error("usage backlog full: record %s dropped", dropped.request_id)
+        self.pending.append(rec)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        pause = 0.2
+        while self.pending:
+            try:
+                await _publish(self.js, self.pending[0])
+            except (nats.errors.Error, TimeoutError):
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+                continue
+            self.pending.popleft()
+            pause = 0.2
+        log.info("usage backlog written")
+
+    async def flush(self, within_s: float) -> bool:
+        """Wait (up to ``within_s``) until every kept record is written; True if none is left."""
+        if self._task is not None and not self._task.done():
+            await asyncio.wait([self._task], timeout=within_s)
+        return not self.pending
+
+
+_BACKLOGS: dict[int, Backlog] = {}
+
+
+def _backlog(js: JetStreamContext) -> Backlog:
+    found = _BACKLOGS.get(id(js))
+    if found is None or found.js is not js:
+        found = _BACKLOGS[id(js)] = Backlog(js)
+    return found
+
+
+async def flush_backlog(js: JetStreamContext, within_s: float = 5.0) -> bool:
+    """At shutdown: give kept records a last chance to be written; True if none is left."""
+    found = _BACKLOGS.get(id(js))
+    return found is None or found.js is not js or await found.flush(within_s)
 
 
 async def read(

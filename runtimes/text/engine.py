@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -127,6 +128,8 @@ class TextEngine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.steps = 0
+        # When the step running now began (None between steps): probes report a stuck engine from it.
+        self._step_started: float | None = None
 
     # ---- asyncio side -------------------------------------------------------------------------------------
 
@@ -140,6 +143,11 @@ class TextEngine:
             self._lock.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
+
+    def stalled_s(self) -> float:
+        """Seconds the engine has been inside its current step (0 between steps)."""
+        started = self._step_started
+        return 0.0 if started is None else time.monotonic() - started
 
     def load(self) -> tuple[int, int]:
         """(running, waiting) right now."""
@@ -205,7 +213,11 @@ class TextEngine:
             if aborts:
                 for req in self.scheduler.remove(aborts):
                     self._finish(req, JobStatus.FINISHED_ABORTED)
-            self._step()
+            self._step_started = time.monotonic()
+            try:
+                self._step()
+            finally:
+                self._step_started = None
         for req in [*self.scheduler.running, *self.scheduler.waiting_requests()]:
             self._finish(req, JobStatus.FINISHED_ABORTED)
 

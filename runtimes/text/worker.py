@@ -106,6 +106,9 @@ class TextJobHandler(JobHandler):
     def load(self) -> tuple[int, int]:
         return self.engine.load()
 
+    def stalled_s(self) -> float:
+        return self.engine.stalled_s()
+
     def cancel(self, request_id: str) -> None:
         self.engine.abort(request_id)
 

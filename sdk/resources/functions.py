@@ -73,13 +73,33 @@ class Functions(SyncAPIResource):
         input: dict[str, Any] | None = None,
         *,
         timeout_s: float | None = None,
+        idempotency_key: str | None = None,
+        webhook_url: str | None = None,
         extra_headers: Headers | None = None,
         timeout: Timeout | NotGiven = NOT_GIVEN,
     ) -> FunctionJob:
-        """Start a function in the background (``?async=true``); returns the queued ``FunctionJob`` to poll."""
-        options = request_options(extra_headers, None, timeout)
+        """Start a function in the background (``?async=true``); returns the queued ``FunctionJob`` to poll.
+
+        The job is durable: it runs once, on whichever worker takes it, even across worker and gateway restarts.
+        ``idempotency_key``: a retry with the same key (a submit whose answer was lost) gets the same job back,
+        not a second one. ``webhook_url``: the server POSTs the finished job there, signed (``Ember-Signature``);
+        its host must be in the server's ``functions.webhook_hosts``.
+        """
+        options = request_options(_with_idempotency(extra_headers, idempotency_key), None, timeout)
         path = _invoke(name) + "?async=true"
-        return self._client.post(path, body=_body(input, timeout_s), cast_to=FunctionJob, options=options)
+        body = _body(input, timeout_s, webhook_url)
+        return self._client.post(path, body=body, cast_to=FunctionJob, options=options)
+
+    def cancel_job(
+        self, job_id: str, *, extra_headers: Headers | None = None, timeout: Timeout | NotGiven = NOT_GIVEN
+    ) -> FunctionJob:
+        """Cancel an async invocation: a queued job never runs, a running one is stopped (``cancelled``).
+
+        Raises:
+            APIStatusError: 409 when the job had already finished (``code == "job_finished"``).
+        """
+        options = request_options(extra_headers, None, timeout)
+        return self._client.post(_job(job_id) + "/cancel", body={}, cast_to=FunctionJob, options=options)
 
     def retrieve_job(
         self, job_id: str, *, extra_headers: Headers | None = None, timeout: Timeout | NotGiven = NOT_GIVEN
@@ -142,13 +162,27 @@ class AsyncFunctions(AsyncAPIResource):
         input: dict[str, Any] | None = None,
         *,
         timeout_s: float | None = None,
+        idempotency_key: str | None = None,
+        webhook_url: str | None = None,
         extra_headers: Headers | None = None,
         timeout: Timeout | NotGiven = NOT_GIVEN,  # noqa: ASYNC109
     ) -> FunctionJob:
         """Start a function in the background; see ``Functions.submit``."""
-        options = request_options(extra_headers, None, timeout)
+        options = request_options(_with_idempotency(extra_headers, idempotency_key), None, timeout)
         path = _invoke(name) + "?async=true"
-        return await self._client.post(path, body=_body(input, timeout_s), cast_to=FunctionJob, options=options)
+        body = _body(input, timeout_s, webhook_url)
+        return await self._client.post(path, body=body, cast_to=FunctionJob, options=options)
+
+    async def cancel_job(
+        self,
+        job_id: str,
+        *,
+        extra_headers: Headers | None = None,
+        timeout: Timeout | NotGiven = NOT_GIVEN,  # noqa: ASYNC109
+    ) -> FunctionJob:
+        """Cancel an async invocation; see ``Functions.cancel_job``."""
+        options = request_options(extra_headers, None, timeout)
+        return await self._client.post(_job(job_id) + "/cancel", body={}, cast_to=FunctionJob, options=options)
 
     async def retrieve_job(
         self,
@@ -189,8 +223,14 @@ def _job(job_id: str) -> str:
     return f"jobs/{quote(job_id, safe='')}"
 
 
-def _body(input: dict[str, Any] | None, timeout_s: float | None) -> dict[str, Any]:
+def _body(input: dict[str, Any] | None, timeout_s: float | None, webhook_url: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"input": input or {}}
     if timeout_s is not None:
         body["timeout_s"] = timeout_s
+    if webhook_url is not None:
+        body["webhook_url"] = webhook_url
     return body
+
+
+def _with_idempotency(headers: Headers | None, key: str | None) -> Headers | None:
+    return headers if key is None else {**(headers or {}), "Idempotency-Key": key}

@@ -63,7 +63,7 @@ class FunctionJob(BaseModel):
     id: str
     object: Literal["function.job"]
     function: str
-    status: Literal["queued", "running", "succeeded", "failed"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     created_at: float
     finished_at: float | None = None
     output: Any = None
@@ -71,4 +71,4 @@ class FunctionJob(BaseModel):
 
     @property
     def done(self) -> bool:
-        return self.status in ("succeeded", "failed")
+        return self.status in ("succeeded", "failed", "cancelled")

@@ -1,8 +1,10 @@
-"""A client that goes away mid-stream makes the gateway stop the generation on the worker."""
+"""A client that goes away, mid-stream or waiting for a whole response, makes the gateway stop the job."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import uuid
 
 import httpx
 import nats
@@ -54,5 +56,40 @@ async def test_disconnect_cancels_the_job_and_frees_the_worker(tiny_worker: str,
                 await asyncio.sleep(0.05)
 
         await asyncio.wait_for(idle(), 10)
+    finally:
+        await nc.close()
+
+
+async def test_a_non_streamed_request_whose_client_hangs_up_is_cancelled(tiny_worker: str, nats_url: str) -> None:
+    """Without a stream, the gateway only learns of the hang-up by watching the connection; it must still stop
+    the job at once (and bill what was generated), not run it to the end."""
+    nc = await nats.connect(nats_url)
+    cancels: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_cancel(msg) -> None:  # type: ignore[no-untyped-def]
+        await cancels.put(decode_cancel(msg.data).request_id)
+
+    await nc.subscribe(f"{subjects.PREFIX}.worker.*.cancel", cb=on_cancel)
+    request_id = f"req-hangup-{uuid.uuid4().hex[:8]}"
+    body = {
+        "model": TINY,
+        "messages": [{"role": "user", "content": "go on forever"}],
+        "max_tokens": 480,
+        "ignore_eos": True,
+    }
+    try:
+        async with httpx.AsyncClient(base_url=tiny_worker, timeout=30) as client:
+            post = asyncio.create_task(
+                client.post("/v1/chat/completions", json=body, headers={"x-request-id": request_id})
+            )
+            await asyncio.sleep(0.3)
+            assert not post.done(), "the job ended before the client hung up: the test proves nothing"
+            post.cancel()  # httpx closes the connection
+            hung_up = asyncio.get_running_loop().time()
+            with contextlib.suppress(asyncio.CancelledError):
+                await post
+        cancelled = await asyncio.wait_for(cancels.get(), 5)
+        assert cancelled.startswith(request_id)
+        assert asyncio.get_running_loop().time() - hung_up < 1.0
     finally:
         await nc.close()

@@ -28,9 +28,16 @@ def test_retrieve_one_model(tiny_worker: str) -> None:
 
 def test_health_and_readiness(tiny_worker: str) -> None:
     assert httpx.get(f"{tiny_worker}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{tiny_worker}/readyz")
-    assert ready.status_code == 200
-    assert ready.json()["nats"] == "connected" and TINY in ready.json()["models"]
+    ready = httpx.get(f"{tiny_worker}/readyz", params={"model": TINY})
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["nats"] == "connected" and ready.json()["models"][TINY]["workers"] >= 1
+    # The gateway as a whole is not ready: one of its configured models has no worker at all.
+    whole = httpx.get(f"{tiny_worker}/readyz")
+    assert whole.status_code == 503 and whole.json()["status"] == "not_ready"
+    assert whole.json()["models"]["tiny-unserved"] == {"workers": 0, "ready": False}
+    assert whole.json()["models"][TINY]["ready"] is True
+    missing = httpx.get(f"{tiny_worker}/readyz", params={"model": "not-configured"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
 def test_not_ready_without_workers(tmp_path: Path) -> None:

@@ -93,12 +93,13 @@ def wait_for_model(base_url: str, model: str, workers: int = 1, timeout: float =
     raise TimeoutError(f"model {model!r} did not get {workers} worker(s) within {timeout}s; last: {seen}")
 
 
-def wait_ready(base_url: str, timeout: float = 120.0) -> None:
-    """Until the gateway's /readyz says it is connected and sees a worker (it needs no API key)."""
+def wait_ready(base_url: str, timeout: float = 120.0, model: str | None = None) -> None:
+    """Until the gateway's /readyz (for ``model``, else every configured one) says it can serve (no API key)."""
     deadline = time.monotonic() + timeout
+    params = {"model": model} if model is not None else {}
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{base_url}/readyz", params=params, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass

@@ -56,3 +56,16 @@ async def test_async_client_submits_and_waits(base_url: str) -> None:
         failed = await client.functions.wait((await client.functions.submit("user_functions.hang")).id, max_wait_s=20)
         assert failed.status == "failed" and failed.error is not None and failed.error.code == "function_timeout"
         assert (await client.functions.invoke("user_functions.add", {"a": 5, "b": 5})).output == 10
+
+
+def test_submit_with_an_idempotency_key_and_cancel(base_url: str) -> None:
+    with ember.Ember(base_url=base_url, max_retries=0) as client:
+        first = client.functions.submit("user_functions.hang", idempotency_key="sdk-retry-1")
+        again = client.functions.submit("user_functions.hang", idempotency_key="sdk-retry-1")
+        assert again.id == first.id  # a retried submit gets the same job, not a second one
+        cancelled = client.functions.cancel_job(first.id)
+        assert cancelled.status == "cancelled" and cancelled.done
+        assert client.functions.wait(first.id, max_wait_s=10).status == "cancelled"
+        with pytest.raises(ember.APIStatusError) as finished:
+            client.functions.cancel_job(first.id)
+        assert finished.value.status_code == 409 and finished.value.code == "job_finished"

@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from ember.bus.blobs import BlobStore
 from ember.bus.client import JobRefused, JobStream
-from ember.bus.errors import NoWorkerError, WorkerLostError
+from ember.bus.errors import BusError
 from ember.bus.messages import AudioJob, AudioResult, AudioSegment, JobStatus, Modality, StreamReply
 from ember.gateway import audio_formats, generation, sse
 from ember.gateway.errors import GatewayError, InvalidRequest, RequestTooLarge
@@ -251,7 +251,7 @@ async def _replies(
             if isinstance(reply, AudioSegment):
                 yield reply
         raise generation.aborted_error()  # the stream ended without a result
-    except (JobRefused, WorkerLostError, NoWorkerError) as e:
+    except (JobRefused, BusError) as e:
         status = "worker_error"
         raise generation.bus_error(e, model) from e
     except GatewayError as e:

@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 
 from ember.bus.blobs import BlobNotFound, BlobStore
 from ember.bus.client import JobRefused, JobStream
-from ember.bus.errors import NoWorkerError, ReplyTimeoutError, WorkerLostError
+from ember.bus.errors import BusError
 from ember.bus.messages import ImageJob, ImageProgress, ImageResult, JobStatus, Modality, StreamReply
 from ember.gateway import generation, sse
 from ember.gateway.errors import GatewayError, InvalidRequest, NotFound, from_validation
@@ -172,7 +172,7 @@ class _Job:
                     raise generation.aborted_error()
                 if isinstance(reply, ImageProgress | ImageResult):
                     yield reply
-        except (JobRefused, NoWorkerError, WorkerLostError, ReplyTimeoutError) as e:
+        except (JobRefused, BusError) as e:
             raise generation.bus_error(e, self.model) from None
 
     async def close(self) -> None:
@@ -231,7 +231,7 @@ async def _run(
         try:
             stream = await bus(request).submit(job, StreamReply)
             accepted = await stream.wait_accepted(settings(request).gateway.accept_timeout_s)
-        except (JobRefused, NoWorkerError, WorkerLostError, ReplyTimeoutError) as e:
+        except (JobRefused, BusError) as e:
             raise generation.bus_error(e, model) from None
     except BaseException as e:  # nothing ran: an OpenAI JSON error, as for any request refused up front
         status = (e.code or "error") if isinstance(e, GatewayError) else "client_closed"
