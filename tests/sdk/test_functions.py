@@ -66,6 +66,9 @@ def test_submit_with_an_idempotency_key_and_cancel(base_url: str) -> None:
         cancelled = client.functions.cancel_job(first.id)
         assert cancelled.status == "cancelled" and cancelled.done
         assert client.functions.wait(first.id, max_wait_s=10).status == "cancelled"
+        assert client.functions.cancel_job(first.id).status == "cancelled"  # cancelling twice is harmless
+        done = client.functions.submit("user_functions.add", {"a": 1, "b": 1})
+        assert client.functions.wait(done.id, poll_interval_s=0.05, max_wait_s=20).status == "succeeded"
         with pytest.raises(ember.APIStatusError) as finished:
-            client.functions.cancel_job(first.id)
+            client.functions.cancel_job(done.id)
         assert finished.value.status_code == 409 and finished.value.code == "job_finished"
