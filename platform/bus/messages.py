@@ -486,7 +486,8 @@ class JobState(_Message):
     # False: the worker has no such job (never got it, or finished it long enough ago to forget).
     known: bool
     finished: bool = False
-    # Numbered replies sent so far; and whether all of them from ``next_seq`` on could be sent again.
+    # Numbered replies sent so far; and whether the replies from ``next_seq`` on were sent again (False when there
+    # were none, or when some of them are no longer kept).
     sent: int = Field(default=0, ge=0)
     resent: bool = False
     # Seconds the worker's engine has been inside one step: a stuck engine answers probes but makes no progress.

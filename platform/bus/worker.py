@@ -169,22 +169,20 @@ class WorkerHost:
     handler: JobHandler
     worker_id: str = field(default_factory=lambda: f"w-{uuid.uuid4().hex[:12]}")
     announce_every_s: float = 1.0
+    # An engine inside one step for longer has stalled: the worker leaves the rotation until the step ends.
+    stall_limit_s: float = 30.0
     replies: ReplyLog = field(default_factory=ReplyLog)
     _job_subs: list[Subscription] = field(default_factory=list, init=False)
     _subs: list[Subscription] = field(default_factory=list, init=False)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
     _early_cancels: dict[str, float] = field(default_factory=dict, init=False)
+    stalled: bool = field(default=False, init=False)
     _heartbeat: asyncio.Task[None] | None = field(default=None, init=False)
 
     async def start(self) -> None:
         h = self.handler
         sub = self.nc.subscribe
-        group = subjects.queue_group(h.modality, h.model)
-        self._job_subs = [
-            # Gateways send to a worker they know is alive; the queue group is for those that know none yet.
-            await sub(subjects.worker_jobs(self.worker_id), cb=self._on_job),
-            await sub(subjects.jobs(h.modality, h.model), queue=group, cb=self._on_job),
-        ]
+        await self._take_jobs()
         self._subs = [
             await sub(subjects.worker_cancel(self.worker_id), cb=self._on_cancel),
             await sub(subjects.worker_ping(self.worker_id), cb=self._on_ping),
@@ -198,16 +196,28 @@ class WorkerHost:
         self._heartbeat = asyncio.create_task(self._announce_forever())
         log.info("worker %s serving %s model %r", self.worker_id, h.modality, h.model)
 
+    async def _take_jobs(self) -> None:
+        h = self.handler
+        group = subjects.queue_group(h.modality, h.model)
+        self._job_subs = [
+            # Gateways send to a worker they know is alive; the queue group is for those that know none yet.
+            await self.nc.subscribe(subjects.worker_jobs(self.worker_id), cb=self._on_job),
+            await self.nc.subscribe(subjects.jobs(h.modality, h.model), queue=group, cb=self._on_job),
+        ]
+
+    async def _leave_rotation(self) -> None:
+        for s in self._job_subs:
+            with contextlib.suppress(Exception):
+                await s.unsubscribe()
+        self._job_subs.clear()
+
     async def stop(self, grace_s: float = 10.0) -> None:
         """Leave the queue group first so no new job arrives, then let running jobs finish."""
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         with contextlib.suppress(Exception):
             await self.announce(leaving=True)
-        for s in self._job_subs:
-            with contextlib.suppress(Exception):
-                await s.unsubscribe()
-        self._job_subs.clear()
+        await self._leave_rotation()
         if self._tasks:
             _, pending = await asyncio.wait(list(self._tasks.values()), timeout=grace_s)
             for rid, task in list(self._tasks.items()):
@@ -240,9 +250,26 @@ class WorkerHost:
         while True:
             await asyncio.sleep(self.announce_every_s)
             try:
-                await self.announce()
+                if await self._watch_engine():
+                    await self.announce()
             except Exception as e:  # a reconnecting client; the next beat will do
                 log.debug("announce failed: %s", e)
+
+    async def _watch_engine(self) -> bool:
+        """Leave the rotation while the engine is stuck in one step, and come back when it moves; True if the
+        worker takes jobs (and so announces itself)."""
+        stalled = self.handler.stalled_s() > self.stall_limit_s
+        if stalled and not self.stalled:
+            log.error("engine stuck in one step for over %.0fs: leaving the rotation", self.stall_limit_s)
+            self.stalled = True
+            await self.announce(leaving=True)
+            await self._leave_rotation()
+        elif not stalled and self.stalled:
+            log.warning("engine moving again: back in the rotation")
+            await self._take_jobs()
+            await sync(self.nc)
+            self.stalled = False
+        return not self.stalled
 
     async def _on_job(self, msg: Msg) -> None:
         if not msg.reply:
@@ -323,7 +350,7 @@ class WorkerHost:
         resent = False
         if job is not None and probe.resend:
             lost = self.replies.since(probe.request_id, probe.next_seq)
-            if lost is not None:
+            if lost:
                 resent = True
                 for data in lost:
                     await self.nc.publish(job.reply, data)

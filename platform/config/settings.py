@@ -64,8 +64,6 @@ class GatewaySettings(_Section):
     accept_timeout_s: float = Field(default=30.0, gt=0)
     # A stream with no output for this long makes the gateway probe its worker (alive? replies lost?).
     idle_probe_s: float = Field(default=1.0, gt=0)
-    # A worker whose engine has been inside one step for longer is stalled: its jobs fail with 503.
-    stall_limit_s: float = Field(default=30.0, gt=0)
     # Every job's deadline: past it the worker stops the job and the client gets 504.
     job_timeout_s: float = Field(default=600.0, gt=0)
     # In-flight jobs wait this long for the gateway's NATS connection to come back, then fail with 503.
@@ -91,6 +89,9 @@ class WorkerSettings(_Section):
     # On SIGTERM / SIGINT a worker leaves its queue groups and lets running jobs finish for up to this long; what
     # is left is aborted with a clean error to its client.
     drain_timeout_s: float = Field(default=10.0, ge=0, le=3600)
+    # A worker whose engine has been inside one step for longer is stalled: it leaves the rotation until the step
+    # ends, and the gateways fail its jobs with 503 worker_stalled.
+    stall_limit_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 class ModelSpec(_Section):

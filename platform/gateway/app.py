@@ -60,7 +60,7 @@ def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None
         timing = StreamTiming(
             accept_timeout_s=g.accept_timeout_s,
             idle_probe_s=g.idle_probe_s,
-            stall_limit_s=g.stall_limit_s,
+            stall_limit_s=settings.worker.stall_limit_s,
             job_timeout_s=g.job_timeout_s,
             outage_limit_s=g.bus_outage_s,
         )

@@ -313,7 +313,12 @@ async def run_text_worker(
     spec = settings.model(model_id)
     tool_format = choose_format(loaded.tokenizer.chat_template, spec.tool_format)
     handler = TextJobHandler(model_id, loaded, engine, sampling_defaults(spec, loaded.path), tool_format)
-    host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
+    stall = settings.worker.stall_limit_s
+    host = (
+        WorkerHost(nc, handler, worker_id=worker_id, stall_limit_s=stall)
+        if worker_id
+        else WorkerHost(nc, handler, stall_limit_s=stall)
+    )
     try:
         await serve(host, f"text model {model_id!r}", stop, settings.worker.drain_timeout_s)
     finally:

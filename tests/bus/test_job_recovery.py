@@ -11,7 +11,7 @@ import pytest
 from ember.bus import subjects
 from ember.bus.client import JobClient, StreamTiming
 from ember.bus.connection import connect, sync
-from ember.bus.errors import DeadlineExceededError, ReplyTimeoutError, WorkerStalledError
+from ember.bus.errors import DeadlineExceededError, NoWorkerError, ReplyTimeoutError, WorkerStalledError
 from ember.bus.messages import CancelJob, JobProbe, JobStatus, Modality, TextJob, decode_job_state, encode
 from ember.bus.worker import WorkerHost
 from tests.bus.test_job_flow import SpellHandler
@@ -147,5 +147,44 @@ async def test_a_probe_resends_what_the_gateway_lacks(client: JobClient, nats_ur
         )
         assert not answer.known and not answer.resent
         await client.nc.publish(subjects.worker_cancel(host.worker_id), encode(CancelJob(request_id="nope")))
+    finally:
+        await stop_host(host)
+
+
+class SwitchableHandler(SpellHandler):
+    """An engine we can declare stuck (inside one step for a long time) and moving again."""
+
+    stuck_for = 0.0
+
+    def stalled_s(self) -> float:
+        return self.stuck_for
+
+
+async def test_a_stuck_worker_leaves_the_rotation_until_its_engine_moves(
+    client: JobClient, nats_url: str, model: str
+) -> None:
+    handler = SwitchableHandler(model)
+    host = WorkerHost(await connect(nats_url, name="test-worker"), handler, announce_every_s=0.1, stall_limit_s=1.0)
+    await host.start()
+    try:
+        while not client.registry.serving(Modality.TEXT, model):  # noqa: ASYNC110 (the registry has no event)
+            await asyncio.sleep(0.02)
+        handler.stuck_for = 5.0
+        started = time.monotonic()
+        while client.registry.serving(Modality.TEXT, model):
+            assert time.monotonic() - started < 2.0, "the stuck worker still announces itself"
+            await asyncio.sleep(0.02)
+        assert host.stalled
+        stream = await client.submit(TextJob(request_id=uuid.uuid4().hex, model=model, prompt="x"))
+        with pytest.raises(NoWorkerError):  # not queued behind a stuck engine: nobody takes it
+            await stream.wait_accepted(5)
+
+        handler.stuck_for = 0.0
+        while not client.registry.serving(Modality.TEXT, model):
+            assert time.monotonic() - started < 5.0, "the worker did not come back"
+            await asyncio.sleep(0.02)
+        again = await client.submit(TextJob(request_id=uuid.uuid4().hex, model=model, prompt="back"))
+        await again.wait_accepted(5)
+        assert "".join([c.text async for c in again]) == "back"
     finally:
         await stop_host(host)
