@@ -47,7 +47,7 @@ class Outcome:
     kind: str  # ok | error | lost | hung
     code: str | None = None
     ended: float = 0.0
-    started: float = field(default_factory=time.monotonic)
+    started: float = 0.0
 
 
 @dataclass
@@ -91,6 +91,7 @@ class Row:
 async def one_request(client: httpx.AsyncClient, stack: FaultStack, *, stream: bool, tag: str) -> Outcome:
     """One chat, streamed or not, judged as ok / error / lost; hung is the caller's timeout."""
     rid = f"rq-{tag}-{uuid.uuid4().hex[:8]}"
+    t0 = time.monotonic()
     body = stack.chat_body(MAX_TOKENS, stream=stream, content=f"{tag} {rid}")
     headers = {"x-request-id": rid}
     try:
@@ -99,12 +100,12 @@ async def one_request(client: httpx.AsyncClient, stack: FaultStack, *, stream: b
             now = time.monotonic()
             if r.status_code == 200:
                 ok = r.json()["usage"]["completion_tokens"] == MAX_TOKENS
-                return Outcome(rid, "ok" if ok else "lost", None, now)
+                return Outcome(rid, "ok" if ok else "lost", None, now, t0)
             error = (
                 r.json().get("error", {}) if r.headers.get("content-type", "").startswith("application/json") else {}
             )
             clean = r.status_code in (400, 429, 503, 504) and bool(error.get("code"))
-            return Outcome(rid, "error" if clean else "lost", error.get("code") or str(r.status_code), now)
+            return Outcome(rid, "error" if clean else "lost", error.get("code") or str(r.status_code), now, t0)
         body["stream_options"] = {"include_usage": True}
         events: list[dict] = []
         done = False
@@ -113,7 +114,7 @@ async def one_request(client: httpx.AsyncClient, stack: FaultStack, *, stream: b
                 await r.aread()
                 error = r.json().get("error", {})
                 clean = r.status_code in (429, 503, 504) and bool(error.get("code"))
-                return Outcome(rid, "error" if clean else "lost", error.get("code"), time.monotonic())
+                return Outcome(rid, "error" if clean else "lost", error.get("code"), time.monotonic(), t0)
             async for line in r.aiter_lines():
                 if line == "data: [DONE]":
                     done = True
@@ -122,13 +123,13 @@ async def one_request(client: httpx.AsyncClient, stack: FaultStack, *, stream: b
         now = time.monotonic()
         errors = [e["error"] for e in events if "error" in e]
         if errors and done:
-            return Outcome(rid, "error", errors[0].get("code"), now)
+            return Outcome(rid, "error", errors[0].get("code"), now, t0)
         usage = next((e["usage"] for e in events if e.get("usage")), None)
         if done and usage is not None and usage["completion_tokens"] == MAX_TOKENS:
-            return Outcome(rid, "ok", None, now)
-        return Outcome(rid, "lost", "truncated", now)
+            return Outcome(rid, "ok", None, now, t0)
+        return Outcome(rid, "lost", "truncated", now, t0)
     except httpx.HTTPError as e:
-        return Outcome(rid, "lost", type(e).__name__, time.monotonic())
+        return Outcome(rid, "lost", type(e).__name__, time.monotonic(), t0)
 
 
 async def time_to_answer(client: httpx.AsyncClient, stack: FaultStack, tag: str) -> tuple[float, int]:
@@ -140,10 +141,11 @@ async def time_to_answer(client: httpx.AsyncClient, stack: FaultStack, tag: str)
 
 
 async def bounded(make: Callable[[], Awaitable[Outcome]]) -> Outcome:
+    started = time.monotonic()
     try:
         return await asyncio.wait_for(make(), HUNG_S)
     except TimeoutError:
-        return Outcome("?", "hung", None, time.monotonic())
+        return Outcome("?", "hung", None, time.monotonic(), started)
 
 
 async def usage_once(nats_url: str, request_ids: list[str], within_s: float = 60.0) -> tuple[int, int]:
@@ -221,10 +223,10 @@ async def nats_restart(stack: FaultStack, outage_s: float, streams: int) -> Row:
             await asyncio.sleep(min(5.0, outage_s / 5))
         stack.restart_nats()  # from this thread: the server dies with the thread that started it
         back = time.monotonic()
-        row.outcomes += await asyncio.gather(*tasks, *during)
-        while stack.ready() != 200:  # noqa: ASYNC110 (polling an HTTP endpoint)
+        while await asyncio.to_thread(stack.ready) != 200:  # noqa: ASYNC110 (polling an HTTP endpoint)
             await asyncio.sleep(0.1)
         recovered = time.monotonic() - back
+        row.outcomes += await asyncio.gather(*tasks, *during)
         again = await one_request(client, stack, stream=False, tag="again")
         row.outcomes.append(again)
         row.extra = f"ready {recovered:.1f} s after NATS is back; the next request: {again.kind}"

@@ -121,8 +121,9 @@ class JobStream(Generic[R]):
 
     # --- sending ----------------------------------------------------------------------------------------------
 
-    async def publish(self, prefer: str | None = None) -> None:
-        """Send the job to a live worker (``prefer`` if it is one), or to the queue group if none is known."""
+    async def publish(self, prefer: str | None = None, *, group: bool = False) -> None:
+        """Send the job to a live worker (``prefer`` if it is one), or to the queue group if none is known (or
+        ``group``: every worker this gateway knew of is gone, but one it has not heard from yet may serve)."""
         client = self._client
         self.close()
         self._reply = client.new_route(self._queue)
@@ -130,7 +131,7 @@ class JobStream(Generic[R]):
         target = None
         if prefer is not None and prefer not in self._tried and not client.router.is_suspect(prefer):
             target = next((w for w in client.registry.serving(modality, self.model) if w.worker_id == prefer), None)
-        if target is None:
+        if target is None and not group:
             target = client.router.pick(modality, self.model, exclude=self._tried)
         self.target = target.worker_id if target is not None else None
         if self.target is not None:
@@ -191,13 +192,12 @@ class JobStream(Generic[R]):
                     raise
                 self._client.registry.forget(self.target)
                 if not await self._retarget("its worker is gone"):
-                    self._client.registry.forget_model(self.model)
-                    raise
+                    await self.publish(group=True)  # the queue group answers no-responders at once if empty
                 continue
             except TimeoutError:
                 pass
             if time.monotonic() >= until:
-                raise ReplyTimeoutError(f"no worker accepted the job within {timing.accept_timeout_s:.0f}s")
+                raise ReplyTimeoutError("no worker accepted the job in time")
             if self.target is None:
                 continue
             try:
