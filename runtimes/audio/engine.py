@@ -29,6 +29,7 @@ import torch
 from ember.runtimes.audio.loader import LoadedWhisper
 from ember.runtimes.audio.pipeline import Segment, Transcription, WindowKey
 from ember.runtimes.fair_queue import FairQueue
+from ember.runtimes.step_clock import StepClock
 
 log = logging.getLogger("ember.audio.engine")
 
@@ -93,6 +94,8 @@ class AudioEngine:
         self._stopped = False
         self.steps = 0
         self.windows = 0
+        # How long the current batched window has run: probes report a stuck engine from it.
+        self.clock = StepClock()
 
     def load(self) -> tuple[int, int]:
         with self._lock:
@@ -140,7 +143,8 @@ class AudioEngine:
                 if self._stopped:
                     return
                 self._admit()
-            self.step()
+            with self.clock.step():
+                self.step()
 
     def _admit(self) -> None:
         self._running = [r for r in self._running if not r.cancelled]

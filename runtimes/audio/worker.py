@@ -106,6 +106,9 @@ class AudioJobHandler(JobHandler):
         running, waiting = self.engine.load()
         return running, waiting + len(self._decoding)
 
+    def stalled_s(self) -> float:
+        return self.engine.clock.stalled_s()
+
     def cancel(self, request_id: str) -> None:
         decoding = self._decoding.get(request_id)
         if decoding is not None:
@@ -304,7 +307,12 @@ async def run_audio_worker(
     nc = await connect(nats_url, name=f"ember-worker-audio-{model_id}")
     blobs = await BlobStore.open(nc.jetstream())
     handler = AudioJobHandler(model_id, loaded, engine, blobs, settings.audio)
-    host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
+    stall = settings.worker.stall_limit_s
+    host = (
+        WorkerHost(nc, handler, worker_id=worker_id, stall_limit_s=stall)
+        if worker_id
+        else WorkerHost(nc, handler, stall_limit_s=stall)
+    )
     try:
         await serve(host, f"audio model {model_id!r}", stop, settings.worker.drain_timeout_s)
     finally:

@@ -43,6 +43,7 @@ from ember.bus.messages import ErrorInfo
 from ember.runtimes.fair_queue import FairQueue
 from ember.runtimes.image.pipeline import BatchInput, BatchSpec, PipelineRunner, preview_steps
 from ember.runtimes.image.stepper import PixelStepper, Row, effective_steps
+from ember.runtimes.step_clock import StepClock
 
 log = logging.getLogger("ember.image.engine")
 
@@ -176,6 +177,8 @@ class ImageEngine:
         self._cond = threading.Condition()
         self._running_now = 0
         self._stopped = False
+        # How long the current denoising step (or call) has run: probes report a stuck engine from it.
+        self.clock = StepClock()
 
     def load(self) -> tuple[int, int]:
         """(images in the running call, images waiting)."""
@@ -240,7 +243,8 @@ class ImageEngine:
         while (batch := self._take_batch()) is not None:
             try:
                 if batch:  # empty when every image of the round was aborted while it gathered
-                    self._run_batch(batch)
+                    with self.clock.step():
+                        self._run_batch(batch)
             finally:
                 with self._cond:
                     self._running_now = 0
@@ -266,7 +270,8 @@ class ImageEngine:
             if not live:
                 continue
             try:
-                stepper.step([lv.row for lv in live])
+                with self.clock.step():
+                    stepper.step([lv.row for lv in live])
             except Exception as e:
                 log.exception("denoising step of %d images failed", len(live))
                 self._fail([lv.item.req for lv in live], e)

@@ -109,6 +109,9 @@ class ImageJobHandler(JobHandler):
     def load(self) -> tuple[int, int]:
         return self.engine.load()
 
+    def stalled_s(self) -> float:
+        return self.engine.clock.stalled_s()
+
     def cancel(self, request_id: str) -> None:
         self.engine.abort(request_id)
 
@@ -293,7 +296,12 @@ async def run_image_worker(
     nc = await connect(nats_url, name=f"ember-worker-image-{model_id}")
     blobs = await BlobStore.open(nc.jetstream())
     handler = ImageJobHandler(model_id, loaded, engine, blobs)
-    host = WorkerHost(nc, handler, worker_id=worker_id) if worker_id else WorkerHost(nc, handler)
+    stall = settings.worker.stall_limit_s
+    host = (
+        WorkerHost(nc, handler, worker_id=worker_id, stall_limit_s=stall)
+        if worker_id
+        else WorkerHost(nc, handler, stall_limit_s=stall)
+    )
     try:
         await serve(host, f"image model {model_id!r}", stop, settings.worker.drain_timeout_s)
     finally:

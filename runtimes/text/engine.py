@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from ember.bus.messages import ErrorInfo, JobStatus
+from ember.runtimes.step_clock import StepClock
 from ember.runtimes.text.block_pool import BlockPool
 from ember.runtimes.text.detokenizer import IncrementalDetokenizer
 from ember.runtimes.text.grammar import TokenMasks
@@ -128,8 +128,8 @@ class TextEngine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.steps = 0
-        # When the step running now began (None between steps): probes report a stuck engine from it.
-        self._step_started: float | None = None
+        # Probes report a stuck engine from it.
+        self.clock = StepClock()
 
     # ---- asyncio side -------------------------------------------------------------------------------------
 
@@ -143,11 +143,6 @@ class TextEngine:
             self._lock.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
-
-    def stalled_s(self) -> float:
-        """Seconds the engine has been inside its current step (0 between steps)."""
-        started = self._step_started
-        return 0.0 if started is None else time.monotonic() - started
 
     def load(self) -> tuple[int, int]:
         """(running, waiting) right now."""
@@ -213,11 +208,8 @@ class TextEngine:
             if aborts:
                 for req in self.scheduler.remove(aborts):
                     self._finish(req, JobStatus.FINISHED_ABORTED)
-            self._step_started = time.monotonic()
-            try:
+            with self.clock.step():
                 self._step()
-            finally:
-                self._step_started = None
         for req in [*self.scheduler.running, *self.scheduler.waiting_requests()]:
             self._finish(req, JobStatus.FINISHED_ABORTED)
 

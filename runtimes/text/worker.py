@@ -107,7 +107,7 @@ class TextJobHandler(JobHandler):
         return self.engine.load()
 
     def stalled_s(self) -> float:
-        return self.engine.stalled_s()
+        return self.engine.clock.stalled_s()
 
     def cancel(self, request_id: str) -> None:
         self.engine.abort(request_id)
