@@ -14,7 +14,7 @@ the position after its last numbered reply.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 ACCEPTED = -1
@@ -37,9 +37,13 @@ class ReplyLog:
     retain_s: float = 60.0
     max_bytes: int = 32 * 1024 * 1024
     _jobs: OrderedDict[str, JobLog] = field(default_factory=OrderedDict)
+    # (finished at, request id) in the order jobs finished: expiry looks only at its head, so a busy worker's
+    # thousands of retained jobs cost nothing per reply.
+    _finished: deque[tuple[float, str]] = field(default_factory=deque)
     _bytes: int = 0
 
     def open(self, request_id: str, reply: str) -> None:
+        self._forget(request_id)  # a job id sent again (a retried acceptance) starts afresh
         self._jobs[request_id] = JobLog(reply)
 
     def record(self, request_id: str, position: int, data: bytes, *, numbered: bool, final: bool) -> None:
@@ -51,8 +55,9 @@ class ReplyLog:
         self._bytes += len(data)
         if numbered:
             job.sent = position + 1
-        if final:
+        if final and job.finished_at is None:
             job.finished_at = time.monotonic()
+            self._finished.append((job.finished_at, request_id))
         self._trim()
 
     def get(self, request_id: str) -> JobLog | None:
@@ -75,13 +80,16 @@ class ReplyLog:
 
     def _expire(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
-        for rid, job in list(self._jobs.items()):
-            if job.finished_at is not None and now - job.finished_at > self.retain_s:
+        while self._finished and now - self._finished[0][0] > self.retain_s:
+            finished_at, rid = self._finished.popleft()
+            job = self._jobs.get(rid)
+            if job is not None and job.finished_at == finished_at:  # not a later job under the same id
                 self._forget(rid)
 
     def _forget(self, request_id: str) -> None:
-        job = self._jobs.pop(request_id)
-        self._bytes -= job.nbytes
+        job = self._jobs.pop(request_id, None)  # gone already if the byte bound took it first
+        if job is not None:
+            self._bytes -= job.nbytes
 
     def _trim(self) -> None:
         self._expire()

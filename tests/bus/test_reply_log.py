@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from ember.bus.reply_log import ACCEPTED, ReplyLog
 
 
@@ -51,3 +53,16 @@ def test_the_byte_bound_drops_finished_jobs_first_then_the_oldest_replies() -> N
     assert log.nbytes == 8
     assert log.since("live", 0) is None, "reply 0 was dropped: it cannot be resent, and the log must say so"
     assert log.since("live", 1) == [b"efgh", b"ijkl"]
+
+
+def test_expiry_goes_by_finishing_order_and_spares_a_job_reopened_under_the_same_id() -> None:
+    log = ReplyLog(retain_s=0.05)
+    log.open("a", "r")
+    log.open("b", "r")
+    log.record("b", 0, b"b", numbered=True, final=True)  # b finishes first
+    log.record("a", 0, b"a", numbered=True, final=False)
+    log.open("b", "r2")  # the same id sent again: a fresh log
+    log.record("b", 0, b"b2", numbered=True, final=False)
+    time.sleep(0.1)
+    assert log.get("b") is not None and log.since("b", 0) == [b"b2"]
+    assert log.get("a") is not None and log.nbytes == 3
