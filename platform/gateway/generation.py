@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,35 +19,12 @@ from ember.bus.client import JobClient, JobRefused, JobStream
 from ember.bus.errors import (
     BusError,
     BusUnavailableError,
-    DeadlineExceededError,
-    NoWorkerError,
-    ReplyTimeoutError,
-    WorkerLostError,
-    WorkerStalledError,
 )
-from ember.bus.messages import ErrorInfo, JobStatus, TextChunk, TextJob, TokenLogprob, ToolCallDelta
-from ember.gateway.errors import GatewayError, ServiceUnavailable, UpstreamError
+from ember.bus.messages import JobStatus, TextChunk, TextJob, TokenLogprob, ToolCallDelta
+from ember.gateway.errors import GatewayError
+from ember.gateway.lifecycle import aborted_error, bus_error, settled, worker_header
 from ember.gateway.quota import Quota
 from ember.gateway.tool_calls import ToolCall, ToolCallAssembler
-
-
-def bus_error(e: Exception, model: str) -> GatewayError:
-    """The client-facing error for a failure on the bus."""
-    if isinstance(e, JobRefused):
-        return UpstreamError(e.failed.error)
-    if isinstance(e, NoWorkerError):
-        return ServiceUnavailable(f"no worker is serving model {model!r} right now", code="no_worker")
-    if isinstance(e, WorkerStalledError):
-        return ServiceUnavailable(f"the worker serving this request stalled: {e}", code="worker_stalled")
-    if isinstance(e, WorkerLostError):
-        return ServiceUnavailable(f"the worker serving this request went away: {e}", code="worker_lost")
-    if isinstance(e, ReplyTimeoutError):
-        return ServiceUnavailable(f"model {model!r}: {e}", code="worker_timeout")
-    if isinstance(e, BusUnavailableError):
-        return ServiceUnavailable(f"the job bus is unavailable: {e}", code="bus_unavailable")
-    if isinstance(e, DeadlineExceededError):
-        return UpstreamError(ErrorInfo(status=504, type="server_error", code="timeout", message=str(e)))
-    raise e
 
 
 async def start(bus: JobClient, jobs: list[TextJob], accept_timeout_s: float) -> list[JobStream[TextChunk]]:
@@ -79,16 +56,6 @@ async def start(bus: JobClient, jobs: list[TextJob], accept_timeout_s: float) ->
             raise first
         raise bus_error(first, jobs[0].model)
     return streams
-
-
-async def settled(cleanup: Awaitable[None]) -> None:
-    """Run a cleanup to the end even when the request is being cancelled (the client went away).
-
-    NOTE: anyio cancellation is level-triggered: inside a cancelled scope every await is cancelled again, so a
-    ``finally`` that settles the quota or cancels jobs would stop at its first await without the shield.
-    """
-    with anyio.CancelScope(shield=True):
-        await cleanup
 
 
 async def start_metered(
@@ -159,12 +126,6 @@ async def admit_tokens(quota: Quota, streams: list[JobStream[TextChunk]], prompt
         for s in streams:
             await s.cancel()
         raise
-
-
-def worker_header(streams: list[JobStream[TextChunk]]) -> dict[str, str]:
-    """Which workers served a request, for operators tracing a response (``x-ember-worker``)."""
-    ids = dict.fromkeys(s.accepted.worker_id for s in streams if s.accepted is not None)
-    return {"x-ember-worker": ",".join(ids)}
 
 
 @dataclass
@@ -274,11 +235,6 @@ def tool_call_deltas(deltas: list[ToolCallDelta]) -> list[dict[str, object]]:
         entry["function"] = function
         out.append(entry)
     return out
-
-
-def aborted_error() -> GatewayError:
-    info = ErrorInfo(status=503, type="server_error", code="worker_stopping", message="the worker stopped this job")
-    return UpstreamError(info)
 
 
 async def merged(streams: list[JobStream[TextChunk]], model: str) -> AsyncGenerator[tuple[int, TextChunk], None]:

@@ -52,7 +52,7 @@ from starlette.responses import JSONResponse, Response
 
 from ember.bus.messages import ChatMessage, FunctionInfo, Modality, TextJob, ToolChoice
 from ember.functions.caller import CallError, FunctionCaller
-from ember.gateway import generation, sse
+from ember.gateway import generation, lifecycle, sse
 from ember.gateway.errors import GatewayError, InvalidRequest
 from ember.gateway.quota import Quota
 from ember.gateway.routes.common import bus, check_model, now, settings
@@ -413,7 +413,7 @@ async def _stream(o: Orchestration, completion_id: str, created: int) -> AsyncGe
         return
     finally:
         if o.first_quota is not None:  # the client left before the first turn took it over
-            await generation.settled(o.first_quota.close(status="client_closed"))
+            await lifecycle.settled(o.first_quota.close(status="client_closed"))
     if o.answer:
         yield chunk([choice({"content": o.answer})])
     yield chunk([choice({}, o.finish_reason)])

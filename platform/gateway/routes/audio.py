@@ -23,7 +23,7 @@ from ember.bus.blobs import BlobStore
 from ember.bus.client import JobRefused, JobStream
 from ember.bus.errors import BusError
 from ember.bus.messages import AudioJob, AudioResult, AudioSegment, JobStatus, Modality, StreamReply
-from ember.gateway import audio_formats, generation, sse
+from ember.gateway import audio_formats, lifecycle, sse
 from ember.gateway.errors import GatewayError, InvalidRequest, RequestTooLarge
 from ember.gateway.quota import Quota
 from ember.gateway.routes.common import bus, check_model, settings
@@ -201,15 +201,15 @@ async def _serve(request: Request, form: FormData, task: str) -> Response:
         try:
             await stream.wait_accepted(settings(request).gateway.accept_timeout_s)
         except Exception as e:
-            raise generation.bus_error(e, body.model) from e
+            raise lifecycle.bus_error(e, body.model) from e
     except BaseException as e:  # nothing ran: drop the upload, give back the audio reserve (and a 503's request)
         failure = e if isinstance(e, GatewayError) else None
-        with anyio.CancelScope(shield=True):  # see generation.settled
+        with anyio.CancelScope(shield=True):  # see lifecycle.settled
             await _drop(blobs, object_name)
             status = (failure.code or "error") if failure else "error"
             await quota.close(status=status, refund=failure is not None and failure.status == 503)
         raise
-    headers = {**generation.worker_header([stream]), **quota.headers()}
+    headers = {**lifecycle.worker_header([stream]), **quota.headers()}
     replies = _replies(stream, quota, body.model, blobs, object_name)
     if body.stream:
         return sse.EventStreamResponse(_events(replies), headers)
@@ -244,21 +244,21 @@ async def _replies(
             if isinstance(reply, AudioResult):
                 duration = reply.duration
                 if reply.status == JobStatus.FINISHED_ABORTED:
-                    raise generation.aborted_error()
+                    raise lifecycle.aborted_error()
                 status = "ok"
                 yield reply
                 return
             if isinstance(reply, AudioSegment):
                 yield reply
-        raise generation.aborted_error()  # the stream ended without a result
+        raise lifecycle.aborted_error()  # the stream ended without a result
     except (JobRefused, BusError) as e:
         status = "worker_error"
-        raise generation.bus_error(e, model) from e
+        raise lifecycle.bus_error(e, model) from e
     except GatewayError as e:
         status = e.code or "error"
         raise
     finally:
-        with anyio.CancelScope(shield=True):  # see generation.settled
+        with anyio.CancelScope(shield=True):  # see lifecycle.settled
             await stream.cancel()
             await _drop(blobs, name)
             await quota.close(status=status, audio_seconds=duration or 0.0)

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ember.bus.messages import ChatMessage, Modality, OutputConstraint, TextChunk, TextJob, TokenLogprob, ToolChoice
-from ember.gateway import generation, orchestrator, sse
+from ember.gateway import generation, lifecycle, orchestrator, sse
 from ember.gateway.errors import GatewayError, InvalidRequest
 from ember.gateway.quota import Quota
 from ember.gateway.routes.common import bus, check_model, now, parse_body, settings
@@ -79,7 +79,7 @@ async def create(request: Request) -> Response:
     if body.stream:
         parts = generation.metered(streams, quota, prompt_tokens)
         events = _stream(body, tools, parts, completion_id, created, prompt_tokens)
-        return sse.EventStreamResponse(events, {**generation.worker_header(streams), **quota.headers()})
+        return sse.EventStreamResponse(events, {**lifecycle.worker_header(streams), **quota.headers()})
 
     choices = await generation.collect(streams, quota, prompt_tokens)
     completion_tokens = sum(c.completion_tokens for c in choices)

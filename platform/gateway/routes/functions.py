@@ -36,7 +36,7 @@ from ember.functions.catalog import FunctionCatalog
 from ember.functions.webhook import WebhookRefused, check_url
 from ember.gateway.auth import current_key
 from ember.gateway.errors import GatewayError, InvalidRequest, NotFound, UpstreamError
-from ember.gateway.generation import settled
+from ember.gateway.lifecycle import settled
 from ember.gateway.quota import Quota
 from ember.gateway.routes.common import parse_body
 

@@ -26,7 +26,7 @@ from ember.bus.blobs import BlobNotFound, BlobStore
 from ember.bus.client import JobRefused, JobStream
 from ember.bus.errors import BusError
 from ember.bus.messages import ImageJob, ImageProgress, ImageResult, JobStatus, Modality, StreamReply
-from ember.gateway import generation, sse
+from ember.gateway import lifecycle, sse
 from ember.gateway.errors import GatewayError, InvalidRequest, NotFound, from_validation
 from ember.gateway.image_schemas import (
     ImageEditForm,
@@ -169,16 +169,14 @@ class _Job:
         try:
             async for reply in self.stream:
                 if reply.status == JobStatus.FINISHED_ABORTED:
-                    raise generation.aborted_error()
+                    raise lifecycle.aborted_error()
                 if isinstance(reply, ImageProgress | ImageResult):
                     yield reply
         except (JobRefused, BusError) as e:
-            raise generation.bus_error(e, self.model) from None
+            raise lifecycle.bus_error(e, self.model) from None
 
     async def close(self) -> None:
-        await generation.settled(
-            _finish(self.stream, self.quota, self.delivered, self.status, self.uploads, self.blobs)
-        )
+        await lifecycle.settled(_finish(self.stream, self.quota, self.delivered, self.status, self.uploads, self.blobs))
 
 
 async def _run(
@@ -232,10 +230,10 @@ async def _run(
             stream = await bus(request).submit(job, StreamReply)
             accepted = await stream.wait_accepted(settings(request).gateway.accept_timeout_s)
         except (JobRefused, BusError) as e:
-            raise generation.bus_error(e, model) from None
+            raise lifecycle.bus_error(e, model) from None
     except BaseException as e:  # nothing ran: an OpenAI JSON error, as for any request refused up front
         status = (e.code or "error") if isinstance(e, GatewayError) else "client_closed"
-        await generation.settled(_finish(stream, quota, 0, status, uploads, blobs))
+        await lifecycle.settled(_finish(stream, quota, 0, status, uploads, blobs))
         raise
     run = _Job(stream, quota, model, blobs, uploads)
     headers = {"x-ember-worker": accepted.worker_id, **quota.headers()}
