@@ -31,10 +31,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests` is importable from here
 
-from nats.aio.client import Client as NATS
 
-from ember.usage import stream as usage_stream
-from tests.helpers.fault_stack import FaultStack
+from tests.helpers.fault_stack import FaultStack, usage_records
 from tests.helpers.tiny_checkpoint import write_tiny_llama
 
 HUNG_S = 240.0
@@ -152,17 +150,8 @@ async def usage_once(nats_url: str, request_ids: list[str], within_s: float = 60
     """(request ids with exactly one usage record, request ids), waiting for the backlog to be written."""
     deadline = time.monotonic() + within_s
     while True:
-        nc = NATS()
-        await nc.connect(nats_url)
-        counts = dict.fromkeys(request_ids, 0)
-        try:
-            async for _, rec in usage_stream.read(nc.jetstream()):
-                for rid in request_ids:
-                    if rec.request_id.startswith(rid):
-                        counts[rid] += 1
-        finally:
-            await nc.close()
-        once = sum(1 for c in counts.values() if c == 1)
+        found = await usage_records(nats_url, request_ids)
+        once = sum(1 for recs in found.values() if len(recs) == 1)
         if once == len(request_ids) or time.monotonic() > deadline:
             return once, len(request_ids)
         await asyncio.sleep(1.0)

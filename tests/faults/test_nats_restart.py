@@ -12,26 +12,10 @@ import time
 from pathlib import Path
 
 import httpx
-from nats.aio.client import Client as NATS
 
-from ember.usage import stream as usage_stream
-from tests.helpers.fault_stack import FaultStack
+from tests.helpers.fault_stack import FaultStack, usage_records
 
 MAX_TOKENS = 400
-
-
-async def usage_statuses(nats_url: str, request_ids: set[str]) -> dict[str, list[str]]:
-    nc = NATS()
-    await nc.connect(nats_url)
-    try:
-        found: dict[str, list[str]] = {}
-        async for _, rec in usage_stream.read(nc.jetstream()):
-            for rid in request_ids:
-                if rec.request_id.startswith(rid):
-                    found.setdefault(rid, []).append(rec.status)
-        return found
-    finally:
-        await nc.close()
 
 
 def test_requests_in_flight_survive_a_nats_restart(tmp_path: Path) -> None:
@@ -89,9 +73,10 @@ def test_requests_in_flight_survive_a_nats_restart(tmp_path: Path) -> None:
                 assert again.status_code == 200, again.text
 
         asyncio.run(scenario())
-        ids = {f"rq-plain-{i}" for i in range(3)} | {f"rq-stream-{i}" for i in range(2)}
+        ids = [f"rq-plain-{i}" for i in range(3)] + [f"rq-stream-{i}" for i in range(2)]
         deadline = time.monotonic() + 10
-        while len(found := asyncio.run(usage_statuses(stack.nats.url, ids))) < len(ids):
-            assert time.monotonic() < deadline, f"usage records missing: {ids - set(found)}"
+        while not all((found := asyncio.run(usage_records(stack.nats.url, ids))).values()):
+            assert time.monotonic() < deadline, f"usage records missing: {[r for r, v in found.items() if not v]}"
             time.sleep(0.2)
-        assert all(statuses == ["ok"] for statuses in found.values()), found
+        statuses = {rid: [rec.status for rec in recs] for rid, recs in found.items()}
+        assert all(s == ["ok"] for s in statuses.values()), statuses

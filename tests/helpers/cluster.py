@@ -68,13 +68,8 @@ def start_worker(
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """SIGTERM, up to ``timeout`` to exit, then SIGKILL to its process group (``ember.bus.children.stop``)."""
+    children.stop(proc, timeout)
 
 
 def wait_for_model(base_url: str, model: str, workers: int = 1, timeout: float = 120.0) -> None:

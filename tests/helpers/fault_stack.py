@@ -12,13 +12,31 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from nats.aio.client import Client as NATS
 
+from ember.bus.messages import UsageRecord
 from ember.bus.nats_server import EmbeddedNats
 from ember.config import load_settings
+from ember.usage import stream as usage_stream
 from tests.helpers.cluster import GatewayThread, start_worker, stop_process, write_config
 from tests.helpers.tiny_checkpoint import write_tiny_llama
 
 MODEL = "tiny-faults"
+
+
+async def usage_records(nats_url: str, request_ids: list[str]) -> dict[str, list[UsageRecord]]:
+    """The usage records of each request id (a record's id starts with its request's: choices add a suffix)."""
+    nc = NATS()
+    await nc.connect(nats_url)
+    found: dict[str, list[UsageRecord]] = {rid: [] for rid in request_ids}
+    try:
+        async for _, rec in usage_stream.read(nc.jetstream()):
+            for rid in request_ids:
+                if rec.request_id.startswith(rid):
+                    found[rid].append(rec)
+        return found
+    finally:
+        await nc.close()
 
 
 class FaultStack:

@@ -104,6 +104,16 @@ def hf_greedy(model_dir: Path, prompt_ids: list[int], n: int) -> list[int]:
 
 async def test_batched_greedy_equals_transformers_token_for_token(loaded: LoadedModel, tiny_model: Path) -> None:
     engine = make_engine(loaded, max_batch=3)  # 5 prompts, 3 running at most: some wait and join mid-flight
+    results = await greedy_equals_transformers(engine, loaded, tiny_model)
+    for outs in results:
+        assert outs[-1].status == JobStatus.FINISHED_LENGTH
+        assert outs[-1].usage is not None and outs[-1].usage.completion_tokens == 20
+
+
+async def greedy_equals_transformers(
+    engine: TextEngine, loaded: LoadedModel, tiny_model: Path
+) -> list[list[StepOutput]]:
+    """Run every prompt of PROMPTS at once (20 tokens each), stop the engine, check each against HF generate."""
     try:
         reqs = [request(loaded, f"r{i}", p, max_tokens=20) for i, p in enumerate(PROMPTS)]
         results = await asyncio.gather(*(run(engine, r) for r in reqs))
@@ -111,8 +121,7 @@ async def test_batched_greedy_equals_transformers_token_for_token(loaded: Loaded
         engine.stop()
     for req, outs in zip(reqs, results, strict=True):
         assert tokens(outs) == hf_greedy(tiny_model, req.prompt_ids, 20), req.request_id
-        assert outs[-1].status == JobStatus.FINISHED_LENGTH
-        assert outs[-1].usage is not None and outs[-1].usage.completion_tokens == 20
+    return results
 
 
 async def test_requests_joining_mid_flight_do_not_change_each_other(loaded: LoadedModel) -> None:
@@ -328,10 +337,4 @@ async def test_batched_greedy_on_cuda_equals_transformers(tiny_model: Path) -> N
     runner = new_runner(loaded, num_blocks=64, block_size=4, max_step_tokens=64, max_batch=3, device="cuda")
     engine = TextEngine(runner, loaded.tokenizer, EngineConfig(max_batch=3, max_step_tokens=16))
     engine.start()
-    try:
-        reqs = [request(loaded, f"r{i}", p, max_tokens=20) for i, p in enumerate(PROMPTS)]
-        results = await asyncio.gather(*(run(engine, r) for r in reqs))
-    finally:
-        engine.stop()
-    for req, outs in zip(reqs, results, strict=True):
-        assert tokens(outs) == hf_greedy(tiny_model, req.prompt_ids, 20), req.request_id
+    await greedy_equals_transformers(engine, loaded, tiny_model)
