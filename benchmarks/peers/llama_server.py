@@ -37,25 +37,24 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import importlib.util
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import sysconfig
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 import httpx
+
+from benchmarks.peers.process import ServerProcess, file_lock, free_port
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 CACHE_ROOT = Path.home() / ".cache" / "ember" / "bench"
@@ -154,17 +153,6 @@ def default_gguf() -> Path:
     if not ggufs:
         raise FileNotFoundError(f"no *.gguf file in {folder}")
     return ggufs[0]
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `path` so that two processes do not build into the same cache at once."""
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _run(cmd: Sequence[object], log: IO[str], log_path: Path, what: str, cwd: Path | None = None) -> None:
@@ -291,7 +279,7 @@ def build_llama_server(cache_dir: Path | None = None, *, smoke_gguf: Path | None
     cache_root = (cache_dir or CACHE_ROOT).expanduser()
     cache_root.mkdir(parents=True, exist_ok=True)
     variants = _variants()
-    with _file_lock(cache_root / ".llama-server.lock"):
+    with file_lock(cache_root / ".llama-server.lock"):
         for variant in variants:
             binary = _variant_dir(cache_root, variant) / "llama-server"
             if binary.is_file():
@@ -308,20 +296,6 @@ def build_llama_server(cache_dir: Path | None = None, *, smoke_gguf: Path | None
                 if binary_or_none is not None:
                     return binary_or_none
     raise LlamaServerBuildError(f"no variant of llama-server could be built; see the build.log files in {cache_root}")
-
-
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now (another process may take it before the server binds it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _log_tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 class LlamaServer:
@@ -371,8 +345,7 @@ class LlamaServer:
         self._binary = binary
         self._log_path = log_path
         self._env = dict(env or {})
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self._process: ServerProcess | None = None
 
     @property
     def url(self) -> str:
@@ -384,9 +357,9 @@ class LlamaServer:
     @property
     def pid(self) -> int:
         """Process id of the server, e.g. for VmHWM/VmRSS in /proc/<pid>/status."""
-        if self._proc is None:
+        if self._process is None:
             raise RuntimeError("the server has not been started")
-        return self._proc.pid
+        return self._process.pid
 
     @property
     def log_path(self) -> Path:
@@ -415,63 +388,24 @@ class LlamaServer:
     def __enter__(self) -> LlamaServer:
         binary = self._binary or build_llama_server()
         if self._port is None:
-            self._port = _free_port()
+            self._port = free_port()
         if self._log_path is None:
             fd, name = tempfile.mkstemp(prefix=f"llama-server-{self._port}-", suffix=".log")
             os.close(fd)
             self._log_path = Path(name)
-        self._log = self._log_path.open("wb")
-        self._proc = subprocess.Popen(
-            self.command(binary, self._port),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=os.environ | self._env,
+        self._process = ServerProcess(
+            self.command(binary, self._port), env=os.environ | self._env, log_path=self._log_path
         )
-        try:
-            self._wait_healthy()
-        except BaseException:
-            self._stop()
-            raise
+        self._process.wait_serving(  # `GET /health` answers 503 while the model loads
+            f"{self.url}/health", name="llama-server", timeout_s=STARTUP_TIMEOUT_S, error=LlamaServerError
+        )
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self._stop()
-
-    def _wait_healthy(self) -> None:
-        """Poll `GET /health` until it answers 200 (it answers 503 while the model loads)."""
-        assert self._proc is not None and self._log_path is not None
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        with httpx.Client(timeout=5) as client:
-            while time.monotonic() < deadline:
-                rc = self._proc.poll()
-                if rc is not None:
-                    status = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with status {rc}"
-                    raise LlamaServerError(
-                        f"llama-server {status} during start-up; log {self._log_path}:\n" + _log_tail(self._log_path)
-                    )
-                with contextlib.suppress(httpx.TransportError):
-                    if client.get(f"{self.url}/health").status_code == 200:
-                        return
-                time.sleep(0.2)
-        raise LlamaServerError(
-            f"llama-server was not healthy after {STARTUP_TIMEOUT_S:.0f} s; log {self._log_path}:\n"
-            + _log_tail(self._log_path)
-        )
-
-    def _stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        if self._process is not None:
+            self._process.stop(STOP_TIMEOUT_S)
 
 
 def _memory_kib(pid: int) -> dict[str, int]:
