@@ -126,6 +126,12 @@ class ModelSpec(_Section):
     # Text: reuse of computed prompt prefixes. "shared" between every request, "per_key" only between requests of
     # one API key (no timing side channel between tenants), or "off".
     prefix_cache: Literal["shared", "per_key", "off"] = "shared"
+    # Text: speculative decoding. A decode step also computes up to num_speculative_tokens guessed tokens and keeps
+    # those the model agrees with (output unchanged, greedy or sampled). The guesses come from the request's own
+    # text (prompt lookup: what followed its last few tokens earlier). "auto" drafts where it pays (small steps,
+    # each request's draft length following its acceptance), "ngram" on every decode that finds a match, "off".
+    speculative: Literal["auto", "ngram", "off"] = "auto"
+    num_speculative_tokens: int = Field(default=4, ge=1, le=32)
     # Jobs a worker queues beyond its batch before it answers 503.
     max_waiting: int = Field(default=256, ge=0)
     # How many workers `ember serve` starts for this model.

@@ -3,12 +3,14 @@
 The engine owns one thread that runs the model; the asyncio side only queues requests and reads outputs. Each
 step wires four parts, each with one job::
 
-    scheduler.schedule()          which requests run and how many tokens each (decodes, prefill chunks), KV
-                                  blocks allocated, prefix-cache hits taken, preemptions made (scheduler.py)
+    scheduler.schedule()          which requests run and how many tokens each (decodes, prefill chunks, drafts
+                                  to verify), KV blocks allocated, prefix-cache hits taken, preemptions made
     runner.execute(output)        ONE forward over the flattened batch; logits of the rows that sample (runner.py)
-    masks + sampler               grammar masks on those rows, then one sampling call for the batch
     scheduler.update(output)      computed marks move on and full blocks enter the prefix cache
+    masks + sampler               grammar masks on those rows, then one sampling call for the batch, which also
+                                  accepts or rejects the drafts (sampling.Sampler.verify)
     outputs.accept(...)           tokens become text, stops and finish reasons (output_processor.py)
+    scheduler.verified(...)       a draft's accepted tokens' KV is kept, the rejected rest rolled back
 
 A failing step fails only the requests in it; the engine keeps running.
 """
@@ -32,8 +34,9 @@ from ember.runtimes.text.kv_manager import KVCacheManager
 from ember.runtimes.text.output_processor import GrammarViolation, OutputProcessor, OutputState, StepOutput
 from ember.runtimes.text.request import GenerateRequest, Request
 from ember.runtimes.text.runner import ModelRunner
-from ember.runtimes.text.sampling import Sampler, SequenceSampling
+from ember.runtimes.text.sampling import SampleOutput, Sampler, SequenceSampling
 from ember.runtimes.text.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from ember.runtimes.text.spec_decode import Drafter, PromptLookupDrafter, SpecConfig, SpeculativeMode, Speculator
 from ember.runtimes.text.tokenizer import TextTokenizer
 
 __all__ = ["EngineConfig", "EngineOverloaded", "GenerateRequest", "OutputStream", "StepOutput", "TextEngine"]
@@ -59,6 +62,10 @@ class EngineConfig:
     # "shared": any request may reuse any cached prefix; "per_key": only those of its own API key (no timing side
     # channel between tenants); "off": no prefix caching.
     prefix_cache: PrefixCacheMode = "shared"
+    # Speculative decoding (spec_decode/): "auto" drafts by prompt lookup where it pays, "ngram" on every decode
+    # that finds a match, "off" never; at most num_speculative_tokens drafts per request and step.
+    speculative: SpeculativeMode = "auto"
+    num_speculative_tokens: int = 4
 
 
 class OutputStream:
@@ -101,7 +108,9 @@ class TextEngine:
     asyncio side never touches torch, and sampling state is made here.
     """
 
-    def __init__(self, runner: ModelRunner, tokenizer: TextTokenizer, config: EngineConfig) -> None:
+    def __init__(
+        self, runner: ModelRunner, tokenizer: TextTokenizer, config: EngineConfig, drafter: Drafter | None = None
+    ) -> None:
         if config.max_batch > runner.max_batch:
             raise ValueError(f"max_batch={config.max_batch} exceeds the runner's {runner.max_batch} rows")
         scheduling = SchedulerConfig(config.max_batch, config.max_step_tokens)
@@ -116,7 +125,11 @@ class TextEngine:
         self.kv = KVCacheManager(
             BlockPool(runner.cache.num_blocks, runner.block_size), caching=config.prefix_cache != "off"
         )
-        self.scheduler = Scheduler(scheduling, self.kv)
+        self.speculator: Speculator | None = None
+        if config.speculative != "off":
+            spec = SpecConfig(config.speculative, config.num_speculative_tokens)
+            self.speculator = Speculator(spec, drafter or PromptLookupDrafter(), runner.max_context)
+        self.scheduler = Scheduler(scheduling, self.kv, self.speculator)
         self.outputs = OutputProcessor(tokenizer, runner.max_context)
         self.sampler = Sampler()
         self.masks = TokenMasks(runner.vocab_size)
@@ -220,34 +233,53 @@ class TextEngine:
         if not out:
             return
         self.steps += 1
-        sampling = [c.request for c in out.chunks if c.samples]
+        sampling = [c for c in out.chunks if c.samples]
+        sampled: list[SampleOutput] = []
         try:
-            logits = self.runner.execute(out)  # [S, V]
+            logits = self.runner.execute(out)  # [S, V]: chunk.num_sampled rows per sampling chunk
             self.scheduler.update(out)
             if sampling:
-                entries = [self._live_entry(r) for r in sampling]
+                entries = [self._live_entry(c.request) for c in sampling]
                 for e in entries:
                     if e.out.sampling is None:
                         e.out.sampling = SequenceSampling.create(
                             e.req.params.sampling, self.runner.vocab_size, logits.device
                         )
-                self.masks.apply(logits, [r.params.matcher for r in sampling])
-                sampled = self.sampler.sample(logits, [e.out.sampling for e in entries if e.out.sampling is not None])
+                # Requests under a grammar never draft (Speculator._length): their rows are single.
+                self.masks.apply(
+                    logits,
+                    [c.request.params.matcher if i == 0 else None for c in sampling for i in range(c.num_sampled)],
+                )
+                seqs = [e.out.sampling for e in entries if e.out.sampling is not None]
+                sampled = self.sampler.verify(logits, seqs, [c.draft_ids for c in sampling])
         except Exception as e:
             log.exception("step %d failed", self.steps)
             self._fail(self._step_requests(out), e)
             return
-        for i, req in enumerate(sampling):
+        for chunk, emitted in zip(sampling, sampled, strict=True):
+            req = chunk.request
             entry = self._live_entry(req)
             try:
-                status = self.outputs.accept(req, entry.out, sampled, i)
+                status = self.outputs.accept(req, entry.out, emitted)
             except GrammarViolation as e:
                 self._fail([req], e)
                 continue
             if status is not None:
                 self._finish(req, status)
+            if chunk.draft_ids:
+                self.scheduler.verified(chunk, len(emitted.token_ids) - 1)
         for req in self.scheduler.running:
             self.outputs.flush(self._live_entry(req).out)
+
+    @property
+    def spec_drafted_tokens(self) -> int:
+        """Draft tokens verified so far (speculative decoding), for metrics."""
+        return self.speculator.drafted_tokens if self.speculator else 0
+
+    @property
+    def spec_accepted_tokens(self) -> int:
+        """Draft tokens accepted so far, for metrics: the acceptance rate is this over ``spec_drafted_tokens``."""
+        return self.speculator.accepted_tokens if self.speculator else 0
 
     def _live_entry(self, req: Request) -> _Entry:
         return self._live[req.request_id]
@@ -263,6 +295,15 @@ class TextEngine:
             return  # finished already
         self.scheduler.finish(req)
         req.status = status
+        if req.draft.steps:
+            log.debug(
+                "%s: %d of %d drafted tokens accepted (%.0f%%) in %d steps",
+                req.request_id,
+                req.draft.accepted,
+                req.draft.drafted,
+                100 * req.draft.acceptance,
+                req.draft.steps,
+            )
         self.outputs.finish(req, entry.out, status, error)
 
     def _fail(self, reqs: list[Request], e: Exception) -> None:

@@ -1,8 +1,9 @@
 """From sampled token ids to what a client reads: text, logprobs, the grammar's advance, stops and finish reasons.
 
-The engine hands each sampled token to ``accept``, which appends it to the request and says whether the request
-is finished (EOS, a stop string, the grammar's end, max_tokens, the context). Text is buffered per request and
-sent once per step (``flush``) as one StepOutput; the last one (``finish``) carries the usage.
+The engine hands each request's sampled tokens to ``accept`` (one, or with speculative decoding up to k + 1),
+which appends them to the request in order and says whether the request is finished (EOS, a stop string, the
+grammar's end, max_tokens, the context); tokens after the one that finishes it are dropped. Text is buffered per
+request and sent once per step (``flush``) as one StepOutput; the last one (``finish``) carries the usage.
 """
 
 from __future__ import annotations
@@ -52,11 +53,19 @@ class OutputProcessor:
         self.max_context = max_context
         self._eos = frozenset(tokenizer.eos_token_ids)
 
-    def accept(self, req: Request, state: OutputState, sampled: SampleOutput, i: int) -> JobStatus | None:
-        """Append row ``i`` of ``sampled`` to ``req``; the finished status if that ends it, else None.
+    def accept(self, req: Request, state: OutputState, sampled: SampleOutput) -> JobStatus | None:
+        """Append ``sampled``'s tokens (all of them one request's) to ``req`` in order until one ends it; the
+        finished status if one did, else None.
 
-        Raises GrammarViolation when the request's matcher refuses the token.
+        Raises GrammarViolation when the request's matcher refuses a token.
         """
+        for i in range(len(sampled.token_ids)):
+            status = self._accept_one(req, state, sampled, i)
+            if status is not None:
+                return status
+        return None
+
+    def _accept_one(self, req: Request, state: OutputState, sampled: SampleOutput, i: int) -> JobStatus | None:
         token = sampled.token_ids[i]
         req.token_ids.append(token)
         state.pending_ids.append(token)

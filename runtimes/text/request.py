@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import llguidance
 
@@ -25,6 +26,28 @@ class GenerateRequest:
     # Constrained decoding: every token is picked among those this matcher allows, and fed back to it
     # (ember.runtimes.text.grammar). Compiled by the caller, off the engine thread.
     matcher: llguidance.LLMatcher | None = None
+
+
+@dataclass
+class DraftRecord:
+    """A request's speculative decoding: what it drafted and had accepted, and how long its next draft may be."""
+
+    # Draft tokens verified, and accepted, over the request's life; steps that verified a draft.
+    drafted: int = 0
+    accepted: int = 0
+    steps: int = 0
+    # Tokens the next draft may hold (adapted to the acceptance; 0 until the first draft).
+    length: int = 0
+    # Steps to wait before drafting again after a draft that was wholly rejected, and the next such wait.
+    cooldown: int = 0
+    backoff: int = 0
+    # The drafter's own state for this request (the n-gram index of its tokens), made on first use; it dies with
+    # the request, so that nothing keyed by request id can outlive it.
+    state: Any = None
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
 
 
 @dataclass
@@ -53,6 +76,7 @@ class Request:
     num_preemptions: int = 0
     # Its place in arrival order, kept across preemptions so that a preempted request does not lose its turn.
     arrival: int = -1
+    draft: DraftRecord = field(default_factory=DraftRecord)
 
     def __post_init__(self) -> None:
         if not self.token_ids:

@@ -2,7 +2,8 @@
 
 Call cycle (engine thread only): ``execute(scheduler_output)`` turns the step's chunks into input tensors (token
 ids, positions, the KV slot of every token, the decode rows' block tables), runs the model once over all of
-them, and returns the next-token logits of the chunks that reach their request's last token.
+them, and returns the next-token logits of the chunks that reach their request's last token: one row for each,
+or one per position for a chunk that verifies drafted tokens (speculative decoding).
 
 Inputs are written into buffers allocated once at the largest step (``max_step_tokens`` tokens in all, at most
 ``max_batch`` requests), through numpy views: no tensor is built per step from Python lists, and on a GPU the host
@@ -82,8 +83,8 @@ class _HostBuffers:
             "slots": ((max_tokens,), torch.int64),
             "block_table": ((max_rows, max_blocks), torch.int32),
             "context_lens": ((max_rows,), torch.int32),
-            # The rows whose logits are sampled, and the blocks to zero before the step.
-            "sampled_rows": ((max_rows,), torch.int64),
+            # The rows whose logits are sampled (every row of a chunk with drafts), and the blocks to zero.
+            "sampled_rows": ((max_tokens,), torch.int64),
             "fresh_blocks": ((max_rows,), torch.int64),
         }
         self.host = {name: torch.zeros(shape, dtype=dtype, pin_memory=pin) for name, (shape, dtype) in shapes.items()}
@@ -145,7 +146,8 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> Tensor:
-        """Run the step; float32 logits [S, V] for the chunks that sample (``chunk.samples``), in chunk order."""
+        """Run the step; float32 logits [S, V] for the chunks that sample (``chunk.samples``), in chunk order:
+        ``chunk.num_sampled`` rows each (its last token's, or with drafts, its last token's and each draft's)."""
         batch, ids, positions, last_rows = self._prepare(out)
         hidden = self.model(ids, positions, batch)  # [N_padded, D]
         # Only the sampled rows' logits: lm_head over a 49k vocabulary dominates otherwise. Padded like the step.
@@ -181,7 +183,7 @@ class ModelRunner:
                 raise ValueError(f"{req.request_id}: position {end - 1} is beyond max_context={self.max_context}")
             if len(req.block_ids) * bs < end:
                 raise ValueError(f"{req.request_id}: {len(req.block_ids)} blocks cannot hold {end} tokens")
-            buf.np["ids"][row : row + count] = req.token_ids[start:end]
+            buf.np["ids"][row : row + count] = chunk.token_ids()
             last = (end - 1) // bs * bs
             if end % bs and last >= start:
                 # The chunk enters its last block and leaves it part-filled: its unwritten slots are read (masked)
@@ -201,8 +203,7 @@ class ModelRunner:
                 buf.np["slots"][row : row + count] = table[pos // bs] * bs + pos % bs
                 prefills.append((row, count, start, req.block_ids[: -(-end // bs)]))
             row += count
-            if chunk.samples:
-                last_rows.append(row - 1)
+            last_rows.extend(range(row - chunk.num_sampled, row))
         if fresh:
             buf.np["fresh_blocks"][: len(fresh)] = fresh
             self.cache.zero_blocks(buf.take("fresh_blocks", slice(0, len(fresh))))

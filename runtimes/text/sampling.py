@@ -8,12 +8,21 @@ The engine calls ``Sampler.sample`` once per step with the logits of every runni
 
 A sampled row draws exactly one uniform number per step from its own generator and looks it up in its own row's
 CDF, so a seeded request gets the same tokens whatever else shares its batch. Greedy rows never touch a generator.
+
+Speculative decoding (``Sampler.verify``): a sequence that drafted k tokens has k + 1 rows, the logits after its
+last token and after each draft. Each row is sampled exactly as above, with the penalty counts the drafts before
+it would have made, and the drafts are kept up to the first one that differs from the row's pick; the pick there
+(or after the last draft) follows them. With a point-mass draft d (prompt lookup), this is the standard
+accept/reject rule: d is kept with probability p(d), and on a rejection the pick is distributed as p with d
+removed and renormalized; p being the distribution this sampler would draw from at that position. Only the kept
+rows' random numbers count: the generator is set back to after them, so a seeded sequence emits exactly the
+tokens it emits without drafts, and greedy ones the argmax at every position.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -79,10 +88,26 @@ class SequenceSampling:
         if self.counts is not None:
             self.counts[token_id] += 1
 
+    def ahead(self, draft_ids: Sequence[int]) -> list[SequenceSampling]:
+        """This state at each position of a draft: as it would be after 0, 1, ... len(draft_ids) of its tokens.
+
+        They share the generator; only the penalty counts differ (copies, for the rows after a draft token).
+        """
+        if self.counts is None:
+            return [self] * (len(draft_ids) + 1)
+        states = [self]
+        counts = self.counts
+        for token_id in draft_ids:
+            counts = counts.clone()
+            counts[token_id] += 1
+            states.append(replace(self, counts=counts))
+        return states
+
 
 @dataclass
 class SampleOutput:
-    """What one step picked: one entry per sequence, in the order of the ``seqs`` passed to ``Sampler.sample``."""
+    """What one step picked: one entry per sequence, in the order of the ``seqs`` passed to ``Sampler.sample``;
+    or, from ``Sampler.verify``, one entry per token that one sequence emits."""
 
     token_ids: list[int]
     # log_softmax of the raw logits (no penalties, no temperature: the model's own distribution, as OpenAI reports)
@@ -107,6 +132,62 @@ class Sampler:
         Returns:
             The chosen token ids, plus logprobs when any sequence asked for them.
         """
+        tokens, logprobs, top_logprobs = self._choose(logits, seqs)
+        token_ids = tokens.tolist()
+        for seq, token_id in zip(seqs, token_ids, strict=True):
+            seq.record(token_id)
+        return SampleOutput(token_ids=token_ids, logprobs=logprobs, top_logprobs=top_logprobs)
+
+    def verify(
+        self, logits: torch.Tensor, seqs: Sequence[SequenceSampling], drafts: Sequence[Sequence[int]]
+    ) -> list[SampleOutput]:
+        """Pick each sequence's next tokens given its drafted guesses (see the module's docstring).
+
+        Args:
+            logits: ``[R, V]``: for each sequence in order, ``1 + len(drafts[i])`` rows, the logits after its last
+                token and after each of its drafts. ``-inf`` masks a token, as in ``sample``. Not modified.
+            seqs: The sequences' sampling states.
+            drafts: Each sequence's drafted tokens ([] for none: then this is ``sample`` for its row).
+
+        Returns:
+            Per sequence, the tokens it emits (its accepted drafts, then one token of its own: 1 to
+            ``len(drafts[i]) + 1`` of them) with their logprobs; each token is counted toward its penalties.
+        """
+        sizes = [1 + len(d) for d in drafts]
+        assert logits.dim() == 2 and logits.shape[0] == sum(sizes), f"logits {tuple(logits.shape)} for rows {sizes}"
+        rows = [state for seq, draft in zip(seqs, drafts, strict=True) for state in seq.ahead(draft)]
+        # Where a drafting sampled row's generator was: it is set back to after the rows that are kept.
+        rewind = {i: seq.generator.get_state() for i, seq in enumerate(seqs) if drafts[i] and not seq.greedy}
+        tokens, logprobs, top_logprobs = self._choose(logits, rows)
+        picks = tokens.tolist()
+        outs = []
+        first = 0
+        for i, (seq, draft) in enumerate(zip(seqs, drafts, strict=True)):
+            mine = picks[first : first + sizes[i]]
+            accepted = 0
+            while accepted < len(draft) and mine[accepted] == draft[accepted]:
+                accepted += 1
+            kept = slice(first, first + accepted + 1)
+            if i in rewind and accepted < len(draft):
+                seq.generator.set_state(rewind[i])
+                for _ in range(accepted + 1):
+                    _uniforms(seq.generator)
+            for token_id in mine[: accepted + 1]:
+                seq.record(token_id)
+            outs.append(
+                SampleOutput(
+                    token_ids=mine[: accepted + 1],
+                    logprobs=logprobs[kept] if logprobs is not None else None,
+                    top_logprobs=top_logprobs[kept] if top_logprobs is not None else None,
+                )
+            )
+            first += sizes[i]
+        return outs
+
+    def _choose(
+        self, logits: torch.Tensor, seqs: Sequence[SequenceSampling]
+    ) -> tuple[torch.Tensor, list[float] | None, list[list[tuple[int, float]]] | None]:
+        """One token per row ``[B]`` (not yet recorded), and the logprobs the rows asked for."""
         assert logits.dim() == 2 and logits.shape[0] == len(seqs), f"logits {tuple(logits.shape)} for {len(seqs)} seqs"
         logits = logits.float()  # [B, V]
         # NOTE: each [B, V] temporary is 3 MB at B=16 and, on a CPU, fresh pages to fault in: the steps below reuse
@@ -122,10 +203,7 @@ class Sampler:
             rows = torch.tensor(sampled, device=logits.device)
             tokens[rows] = _draw(adjusted.index_select(0, rows), [seqs[i] for i in sampled])
         logprobs, top_logprobs = _logprobs(logits, tokens, seqs)
-        token_ids = tokens.tolist()
-        for seq, token_id in zip(seqs, token_ids, strict=True):
-            seq.record(token_id)
-        return SampleOutput(token_ids=token_ids, logprobs=logprobs, top_logprobs=top_logprobs)
+        return tokens, logprobs, top_logprobs
 
 
 def _column(values: list[float] | list[int], like: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -167,9 +245,13 @@ def _draw(logits: torch.Tensor, seqs: Sequence[SequenceSampling]) -> torch.Tenso
                 0, torch.tensor(cut, device=logits.device), floor
             )
         weights.masked_fill_(weights < floor, 0.0)
-    # Two uniforms per row: one picks a block of the vocabulary, the other a token inside it.
-    uniform = torch.stack([torch.rand(2, dtype=torch.float64, generator=s.generator) for s in seqs])  # [S, 2]
+    uniform = torch.stack([_uniforms(s.generator) for s in seqs])  # [S, 2]
     return _pick(weights, uniform.to(logits.device))
+
+
+def _uniforms(generator: torch.Generator) -> torch.Tensor:
+    """A sampled row's random numbers for one token: one picks a block of the vocabulary, the other a token in it."""
+    return torch.rand(2, dtype=torch.float64, generator=generator)
 
 
 def _pick(weights: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:

@@ -12,8 +12,12 @@ Every step is one forward over a flattened batch. ``schedule()`` fills it under 
                prefix and prefills the rest in chunks. A request whose next block another running request is
                prefilling right now (n > 1 choices of one prompt) waits a step and takes it from the cache.
 
+    drafts     with a Speculator, decodes may then draft tokens into the budget left over (spec_decode/): such
+               a decode is a chunk of 1 + k tokens, its last token and the drafts, verified in the same forward.
+
 The step's tokens come back to ``update()``: computed marks move forward and full blocks enter the prefix index.
-Sampling and stop conditions are the engine's; it calls ``finish()`` for a request that is done.
+Sampling and stop conditions are the engine's; it calls ``verified()`` once a draft's accepted tokens are
+appended (the rest is rolled back), and ``finish()`` for a request that is done.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ember.runtimes.fair_queue import FairQueue
 from ember.runtimes.text.block_pool import BlockKey
 from ember.runtimes.text.kv_manager import KVCacheManager, PrefixHit
 from ember.runtimes.text.request import Request
+from ember.runtimes.text.spec_decode import Speculator
 
 
 @dataclass(frozen=True)
@@ -56,7 +61,7 @@ class SchedulerConfig:
 
 @dataclass
 class ScheduledChunk:
-    """``num_tokens`` of a request's tokens, from position ``start``, computed in this step."""
+    """``num_tokens`` tokens from position ``start`` computed in this step: the request's own, then any drafts."""
 
     request: Request
     start: int
@@ -64,9 +69,27 @@ class ScheduledChunk:
     # Whether the chunk reaches the request's last token, so the step yields its next-token logits (fixed when
     # scheduled: the sampled token is appended to the request afterwards).
     samples: bool = field(init=False)
+    # Guessed tokens after the request's last one (speculative decoding): the step computes them too, and yields
+    # the logits at each of the chunk's 1 + len(draft_ids) positions.
+    draft_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.samples = self.start + self.num_tokens == self.request.num_tokens
+
+    def add_drafts(self, draft_ids: list[int]) -> None:
+        assert self.samples and not self.draft_ids, "drafts follow a request's last token, once"
+        self.draft_ids = draft_ids
+        self.num_tokens += len(draft_ids)
+
+    @property
+    def num_sampled(self) -> int:
+        """Logit rows the step yields for this chunk."""
+        return 1 + len(self.draft_ids) if self.samples else 0
+
+    def token_ids(self) -> list[int]:
+        """The token ids the chunk computes."""
+        own = self.num_tokens - len(self.draft_ids)
+        return self.request.token_ids[self.start : self.start + own] + self.draft_ids
 
 
 @dataclass
@@ -92,9 +115,10 @@ class SchedulerOutput:
 class Scheduler:
     """Owns the waiting queue and the running set. Not thread-safe: the engine thread alone calls it."""
 
-    def __init__(self, config: SchedulerConfig, kv: KVCacheManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv: KVCacheManager, speculator: Speculator | None = None) -> None:
         self.config = config
         self.kv = kv
+        self.speculator = speculator
         self.waiting: FairQueue[Request] = FairQueue()
         self.running: list[Request] = []
         # Counters for metrics and tests.
@@ -125,6 +149,8 @@ class Scheduler:
         if req in self.running:
             self.running.remove(req)
         self.kv.free(req)
+        if self.speculator is not None:
+            self.speculator.finish(req)
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -147,7 +173,8 @@ class Scheduler:
                 budget -= num_new if num_new > 1 else 0
         if not out.preempted:
             # Admitting while requests are being preempted would only thrash.
-            self._admit(scheduled, budget)
+            budget = self._admit(scheduled, budget)
+            self._draft(scheduled, budget)
         out.chunks = sorted(scheduled, key=lambda c: c.num_tokens > 1)
         return out
 
@@ -159,7 +186,8 @@ class Scheduler:
             return remaining
         return max(budget, 0)
 
-    def _admit(self, scheduled: list[ScheduledChunk], budget: int) -> None:
+    def _admit(self, scheduled: list[ScheduledChunk], budget: int) -> int:
+        """Admit waiting requests into the step; returns the budget they left."""
         prefilling = {k for c in scheduled if (k := self.kv.next_key(c.request)) is not None and c.num_tokens > 1}
         hits: dict[int, PrefixHit] = {}
 
@@ -193,6 +221,21 @@ class Scheduler:
             budget -= num_new if num_new > 1 else 0
             if num_new > 1 and (key := self.kv.next_key(req)) is not None:
                 prefilling.add(key)
+        return budget
+
+    def _draft(self, scheduled: list[ScheduledChunk], budget: int) -> None:
+        """Let the step's decodes draft into the budget left (never by preempting: a draft is only a guess)."""
+        if self.speculator is None or budget <= 0:
+            return
+        decodes = [c for c in scheduled if c.num_tokens == 1 and c.samples]
+        if not decodes:
+            return
+        step_tokens = sum(c.num_tokens for c in scheduled)
+        drafts = self.speculator.propose([c.request for c in decodes], budget, step_tokens)
+        for chunk, draft in zip(decodes, drafts, strict=True):
+            # Keep a block per running request in hand, as admission does.
+            if draft and self.kv.allocate(chunk.request, 1 + len(draft), reserve=len(self.running)):
+                chunk.add_drafts(draft)
 
     def _pending(self, req: Request, hit: PrefixHit, prefilling: set[BlockKey]) -> bool:
         """Whether another request is computing ``req``'s first missed block in this step."""
@@ -211,11 +254,32 @@ class Scheduler:
         out.preempted.append(req)
 
     def update(self, out: SchedulerOutput) -> None:
-        """The step ran: its tokens' KV is in the cache."""
+        """The step ran: its tokens' KV is in the cache (drafts' KV too, but it counts only once accepted)."""
         for chunk in out.chunks:
             req = chunk.request
-            req.num_computed = chunk.start + chunk.num_tokens
+            req.num_computed = chunk.start + chunk.num_tokens - len(chunk.draft_ids)
             self.kv.commit(req)
+
+    def verified(self, chunk: ScheduledChunk, accepted: int) -> None:
+        """The first ``accepted`` of ``chunk``'s drafts were right; the engine has appended them to the request
+        (unless it finished). Their KV, computed in the step, becomes the request's; the rest is rolled back.
+
+        Rejected K/V stays in slots past the computed mark, where nothing reads it (attention masks by position)
+        until the next tokens overwrite it; blocks holding only such slots go back to the pool. Only blocks below
+        the computed mark enter the prefix index, so it never holds a rejected token's K/V.
+        """
+        req = chunk.request
+        assert self.speculator is not None and chunk.draft_ids
+        self.speculator.observe(req, len(chunk.draft_ids), accepted)
+        if req.status.finished or req not in self.running:
+            return
+        req.num_computed += accepted
+        assert req.num_computed == req.num_tokens - 1, "the accepted drafts and the next token are appended"
+        self.kv.commit(req)
+        keep = -(-req.num_tokens // self.kv.block_size)  # the next step writes position num_tokens - 1
+        if len(req.block_ids) > keep:
+            extra, req.block_ids = req.block_ids[keep:], req.block_ids[:keep]
+            self.kv.pool.release(extra[::-1])
 
     def waiting_requests(self) -> Iterable[Request]:
         return iter(self.waiting)

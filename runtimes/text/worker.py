@@ -271,15 +271,19 @@ def build_engine(spec: ModelSpec, loaded: LoadedModel, device: torch.device, dty
         max_waiting=spec.max_waiting,
         max_step_tokens=spec.max_step_tokens,
         prefix_cache=spec.prefix_cache,
+        speculative=spec.speculative,
+        num_speculative_tokens=spec.num_speculative_tokens,
     )
     log.info(
-        "KV cache: %d blocks of %d tokens (%.0f MiB, %s), context %d, prefix cache %s",
+        "KV cache: %d blocks of %d tokens (%.0f MiB, %s), context %d, prefix cache %s, speculative %s (%d tokens)",
         cache.num_blocks,
         cache.block_size,
         budget / 2**20,
         dtype,
         runner.max_context,
         spec.prefix_cache,
+        spec.speculative,
+        spec.num_speculative_tokens,
     )
     return TextEngine(runner, loaded.tokenizer, config)
 
