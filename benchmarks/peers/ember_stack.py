@@ -3,7 +3,8 @@
 The stack runs either this checkout or an earlier commit of it (``ref=``): the commit is checked out once into a
 git worktree under the benchmark cache, and its processes import it through a folder of symlinks laid out as the
 installed `ember` package is (sdk/ is `ember`, platform/<part>/ is `ember.<part>`, runtimes/ is `ember.runtimes`),
-put first on PYTHONPATH. The editable install's import hook comes after sys.path, so the old code wins.
+put first on PYTHONPATH. The editable install's import hook comes after sys.path, so the old code wins. The
+commit's native kernels (``ember._C``) are built into its worktree once, as its own install would have built them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def checkout(ref: str) -> Path:
             subprocess.run(
                 ["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), sha], check=True, capture_output=True
             )
+        build_native(tree, root / "native-build.log")
         package = farm / "ember"
         package.mkdir(parents=True, exist_ok=True)
         for entry in (tree / "sdk").iterdir():
@@ -52,6 +54,29 @@ def checkout(ref: str) -> Path:
                 (package / part.name).symlink_to(part)
         (package / "runtimes").symlink_to(tree / "runtimes")
     return farm
+
+
+def build_native(tree: Path, log_path: Path) -> bool:
+    """Build a tree's native kernels (``ember._C``) in place, as its install would; whether there is one after.
+
+    A tree without ``ember._C`` still runs, on its pure-torch references, but slower than it did as installed: the
+    comparison with an earlier commit must run it with its kernels. A tree from before the extension has no
+    setup.py to build it with.
+    """
+    if not (tree / "setup.py").is_file():
+        return False
+    with log_path.open("w") as log:
+        rc = subprocess.run(
+            [sys.executable, "setup.py", "build_ext", "--inplace"],
+            cwd=tree,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        ).returncode
+    built = any((tree / "sdk").glob("_C.*"))
+    if rc != 0 or not built:
+        print(f"ember at {tree}: ember._C not built (exit status {rc}; see {log_path}); its torch fallbacks run")
+    return built
 
 
 class EmberStack:

@@ -49,18 +49,16 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import httpx
 
-from benchmarks.peers.process import ServerProcess, file_lock, free_port
+from benchmarks.peers.process import PeerServer, ServerProcess, file_lock, free_port, temp_log
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 CACHE_ROOT = Path.home() / ".cache" / "ember" / "bench"
 BUILD_JOBS = 2  # the benchmark hosts have two cores that other work shares
 STARTUP_TIMEOUT_S = 300.0
-STOP_TIMEOUT_S = 10.0
 
 # Options common to every variant. Network and optional dependencies are off: no OpenSSL, no web UI assets (the
 # default downloads a prebuilt UI from a Hugging Face bucket at build time). `LLAMA_CURL` no longer exists in this
@@ -298,7 +296,7 @@ def build_llama_server(cache_dir: Path | None = None, *, smoke_gguf: Path | None
     raise LlamaServerBuildError(f"no variant of llama-server could be built; see the build.log files in {cache_root}")
 
 
-class LlamaServer:
+class LlamaServer(PeerServer):
     """A `llama-server` process on 127.0.0.1 for the duration of a `with` block.
 
     `--ctx-size` is the total across slots: with an explicit `--parallel` the KV cache is not unified, and each
@@ -345,7 +343,6 @@ class LlamaServer:
         self._binary = binary
         self._log_path = log_path
         self._env = dict(env or {})
-        self._process: ServerProcess | None = None
 
     @property
     def url(self) -> str:
@@ -390,9 +387,7 @@ class LlamaServer:
         if self._port is None:
             self._port = free_port()
         if self._log_path is None:
-            fd, name = tempfile.mkstemp(prefix=f"llama-server-{self._port}-", suffix=".log")
-            os.close(fd)
-            self._log_path = Path(name)
+            self._log_path = temp_log(f"llama-server-{self._port}-")
         self._process = ServerProcess(
             self.command(binary, self._port), env=os.environ | self._env, log_path=self._log_path
         )
@@ -400,12 +395,6 @@ class LlamaServer:
             f"{self.url}/health", name="llama-server", timeout_s=STARTUP_TIMEOUT_S, error=LlamaServerError
         )
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._process is not None:
-            self._process.stop(STOP_TIMEOUT_S)
 
 
 def _memory_kib(pid: int) -> dict[str, int]:

@@ -8,9 +8,11 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import TracebackType
 
 import httpx
 
@@ -108,3 +110,23 @@ class ServerProcess:
                 self._signal(signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
+
+
+def temp_log(prefix: str) -> Path:
+    """A new, empty log file in the temporary folder (kept afterwards, for reading after a failure)."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".log")
+    os.close(fd)
+    return Path(name)
+
+
+class PeerServer:
+    """A peer server for a ``with`` block: the subclass's ``__enter__`` starts ``_process``; leaving stops it."""
+
+    _process: ServerProcess | None = None
+    stop_timeout_s: float = 10.0
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._process is not None:
+            self._process.stop(self.stop_timeout_s)

