@@ -15,8 +15,24 @@ from typing import Any
 
 from setuptools import setup
 
-SOURCES = ["csrc/torch_bindings.cpp", "csrc/cpu/paged_attention.cpp"]
-HEADERS = ["csrc/cpu/ops.h", "csrc/cpu/paged_attention_impl.h"]
+SOURCES = [
+    "csrc/torch_bindings.cpp",
+    "csrc/cpu/isa.cpp",
+    "csrc/cpu/layer_ops.cpp",
+    "csrc/cpu/paged_attention.cpp",
+    "csrc/cpu/quant_linear.cpp",
+]
+HEADERS = [
+    "csrc/cpu/isa.h",
+    "csrc/cpu/isa_variants.h",
+    "csrc/cpu/layer_ops_impl.h",
+    "csrc/cpu/ops.h",
+    "csrc/cpu/paged_attention_impl.h",
+    "csrc/cpu/quant_linear_impl.h",
+    "csrc/cpu/quant_linear_vnni_impl.h",
+    "csrc/cpu/quant_view.h",
+    "csrc/cpu/vec_impl.h",
+]
 
 
 def native_extension() -> dict[str, Any]:

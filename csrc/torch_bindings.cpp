@@ -6,6 +6,7 @@
 
 #include <string>
 
+#include "cpu/isa.h"
 #include "cpu/ops.h"
 
 namespace {
@@ -18,10 +19,28 @@ TORCH_LIBRARY(ember, m) {
   m.def(
       "paged_decode(Tensor(a!) out, Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, "
       "Tensor context_lens, float scale) -> ()");
+  m.def(
+      "quant_linear(Tensor(a!) out, Tensor x, Tensor qweight, Tensor scales, Tensor? mins, Tensor? super_scales, "
+      "Tensor? super_mins, Tensor? bias, int bits, int group_size) -> ()");
+  m.def(
+      "dequantize(Tensor(a!) out, Tensor qweight, Tensor scales, Tensor? mins, Tensor? super_scales, "
+      "Tensor? super_mins, int bits, int group_size) -> ()");
+  m.def("rms_norm(Tensor(a!) out, Tensor x, Tensor weight, float eps) -> ()");
+  m.def("add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
+  m.def("rotary(Tensor(a!) q, Tensor(b!) k, Tensor cos, Tensor sin, Tensor positions) -> ()");
+  m.def("silu_mul(Tensor(a!) out, Tensor gate_up) -> ()");
   m.def("cpu_isa() -> str", &cpu_isa);
 }
 
-TORCH_LIBRARY_IMPL(ember, CPU, m) { m.impl("paged_decode", &ember::cpu::paged_decode); }
+TORCH_LIBRARY_IMPL(ember, CPU, m) {
+  m.impl("paged_decode", &ember::cpu::paged_decode);
+  m.impl("quant_linear", &ember::cpu::quant_linear);
+  m.impl("dequantize", &ember::cpu::dequantize);
+  m.impl("rms_norm", &ember::cpu::rms_norm);
+  m.impl("add_rms_norm", &ember::cpu::add_rms_norm);
+  m.impl("rotary", &ember::cpu::rotary);
+  m.impl("silu_mul", &ember::cpu::silu_mul);
+}
 
 extern "C" PyObject* PyInit__C() {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", "Ember's native ops (torch.ops.ember)", -1, nullptr};

@@ -3,6 +3,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 namespace ember::cpu {
 
 // out[b, h] = softmax(q[b, h] . K[b]^T * scale) V[b] over row b's context_lens[b] tokens, whose K/V live in the
@@ -10,7 +12,27 @@ namespace ember::cpu {
 void paged_decode(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                   const at::Tensor& block_table, const at::Tensor& context_lens, double scale);
 
-// The instruction set the kernels dispatched to on this CPU: "avx512", "avx2" or "baseline".
-const char* isa_name();
+// out[M, N] = x[M, K] W^T + bias for a weight-only quantized W (layout: quant_view.h); x, out float32 or bfloat16.
+void quant_linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                  const std::optional<at::Tensor>& mins, const std::optional<at::Tensor>& super_scales,
+                  const std::optional<at::Tensor>& super_mins, const std::optional<at::Tensor>& bias, int64_t bits,
+                  int64_t group_size);
+
+// out[N, K] = W, float32 or bfloat16.
+void dequantize(at::Tensor& out, const at::Tensor& qweight, const at::Tensor& scales,
+                const std::optional<at::Tensor>& mins, const std::optional<at::Tensor>& super_scales,
+                const std::optional<at::Tensor>& super_mins, int64_t bits, int64_t group_size);
+
+// out = x / sqrt(mean(x^2) + eps) * weight, row by row (x's rows may be strided).
+void rms_norm(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// residual += x; x = rms_norm(residual) (in place: the decoder's residual stream and the next sublayer's input).
+void add_rms_norm(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight, double eps);
+
+// q and k [tokens, heads, head_dim] rotated in place by cos/sin [P, head_dim] at positions [tokens].
+void rotary(at::Tensor& q, at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& positions);
+
+// out [rows, inner] = silu(gate_up[:, :inner]) * gate_up[:, inner:].
+void silu_mul(at::Tensor& out, const at::Tensor& gate_up);
 
 }  // namespace ember::cpu

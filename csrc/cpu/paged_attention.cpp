@@ -12,49 +12,22 @@
 #include <cstring>
 #include <vector>
 
+#include "isa.h"
 #include "ops.h"
 
 // One copy of the kernel per instruction set; see paged_attention_impl.h.
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma")
-namespace ember::cpu::avx512 {
-#include "paged_attention_impl.h"
-}
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace ember::cpu::avx2 {
-#include "paged_attention_impl.h"
-}
-#pragma GCC pop_options
-
-namespace ember::cpu::baseline {
-#include "paged_attention_impl.h"
-}
+// One copy per instruction set (isa_variants.h).
+#define EMBER_KERNEL_IMPL "paged_attention_impl.h"
+#include "isa_variants.h"
 
 namespace ember::cpu {
 namespace {
-
-enum class Isa { kBaseline, kAvx2, kAvx512 };
-
-Isa detect_isa() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) {
-    return Isa::kAvx512;
-  }
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
-  return Isa::kBaseline;
-}
-
-const Isa kIsa = detect_isa();
 
 template <typename T>
 void dispatch(T* out, const T* q, const T* k, const T* v, const int32_t* table, const int32_t* lens, int64_t batch,
               int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t block_size, int64_t max_blocks,
               float scale) {
-  switch (kIsa) {
+  switch (current_isa()) {
     case Isa::kAvx512:
       return avx512::paged_decode(out, q, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
                                   max_blocks, scale);
@@ -68,17 +41,6 @@ void dispatch(T* out, const T* q, const T* k, const T* v, const int32_t* table, 
 }
 
 }  // namespace
-
-const char* isa_name() {
-  switch (kIsa) {
-    case Isa::kAvx512:
-      return "avx512";
-    case Isa::kAvx2:
-      return "avx2";
-    default:
-      return "baseline";
-  }
-}
 
 void paged_decode(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                   const at::Tensor& block_table, const at::Tensor& context_lens, double scale) {

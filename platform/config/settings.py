@@ -106,6 +106,10 @@ class ModelSpec(_Section):
     # "auto": bfloat16 where the hardware computes it natively, else float32 (ember.runtimes.dtypes). Unset: "auto"
     # for text (the KV cache is kept in the same dtype), float32 for the others.
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    # Text: how the weight matrices are held. "auto": a GGUF's own quantized formats, read as the file stores them
+    # (a safetensors checkpoint as it is); "none": dequantized to dtype; "int8" / "int4": quantized at load in groups
+    # of 32 (ember.runtimes.text.quant). Activations and the KV cache stay in dtype.
+    quantization: Literal["auto", "none", "int8", "int4"] = "auto"
     # Where the model runs: "auto" is the first CUDA GPU when there is one, else the CPU (ember.runtimes.devices).
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     # Requests run together: sequences decoded in one step (text), images denoised together, audio windows.
@@ -128,8 +132,9 @@ class ModelSpec(_Section):
     prefix_cache: Literal["shared", "per_key", "off"] = "shared"
     # Text: speculative decoding. A decode step also computes up to num_speculative_tokens guessed tokens and keeps
     # those the model agrees with (output unchanged, greedy or sampled). The guesses come from the request's own
-    # text (prompt lookup: what followed its last few tokens earlier). "auto" drafts where it pays (small steps,
-    # each request's draft length following its acceptance), "ngram" on every decode that finds a match, "off".
+    # text (prompt lookup: what followed its last few tokens earlier). "auto" drafts where it pays, judged by each
+    # request's acceptance so far and the step times measured as it runs; "ngram" on every decode that finds a
+    # match; "off".
     speculative: Literal["auto", "ngram", "off"] = "auto"
     num_speculative_tokens: int = Field(default=4, ge=1, le=32)
     # Jobs a worker queues beyond its batch before it answers 503.

@@ -1,7 +1,7 @@
-"""GGUF -> a Hugging Face-format folder (config.json, model.safetensors, tokenizer files).
+"""GGUF -> a Hugging Face-format folder (config.json, tokenizer files, and on request model.safetensors), and the
+GGUF's weights read for a model (``read_weights``): kept quantized as the file stores them, or dequantized.
 
-Every tensor is dequantized to float32, so the folder runs through the ordinary loader with the
-weights the GGUF describes, bit for bit. Two things llama.cpp's converter changed are undone here:
+Two things llama.cpp's converter changed are undone here:
 
 - Q and K rows of `llama` models are permuted: llama.cpp's rotary pairs dims (2i, 2i+1), Hugging
   Face's rotate_half pairs (i, i + hd/2), so the converter interleaved each head's two halves.
@@ -24,7 +24,14 @@ from safetensors.torch import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from ember.runtimes.text.config import ModelLoadError
+from ember.runtimes.text.quant import gguf_blocks
+from ember.runtimes.text.quant.formats import QuantizedTensor
+from ember.runtimes.text.quant.quantize import quantizable, quantize
 from ember.runtimes.text.tokenizer import bytes_to_unicode
+
+# ModelSpec.quantization: "auto" keeps a GGUF's own quantized formats (float tensors stay float), "none" runs on
+# float weights, "int8" / "int4" quantize every weight matrix at load.
+QUANTIZATIONS = ("auto", "none", "int8", "int4")
 
 # GGUF architecture -> (HF model_type, HF architectures entry).
 ARCHITECTURES = {"llama": ("llama", "LlamaForCausalLM"), "qwen2": ("qwen2", "Qwen2ForCausalLM")}
@@ -76,28 +83,41 @@ PRE_TOKENIZER_SPLITS: dict[str, tuple[str, ...]] = {
 }
 
 
-def convert_gguf(gguf_file: Path, out_dir: Path, *, dtype: torch.dtype = torch.float32) -> None:
-    """Write gguf_file as a Hugging Face folder into out_dir (which must exist)."""
-    try:
-        reader = GGUFReader(gguf_file)
-    except Exception as exc:  # the reader raises ValueError / struct errors on a bad header
-        raise ModelLoadError(f"{gguf_file} is not a readable GGUF file: {exc}") from exc
+def convert_gguf(gguf_file: Path, out_dir: Path, *, weights: bool = True, dtype: torch.dtype = torch.float32) -> None:
+    """Write gguf_file as a Hugging Face folder into out_dir (which must exist).
+
+    weights=False writes everything but model.safetensors: what the loader keeps in its cache, since it reads the
+    weights from the GGUF itself (``read_weights``). With weights, every tensor is dequantized to dtype (a folder
+    that other engines, and HF transformers, load).
+    """
+    reader = open_gguf(gguf_file)
     meta = _Metadata(reader, gguf_file)
     config = build_config(meta)
-    tensors = convert_tensors(reader, config, gguf_file, dtype)
-    config["tie_word_embeddings"] = "lm_head.weight" not in tensors
-    rope_freqs = tensors.pop("rope_freqs", None)
-    if rope_freqs is not None:
-        config["rope_scaling"] = llama3_scaling_from_factors(rope_freqs, config, gguf_file)
+    names = {t.name for t in reader.tensors}
+    config["tie_word_embeddings"] = "output.weight" not in names
+    for tensor in reader.tensors:
+        if tensor.name == "rope_freqs.weight":
+            factors = torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32))
+            config["rope_scaling"] = llama3_scaling_from_factors(factors, config, gguf_file)
     tokenizer, tokenizer_config, generation_config = build_tokenizer(meta)
     config["bos_token_id"] = generation_config.get("bos_token_id")
     config["eos_token_id"] = generation_config.get("eos_token_id")
 
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    if weights:
+        tensors = read_weights(reader, config, gguf_file, quantization="none", dtype=dtype)
+        dense = {name: t for name, t in tensors.items() if isinstance(t, torch.Tensor)}
+        save_file(dense, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     tokenizer.save(str(out_dir / "tokenizer.json"))
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2), encoding="utf-8")
     (out_dir / "generation_config.json").write_text(json.dumps(generation_config, indent=2), encoding="utf-8")
+
+
+def open_gguf(gguf_file: Path) -> GGUFReader:
+    try:
+        return GGUFReader(gguf_file)
+    except Exception as exc:  # the reader raises ValueError / struct errors on a bad header
+        raise ModelLoadError(f"{gguf_file} is not a readable GGUF file: {exc}") from exc
 
 
 class _Metadata:
@@ -165,24 +185,44 @@ def build_config(meta: _Metadata) -> dict[str, Any]:
     return config
 
 
-def convert_tensors(
-    reader: GGUFReader, config: dict[str, Any], source: Path, dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
-    """Dequantize every tensor, undo llama.cpp's Q/K permutation, and rename to Hugging Face names."""
+def read_weights(
+    reader: GGUFReader, config: dict[str, Any], source: Path, *, quantization: str, dtype: torch.dtype
+) -> dict[str, torch.Tensor | QuantizedTensor]:
+    """Every weight under its Hugging Face name, Q/K rows of `llama` models put back in HF's rotary order.
+
+    quantization "auto": tensors of a format the kernels read (``gguf_blocks``) become QuantizedTensors holding the
+    file's own integers and scales; the rest (float tensors, other formats) are dequantized to dtype. "none":
+    everything dequantized to dtype. "int8" / "int4": weight matrices quantized again to that, the rest in dtype.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ModelLoadError(f"quantization={quantization!r}: one of {', '.join(QUANTIZATIONS)}")
     permute = config["model_type"] == "llama"
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor | QuantizedTensor] = {}
     for tensor in reader.tensors:
-        array = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)  # numpy shape: [out, in]
         name = tensor.name
         if name == "rope_freqs.weight":
-            out["rope_freqs"] = torch.from_numpy(np.array(array))
-            continue
+            continue  # read into config.json's rope_scaling by convert_gguf
         hf_name = hf_tensor_name(name, source)
+        order = None
         if permute and (".attn_q." in name or ".attn_k." in name):
             heads = config["num_attention_heads"] if ".attn_q." in name else config["num_key_value_heads"]
-            array = unpermute_rotary(array, heads)
+            rows = int(tensor.shape[-1]) if len(tensor.shape) > 1 else int(tensor.shape[0])
+            order = unpermute_rotary(np.arange(rows), heads)
+        kind = tensor.tensor_type
+        if quantization == "auto" and len(tensor.shape) == 2 and gguf_blocks.supported(kind):
+            n, k = int(tensor.shape[1]), int(tensor.shape[0])  # GGUF lists dimensions innermost first
+            qt = gguf_blocks.repack(kind, tensor.data, n, k)
+            out[hf_name] = qt if order is None else qt.permute_rows(torch.from_numpy(order))
+            continue
+        array = np.asarray(dequantize(tensor.data, kind), dtype=np.float32)  # numpy shape: [out, in]
+        if order is not None:
+            array = array[order]
         # A copy: the reader hands out read-only memory maps, which torch must not wrap.
-        out[hf_name] = torch.from_numpy(np.array(array, dtype=np.float32, order="C")).to(dtype)
+        dense = torch.from_numpy(np.array(array, dtype=np.float32, order="C"))
+        if quantization in ("int8", "int4") and quantizable(dense):
+            out[hf_name] = quantize(dense, 8 if quantization == "int8" else 4)
+        else:
+            out[hf_name] = dense.to(dtype)
     return out
 
 

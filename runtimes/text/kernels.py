@@ -1,15 +1,21 @@
 """The text runtime's native CPU ops from ``ember._C``, when the extension is built; callers fall back otherwise.
 
-Each op here has a pure-torch reference beside its caller (``attention.paged_decode_native``) that the tests
-compare it with; the reference is what runs wherever the extension is not built.
+Each op here has a pure-torch reference that the tests compare it with (``attention.paged_decode`` for the paged
+decode, ``quant.formats.dequantize`` under the quantized linear); the reference is what runs wherever the
+extension is not built.
 """
 
 from __future__ import annotations
 
 import functools
+import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from ember.runtimes.text.quant.formats import QuantizedTensor
 
 
 @functools.cache
@@ -22,6 +28,13 @@ def available() -> bool:
     return hasattr(torch.ops, "ember") and hasattr(torch.ops.ember, "paged_decode")
 
 
+def _ops() -> Any:
+    """torch.ops.ember, with ember._C loaded (its ops register on import)."""
+    if not available():
+        raise RuntimeError("ember._C is not built: call the op's pure-torch reference instead")
+    return torch.ops.ember
+
+
 def covers(q: Tensor) -> bool:
     """Whether the native paged decode runs for queries like ``q`` (built, on the CPU, float32 or bfloat16)."""
     return q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and available()
@@ -29,9 +42,94 @@ def covers(q: Tensor) -> bool:
 
 def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, context_lens: Tensor) -> Tensor:
     """``attention.paged_decode`` reading the blocks in place (no gathered copy of the context)."""
-    if not available():
-        raise RuntimeError("ember._C is not built: use attention.paged_decode, which falls back to torch")
     q = q.contiguous()
     out = torch.empty_like(q)
-    torch.ops.ember.paged_decode(out, q, k_cache, v_cache, block_table, context_lens, q.shape[-1] ** -0.5)
+    _ops().paged_decode(out, q, k_cache, v_cache, block_table, context_lens, q.shape[-1] ** -0.5)
+    return out
+
+
+def time_call(fn: Callable[[], object], budget: float = 0.02) -> float:
+    """Seconds per call of fn: the fastest of the calls made in ``budget`` seconds, after one warm-up (what the
+    load-time kernel choices compare; the fastest call is the one least disturbed by a shared machine)."""
+    fn()
+    best, spent = float("inf"), 0.0
+    while spent < budget:
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        best, spent = min(best, dt), spent + dt
+    return best
+
+
+@functools.cache
+def has_quant_linear() -> bool:
+    """Whether ``ember._C`` has the weight-only quantized ops (an older build may lack them)."""
+    return available() and hasattr(torch.ops.ember, "quant_linear")
+
+
+def quant_covers(x: Tensor) -> bool:
+    """Whether the native quantized linear runs for inputs like ``x`` (built, on the CPU, float32 or bfloat16)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and has_quant_linear()
+
+
+def quant_linear(x: Tensor, w: QuantizedTensor, bias: Tensor | None) -> Tensor:
+    """x [M, K] @ W^T (+ bias, float32 [N]) for a quantized W, as [M, N] in x's dtype; W is read as stored."""
+    out = x.new_empty(x.shape[0], w.shape[0])
+    _ops().quant_linear(
+        out,
+        x.contiguous(),
+        w.q,
+        w.scales,
+        w.mins,
+        w.super_scales,
+        w.super_mins,
+        bias,
+        w.bits,
+        w.group_size,
+    )
+    return out
+
+
+def dequantize(w: QuantizedTensor, dtype: torch.dtype) -> Tensor:
+    """W [N, K] in dtype (float32 or bfloat16), natively: what ``quant.formats.dequantize`` computes, faster."""
+    out = torch.empty(w.shape, dtype=dtype)
+    _ops().dequantize(out, w.q, w.scales, w.mins, w.super_scales, w.super_mins, w.bits, w.group_size)
+    return out
+
+
+@functools.cache
+def has_layer_ops() -> bool:
+    """Whether ``ember._C`` has the fused layer ops (RMSNorm, rotary, SiLU-mul)."""
+    return available() and hasattr(torch.ops.ember, "silu_mul")
+
+
+def layer_ops_cover(x: Tensor) -> bool:
+    """Whether the native layer ops run for tensors like ``x`` (built, on the CPU, float32 or bfloat16)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and has_layer_ops()
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """``model.RMSNorm``'s forward over the last dim, in one call."""
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    out = torch.empty(rows.shape, dtype=x.dtype)
+    _ops().rms_norm(out, rows, weight, eps)
+    return out.view(x.shape)
+
+
+def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float) -> None:
+    """In place: residual += x, then x = rms_norm(residual) (both contiguous [N, D])."""
+    _ops().add_rms_norm(x, residual, weight, eps)
+
+
+def rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, positions: Tensor) -> None:
+    """In place: q [N, H, hd] and k [N, KV, hd] rotated at positions [N] by the tables cos/sin [P, hd]."""
+    _ops().rotary(q, k, cos, sin, positions)
+
+
+def silu_mul(gate_up: Tensor) -> Tensor:
+    """silu(gate_up[:, :I]) * gate_up[:, I:] for gate_up [N, 2I] (contiguous)."""
+    out = gate_up.new_empty(gate_up.shape[0], gate_up.shape[1] // 2)
+    _ops().silu_mul(out, gate_up)
     return out

@@ -1,30 +1,41 @@
 """Weights from disk: a Hugging Face folder (safetensors) or a GGUF file, into a ready `CausalLM`.
 
-A GGUF is converted once into a standard folder under the cache (see `gguf_convert`) and then
-loaded like any other folder, so later starts skip the dequantization.
+A GGUF's config and tokenizer are converted once into a folder under the cache (see `gguf_convert`); its weights
+are read from the GGUF itself at every start, kept in the file's own quantized formats by default (``quantization
+= "auto"``), so a 4-bit file takes about as much memory in the worker as on disk, and no float32 copy is ever
+written. A safetensors checkpoint can be quantized at load (``"int8"`` / ``"int4"``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from ember.runtimes.text.config import ModelConfig, ModelLoadError
-from ember.runtimes.text.model import CausalLM
+from ember.runtimes.text.model import CausalLM, choose_linear_paths, fuse_projections
+from ember.runtimes.text.quant.formats import QuantizedTensor
+from ember.runtimes.text.quant.layers import QuantEmbedding, QuantLinear, choose_dense_rows
+from ember.runtimes.text.quant.quantize import quantizable, quantize
 from ember.runtimes.text.tokenizer import TextTokenizer
 
 __all__ = ["LoadedModel", "ModelLoadError", "load_model"]
 
 # Bump when the converter's output changes, so stale conversions in the cache are not reused.
-CONVERTER_VERSION = "1"
+# 2: the cached folder holds no weights (they are read from the GGUF).
+CONVERTER_VERSION = "2"
+
+log = logging.getLogger(__name__)
+
+Weights = dict[str, "torch.Tensor | QuantizedTensor"]
 
 
 @dataclass
@@ -42,6 +53,13 @@ class LoadedModel:
     source: Path
     # Longest sequence (prompt + completion) the model handles.
     context_length: int
+    # How the weights are held: the quantized formats by how many weights use each ("Q4_K": 120, ...), and
+    # "float32" / "bfloat16" for the ones held dense.
+    weight_formats: dict[str, int] = field(default_factory=dict)
+    # Bytes of weights a forward reads (each stored tensor once; a tied embedding counted once).
+    weight_bytes: int = 0
+    # What the kernel choices measured at load, one line each (logged by the worker).
+    kernel_choices: list[str] = field(default_factory=list)
 
 
 def load_model(
@@ -50,6 +68,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     cache_dir: Path | None = None,
+    quantization: str = "auto",
 ) -> LoadedModel:
     """Load a model folder, a `.gguf` file, or a folder holding exactly one `.gguf`.
 
@@ -59,6 +78,8 @@ def load_model(
         dtype: the dtype to run in (float32 is exact; bfloat16 halves memory).
         device: where the weights go.
         cache_dir: where GGUF conversions are kept; default `~/.cache/ember/models`.
+        quantization: "auto" (a GGUF's own formats; a safetensors checkpoint as it is), "none" (float weights),
+            "int8" or "int4" (weight matrices quantized at load).
 
     Returns:
         The LoadedModel.
@@ -82,8 +103,19 @@ def load_model(
             f"{folder / 'tokenizer.json'} has {tokenizer.vocab_size} tokens but config.json's "
             f"vocab_size={config.vocab_size} is smaller"
         )
-    state_dict = read_safetensors(folder, dtype)
-    model = build_model(config, state_dict, device=torch.device(device), source=folder)
+    if gguf_file is not None:
+        state_dict = read_gguf(gguf_file, folder, quantization=quantization, dtype=dtype)
+    else:
+        state_dict = quantize_weights(read_safetensors(folder, dtype), quantization)
+    model = build_model(config, state_dict, device=torch.device(device), source=folder, dtype=dtype)
+    del state_dict
+    fuse_projections(model)
+    choices = [
+        f"{c.kind} weights: the streaming kernel below {c.dense_from_rows} rows, dequantize + dense matmul from there"
+        for c in choose_dense_rows(model, dtype)
+    ]
+    choices += choose_linear_paths(model, dtype)
+    formats, nbytes = weight_summary(model)
     return LoadedModel(
         model=model,
         config=config,
@@ -92,13 +124,71 @@ def load_model(
         path=folder,
         source=source,
         context_length=config.context_length,
+        weight_formats=formats,
+        weight_bytes=nbytes,
+        kernel_choices=choices,
     )
 
 
+def read_gguf(gguf_file: Path, folder: Path, *, quantization: str, dtype: torch.dtype) -> Weights:
+    """The GGUF's weights (see ``gguf_convert.read_weights``); the file's memory map is released on return."""
+    from ember.runtimes.text.gguf_convert import open_gguf, read_weights
+
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    reader = open_gguf(gguf_file)
+    try:
+        return read_weights(reader, config, gguf_file, quantization=quantization, dtype=dtype)
+    finally:
+        del reader
+
+
+def quantize_weights(state_dict: dict[str, torch.Tensor], quantization: str) -> Weights:
+    """A float checkpoint's weight matrices quantized as asked ("int8", "int4"); "auto" and "none" keep it float."""
+    if quantization in ("auto", "none"):
+        return dict(state_dict)
+    if quantization not in ("int8", "int4"):
+        raise ModelLoadError(f"quantization={quantization!r}: one of auto, none, int8, int4")
+    bits = 8 if quantization == "int8" else 4
+    out: Weights = {}
+    for key, t in state_dict.items():
+        out[key] = quantize(t, bits) if key.endswith(".weight") and quantizable(t) else t
+    return out
+
+
+def weight_summary(model: CausalLM) -> tuple[dict[str, int], int]:
+    """(weights held per format, bytes of weights read per forward), each tensor once."""
+    formats: dict[str, int] = {}
+    seen: set[int] = set()
+    nbytes = 0
+    for module in model.modules():
+        if isinstance(module, (QuantLinear, QuantEmbedding)):
+            n, k = module.shape
+            key = module.qweight.data_ptr()
+            if key not in seen:
+                seen.add(key)
+                formats[module.kind] = formats.get(module.kind, 0) + n * k
+                nbytes += module.quantized().nbytes
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            name = str(p.dtype).removeprefix("torch.")
+            formats[name] = formats.get(name, 0) + p.numel()
+            nbytes += p.numel() * p.element_size()
+    return formats, nbytes
+
+
 def build_model(
-    config: ModelConfig, state_dict: dict[str, torch.Tensor], *, device: torch.device, source: Path
+    config: ModelConfig,
+    state_dict: Weights,
+    *,
+    device: torch.device,
+    source: Path,
+    dtype: torch.dtype = torch.float32,
 ) -> CausalLM:
-    """A CausalLM holding exactly state_dict's tensors (no random init), rotary tables ready, in eval mode."""
+    """A CausalLM holding exactly state_dict's tensors (no random init), rotary tables ready, in eval mode.
+
+    A QuantizedTensor in state_dict replaces its nn.Linear / nn.Embedding with a QuantLinear / QuantEmbedding.
+    """
     # Built on the meta device so no memory is spent on, and no time on initialising, weights that
     # the checkpoint replaces right away.
     with torch.device("meta"):
@@ -110,12 +200,41 @@ def build_model(
         if "model.embed_tokens.weight" in state_dict:
             state_dict["lm_head.weight"] = state_dict["model.embed_tokens.weight"]
     _check_tensors(model, state_dict, source)
-    model.load_state_dict(state_dict, strict=True, assign=True)
+    dense = install_quantized(model, state_dict, dtype)
+    missing, unexpected = model.load_state_dict(dense, strict=False, assign=True)
+    left = [k for k in missing if any(t.is_meta for t in _named_tensors(model, k))]
+    if left or unexpected:  # _check_tensors accounted for every name: this is a bug here, not in the file
+        raise ModelLoadError(f"{source}: tensors not assigned: {left[:5]}, unexpected: {unexpected[:5]}")
     if config.tie_word_embeddings:
         model.tie_weights()
     model.requires_grad_(False)
     model.setup_rope(config.max_position_embeddings)
     return model.to(device).eval()
+
+
+def install_quantized(model: CausalLM, state_dict: Weights, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Swap in quantized layers for state_dict's QuantizedTensors (their biases go with them); returns the rest."""
+    dense = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
+    for key, value in state_dict.items():
+        if not isinstance(value, QuantizedTensor):
+            continue
+        path = key.removesuffix(".weight")
+        parent_name, _, attr = path.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        old = getattr(parent, attr)
+        layer: QuantLinear | QuantEmbedding
+        if isinstance(old, torch.nn.Embedding):
+            layer = QuantEmbedding(value, dtype)
+        else:
+            layer = QuantLinear(value, dense.pop(f"{path}.bias", None))
+        setattr(parent, attr, layer)
+    return dense
+
+
+def _named_tensors(model: CausalLM, key: str) -> list[torch.Tensor]:
+    module_name, _, attr = key.rpartition(".")
+    t = getattr(model.get_submodule(module_name), attr, None)
+    return [t] if isinstance(t, torch.Tensor) else []
 
 
 def read_safetensors(folder: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -200,7 +319,7 @@ def convert_gguf_cached(gguf_file: Path, *, cache_dir: Path | None) -> Path:
     # start never leaves a half-written folder where a complete one is expected.
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        convert_gguf(gguf_file, tmp)
+        convert_gguf(gguf_file, tmp, weights=False)
         try:
             os.rename(tmp, target)
         except OSError:

@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ember.runtimes.text import kernels
 from ember.runtimes.text.attention import AttentionBatch, attend, causal
 from ember.runtimes.text.config import ModelConfig
+from ember.runtimes.text.quant.formats import concat_rows
+from ember.runtimes.text.quant.layers import QuantEmbedding, QuantLinear
 
 
 def _onednn_linear_works() -> bool:
@@ -27,20 +30,24 @@ def _onednn_linear_works() -> bool:
 
 
 _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and _onednn_linear_works()
-# Row counts up to this take the (W @ x^T)^T path; more rows go to oneDNN.
-_FEW_ROWS = 4
 
 
 class Linear(nn.Linear):
-    """nn.Linear (same parameters and names) that picks the fastest CPU kernel for the row count.
+    """nn.Linear (same parameters and names) with a choice of float32 CPU kernels by row count.
 
-    F.linear goes to MKL's sgemm, which is slow for the shapes an LLM engine runs on the 2-core AMD
-    EPYC we develop on (MKL does not use its best kernels on AMD). Measured on SmolLM2's weights:
-    - 1-4 rows (decode): computing (W @ x^T)^T makes MKL pick a kernel 2-2.5x faster than F.linear;
-      with one row it falls back to a slow gemv, so a single row is computed twice.
-    - 5+ rows (batched decode, prefill): oneDNN's fp32 linear is 1.5-2.5x faster than either.
-    Same math; only the summation order differs from F.linear (~1e-6 relative).
+    Three ways compute the same product, with only the summation order differing (~1e-6 relative):
+    - F.linear (MKL's sgemm);
+    - (W @ x^T)^T for a few rows, which made MKL pick a kernel 2-2.5x faster than F.linear on the 2-core AMD EPYC
+      this was first measured on (MKL does not use its best kernels on AMD; a single row is computed twice, since
+      one row falls back to a slow gemv), and 2x slower than F.linear on an Intel Xeon;
+    - oneDNN's fp32 linear for more rows, 1.5-2.5x faster than either on that AMD machine.
+    Which is fastest depends on the CPU, so ``choose_linear_paths`` times them at load and sets ``few_rows`` and
+    ``onednn_from`` on every layer; the defaults are F.linear everywhere.
     """
+
+    # Rows up to which the (W @ x^T)^T path runs (0: never); rows from which oneDNN runs (0: never).
+    few_rows = 0
+    onednn_from = 0
 
     def forward(self, x: Tensor) -> Tensor:
         if x.device.type != "cpu" or x.dtype != torch.float32:
@@ -48,15 +55,103 @@ class Linear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         rows = x.reshape(-1, x.shape[-1])  # [M, K]
         m = rows.shape[0]
-        if m > _FEW_ROWS and _ONEDNN_LINEAR:
-            out = torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")  # [M, N]
-        else:
+        if m <= self.few_rows:
             if m == 1:
                 rows = torch.cat((rows, rows))  # [2, K]
             out = torch.mm(self.weight, rows.t()).t()[:m].contiguous()  # [M, N]
             if self.bias is not None:
                 out += self.bias
+        elif self.onednn_from and m >= self.onednn_from:
+            out = torch.ops.mkldnn._linear_pointwise(rows, self.weight, self.bias, "none", [], "")  # [M, N]
+        else:
+            out = F.linear(rows, self.weight, self.bias)
         return out.view(*x.shape[:-1], out.shape[-1])
+
+
+def choose_linear_paths(model: nn.Module, dtype: torch.dtype) -> list[str]:
+    """Time the float32 Linear paths on the model's largest float32 Linear, set the fastest on every Linear, and
+    say what was chosen (one line each); nothing to do for other dtypes or a model with no float32 Linear."""
+    layers = [m for m in model.modules() if isinstance(m, Linear) and m.weight.device.type == "cpu"]
+    if dtype != torch.float32 or not layers:
+        return []
+    probe = max(layers, key=lambda m: m.weight.numel())
+    few = onednn = 0
+    lines = []
+    with torch.inference_mode():
+        for rows in (1, 2, 4):
+            x = torch.randn(rows, probe.in_features)
+            probe.few_rows = 0
+            plain = kernels.time_call(lambda x=x: probe(x))
+            probe.few_rows = rows
+            transposed = kernels.time_call(lambda x=x: probe(x))
+            if transposed < 0.9 * plain:
+                few = rows
+            lines.append(
+                f"float32 linear, {rows} row(s): F.linear {plain * 1e6:.0f} us, (W x^T)^T {transposed * 1e6:.0f} us"
+            )
+        if _ONEDNN_LINEAR:
+            probe.few_rows = 0
+            for rows in (8, 16, 64, 256):
+                x = torch.randn(rows, probe.in_features)
+                plain = kernels.time_call(lambda x=x: F.linear(x, probe.weight, probe.bias))
+                fused = kernels.time_call(
+                    lambda x=x: torch.ops.mkldnn._linear_pointwise(x, probe.weight, probe.bias, "none", [], "")
+                )
+                if fused < 0.9 * plain:
+                    onednn = rows
+                    break
+    for layer in layers:
+        layer.few_rows, layer.onednn_from = few, onednn
+    lines.append(
+        f"float32 linear: (W x^T)^T up to {few} row(s), oneDNN from {onednn or 'never'} rows, F.linear otherwise"
+    )
+    return lines
+
+
+def _joined(parts: list[nn.Module]) -> nn.Module | None:
+    """One layer computing ``parts`` side by side (outputs concatenated), or None when they cannot be joined."""
+    if all(type(p) is Linear for p in parts):
+        linears = [p for p in parts if isinstance(p, Linear)]
+        if len({(p.weight.dtype, p.weight.device, p.bias is None) for p in linears}) != 1:
+            return None
+        weight = torch.cat([p.weight for p in linears])
+        joined = Linear(weight.shape[1], weight.shape[0], bias=linears[0].bias is not None, device="meta")
+        joined.weight = nn.Parameter(weight, requires_grad=False)
+        if linears[0].bias is not None:
+            joined.bias = nn.Parameter(torch.cat([p.bias for p in linears if p.bias is not None]), requires_grad=False)
+        joined.few_rows, joined.onednn_from = linears[0].few_rows, linears[0].onednn_from
+        return joined
+    if all(isinstance(p, QuantLinear) for p in parts):
+        quant = [p for p in parts if isinstance(p, QuantLinear)]
+        weights = [p.quantized() for p in quant]
+        if any(w.layout() != weights[0].layout() for w in weights):
+            return None  # e.g. Q4_K_M's v projection in Q6_K beside q and k in Q4_K
+        bias = None
+        if any(p.bias is not None for p in quant):
+            bias = torch.cat([p.bias if p.bias is not None else torch.zeros(p.out_features) for p in quant])
+        return QuantLinear(concat_rows(weights), bias)
+    return None
+
+
+def fuse_projections(model: nn.Module) -> int:
+    """Join each attention's q/k/v projections and each MLP's gate/up ones where their weights share a format:
+    one call each instead of three and two, which at batch 1 is a fifth of the per-layer overhead. Returns how many
+    layers were joined."""
+    joined = 0
+    for module in model.modules():
+        if isinstance(module, Attention) and module.qkv_proj is None:
+            fused = _joined([module.q_proj, module.k_proj, module.v_proj])
+            if fused is not None:
+                module.qkv_proj = fused
+                del module.q_proj, module.k_proj, module.v_proj
+                joined += 1
+        elif isinstance(module, MLP) and module.gate_up_proj is None:
+            fused = _joined([module.gate_proj, module.up_proj])
+            if fused is not None:
+                module.gate_up_proj = fused
+                del module.gate_proj, module.up_proj
+                joined += 1
+    return joined
 
 
 class RMSNorm(nn.Module):
@@ -66,11 +161,25 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
+        if kernels.layer_ops_cover(x):
+            return kernels.rms_norm(x, self.weight, self.eps)
+        return self.forward_native(x)
+
+    def forward_native(self, x: Tensor) -> Tensor:
         # The variance is taken in float32 whatever the model dtype, as transformers does.
         dtype = x.dtype
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(dtype)
+
+    def add(self, x: Tensor, residual: Tensor) -> tuple[Tensor, Tensor]:
+        """(norm(x + residual), x + residual): the residual add and the next sublayer's norm in one; x and residual
+        may be overwritten."""
+        if kernels.layer_ops_cover(x) and x.is_contiguous() and residual.is_contiguous():
+            kernels.add_rms_norm(x, residual, self.weight, self.eps)
+            return x, residual
+        residual = x + residual
+        return self.forward_native(residual), residual
 
 
 def rope_inv_freq(config: ModelConfig) -> Tensor:
@@ -105,6 +214,25 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos + rotate_half(x) * sin
 
 
+class Rope:
+    """A forward's rotary inputs: the model's tables and the tokens' positions. The native op reads the tables at
+    the positions itself; the torch reference gathers cos/sin rows [N, 1, hd] once per forward, on first use."""
+
+    def __init__(self, cos_table: Tensor, sin_table: Tensor, positions: Tensor) -> None:
+        self.cos_table, self.sin_table, self.positions = cos_table, sin_table, positions
+        self._gathered: tuple[Tensor, Tensor] | None = None
+
+    def apply(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """q [N, H, hd] and k [N, KV, hd] rotated (in place where the native op runs)."""
+        if kernels.layer_ops_cover(q) and q.stride(1) == q.shape[2] and k.stride(1) == k.shape[2]:
+            kernels.rotary(q, k, self.cos_table, self.sin_table, self.positions)
+            return q, k
+        if self._gathered is None:
+            self._gathered = (self.cos_table[self.positions].unsqueeze(1), self.sin_table[self.positions].unsqueeze(1))
+        cos, sin = self._gathered
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -117,15 +245,20 @@ class Attention(nn.Module):
         self.k_proj = Linear(hidden, self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.v_proj = Linear(hidden, self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.o_proj = Linear(self.n_heads * self.head_dim, hidden, bias=config.o_proj_bias)
+        # q, k and v in one projection, when fuse_projections could join them (one call instead of three).
+        self.qkv_proj: nn.Module | None = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, batch: AttentionBatch | None) -> Tensor:
+    def forward(self, x: Tensor, rope: Rope, batch: AttentionBatch | None) -> Tensor:
         # x: [N, D], the step's tokens of every sequence, flattened
-        n = x.shape[0]
-        q = self.q_proj(x).view(n, self.n_heads, self.head_dim)  # [N, H, hd]
-        k = self.k_proj(x).view(n, self.n_kv_heads, self.head_dim)  # [N, KV, hd]
-        v = self.v_proj(x).view(n, self.n_kv_heads, self.head_dim)  # [N, KV, hd]
-        q = apply_rotary(q, cos, sin)
-        k = apply_rotary(k, cos, sin)
+        n, hd = x.shape[0], self.head_dim
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split((self.n_heads * hd, self.n_kv_heads * hd, self.n_kv_heads * hd), -1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(n, self.n_heads, hd)  # [N, H, hd]
+        k = k.view(n, self.n_kv_heads, hd)  # [N, KV, hd]
+        v = v.view(n, self.n_kv_heads, hd)  # [N, KV, hd]
+        q, k = rope.apply(q, k)
         # No batch: the N tokens are one whole sequence from position 0, and nothing is cached.
         out = causal(q, k, v) if batch is None else attend(self.layer_idx, q, k, v, batch)  # [N, H, hd]
         return self.o_proj(out.reshape(n, self.n_heads * self.head_dim))
@@ -138,10 +271,18 @@ class MLP(nn.Module):
         self.gate_proj = Linear(hidden, inner, bias=config.mlp_bias)
         self.up_proj = Linear(hidden, inner, bias=config.mlp_bias)
         self.down_proj = Linear(inner, hidden, bias=config.mlp_bias)
+        # gate and up in one projection, when fuse_projections could join them.
+        self.gate_up_proj: nn.Module | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         # SwiGLU: x: [N, D] -> [N, I] -> [N, D]
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate_up = self.gate_up_proj(x)  # [N, 2I]
+        if kernels.layer_ops_cover(gate_up) and gate_up.is_contiguous():
+            return self.down_proj(kernels.silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class DecoderLayer(nn.Module):
@@ -152,9 +293,18 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, batch: AttentionBatch | None) -> Tensor:
-        h = x + self.self_attn(self.input_layernorm(x), cos, sin, batch)
-        return h + self.mlp(self.post_attention_layernorm(h))
+    def forward(
+        self, x: Tensor, residual: Tensor | None, rope: Rope, batch: AttentionBatch | None
+    ) -> tuple[Tensor, Tensor]:
+        """(this layer's MLP output, the residual stream before it): the caller adds the two, or the next layer
+        does it fused with its first norm (x + attn(norm(x)), then + mlp(norm(.)), as transformers computes)."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm.add(x, residual)
+        h = self.self_attn(h, rope, batch)
+        h, residual = self.post_attention_layernorm.add(h, residual)
+        return self.mlp(h), residual
 
 
 class DecoderStack(nn.Module):
@@ -182,7 +332,7 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = DecoderStack(config)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head: Linear | QuantLinear = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.tie_weights()
         # Rotary tables, filled by setup_rope; not part of the state dict (HF keeps none either).
@@ -193,7 +343,13 @@ class CausalLM(nn.Module):
 
     def tie_weights(self) -> None:
         """Make lm_head share the embedding matrix (tied checkpoints store only the embedding)."""
-        self.lm_head.weight = self.model.embed_tokens.weight
+        embed = self.model.embed_tokens
+        if isinstance(embed, QuantEmbedding):
+            # The same quantized tensors, read as a linear layer.
+            if not (isinstance(self.lm_head, QuantLinear) and self.lm_head.qweight is embed.qweight):
+                self.lm_head = QuantLinear(embed.quantized())
+        elif isinstance(self.lm_head, Linear):
+            self.lm_head.weight = embed.weight
 
     @property
     def rope_positions(self) -> int:
@@ -202,7 +358,7 @@ class CausalLM(nn.Module):
 
     def setup_rope(self, max_positions: int) -> None:
         """Precompute cos/sin [max_positions, hd] once, in the model dtype, on the model device."""
-        weight = self.model.embed_tokens.weight
+        weight = self.model.norm.weight  # float in the model dtype whether the matrices are quantized or not
         inv_freq = rope_inv_freq(self.config)  # [hd/2], float32 on CPU
         freqs = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)  # [P, hd/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [P, hd]
@@ -217,11 +373,13 @@ class CausalLM(nn.Module):
         """
         assert self.rope_cos.numel(), "call setup_rope() before the first forward"
         x = self.model.embed_tokens(input_ids)  # [N, D]
-        cos = self.rope_cos[positions].unsqueeze(1)  # [N, 1, hd]
-        sin = self.rope_sin[positions].unsqueeze(1)
+        rope = Rope(self.rope_cos, self.rope_sin, positions)
+        residual = None
         for layer in self.model.layers:
-            x = layer(x, cos, sin, batch)
-        return self.model.norm(x)
+            x, residual = layer(x, residual, rope, batch)
+        if residual is None:
+            return self.model.norm(x)
+        return self.model.norm.add(x, residual)[0]
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Vocabulary logits [..., V] in float32 for hidden: [..., D]."""

@@ -296,10 +296,16 @@ async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedM
     dtype = resolve_dtype(spec.dtype, device)
 
     def load() -> tuple[LoadedModel, TextEngine]:
-        loaded = load_model(path, dtype=dtype, device=device, cache_dir=settings.cache_dir)
+        loaded = load_model(
+            path, dtype=dtype, device=device, cache_dir=settings.cache_dir, quantization=spec.quantization
+        )
+        formats = ", ".join(f"{name} {count / 1e6:.1f}M" for name, count in loaded.weight_formats.items())
+        log.info("%s weights: %s; %.0f MiB read per forward", model_id, formats, loaded.weight_bytes / 2**20)
+        for line in loaded.kernel_choices:
+            log.info("%s kernels: %s", model_id, line)
         return loaded, build_engine(spec, loaded, device, dtype)
 
-    log.info("loading %s from %s on %s (%s)", model_id, path, device, dtype)
+    log.info("loading %s from %s on %s (%s, quantization %s)", model_id, path, device, dtype, spec.quantization)
     return await start_engine_thread("ember-text-model", load)
 
 

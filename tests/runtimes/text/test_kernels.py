@@ -20,7 +20,7 @@ BUILT = os.environ.get("EMBER_NATIVE") != "0"
 def test_the_extension_is_built_unless_left_out_on_purpose() -> None:
     assert kernels.available() == BUILT
     if BUILT:
-        assert torch.ops.ember.cpu_isa() in ("avx512", "avx2", "baseline")
+        assert torch.ops.ember.cpu_isa() in ("avx512+vnni", "avx512", "avx2", "baseline")
 
 
 def paged_inputs(
@@ -86,3 +86,66 @@ def test_the_dispatcher_takes_the_reference_for_what_the_kernel_does_not_cover()
     q, k, v, table, lens = paged_inputs(3, 4, 2, 16, 4, 10, torch.float16, seed=3)
     expected = paged_decode_native(q, k, v, table, lens, int(lens.max()))
     torch.testing.assert_close(paged_decode(q, k, v, table, lens, int(lens.max())), expected)
+
+
+# --- the decoder layer's fused ops -----------------------------------------------------------------------------
+
+LAYER_DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)]
+
+
+@pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
+@pytest.mark.parametrize(("dtype", "tolerance"), LAYER_DTYPES, ids=str)
+@pytest.mark.parametrize(("rows", "dim"), [(1, 576), (7, 37), (33, 1536), (2, 16)])
+def test_rms_norm_and_residual_add_match_the_reference(
+    dtype: torch.dtype, tolerance: float, rows: int, dim: int
+) -> None:
+    from ember.runtimes.text.model import RMSNorm
+
+    gen = torch.Generator().manual_seed(rows * dim)
+    norm = RMSNorm(dim, 1e-5)
+    norm.weight.data = torch.randn(dim, generator=gen).to(dtype)
+    x = (3 * torch.randn(rows, dim, generator=gen)).to(dtype)
+    residual = torch.randn(rows, dim, generator=gen).to(dtype)
+    with torch.inference_mode():
+        torch.testing.assert_close(norm(x), norm.forward_native(x), atol=tolerance, rtol=tolerance)
+        expected_residual = x + residual
+        expected = norm.forward_native(expected_residual)
+        got, got_residual = norm.add(x.clone(), residual.clone())
+    torch.testing.assert_close(got_residual, expected_residual, atol=0, rtol=0)
+    torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
+@pytest.mark.parametrize(("dtype", "tolerance"), LAYER_DTYPES, ids=str)
+@pytest.mark.parametrize(("tokens", "heads", "kv_heads", "head_dim"), [(1, 9, 3, 64), (5, 4, 2, 6), (17, 12, 2, 128)])
+def test_rotary_in_place_matches_the_reference(
+    dtype: torch.dtype, tolerance: float, tokens: int, heads: int, kv_heads: int, head_dim: int
+) -> None:
+    from ember.runtimes.text.model import apply_rotary
+
+    gen = torch.Generator().manual_seed(tokens * head_dim)
+    angles = torch.rand(100, head_dim // 2, generator=gen) * 6
+    cos = torch.cat((angles.cos(), angles.cos()), -1).to(dtype)
+    sin = torch.cat((angles.sin(), angles.sin()), -1).to(dtype)
+    positions = torch.randint(0, 100, (tokens,), generator=gen)
+    # q and k as the joined projection's views: rows strided, heads contiguous within a row.
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim, generator=gen).to(dtype)
+    q = qkv[:, : heads * head_dim].view(tokens, heads, head_dim)
+    k = qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
+    c, s = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
+    expected_q, expected_k = apply_rotary(q, c, s), apply_rotary(k, c, s)
+    v_before = qkv[:, (heads + kv_heads) * head_dim :].clone()
+    kernels.rotary(q, k, cos, sin, positions)
+    torch.testing.assert_close(q, expected_q, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(k, expected_k, atol=tolerance, rtol=tolerance)
+    assert torch.equal(qkv[:, (heads + kv_heads) * head_dim :], v_before)  # v untouched
+
+
+@pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
+@pytest.mark.parametrize(("dtype", "tolerance"), LAYER_DTYPES, ids=str)
+@pytest.mark.parametrize(("rows", "inner"), [(1, 1536), (3, 37), (16, 8960)])
+def test_silu_mul_matches_the_reference(dtype: torch.dtype, tolerance: float, rows: int, inner: int) -> None:
+    gate_up = (4 * torch.randn(rows, 2 * inner, generator=torch.Generator().manual_seed(inner))).to(dtype)
+    gate, up = gate_up.chunk(2, dim=-1)
+    expected = torch.nn.functional.silu(gate) * up
+    torch.testing.assert_close(kernels.silu_mul(gate_up), expected, atol=tolerance, rtol=tolerance)

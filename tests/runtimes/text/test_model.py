@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from ember.runtimes.text.loader import LoadedModel, load_model
+from ember.runtimes.text.config import ModelConfig
+from ember.runtimes.text.loader import LoadedModel, build_model, load_model, read_safetensors
 from ember.runtimes.text.model import Linear
 from tests.helpers.text_runner import Driver, new_runner
 from tests.helpers.tiny_checkpoint import write_tiny_llama
@@ -54,10 +55,29 @@ def hf_greedy(reference: torch.nn.Module, ids: list[int], n: int) -> list[int]:
     return out[0, len(ids) :].tolist()
 
 
-def test_state_dict_names_equal_transformers(loaded: LoadedModel, reference: torch.nn.Module) -> None:
-    ours = {k: tuple(v.shape) for k, v in loaded.model.state_dict().items()}
+def test_state_dict_names_equal_transformers(checkpoint: Path, reference: torch.nn.Module) -> None:
+    # As built from the checkpoint, before load_model joins projections (fuse_projections).
+    config = ModelConfig.from_file(checkpoint / "config.json")
+    model = build_model(
+        config, read_safetensors(checkpoint, torch.float32), device=torch.device("cpu"), source=checkpoint
+    )
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in reference.state_dict().items()}
     assert ours == theirs
+
+
+def test_joined_projections_compute_the_same(checkpoint: Path, loaded: LoadedModel) -> None:
+    config = ModelConfig.from_file(checkpoint / "config.json")
+    separate = build_model(
+        config, read_safetensors(checkpoint, torch.float32), device=torch.device("cpu"), source=checkpoint
+    )
+    assert all(layer.self_attn.qkv_proj is not None for layer in loaded.model.model.layers)
+    assert all(layer.mlp.gate_up_proj is not None for layer in loaded.model.model.layers)
+    ids = torch.tensor(loaded.tokenizer.encode(PROMPTS[0]))
+    with torch.inference_mode():
+        expected = separate.logits(separate(ids, torch.arange(len(ids))))
+        got = loaded.model.logits(loaded.model(ids, torch.arange(len(ids))))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_logits_equal_transformers(loaded: LoadedModel, reference: torch.nn.Module) -> None:

@@ -1,0 +1,18 @@
+// Which instruction set the CPU kernels run with: detected once at load, never assumed at build time (a build
+// with -march=native dies with "Illegal instruction" on a CPU that lacks what the build machine had).
+#pragma once
+
+namespace ember::cpu {
+
+enum class Isa { kBaseline, kAvx2, kAvx512 };
+
+// The widest variant this CPU runs: AVX-512 (F, BW, VL, DQ), else AVX2 with FMA, else the portable build.
+Isa current_isa();
+
+// "avx512", "avx2" or "baseline", with "+vnni" where the integer dot products of AVX512-VNNI run too.
+const char* isa_name();
+
+// Whether the CPU has AVX512-VNNI (with the AVX-512 above): the quantized linear's integer kernel.
+bool cpu_has_vnni();
+
+}  // namespace ember::cpu

