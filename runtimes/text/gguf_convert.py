@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.quants import dequantize
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
@@ -103,14 +105,68 @@ def convert_gguf(gguf_file: Path, out_dir: Path, *, weights: bool = True, dtype:
     config["bos_token_id"] = generation_config.get("bos_token_id")
     config["eos_token_id"] = generation_config.get("eos_token_id")
 
+    index = tensor_index(reader)
     if weights:
-        tensors = read_weights(reader, config, gguf_file, quantization="none", dtype=dtype)
+        tensors = read_weights(reader.tensors, config, gguf_file, quantization="none", dtype=dtype)
         dense = {name: t for name, t in tensors.items() if isinstance(t, torch.Tensor)}
         save_file(dense, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     tokenizer.save(str(out_dir / "tokenizer.json"))
     (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2), encoding="utf-8")
     (out_dir / "generation_config.json").write_text(json.dumps(generation_config, indent=2), encoding="utf-8")
+    if index is not None:
+        (out_dir / TENSOR_INDEX).write_text(json.dumps(index), encoding="utf-8")
+
+
+# Where each tensor lies in the GGUF, kept beside the converted config: reading it skips GGUFReader's parse of the
+# metadata, which for a 150k-token vocabulary takes longer than reading the weights.
+TENSOR_INDEX = "gguf_tensors.json"
+# Tensor types the index can map straight from the file; a file with any other is read with GGUFReader.
+_PLAIN = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16}
+
+
+@dataclass
+class GGUFTensor:
+    """What read_weights needs of a tensor (GGUFReader's ReaderTensor has the same attributes)."""
+
+    name: str
+    tensor_type: GGMLQuantizationType
+    shape: list[int]  # GGUF order: innermost dimension first
+    data: np.ndarray  # quantized: uint8 [rows, bytes per row]; F32/F16: the values, outermost dimension first
+
+
+def tensor_index(reader: GGUFReader) -> list[dict[str, Any]] | None:
+    """Each tensor's name, type, shape, byte offset and size in the file; None if a type needs GGUFReader."""
+    entries = []
+    for t in reader.tensors:
+        if t.tensor_type not in _PLAIN and not gguf_blocks.supported(t.tensor_type):
+            return None
+        entries.append(
+            {
+                "name": t.name,
+                "type": int(t.tensor_type),
+                "shape": [int(d) for d in t.shape],
+                "offset": int(t.data_offset),
+                "bytes": int(t.n_bytes),
+            }
+        )
+    return entries
+
+
+def indexed_tensors(gguf_file: Path, index: list[dict[str, Any]]) -> list[GGUFTensor]:
+    """The tensors of ``index`` as views of one read-only memory map of the file."""
+    mapped = np.memmap(gguf_file, dtype=np.uint8, mode="r")
+    out = []
+    for entry in index:
+        kind = GGMLQuantizationType(entry["type"])
+        shape = entry["shape"]
+        raw = mapped[entry["offset"] : entry["offset"] + entry["bytes"]]
+        if kind in _PLAIN:
+            data = raw.view(_PLAIN[kind]).reshape(tuple(reversed(shape)))
+        else:
+            data = raw.reshape(int(np.prod(shape[1:], dtype=np.int64)), -1)
+        out.append(GGUFTensor(entry["name"], kind, shape, data))
+    return out
 
 
 def open_gguf(gguf_file: Path) -> GGUFReader:
@@ -186,7 +242,7 @@ def build_config(meta: _Metadata) -> dict[str, Any]:
 
 
 def read_weights(
-    reader: GGUFReader, config: dict[str, Any], source: Path, *, quantization: str, dtype: torch.dtype
+    tensors: Iterable[Any], config: dict[str, Any], source: Path, *, quantization: str, dtype: torch.dtype
 ) -> dict[str, torch.Tensor | QuantizedTensor]:
     """Every weight under its Hugging Face name, Q/K rows of `llama` models put back in HF's rotary order.
 
@@ -198,7 +254,7 @@ def read_weights(
         raise ModelLoadError(f"quantization={quantization!r}: one of {', '.join(QUANTIZATIONS)}")
     permute = config["model_type"] == "llama"
     out: dict[str, torch.Tensor | QuantizedTensor] = {}
-    for tensor in reader.tensors:
+    for tensor in tensors:  # GGUFReader's ReaderTensors, or GGUFTensors from the index
         name = tensor.name
         if name == "rope_freqs.weight":
             continue  # read into config.json's rope_scaling by convert_gguf

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -30,8 +31,8 @@ from ember.runtimes.text.tokenizer import TextTokenizer
 __all__ = ["LoadedModel", "ModelLoadError", "load_model"]
 
 # Bump when the converter's output changes, so stale conversions in the cache are not reused.
-# 2: the cached folder holds no weights (they are read from the GGUF).
-CONVERTER_VERSION = "2"
+# 3: the cached folder holds no weights (they are read from the GGUF) but an index of where they lie.
+CONVERTER_VERSION = "3"
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +132,20 @@ def load_model(
 
 
 def read_gguf(gguf_file: Path, folder: Path, *, quantization: str, dtype: torch.dtype) -> Weights:
-    """The GGUF's weights (see ``gguf_convert.read_weights``); the file's memory map is released on return."""
-    from ember.runtimes.text.gguf_convert import open_gguf, read_weights
+    """The GGUF's weights (see ``gguf_convert.read_weights``), found through the tensor index the conversion left in
+    the folder (or by parsing the file where it could not); the file's memory map is released on return."""
+    from ember.runtimes.text.gguf_convert import TENSOR_INDEX, indexed_tensors, open_gguf, read_weights
 
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    reader = open_gguf(gguf_file)
+    index_file = folder / TENSOR_INDEX
+    if index_file.is_file():
+        tensors: list[Any] = indexed_tensors(gguf_file, json.loads(index_file.read_text(encoding="utf-8")))
+    else:
+        tensors = list(open_gguf(gguf_file).tensors)
     try:
-        return read_weights(reader, config, gguf_file, quantization=quantization, dtype=dtype)
+        return read_weights(tensors, config, gguf_file, quantization=quantization, dtype=dtype)
     finally:
-        del reader
+        del tensors
 
 
 def quantize_weights(state_dict: dict[str, torch.Tensor], quantization: str) -> Weights:

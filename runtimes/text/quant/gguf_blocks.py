@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as GT
 
-from ember.runtimes.text.quant.formats import QuantizedTensor, pack_int4
+from ember.runtimes.text.quant.formats import QuantizedTensor, concat_rows, pack_int4
 
 QK_K = 256
 
@@ -52,9 +52,7 @@ def _nibbles_low_high(qs: np.ndarray) -> np.ndarray:
 
 def _high_bits(qh: np.ndarray) -> np.ndarray:
     """Q5_0/Q5_1's 4 bytes of fifth bits [..., 4] -> [..., 32] values 0 or 16 (bit j of the LE word: value j)."""
-    word = np.ascontiguousarray(qh).view("<u4")[..., 0]
-    bits = (word[..., None] >> np.arange(32, dtype=np.uint32)) & 1
-    return (bits << 4).astype(np.uint8)
+    return np.unpackbits(qh, axis=-1, bitorder="little") << 4
 
 
 def _q4_0(raw: np.ndarray, n: int, k: int) -> QuantizedTensor:
@@ -202,6 +200,17 @@ def supported(kind: GT) -> bool:
     return kind in REPACK
 
 
+# Rows repacked at once: the unpacking's intermediates are several times the tensor's size (a 150k-row embedding
+# would take gigabytes at once), so big tensors go through in slices.
+_ROWS_PER_SLICE = 16384
+
+
 def repack(kind: GT, raw: np.ndarray, n: int, k: int) -> QuantizedTensor:
     """The GGUF tensor of type ``kind`` with raw rows ``raw`` (uint8 [n, bytes per row]) as a QuantizedTensor."""
-    return REPACK[kind](raw, n, k)
+    if n <= _ROWS_PER_SLICE:
+        return REPACK[kind](raw, n, k)
+    slices = [
+        REPACK[kind](raw[start : start + _ROWS_PER_SLICE], min(_ROWS_PER_SLICE, n - start), k)
+        for start in range(0, n, _ROWS_PER_SLICE)
+    ]
+    return concat_rows(slices)

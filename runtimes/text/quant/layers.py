@@ -12,6 +12,7 @@ dequantization) exists.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -133,7 +134,9 @@ def choose_dense_rows(model: nn.Module, dtype: torch.dtype) -> list[DenseChoice]
     choices = []
     with torch.inference_mode():
         for kind, group in by_kind.items():
-            probe = max(group, key=lambda m: m.out_features * m.in_features)
+            # The most common shape of the format: the vocabulary projection alone would take seconds to time.
+            shapes = Counter((m.out_features, m.in_features) for m in group)
+            probe = next(m for m in group if (m.out_features, m.in_features) == shapes.most_common(1)[0][0])
             timings: dict[int, tuple[float, float]] = {}
             chosen = _TRIAL_ROWS[-1] * 2
             w = probe.quantized()
