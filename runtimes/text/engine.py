@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -227,6 +228,7 @@ class TextEngine:
             self._finish(req, JobStatus.FINISHED_ABORTED)
 
     def _step(self) -> None:
+        started = time.perf_counter()
         out = self.scheduler.schedule()
         for req in out.preempted:
             log.info("preempted %s at %d tokens (KV pool full)", req.request_id, req.num_tokens)
@@ -270,6 +272,8 @@ class TextEngine:
                 self.scheduler.verified(chunk, len(emitted.token_ids) - 1)
         for req in self.scheduler.running:
             self.outputs.flush(self._live_entry(req).out)
+        if self.speculator is not None:
+            self.speculator.timed(out.num_tokens, time.perf_counter() - started)
 
     @property
     def spec_drafted_tokens(self) -> int:

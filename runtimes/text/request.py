@@ -30,17 +30,15 @@ class GenerateRequest:
 
 @dataclass
 class DraftRecord:
-    """A request's speculative decoding: what it drafted and had accepted, and how long its next draft may be."""
+    """A request's speculative decoding: what it drafted and had accepted, and what its drafts are expected to be
+    worth (spec_decode.speculator)."""
 
     # Draft tokens verified, and accepted, over the request's life; steps that verified a draft.
     drafted: int = 0
     accepted: int = 0
     steps: int = 0
-    # Tokens the next draft may hold (adapted to the acceptance; 0 until the first draft).
-    length: int = 0
-    # Steps to wait before drafting again after a draft that was wholly rejected, and the next such wait.
-    cooldown: int = 0
-    backoff: int = 0
+    # The estimated chance that a draft token is accepted given the one before it was (None: not yet estimated).
+    rate: float | None = None
     # The drafter's own state for this request (the n-gram index of its tokens), made on first use; it dies with
     # the request, so that nothing keyed by request id can outlive it.
     state: Any = None

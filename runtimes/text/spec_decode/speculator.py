@@ -2,17 +2,25 @@
 
 The scheduler asks ``propose`` once per step, after it has placed the step's decodes and prompt chunks, with the
 prompt budget those left: drafts only ever fill spare room, so a long prompt's prefill is never slowed by them.
-After the forward the scheduler reports each verified draft to ``observe``, which adapts the request's next
-draft length and keeps the counts that metrics read.
+After the forward the scheduler reports each verified draft to ``observe``, and the engine the step's duration to
+``timed``.
 
 Modes::
 
     off     no drafting
     ngram   prompt lookup on every decode whose suffix occurred before, num_tokens drafts each, within budget
-    auto    the same, where it pays: drafts fill a step only up to AUTO_STEP_ROWS tokens (below that a forward
-            costs about what one token's does), and each request's draft length follows its acceptance: it
-            doubles while drafts are accepted whole, drops to what was accepted (+1) on a partial rejection, and a
-            wholly rejected draft pauses the request's drafting for 1, 2, 4 ... MAX_BACKOFF steps
+    auto    the drafts that pay, by measurement: a draft token is worth what it is expected to add to the step's
+            tokens, and costs what it adds to the step's time
+
+How "auto" weighs them: each request keeps an estimate ``rate`` of the chance that a draft token is accepted given
+the one before it was (a running average of its verified drafts, from PRIOR_RATE), so its i-th draft token is
+expected to add ``rate ** i`` tokens. The step times come from the engine's own steps (``StepTimes``): what an
+extra row costs differs by orders of magnitude between kernels (a dense float32 forward of 1 to 16 rows reads the
+same weights in the same time; a quantized one may stream them once per few rows) and with the other load on the
+machine. Of all candidate draft tokens, best first, the step keeps the number D that maximizes
+``(tokens the step yields + expected accepted drafts) / time(step tokens + D)``. Estimates that keep a request or a
+step size from drafting would never be revised: a request that finds a match but does not draft drifts back
+towards the prior, and every EXPLORE_EVERY-th step that could draft takes all its drafts (and so measures them).
 """
 
 from __future__ import annotations
@@ -26,12 +34,17 @@ from ember.runtimes.text.spec_decode.interface import Drafter
 
 SpeculativeMode = Literal["auto", "ngram", "off"]
 
-# "auto" fills a step with drafts only up to this many tokens. Measured on SmolLM2-135M (float32, 2 cores): a
-# forward of 1 to 16 rows costs the same within noise (~70-80 ms: reading the weights dominates), 24 and 32 rows
-# ~20% more. Past it the step is bound by compute, and a rejected draft token costs about what a token does.
-AUTO_STEP_ROWS = 16
-# The longest pause, in steps, of a request whose drafts keep being rejected (non-repetitive text).
-MAX_BACKOFF = 16
+# A request's acceptance rate before it has drafted, and how fast its estimate follows what it sees (per drafted
+# token verified) and drifts back to the prior (per step it could draft and did not).
+PRIOR_RATE = 0.5
+RATE_WEIGHT = 0.2
+RATE_DRIFT = 0.05
+# Every this many steps with drafts on offer, all are taken: step times and acceptance rates are measured again.
+EXPLORE_EVERY = 64
+# Step sizes (tokens) whose times are kept; larger steps are taken to cost in proportion to their tokens.
+TIMED_STEPS = 256
+# How fast a step size's time follows new measurements.
+TIME_WEIGHT = 0.1
 
 
 @dataclass(frozen=True)
@@ -45,8 +58,36 @@ class SpecConfig:
             raise ValueError(f"num_speculative_tokens={self.num_tokens} must be at least 1")
 
 
+class StepTimes:
+    """How long a step of n tokens takes on this machine: a running average per n, from the engine's own steps."""
+
+    def __init__(self, largest: int = TIMED_STEPS) -> None:
+        self._seconds = [0.0] * (largest + 1)  # 0.0: not measured yet
+
+    def record(self, num_tokens: int, seconds: float) -> None:
+        if 0 < num_tokens < len(self._seconds) and seconds > 0:
+            old = self._seconds[num_tokens]
+            self._seconds[num_tokens] = seconds if not old else old + TIME_WEIGHT * (seconds - old)
+
+    def ratio(self, base: int, grown: int) -> float:
+        """time(grown tokens) / time(base tokens). Optimistic where unmeasured: a size not yet timed costs what the
+        largest timed size below it does (so drafting tries it, and then it is timed)."""
+        if base >= len(self._seconds):
+            return grown / base
+        t0, t1 = self._estimate(base), self._estimate(min(grown, len(self._seconds) - 1))
+        if not t0 or not t1:
+            return 1.0
+        return t1 / t0 * max(1.0, grown / (len(self._seconds) - 1))
+
+    def _estimate(self, n: int) -> float:
+        for m in range(n, 0, -1):
+            if self._seconds[m]:
+                return self._seconds[m]
+        return 0.0
+
+
 class Speculator:
-    """Plans drafts within a step's spare room and adapts them to their acceptance. Engine thread only."""
+    """Plans drafts within a step's spare room and learns what they are worth. Engine thread only."""
 
     def __init__(self, config: SpecConfig, drafter: Drafter, max_context: int) -> None:
         if config.mode == "off":
@@ -54,6 +95,8 @@ class Speculator:
         self.config = config
         self.drafter = drafter
         self.max_context = max_context
+        self.times = StepTimes()
+        self._offers = 0
         # Counters for metrics: draft tokens verified, and accepted; steps that verified a draft.
         self.drafted_tokens = 0
         self.accepted_tokens = 0
@@ -62,22 +105,49 @@ class Speculator:
     def propose(self, reqs: Sequence[Request], room: int, step_tokens: int) -> list[list[int]]:
         """Drafts for these decoding requests ([] for those that do not draft), at most ``room`` tokens in all,
         in a step that holds ``step_tokens`` tokens without them."""
-        if self.config.mode == "auto":
-            room = min(room, AUTO_STEP_ROWS - step_tokens)
         chosen: list[Request] = []
         limits: list[int] = []
+        left = room
         for req in reqs:
-            if room <= 0:
-                break
-            n = min(self._length(req), self._headroom(req), room)
+            n = min(self._limit(req), left)
             if n > 0:
                 chosen.append(req)
                 limits.append(n)
-                room -= n
+                left -= n
         if not chosen:
             return [[] for _ in reqs]
-        drafts = {id(r): d[:n] for r, d, n in zip(chosen, self.drafter.propose(chosen, limits), limits, strict=True)}
-        return [drafts.get(id(r), []) for r in reqs]
+        offered = {id(r): d[:n] for r, d, n in zip(chosen, self.drafter.propose(chosen, limits), limits, strict=True)}
+        if self.config.mode == "auto" and any(offered.values()):
+            self._offers += 1
+            if self._offers % EXPLORE_EVERY:
+                self._keep_what_pays(chosen, offered, len(reqs), step_tokens)
+        return [offered.get(id(r), []) for r in reqs]
+
+    def _keep_what_pays(
+        self, reqs: Sequence[Request], offered: dict[int, list[int]], yields: int, step_tokens: int
+    ) -> None:
+        """Cut each offered draft to the tokens that raise the step's expected tokens per second."""
+        # (expected gain, request, depth): a request's gains fall with depth, so the best D are prefixes.
+        candidates = sorted(
+            ((_rate(r) ** i, id(r), i) for r in reqs if offered[id(r)] for i in range(1, len(offered[id(r)]) + 1)),
+            reverse=True,
+            key=lambda c: c[0],
+        )
+        # Tokens per second relative to the step without drafts: (yields + expected gain) / yields / time ratio.
+        best, best_speed, gain = 0, 1.0, 0.0
+        for d, (g, _, _) in enumerate(candidates, start=1):
+            gain += g
+            speed = (yields + gain) / yields / self.times.ratio(step_tokens, step_tokens + d)
+            if speed > best_speed:
+                best, best_speed = d, speed
+        depth: dict[int, int] = {}
+        for _, rid, i in candidates[:best]:
+            depth[rid] = max(depth.get(rid, 0), i)
+        for r in reqs:
+            draft = offered[id(r)]
+            if draft and not depth.get(id(r)):
+                r.draft.rate = _rate(r) + RATE_DRIFT * (PRIOR_RATE - _rate(r))
+            offered[id(r)] = draft[: depth.get(id(r), 0)]
 
     def observe(self, req: Request, drafted: int, accepted: int) -> None:
         """A draft of ``drafted`` tokens was verified and its first ``accepted`` were right."""
@@ -88,35 +158,30 @@ class Speculator:
         self.drafted_tokens += drafted
         self.accepted_tokens += accepted
         self.verify_steps += 1
-        if accepted == drafted:
-            record.length = min(self.config.num_tokens, 2 * max(record.length, drafted))
-            record.backoff = 0
-        elif accepted:
-            record.length = accepted + 1
-            record.backoff = 0
-        else:
-            record.length = 1
-            record.backoff = min(2 * record.backoff or 1, MAX_BACKOFF)
-            record.cooldown = record.backoff
+        # Each accepted token is a success, the first rejected one a failure (those after it were never tried).
+        rate = _rate(req)
+        for outcome in [1.0] * accepted + [0.0] * (accepted < drafted):
+            rate += RATE_WEIGHT * (outcome - rate)
+        record.rate = rate
+
+    def timed(self, num_tokens: int, seconds: float) -> None:
+        """A step of ``num_tokens`` tokens (drafts included) took ``seconds``, sampling and all."""
+        self.times.record(num_tokens, seconds)
 
     def finish(self, req: Request) -> None:
         self.drafter.finish(req)
 
-    def _length(self, req: Request) -> int:
-        """How many tokens the request's policy lets it draft now."""
+    def _limit(self, req: Request) -> int:
+        """The most tokens ``req`` may draft now."""
         if req.params.matcher is not None:
             # Grammar-constrained output is not drafted: each token must be masked by the matcher in order, and
             # a draft would have to be checked against (and rolled back in) the matcher too.
             return 0
-        if self.config.mode != "auto":
-            return self.config.num_tokens
-        record = req.draft
-        if record.cooldown:
-            record.cooldown -= 1
-            return 0
-        return record.length or self.config.num_tokens
+        # A step yields one token more than it drafts, and never past max_tokens; the drafts' KV must fit.
+        headroom = min(req.params.max_tokens - req.num_output_tokens - 1, self.max_context - req.num_tokens)
+        return min(self.config.num_tokens, headroom)
 
-    def _headroom(self, req: Request) -> int:
-        """Drafts that could still be used: a step yields one token more than it drafts, and never past
-        max_tokens; the drafts' KV must fit in the context."""
-        return min(req.params.max_tokens - req.num_output_tokens - 1, self.max_context - req.num_tokens)
+
+def _rate(req: Request) -> float:
+    """The request's estimated chance that a draft token is accepted, given the one before it was."""
+    return PRIOR_RATE if req.draft.rate is None else req.draft.rate

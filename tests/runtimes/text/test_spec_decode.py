@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ from ember.runtimes.text.request import GenerateRequest, Request
 from ember.runtimes.text.sampling import Sampler, SequenceSampling
 from ember.runtimes.text.scheduler import Scheduler, SchedulerConfig
 from ember.runtimes.text.spec_decode import Drafter, NgramIndex, PromptLookupDrafter, SpecConfig, Speculator
-from ember.runtimes.text.spec_decode.speculator import AUTO_STEP_ROWS, MAX_BACKOFF
+from ember.runtimes.text.spec_decode.speculator import EXPLORE_EVERY, StepTimes
 
 # ---- prompt lookup ------------------------------------------------------------------------------------------
 
@@ -253,17 +253,6 @@ def test_drafts_take_only_the_budget_that_prompts_leave() -> None:
     assert out.num_scheduled_tokens == {"d": 1, "p": 1, "q": 16}
 
 
-def test_auto_drafts_only_within_a_small_step() -> None:
-    s = _scheduler("auto", step_tokens=64)
-    reqs = [_request(f"r{i}", [1, 2, 3]) for i in range(6)]
-    _prefill(s, *reqs)
-    out = s.schedule()
-    # 6 decodes and 4 drafts each would make 30 tokens: drafts stop at AUTO_STEP_ROWS.
-    assert out.num_tokens == AUTO_STEP_ROWS
-    drafts = {c.request.request_id: len(c.draft_ids) for c in out.chunks}
-    assert drafts == {"r0": 4, "r1": 4, "r2": 2, "r3": 0, "r4": 0, "r5": 0}  # oldest first
-
-
 def test_rejected_drafts_are_rolled_back_and_never_cached() -> None:
     s = _scheduler(step_tokens=16)
     req = _request("r", [1, 2, 3, 4, 5, 6])  # 6 tokens, blocks of 4
@@ -310,24 +299,69 @@ def test_drafts_stop_short_of_max_tokens_and_skip_grammar_requests() -> None:
     assert {c.request.request_id: c.draft_ids for c in out.chunks} == {"short": [7], "constrained": []}
 
 
-def test_auto_backs_off_a_request_whose_drafts_fail_and_grows_drafts_that_pass() -> None:
-    speculator = Speculator(SpecConfig("auto", 4), FixedDrafter(), max_context=1000)
+def _timed(speculator: Speculator, ms: Callable[[int], float]) -> Speculator:
+    for n in range(1, 40):
+        speculator.timed(n, ms(n) / 1000)
+    return speculator
+
+
+def _auto(ms: Callable[[int], float]) -> Speculator:
+    return _timed(Speculator(SpecConfig("auto", 4), FixedDrafter(), max_context=1000), ms)
+
+
+def test_auto_drafts_whatever_is_expected_to_pay_when_rows_are_free() -> None:
+    speculator = _auto(lambda n: 50.0)  # weight reads dominate: every step size costs the same
+    reqs = [_request(f"r{i}", [1, 2, 3]) for i in range(3)]
+    assert speculator.propose(reqs, 64, 3) == [[7] * 4] * 3
+    assert speculator.propose(reqs, 6, 3) == [[7] * 4, [7] * 2, []]  # the budget is the limit
+
+
+def test_auto_drafts_nothing_where_each_row_costs_a_token() -> None:
+    speculator = _auto(lambda n: 10.0 * n)  # compute-bound: a draft row costs what a decode row does
     req = _request("r", [1, 2, 3])
-    assert speculator.propose([req], 64, 1) == [[7] * 4]
-    speculator.observe(req, 4, 0)
-    pauses = []
-    for _ in range(6):
-        waited = 0
-        while not speculator.propose([req], 64, 1)[0]:
-            waited += 1
-        pauses.append(waited)
-        speculator.observe(req, 1, 0)
-    assert pauses == [1, 2, 4, 8, MAX_BACKOFF, MAX_BACKOFF]
-    while not speculator.propose([req], 64, 1)[0]:
-        pass
-    speculator.observe(req, 1, 1)  # accepted whole: the next draft doubles, the back-off is forgotten
-    assert speculator.propose([req], 64, 1) == [[7, 7]] and req.draft.backoff == 0
-    speculator.observe(req, 2, 2)
-    assert speculator.propose([req], 64, 1) == [[7] * 4]
-    speculator.observe(req, 4, 2)  # a partial rejection: next time, what was accepted and one more
-    assert speculator.propose([req], 64, 1) == [[7] * 3]
+    assert speculator.propose([req], 64, 1) == [[]]
+    # ... unless the request's drafts are always right: then 4 drafts for 5 rows still break even at best.
+    req.draft.rate = 0.999
+    assert speculator.propose([req], 64, 1) == [[]]
+
+
+def test_auto_drafts_as_deep_as_the_acceptance_and_the_measured_cost_allow() -> None:
+    speculator = _auto(lambda n: 20.0 + 5.0 * (n - 1))  # each extra row adds a quarter of a decode step
+    good, poor, fresh = (_request(rid, [1, 2, 3]) for rid in ("good", "poor", "fresh"))
+    good.draft.rate, poor.draft.rate = 0.95, 0.2
+    assert speculator.propose([good], 64, 1) == [[7] * 4]
+    assert speculator.propose([poor], 64, 1) == [[]]
+    assert speculator.propose([fresh], 64, 1) == [[7]]  # the prior (0.5) pays for one token, not two
+    # In one step, draft tokens go to the requests most likely to keep them, while they pay: here a step of 7
+    # tokens yields 6.5 expected for 50 ms; fresh's half a token more would not pay for its 5 ms.
+    assert speculator.propose([poor, good, fresh], 64, 3) == [[], [7] * 4, []]
+
+
+def test_auto_still_measures_what_it_has_stopped_drafting() -> None:
+    speculator = _auto(lambda n: 10.0 * n)
+    req = _request("r", [1, 2, 3])
+    req.draft.rate = 0.1
+    offers = [speculator.propose([req], 64, 1)[0] for _ in range(EXPLORE_EVERY)]
+    assert offers.count([7] * 4) == 1 and offers.count([]) == EXPLORE_EVERY - 1
+    assert req.draft.rate is not None and 0.4 < req.draft.rate < 0.5  # drifting back towards the prior
+
+
+def test_a_request_s_rate_follows_its_verified_drafts() -> None:
+    speculator = _auto(lambda n: 10.0)
+    req = _request("r", [1, 2, 3])
+    speculator.observe(req, 4, 4)
+    assert req.draft.rate is not None and req.draft.rate > 0.75
+    high = req.draft.rate
+    speculator.observe(req, 4, 1)  # one success, then a failure (the last two drafts were never tried)
+    assert req.draft.rate < high
+    assert (req.draft.drafted, req.draft.accepted, req.draft.steps) == (8, 5, 2)
+    assert (speculator.drafted_tokens, speculator.accepted_tokens, speculator.verify_steps) == (8, 5, 2)
+
+
+def test_step_times_are_optimistic_where_unmeasured() -> None:
+    times = StepTimes(largest=32)
+    assert times.ratio(1, 5) == 1.0
+    times.record(1, 0.010)
+    times.record(3, 0.020)
+    assert times.ratio(1, 2) == 1.0 and times.ratio(1, 5) == 2.0
+    assert times.ratio(100, 110) == 1.1  # beyond the timed sizes: in proportion to the tokens
