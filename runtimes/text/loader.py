@@ -8,6 +8,7 @@ written. A safetensors checkpoint can be quantized at load (``"int8"`` / ``"int4
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -117,6 +118,7 @@ def load_model(
     ]
     choices += choose_linear_paths(model, dtype)
     formats, nbytes = weight_summary(model)
+    release_freed_memory()
     return LoadedModel(
         model=model,
         config=config,
@@ -129,6 +131,15 @@ def load_model(
         weight_bytes=nbytes,
         kernel_choices=choices,
     )
+
+
+def release_freed_memory() -> None:
+    """Hand the memory the load freed (the repacking's intermediates) back to the OS: glibc keeps freed blocks of
+    its heap for reuse, which counted 20-100 MiB of a fresh worker's resident memory. A no-op elsewhere."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def read_gguf(gguf_file: Path, folder: Path, *, quantization: str, dtype: torch.dtype) -> Weights:
