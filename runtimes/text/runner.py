@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ember.runtimes.text import kernels
 from ember.runtimes.text.attention import AttentionBatch, PagedKVCache, PrefillSpan, decode_mask
 from ember.runtimes.text.block_pool import NULL_BLOCK
 from ember.runtimes.text.config import ModelConfig
@@ -81,8 +82,9 @@ class _HostBuffers:
             "ids": ((max_tokens,), torch.int64),
             "positions": ((max_tokens,), torch.int64),
             "slots": ((max_tokens,), torch.int64),
-            "block_table": ((max_rows, max_blocks), torch.int32),
-            "context_lens": ((max_rows,), torch.int32),
+            # Per decode row: a single-token chunk's, or one per position of a chunk that verifies drafts.
+            "block_table": ((max_tokens, max_blocks), torch.int32),
+            "context_lens": ((max_tokens,), torch.int32),
             # The rows whose logits are sampled (every row of a chunk with drafts), and the blocks to zero.
             "sampled_rows": ((max_tokens,), torch.int64),
             "fresh_blocks": ((max_rows,), torch.int64),
@@ -143,6 +145,11 @@ class ModelRunner:
         self.max_step_tokens = max_step_tokens
         self.max_batch = max_batch
         self._table_rows = self._table_width = 0
+        # A chunk verifying drafts attends as decode rows, one per position, where the native paged decode runs: it
+        # reads the context's blocks in place for each (68 us a layer for 5 rows of a 300-token context, SmolLM2
+        # shapes) where the prefill path gathers them and runs a masked SDPA (137 us). The torch reference of the
+        # decode would gather the context once per row instead: there drafts go the prefill path.
+        self.verify_as_decode = kernels.covers(torch.empty(0, dtype=dtype, device=device))
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> Tensor:
@@ -164,14 +171,14 @@ class ModelRunner:
         # Padding rows: token 0 at position 0; their K/V are not written and nothing attends to them.
         buf.np["ids"][n:padded] = 0
         buf.np["positions"][n:padded] = 0
-        decodes = [c for c in out.chunks if c.num_tokens == 1]
+        decodes = [c for c in out.chunks if c.num_tokens == 1 or (c.draft_ids and self.verify_as_decode)]
         if len(decodes) > self.max_batch:
             raise ValueError(f"{len(decodes)} decode rows exceed max_batch={self.max_batch}")
         if out.chunks[: len(decodes)] != decodes:
-            raise ValueError("single-token chunks must come first in the step")
+            raise ValueError("single-token chunks, then those with drafts, must come first in the step")
         # Rows are rewritten only up to their own length: clear what the last step wrote, so padding is null.
         buf.np["block_table"][: self._table_rows, : self._table_width] = NULL_BLOCK
-        row = 0
+        row = d = 0
         fresh: list[int] = []
         last_rows: list[int] = []
         max_context = 0
@@ -193,9 +200,21 @@ class ModelRunner:
                 buf.np["positions"][row] = start
                 buf.np["slots"][row] = req.block_ids[start // bs] * bs + start % bs
                 nb = -(-end // bs)
-                buf.np["block_table"][i, :nb] = req.block_ids[:nb]
-                buf.np["context_lens"][i] = end
+                buf.np["block_table"][d, :nb] = req.block_ids[:nb]
+                buf.np["context_lens"][d] = end
                 max_context = max(max_context, end)
+                d += 1
+            elif i < len(decodes):
+                # Drafts to verify: one decode row per position, each seeing the context up to itself.
+                pos = np.arange(start, end)
+                buf.np["positions"][row : row + count] = pos
+                table = np.asarray(req.block_ids, dtype=np.int64)
+                buf.np["slots"][row : row + count] = table[pos // bs] * bs + pos % bs
+                nb = -(-end // bs)
+                buf.np["block_table"][d : d + count, :nb] = table[:nb]
+                buf.np["context_lens"][d : d + count] = pos + 1
+                max_context = max(max_context, end)
+                d += count
             else:
                 pos = np.arange(start, end)
                 buf.np["positions"][row : row + count] = pos
@@ -207,7 +226,6 @@ class ModelRunner:
         if fresh:
             buf.np["fresh_blocks"][: len(fresh)] = fresh
             self.cache.zero_blocks(buf.take("fresh_blocks", slice(0, len(fresh))))
-        d = len(decodes)
         batch = AttentionBatch(cache=self.cache, slots=buf.take("slots", slice(0, n)), num_tokens=n, num_decodes=d)
         if d:
             width = -(-max_context // bs)
@@ -215,7 +233,7 @@ class ModelRunner:
             batch.context_lens = buf.take("context_lens", slice(0, d))
             batch.max_context = max_context
             self._table_rows, self._table_width = d, width
-            if any(c.start + 1 != max_context for c in decodes):
+            if (buf.np["context_lens"][:d] != max_context).any():
                 batch.decode_mask = decode_mask(batch.context_lens, max_context)
         for row0, count, start, blocks in prefills:
             span = PrefillSpan(rows=slice(row0, row0 + count), start=start)

@@ -94,7 +94,8 @@ class ScheduledChunk:
 
 @dataclass
 class SchedulerOutput:
-    # Single-token chunks (decodes) first, then the longer prefill chunks: the runner reads them in this order.
+    # Single-token chunks (decodes) first, then decodes with drafts, then prompt chunks: the runner reads them in
+    # this order.
     chunks: list[ScheduledChunk] = field(default_factory=list)
     # Requests that lost their blocks in this step and wait again.
     preempted: list[Request] = field(default_factory=list)
@@ -175,7 +176,8 @@ class Scheduler:
             # Admitting while requests are being preempted would only thrash.
             budget = self._admit(scheduled, budget)
             self._draft(scheduled, budget)
-        out.chunks = sorted(scheduled, key=lambda c: c.num_tokens > 1)
+        # Decodes, then decodes with drafts, then prompt chunks: the order the runner reads them in.
+        out.chunks = sorted(scheduled, key=lambda c: (c.num_tokens > 1) + (c.num_tokens > 1 and not c.draft_ids))
         return out
 
     def _chunk(self, remaining: int, budget: int) -> int:

@@ -77,7 +77,10 @@ def texts(outs: list[StepOutput]) -> str:
     return "".join(o.text for o in outs)
 
 
-def test_a_verified_chunk_gives_the_logits_of_decoding_its_tokens_one_at_a_time(loaded: LoadedModel) -> None:
+@pytest.mark.parametrize("as_decode", [True, False], ids=["decode-rows", "prefill-span"])
+def test_a_verified_chunk_gives_the_logits_of_decoding_its_tokens_one_at_a_time(
+    loaded: LoadedModel, as_decode: bool
+) -> None:
     ids = loaded.tokenizer.encode(REPETITIVE[2])
     guess = [44, 297, 44, 495, 12]
     one_at_a_time = Driver(new_runner(loaded))
@@ -88,14 +91,21 @@ def test_a_verified_chunk_gives_the_logits_of_decoding_its_tokens_one_at_a_time(
         expected.append(one_at_a_time.step((seq, 1))[0])
 
     driver = Driver(new_runner(loaded))
+    if as_decode and not driver.runner.verify_as_decode:
+        pytest.skip("drafts attend as decode rows only where ember._C's paged decode is built")
+    driver.runner.verify_as_decode = as_decode
+    other = driver.sequence(ids[:5])  # a plain decode in the same step, ahead of the drafts
+    driver.step((other, 5))
+    driver.append(other, 9)
     seq = driver.sequence(ids[:-1])
     driver.step((seq, len(ids) - 1))
     driver.append(seq, ids[-1])
     assert driver.kv.allocate(seq, 1 + len(guess))
     chunk = ScheduledChunk(seq, seq.num_computed, 1)
     chunk.add_drafts(guess)
-    logits = driver.runner.execute(SchedulerOutput(chunks=[chunk]))
-    torch.testing.assert_close(logits, torch.stack(expected), atol=1e-5, rtol=1e-5)
+    assert driver.kv.allocate(other, 1)
+    logits = driver.runner.execute(SchedulerOutput(chunks=[ScheduledChunk(other, 5, 1), chunk]))
+    torch.testing.assert_close(logits[1:], torch.stack(expected), atol=1e-5, rtol=1e-5)
 
 
 async def test_greedy_with_prompt_lookup_equals_greedy_without(loaded: LoadedModel, tiny_model: Path) -> None:
