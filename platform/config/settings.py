@@ -131,12 +131,16 @@ class ModelSpec(_Section):
     # one API key (no timing side channel between tenants), or "off".
     prefix_cache: Literal["shared", "per_key", "off"] = "shared"
     # Text: speculative decoding. A decode step also computes up to num_speculative_tokens guessed tokens and keeps
-    # those the model agrees with (output unchanged, greedy or sampled). The guesses come from the request's own
-    # text (prompt lookup: what followed its last few tokens earlier). "auto" drafts where it pays, judged by each
-    # request's acceptance so far and the step times measured as it runs; "ngram" on every decode that finds a
-    # match; "off".
-    speculative: Literal["auto", "ngram", "off"] = "auto"
+    # those the model agrees with (output unchanged, greedy or sampled). The guesses come from draft_model, or
+    # without one from the request's own text (prompt lookup: what followed its last few tokens earlier). "auto"
+    # drafts where it pays, judged by each request's acceptance so far and the step times measured as it runs;
+    # "always" on every decode (that finds a match); "off" never.
+    speculative: Literal["auto", "always", "off"] = "auto"
     num_speculative_tokens: int = Field(default=4, ge=1, le=32)
+    # Text: the id of a configured text model that drafts for this one; it must share this model's tokenizer (e.g.
+    # Qwen2.5-Coder-0.5B for Qwen2.5-Coder-1.5B). It runs inside this model's workers with its own entry's dtype,
+    # quantization and kv_cache_bytes (a second KV pool); give that entry workers = 0 unless it is served too.
+    draft_model: str | None = None
     # Jobs a worker queues beyond its batch before it answers 503.
     max_waiting: int = Field(default=256, ge=0)
     # How many workers `ember serve` starts for this model.

@@ -63,8 +63,9 @@ class EngineConfig:
     # "shared": any request may reuse any cached prefix; "per_key": only those of its own API key (no timing side
     # channel between tenants); "off": no prefix caching.
     prefix_cache: PrefixCacheMode = "shared"
-    # Speculative decoding (spec_decode/): "auto" drafts by prompt lookup where it pays, "ngram" on every decode
-    # that finds a match, "off" never; at most num_speculative_tokens drafts per request and step.
+    # Speculative decoding (spec_decode/): "auto" drafts where it pays, "always" on every decode (that finds a match,
+    # with prompt lookup), "off" never; at most num_speculative_tokens drafts per request and step. The drafter is
+    # prompt lookup unless the engine is given another (a draft model).
     speculative: SpeculativeMode = "auto"
     num_speculative_tokens: int = 4
 

@@ -25,7 +25,7 @@ from ember.bus.messages import (
     ToolCallDelta,
 )
 from ember.bus.worker import JobHandler, ReplySink, WorkerHost, serve
-from ember.config import ModelSpec, Settings
+from ember.config import ConfigError, ModelSpec, Settings
 from ember.config.weights import resolve_weights
 from ember.runtimes.devices import free_memory, resolve_device
 from ember.runtimes.dtypes import resolve_dtype
@@ -35,6 +35,9 @@ from ember.runtimes.text.grammar import GrammarCompiler, GrammarError, response_
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.runner import CacheConfig, ModelRunner
 from ember.runtimes.text.scheduler import SchedulerConfig
+from ember.runtimes.text.spec_decode import Drafter
+from ember.runtimes.text.spec_decode.draft_model import DRAFT_PREFILL_BUDGET, DraftModelDrafter
+from ember.runtimes.text.tokenizer import TextTokenizer
 from ember.runtimes.text.tool_format import ToolCallParser, ToolFormat, choose_format
 
 log = logging.getLogger("ember.text.worker")
@@ -250,7 +253,9 @@ async def send_with_tool_calls(sink: ReplySink, out: StepOutput, parser: ToolCal
     )
 
 
-def build_engine(spec: ModelSpec, loaded: LoadedModel, device: torch.device, dtype: torch.dtype) -> TextEngine:
+def build_engine(
+    spec: ModelSpec, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, drafter: Drafter | None = None
+) -> TextEngine:
     """The engine for a loaded model: a KV pool of the configured budget, a runner sized for the largest step."""
     budget = spec.kv_cache_bytes
     if spec.kv_cache_fraction is not None:
@@ -285,7 +290,48 @@ def build_engine(spec: ModelSpec, loaded: LoadedModel, device: torch.device, dty
         spec.speculative,
         spec.num_speculative_tokens,
     )
-    return TextEngine(runner, loaded.tokenizer, config)
+    return TextEngine(runner, loaded.tokenizer, config, drafter)
+
+
+def build_drafter(
+    settings: Settings, spec: ModelSpec, target: LoadedModel, device: torch.device
+) -> DraftModelDrafter | None:
+    """The draft model's drafter when ``spec`` names one: loaded with its own settings, on the target's device and
+    context, with a KV pool of its own. Raises ConfigError when its tokenizer is not the target's."""
+    if spec.draft_model is None or spec.speculative == "off":
+        return None
+    draft_spec = settings.model(spec.draft_model)
+    dtype = resolve_dtype(draft_spec.dtype, device)
+    draft = load_model(
+        resolve_weights(draft_spec),
+        dtype=dtype,
+        device=device,
+        cache_dir=settings.cache_dir,
+        quantization=draft_spec.quantization,
+    )
+    if not same_vocabulary(draft.tokenizer, target.tokenizer):
+        raise ConfigError(f"draft_model {spec.draft_model!r} does not share the tokenizer of the model it drafts for")
+    budget = draft_spec.kv_cache_bytes
+    cache = CacheConfig.from_bytes(budget, draft.config, dtype, draft_spec.kv_block_size)
+    runner = ModelRunner(
+        draft.model,
+        draft.config,
+        cache=cache,
+        max_context=min(target.context_length, spec.max_context or target.context_length),
+        max_step_tokens=DRAFT_PREFILL_BUDGET + spec.max_batch,
+        max_batch=spec.max_batch,
+        device=device,
+        dtype=dtype,
+    )
+    log.info("drafting with %s (%s, KV cache %.0f MiB)", spec.draft_model, dtype, budget / 2**20)
+    return DraftModelDrafter(runner, vocab_size=target.tokenizer.vocab_size, prefill_budget=DRAFT_PREFILL_BUDGET)
+
+
+def same_vocabulary(a: TextTokenizer, b: TextTokenizer) -> bool:
+    """Whether two tokenizers give every token id the same bytes (a draft's ids mean the same to the target)."""
+    if a.vocab_size != b.vocab_size:
+        return False
+    return all(a.token_bytes(i) == b.token_bytes(i) for i in range(a.vocab_size))
 
 
 async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedModel, TextEngine]:
@@ -303,7 +349,8 @@ async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedM
         log.info("%s weights: %s; %.0f MiB read per forward", model_id, formats, loaded.weight_bytes / 2**20)
         for line in loaded.kernel_choices:
             log.info("%s kernels: %s", model_id, line)
-        return loaded, build_engine(spec, loaded, device, dtype)
+        drafter = build_drafter(settings, spec, loaded, device)
+        return loaded, build_engine(spec, loaded, device, dtype, drafter)
 
     log.info("loading %s from %s on %s (%s, quantization %s)", model_id, path, device, dtype, spec.quantization)
     return await start_engine_thread("ember-text-model", load)

@@ -19,6 +19,15 @@ from ember.runtimes.text.request import Request
 
 
 class Drafter(ABC):
+    # Whether drafts cost next to nothing (a lookup): then the speculator looks at them before choosing which to
+    # verify. A drafter that runs a model says what a draft of a given depth costs (``seconds``) instead, and is
+    # asked only for the drafts expected to pay.
+    free = True
+
+    def seconds(self, depth: int) -> float:
+        """Expected seconds to draft ``depth`` tokens deep for a step's requests."""
+        return 0.0
+
     @abstractmethod
     def propose(self, reqs: Sequence[Request], limits: Sequence[int]) -> list[list[int]]:
         """Guess up to ``limits[i]`` tokens to follow each ``reqs[i].token_ids``; [] where there is no guess."""

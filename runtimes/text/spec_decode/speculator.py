@@ -8,9 +8,9 @@ After the forward the scheduler reports each verified draft to ``observe``, and 
 Modes::
 
     off     no drafting
-    ngram   prompt lookup on every decode whose suffix occurred before, num_tokens drafts each, within budget
+    always  every decode drafts num_tokens (prompt lookup: where its suffix occurred before), within budget
     auto    the drafts that pay, by measurement: a draft token is worth what it is expected to add to the step's
-            tokens, and costs what it adds to the step's time
+            tokens, and costs what it adds to the step's time (and, drafted by a model, its forwards)
 
 How "auto" weighs them: each request keeps an estimate ``rate`` of the chance that a draft token is accepted given
 the one before it was (a running average of its verified drafts, from PRIOR_RATE), so its i-th draft token is
@@ -18,13 +18,16 @@ expected to add ``rate ** i`` tokens. The step times come from the engine's own 
 extra row costs differs by orders of magnitude between kernels (a dense float32 forward of 1 to 16 rows reads the
 same weights in the same time; a quantized one may stream them once per few rows) and with the other load on the
 machine. Of all candidate draft tokens, best first, the step keeps the number D that maximizes
-``(tokens the step yields + expected accepted drafts) / time(step tokens + D)``. Estimates that keep a request or a
-step size from drafting would never be revised: a request that finds a match but does not draft drifts back
-towards the prior, and every EXPLORE_EVERY-th step that could draft takes all its drafts (and so measures them).
+``(tokens the step yields + expected accepted drafts) / time(step tokens + D)``. Prompt lookup's drafts are free,
+so they are looked up first and cut to what pays; a draft model's cost ``seconds(depth)`` joins the step's time,
+and it is asked only for the depths that pay. Estimates that keep a request or a step size from drafting would
+never be revised: a request that could draft and does not drifts back towards the prior, and every
+EXPLORE_EVERY-th step that could draft takes all its drafts (and so measures them).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -32,7 +35,7 @@ from typing import Literal
 from ember.runtimes.text.request import Request
 from ember.runtimes.text.spec_decode.interface import Drafter
 
-SpeculativeMode = Literal["auto", "ngram", "off"]
+SpeculativeMode = Literal["auto", "always", "off"]
 
 # A request's acceptance rate before it has drafted, and how fast its estimate follows what it sees (per drafted
 # token verified) and drifts back to the prior (per step it could draft and did not).
@@ -69,6 +72,10 @@ class StepTimes:
             old = self._seconds[num_tokens]
             self._seconds[num_tokens] = seconds if not old else old + TIME_WEIGHT * (seconds - old)
 
+    def seconds(self, n: int) -> float:
+        """The estimated time of a step of ``n`` tokens (0.0 when nothing that small has been timed)."""
+        return self._estimate(min(n, len(self._seconds) - 1))
+
     def ratio(self, base: int, grown: int) -> float:
         """time(grown tokens) / time(base tokens). Optimistic where unmeasured: a size not yet timed costs what the
         largest timed size below it does (so drafting tries it, and then it is timed)."""
@@ -97,6 +104,8 @@ class Speculator:
         self.max_context = max_context
         self.times = StepTimes()
         self._offers = 0
+        # Seconds the drafter took in the current step (not part of what the step's size costs).
+        self._draft_seconds = 0.0
         # Counters for metrics: draft tokens verified, and accepted; steps that verified a draft.
         self.drafted_tokens = 0
         self.accepted_tokens = 0
@@ -116,38 +125,53 @@ class Speculator:
                 left -= n
         if not chosen:
             return [[] for _ in reqs]
-        offered = {id(r): d[:n] for r, d, n in zip(chosen, self.drafter.propose(chosen, limits), limits, strict=True)}
-        if self.config.mode == "auto" and any(offered.values()):
+        judge = self.config.mode == "auto"
+        if judge:
             self._offers += 1
-            if self._offers % EXPLORE_EVERY:
-                self._keep_what_pays(chosen, offered, len(reqs), step_tokens)
+            judge = self._offers % EXPLORE_EVERY != 0
+        if judge and not self.drafter.free:
+            # A model's drafts cost its forwards: decide how deep to draft before drafting.
+            depths = self._depths(chosen, limits, len(reqs), step_tokens)
+            limits = [depths.get(id(r), 0) for r in chosen]
+            chosen, limits = [r for r, n in zip(chosen, limits, strict=True) if n], [n for n in limits if n]
+        started = time.perf_counter()
+        proposed = self.drafter.propose(chosen, limits) if chosen else []
+        self._draft_seconds += time.perf_counter() - started
+        offered = {id(r): d[:n] for r, d, n in zip(chosen, proposed, limits, strict=True)}
+        if judge and self.drafter.free and any(offered.values()):
+            depths = self._depths(chosen, [len(offered[id(r)]) for r in chosen], len(reqs), step_tokens)
+            for r in chosen:
+                offered[id(r)] = offered[id(r)][: depths.get(id(r), 0)]
         return [offered.get(id(r), []) for r in reqs]
 
-    def _keep_what_pays(
-        self, reqs: Sequence[Request], offered: dict[int, list[int]], yields: int, step_tokens: int
-    ) -> None:
-        """Cut each offered draft to the tokens that raise the step's expected tokens per second."""
+    def _depths(self, reqs: Sequence[Request], lengths: Sequence[int], yields: int, step_tokens: int) -> dict[int, int]:
+        """How many of each request's draft tokens (of ``lengths`` on offer) raise the step's expected tokens per
+        second; by ``id(request)``, absent for none."""
         # (expected gain, request, depth): a request's gains fall with depth, so the best D are prefixes.
         candidates = sorted(
-            ((_rate(r) ** i, id(r), i) for r in reqs if offered[id(r)] for i in range(1, len(offered[id(r)]) + 1)),
+            ((_rate(r) ** i, id(r), i) for r, n in zip(reqs, lengths, strict=True) for i in range(1, n + 1)),
             reverse=True,
             key=lambda c: c[0],
         )
+        base = self.times.seconds(step_tokens)
         # Tokens per second relative to the step without drafts: (yields + expected gain) / yields / time ratio.
-        best, best_speed, gain = 0, 1.0, 0.0
-        for d, (g, _, _) in enumerate(candidates, start=1):
+        best, best_speed, gain, deepest = 0, 1.0, 0.0, 0
+        for d, (g, _, i) in enumerate(candidates, start=1):
             gain += g
-            speed = (yields + gain) / yields / self.times.ratio(step_tokens, step_tokens + d)
+            deepest = max(deepest, i)
+            ratio = self.times.ratio(step_tokens, step_tokens + d)
+            if base:
+                ratio += self.drafter.seconds(deepest) / base
+            speed = (yields + gain) / yields / ratio
             if speed > best_speed:
                 best, best_speed = d, speed
-        depth: dict[int, int] = {}
+        depths: dict[int, int] = {}
         for _, rid, i in candidates[:best]:
-            depth[rid] = max(depth.get(rid, 0), i)
-        for r in reqs:
-            draft = offered[id(r)]
-            if draft and not depth.get(id(r)):
+            depths[rid] = max(depths.get(rid, 0), i)
+        for r, n in zip(reqs, lengths, strict=True):
+            if n and id(r) not in depths:
                 r.draft.rate = _rate(r) + RATE_DRIFT * (PRIOR_RATE - _rate(r))
-            offered[id(r)] = draft[: depth.get(id(r), 0)]
+        return depths
 
     def observe(self, req: Request, drafted: int, accepted: int) -> None:
         """A draft of ``drafted`` tokens was verified and its first ``accepted`` were right."""
@@ -165,8 +189,10 @@ class Speculator:
         record.rate = rate
 
     def timed(self, num_tokens: int, seconds: float) -> None:
-        """A step of ``num_tokens`` tokens (drafts included) took ``seconds``, sampling and all."""
-        self.times.record(num_tokens, seconds)
+        """A step of ``num_tokens`` tokens (drafts included) took ``seconds``, sampling and all (and drafting, which
+        is left out: what is timed is what the step's size costs)."""
+        self.times.record(num_tokens, seconds - self._draft_seconds)
+        self._draft_seconds = 0.0
 
     def finish(self, req: Request) -> None:
         self.drafter.finish(req)

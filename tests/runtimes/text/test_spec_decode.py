@@ -216,7 +216,7 @@ def _request(rid: str, prompt: list[int], max_tokens: int = 32, **sampling: obje
     return Request(GenerateRequest(rid, prompt, SamplingParams(temperature=0, **sampling), max_tokens))
 
 
-def _scheduler(mode: str = "ngram", *, step_tokens: int = 16, blocks: int = 64, k: int = 4) -> Scheduler:
+def _scheduler(mode: str = "always", *, step_tokens: int = 16, blocks: int = 64, k: int = 4) -> Scheduler:
     kv = KVCacheManager(BlockPool(blocks, 4))
     speculator = Speculator(SpecConfig(mode, k), FixedDrafter(), max_context=1000)  # type: ignore[arg-type]
     return Scheduler(SchedulerConfig(max_batch=8, max_step_tokens=step_tokens), kv, speculator)

@@ -111,7 +111,7 @@ def test_a_verified_chunk_gives_the_logits_of_decoding_its_tokens_one_at_a_time(
 async def test_greedy_with_prompt_lookup_equals_greedy_without(loaded: LoadedModel, tiny_model: Path) -> None:
     reqs = [request(loaded, f"r{i}", p, max_tokens=30) for i, p in enumerate(REPETITIVE)]
     plain = await replies(engine_for(loaded, "off"), reqs)
-    engine = engine_for(loaded, "ngram")
+    engine = engine_for(loaded, "always")
     drafted = await replies(engine, reqs)
     assert [tokens(o) for o in drafted] == [tokens(o) for o in plain]
     assert [texts(o) for o in drafted] == [texts(o) for o in plain]
@@ -137,7 +137,7 @@ async def test_many_accepted_drafts_change_nothing_in_the_reply(loaded: LoadedMo
     reqs = [request(loaded, f"r{i}", p, max_tokens=24, **sampling) for i, p in enumerate(REPETITIVE)]
     plain_engine = engine_for(loaded, "off")
     plain = await replies(plain_engine, reqs)
-    engine = engine_for(loaded, "ngram", Oracle({r.request_id: tokens(o) for r, o in zip(reqs, plain, strict=True)}))
+    engine = engine_for(loaded, "always", Oracle({r.request_id: tokens(o) for r, o in zip(reqs, plain, strict=True)}))
     drafted = await replies(engine, reqs)
     for a, b in zip(drafted, plain, strict=True):
         assert tokens(a) == tokens(b)
@@ -162,7 +162,7 @@ async def test_a_stop_string_inside_accepted_drafts_ends_the_reply_there(loaded:
     assert stop and reply.index(stop) >= 8
     req = request(loaded, "s", REPETITIVE[0], max_tokens=24, stop=[stop])
     [cut] = await replies(engine_for(loaded, "off"), [req])
-    engine = engine_for(loaded, "ngram", Oracle({"s": tokens(plain)}))
+    engine = engine_for(loaded, "always", Oracle({"s": tokens(plain)}))
     [drafted] = await replies(engine, [req])
     assert texts(drafted) == texts(cut) == reply[: reply.index(stop)]
     assert tokens(drafted) == tokens(cut)
@@ -174,7 +174,7 @@ async def test_a_stop_string_inside_accepted_drafts_ends_the_reply_there(loaded:
 async def test_drafts_never_take_a_reply_past_max_tokens(loaded: LoadedModel, max_tokens: int) -> None:
     req = request(loaded, "m", REPETITIVE[1], max_tokens=max_tokens)
     [plain] = await replies(engine_for(loaded, "off"), [request(loaded, "m", REPETITIVE[1], max_tokens=30)])
-    engine = engine_for(loaded, "ngram", Oracle({"m": tokens(plain)}))
+    engine = engine_for(loaded, "always", Oracle({"m": tokens(plain)}))
     [drafted] = await replies(engine, [req])
     assert tokens(drafted) == tokens(plain)[:max_tokens]
     assert drafted[-1].status == JobStatus.FINISHED_LENGTH
@@ -183,7 +183,7 @@ async def test_drafts_never_take_a_reply_past_max_tokens(loaded: LoadedModel, ma
 
 async def test_replies_stream_several_tokens_per_step_when_drafts_pass(loaded: LoadedModel) -> None:
     [plain] = await replies(engine_for(loaded, "off"), [request(loaded, "x", REPETITIVE[2], max_tokens=20)])
-    engine = engine_for(loaded, "ngram", Oracle({"x": tokens(plain)}))
+    engine = engine_for(loaded, "always", Oracle({"x": tokens(plain)}))
     [drafted] = await replies(engine, [request(loaded, "x", REPETITIVE[2], max_tokens=20)])
     assert max(len(o.token_ids) for o in drafted) > 1
     assert max(len(o.token_ids) for o in drafted) <= 1 + 4
@@ -197,7 +197,7 @@ async def test_preemption_with_drafts_still_gives_the_same_replies(loaded: Loade
     runner = new_runner(loaded, num_blocks=1 + 22, block_size=4, max_step_tokens=64, max_batch=4)
     oracle = Oracle({r.request_id: tokens(o) for r, o in zip(reqs, plain, strict=True)})
     engine = TextEngine(
-        runner, loaded.tokenizer, EngineConfig(max_batch=4, max_step_tokens=16, speculative="ngram"), oracle
+        runner, loaded.tokenizer, EngineConfig(max_batch=4, max_step_tokens=16, speculative="always"), oracle
     )
     engine.start()
     drafted = await replies(engine, reqs)
@@ -212,6 +212,6 @@ def test_the_model_spec_sets_the_engine_s_speculation(loaded: LoadedModel, tiny_
         return build_engine(spec, loaded, torch.device("cpu"), torch.float32)
 
     assert built().speculator is not None and built().speculator.config == SpecConfig("auto", 4)  # type: ignore[union-attr]
-    assert built(speculative="ngram", num_speculative_tokens=2).speculator.config == SpecConfig("ngram", 2)  # type: ignore[union-attr]
+    assert built(speculative="always", num_speculative_tokens=2).speculator.config == SpecConfig("always", 2)  # type: ignore[union-attr]
     off = built(speculative="off")
     assert off.speculator is None and off.spec_drafted_tokens == 0
