@@ -76,9 +76,10 @@ def test_concurrent_greedy_streams_equal_transformers_token_for_token(real_worke
         ours = list(pool.map(ask, QUESTIONS))
 
     settings = load_settings()
-    folder = convert_gguf_cached(resolve_weights(settings.model(DEFAULT_MODEL)), cache_dir=settings.cache_dir)
-    tok = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    gguf_file = resolve_weights(settings.model(DEFAULT_MODEL))
+    # The tokenizer as Ember converts it; the weights from the GGUF itself (the converted folder holds none).
+    tok = AutoTokenizer.from_pretrained(convert_gguf_cached(gguf_file, cache_dir=settings.cache_dir))
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
     for q, (text, n_tokens) in zip(QUESTIONS, ours, strict=True):
         ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, return_tensors="pt")
         ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids
