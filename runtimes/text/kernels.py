@@ -35,9 +35,14 @@ def _ops() -> Any:
     return torch.ops.ember
 
 
+def _cpu_float(x: Tensor) -> bool:
+    """On the CPU, in float32 or bfloat16: what every op here takes."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+
+
 def covers(q: Tensor) -> bool:
     """Whether the native paged decode runs for queries like ``q`` (built, on the CPU, float32 or bfloat16)."""
-    return q.device.type == "cpu" and q.dtype in (torch.float32, torch.bfloat16) and available()
+    return _cpu_float(q) and available()
 
 
 def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, context_lens: Tensor) -> Tensor:
@@ -69,7 +74,7 @@ def has_quant_linear() -> bool:
 
 def quant_covers(x: Tensor) -> bool:
     """Whether the native quantized linear runs for inputs like ``x`` (built, on the CPU, float32 or bfloat16)."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and has_quant_linear()
+    return _cpu_float(x) and has_quant_linear()
 
 
 def quant_linear(x: Tensor, w: QuantizedTensor, bias: Tensor | None) -> Tensor:
@@ -105,7 +110,7 @@ def has_layer_ops() -> bool:
 
 def layer_ops_cover(x: Tensor) -> bool:
     """Whether the native layer ops run for tensors like ``x`` (built, on the CPU, float32 or bfloat16)."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and has_layer_ops()
+    return _cpu_float(x) and has_layer_ops()
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:

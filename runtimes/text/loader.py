@@ -153,10 +153,7 @@ def read_gguf(gguf_file: Path, folder: Path, *, quantization: str, dtype: torch.
         tensors: list[Any] = indexed_tensors(gguf_file, json.loads(index_file.read_text(encoding="utf-8")))
     else:
         tensors = list(open_gguf(gguf_file).tensors)
-    try:
-        return read_weights(tensors, config, gguf_file, quantization=quantization, dtype=dtype)
-    finally:
-        del tensors
+    return read_weights(tensors, config, gguf_file, quantization=quantization, dtype=dtype)
 
 
 def quantize_weights(state_dict: dict[str, torch.Tensor], quantization: str) -> Weights:

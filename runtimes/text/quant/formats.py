@@ -91,9 +91,7 @@ class QuantizedTensor:
 
     def permute_rows(self, order: Tensor) -> QuantizedTensor:
         """Rows reordered (llama.cpp's rotary permutation undone): rows are independent in every format."""
-        out = self.rows(order)
-        out.shape = self.shape
-        return out
+        return self.rows(order)
 
 
 def concat_rows(parts: list[QuantizedTensor]) -> QuantizedTensor:
