@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
 import json
 import random
@@ -152,7 +153,7 @@ async def test_a_big_upload_travels_through_the_object_store_and_is_removed(
     base, _ = audio_worker
     audio = wav(40.0, seed=2)  # 1.3 MB: past the inline limit
     assert len(audio) > 1024 * 1024
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(timeout=120) as client:  # a shared CI machine can take seconds over 40 s of audio
         r = await client.post(
             base + URL, files={"file": ("big.wav", audio)}, data={"model": MODEL, "response_format": "verbose_json"}
         )
@@ -165,6 +166,40 @@ async def test_a_big_upload_travels_through_the_object_store_and_is_removed(
             await blobs.get(f"audio-{r.headers['x-request-id']}")
     finally:
         await nc.close()
+
+
+async def test_a_client_that_leaves_mid_transcription_leaves_nothing_behind(
+    audio_worker: tuple[str, object], nats_url: str
+) -> None:
+    """The upload's blob is dropped and its spooled form file closed (an unclosed one fails the run as an
+    unraisable warning when collected), and the gateway serves the next request."""
+    base, _ = audio_worker
+    request_id = f"leaver{random.randrange(1 << 30)}"
+    async with httpx.AsyncClient(timeout=httpx.Timeout(120, read=0.05)) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post(
+                base + URL,
+                files={"file": ("big.wav", wav(40.0, seed=3))},
+                data={"model": MODEL},
+                headers={"x-request-id": request_id},
+            )
+    nc = await connect(nats_url, name="blob-check")
+    try:
+        blobs = await BlobStore.open(nc.jetstream())
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await blobs.get(f"audio-{request_id}")
+            except BlobNotFound:
+                break
+            assert time.monotonic() < deadline, "the upload of a request whose client left was never dropped"
+            await asyncio.sleep(0.1)
+    finally:
+        await nc.close()
+    gc.collect()
+    async with httpx.AsyncClient(timeout=120) as client:
+        r = await client.post(base + URL, files={"file": ("a.wav", wav(1.0))}, data={"model": MODEL})
+    assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize(

@@ -166,7 +166,10 @@ async def _run(request: Request, task: str) -> Response:
     try:
         return await _serve(request, form, task)
     finally:
-        await form.close()
+        # Shielded: when the client leaves, the handler is cancelled and an unshielded close would be cancelled
+        # too, leaving the upload's spooled temporary file open until the collector finds it.
+        with anyio.CancelScope(shield=True):
+            await form.close()
 
 
 async def _serve(request: Request, form: FormData, task: str) -> Response:

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
@@ -118,7 +119,8 @@ async def _parse_form(
             else:
                 fields[name] = value
     finally:
-        await form.close()
+        with anyio.CancelScope(shield=True):  # a client that leaves must not leave the spooled uploads open
+            await form.close()
     for name in required:
         if not files.get(name):
             raise InvalidRequest(f"the {name!r} file is required", code="invalid_value", param=name)
