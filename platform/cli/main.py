@@ -143,7 +143,7 @@ def _models(settings: Settings) -> int:
 
     for model_id, spec in sorted(settings.models.items()):
         try:
-            where = str(resolve_weights(spec))
+            where = str(resolve_weights(spec, settings.cache_dir))
         except ConfigError as e:
             where = f"MISSING: {e}"
         print(f"{model_id}\t{spec.modality.value}\tworkers={spec.workers}\tmax_batch={spec.max_batch}\t{where}")

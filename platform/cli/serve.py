@@ -129,7 +129,8 @@ def worker_commands(
         spec = settings.model(model_id)
         if spec.modality.value not in WORKER_RUNNERS:
             raise ConfigError(f"model {model_id!r}: the {spec.modality.value} runtime is not available in this build")
-        resolve_weights(spec)  # fail now, with the reason, rather than in N child processes
+        # Fail now, with the reason, rather than in N child processes (and join a split model once, here).
+        resolve_weights(spec, settings.cache_dir)
         cmd = [sys.executable, "-m", "ember.cli"]
         if config_path is not None:
             cmd += ["--config", str(config_path)]

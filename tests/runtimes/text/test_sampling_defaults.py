@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ember.bus.messages import SamplingDefaults, SamplingParams
-from ember.config import DEFAULT_MODEL, ModelSpec, load_settings
+from ember.config import DEFAULT_MODEL, SMOLLM2_MODEL, ModelSpec, load_settings
 from ember.gateway.schemas import ChatCompletionRequest
 from ember.runtimes.text.worker import sampling_defaults
 
@@ -49,6 +49,8 @@ def test_greedy_models_and_bad_values(tmp_path: Path) -> None:
     assert sampling_defaults(ModelSpec(path=folder), folder) == SamplingDefaults()
 
 
-def test_the_shipped_model_uses_its_model_cards_settings() -> None:
-    spec = load_settings(Path("/dev/null")).model(DEFAULT_MODEL)
-    assert spec.sampling == SamplingDefaults(temperature=0.2, top_p=0.9)
+def test_the_shipped_models_use_their_published_settings() -> None:
+    settings = load_settings(Path("/dev/null"))
+    # Qwen2.5's generation_config.json (the GGUF does not carry one); SmolLM2's model card.
+    assert settings.model(DEFAULT_MODEL).sampling == SamplingDefaults(temperature=0.7, top_p=0.8, top_k=20)
+    assert settings.model(SMOLLM2_MODEL).sampling == SamplingDefaults(temperature=0.2, top_p=0.9)
