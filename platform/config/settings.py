@@ -245,6 +245,10 @@ class FunctionsSettings(_Section):
         return self
 
 
+# The keys that say where a model's weights are: a config entry that sets one describes a new model.
+_WEIGHT_SOURCES = frozenset({"path", "package", "parts"})
+
+
 def default_models() -> dict[str, ModelSpec]:
     # Qwen2.5's generation_config.json (the GGUF does not carry it). Its repetition_penalty of 1.05 is left out:
     # Ember has OpenAI's presence / frequency penalties, not that multiplicative one.
@@ -342,11 +346,20 @@ class Settings(BaseSettings):
     @field_validator("models", mode="before")
     @classmethod
     def _models_extend_the_defaults(cls, value: Any) -> Any:
-        """[models.ID] in a config file replaces or adds that model; the other defaults stay, after the file's own
-        (the first image model configured is the images' default)."""
-        if isinstance(value, dict):
-            return {**value, **{k: v for k, v in default_models().items() if k not in value}}
-        return value
+        """[models.ID] in a config file adds that model, or for a default one adjusts it (``max_batch = 8`` keeps
+        its weights, sampling and the rest) unless it names its own weights (path, package or parts), which
+        replaces it; the other defaults stay, after the file's own (the first image model configured is the
+        images' default)."""
+        if not isinstance(value, dict):
+            return value
+        defaults = default_models()
+        merged = {}
+        for model_id, entry in value.items():
+            base = defaults.get(model_id)
+            if base is not None and isinstance(entry, dict) and not _WEIGHT_SOURCES & entry.keys():
+                entry = {**base.model_dump(exclude_unset=True), **entry}
+            merged[model_id] = entry
+        return {**merged, **{k: v for k, v in defaults.items() if k not in value}}
 
     @field_validator("models", mode="after")
     @classmethod

@@ -160,6 +160,14 @@ def test_models_extend_the_defaults_and_enabled_false_removes_one(
         load_settings(path).model(DEFAULT_AUDIO_MODEL)
     monkeypatch.setenv(f"EMBER_MODELS__{DEFAULT_IMAGE_MODEL.upper()}__ENABLED", "false")
     assert list(load_settings(path).models) == ["mine", SMOLLM2_MODEL, DEFAULT_MODEL, QWEN_05B_MODEL]
+    # A table without weights of its own adjusts the default of that name: its parts, sha and sampling stay.
+    path.write_text(f'[models."{DEFAULT_MODEL}"]\nmax_batch = 8\ntemperature_unused = 1\n')
+    with pytest.raises(ConfigError, match="temperature_unused"):
+        load_settings(path)
+    path.write_text(f'[models."{DEFAULT_MODEL}"]\nmax_batch = 8\n')
+    adjusted, default = load_settings(path).model(DEFAULT_MODEL), load_settings(Path("/dev/null")).model(DEFAULT_MODEL)
+    assert adjusted.max_batch == 8 and default.max_batch != 8
+    assert adjusted.model_copy(update={"max_batch": default.max_batch}) == default
     path.write_text('[models.mine]\nenabled = "maybe"\n')
     with pytest.raises(ConfigError, match=r"models\.mine\.enabled"):
         load_settings(path)
