@@ -212,10 +212,12 @@ async def run_chat_turn(bus: JobClient, quota: Quota, job: TextJob, accept_timeo
         bus, quota, [job], accept_timeout_s, lambda s: s[0].accepted.prompt_tokens if s[0].accepted else 0
     )
     (choice,) = await collect(streams, quota, prompt_tokens)
+    reason = finish_reason(choice.status, choice.finish)
+    calls = choice.tool_calls.complete(job.tools or (), reason)
     return TurnResult(
         text="".join(choice.text),
-        tool_calls=choice.tool_calls.complete(job.tools or ()),
-        finish_reason=finish_reason(choice.status, choice.finish),
+        tool_calls=[c for c in calls if not c.cut],  # a call cut by max_tokens cannot be run
+        finish_reason=reason,
         prompt_tokens=prompt_tokens,
         completion_tokens=choice.completion_tokens,
         cached_tokens=choice.cached_tokens,

@@ -1,8 +1,9 @@
 """Tools on the gateway side: checking a request's tools and turning the worker's deltas into OpenAI tool calls.
 
-The worker decodes every call under a grammar, so a call that does not parse or does not match its tool's
-schema is an Ember defect: ``ToolCallAssembler.complete`` checks each one again with ``jsonschema`` and raises a
-500 rather than pass a bad call on.
+The worker decodes every call under a grammar (the tool's schema made strict, which only narrows it), so a
+complete call that does not parse or does not match its tool's schema is an Ember defect:
+``ToolCallAssembler.complete`` checks each one again with ``jsonschema`` against the tool's own schema and raises
+a 500 rather than pass a bad call on. A call cut off by max_tokens is returned as it was generated, unchecked.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class ToolCall:
     id: str
     name: str
     arguments: str
+    # Cut off by max_tokens before its arguments were complete (then not JSON, and not checked).
+    cut: bool = False
 
     def to_openai(self) -> dict[str, Any]:
         return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
@@ -59,12 +62,24 @@ class ToolCallAssembler:
                 call = self.calls[d.index] = ToolCall(id=d.id or "", name=d.name or "", arguments="")
             call.arguments += d.arguments
 
-    def complete(self, tools: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[ToolCall]:
-        """The calls in order, each checked against its tool's schema (ToolCallDefect when one fails)."""
+    def complete(self, tools: tuple[dict[str, Any], ...] | list[dict[str, Any]], finish_reason: str) -> list[ToolCall]:
+        """The calls in order once the reply has ended, each checked against its tool's schema (ToolCallDefect when
+        one fails); after "length", the last call is marked ``cut`` instead when its arguments are unfinished."""
         calls = [self.calls[i] for i in sorted(self.calls)]
+        if calls and finish_reason == "length" and not _is_json(calls[-1].arguments):
+            calls[-1].cut = True
         for call in calls:
-            validate_call(call, tools)
+            if not call.cut:
+                validate_call(call, tools)
         return calls
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def validate_call(call: ToolCall, tools: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> None:
@@ -111,6 +126,10 @@ def check_tools(tools: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
         schema = fn.get("parameters")
         if schema is not None:
             check_schema(schema, f"{param}.function.parameters", f"tool {name!r}", require_object=True)
+        # OpenAI's strict mode (sent by the openai client's pydantic_function_tool) is how Ember always decodes
+        # calls: the grammar is the schema made strict. Only its type is checked, and it is not rendered.
+        if not isinstance(fn.get("strict", False), bool | None):
+            raise InvalidRequest(f"{param}.function.strict must be a boolean", param=f"{param}.function.strict")
         clean = {"name": name, "parameters": schema or {"type": "object", "properties": {}}}
         if isinstance(fn.get("description"), str):
             clean["description"] = fn["description"]

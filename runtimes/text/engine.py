@@ -138,6 +138,7 @@ class TextEngine:
         self._lock = threading.Condition()
         self._arrivals: list[_Entry] = []
         self._aborts: set[str] = set()
+        self._stops: set[str] = set()
         # Every unfinished request (arrived, waiting or running); changes only under the lock.
         self._live: dict[str, _Entry] = {}
         self._stop = False
@@ -204,6 +205,15 @@ class TextEngine:
                 self._aborts.add(request_id)
                 self._lock.notify()
 
+    def stop_request(self, request_id: str) -> None:
+        """End a request as if it had stopped by itself: its caller has all it wants of the reply (the tool-call
+        parser, at a repeated call). Its last output, with its usage, says FINISHED_STOPPED; tokens sampled
+        before the engine gets to it are still sent."""
+        with self._lock:
+            if request_id in self._live:
+                self._stops.add(request_id)
+                self._lock.notify()
+
     # ---- engine thread ------------------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -212,17 +222,19 @@ class TextEngine:
         torch.set_grad_enabled(False)
         while True:
             with self._lock:
-                while not (self._stop or self._arrivals or self._aborts or len(self.scheduler)):
+                while not (self._stop or self._arrivals or self._aborts or self._stops or len(self.scheduler)):
                     self._lock.wait()
                 if self._stop:
                     break
                 arrivals, self._arrivals = self._arrivals, []
                 aborts, self._aborts = self._aborts, set()
+                stops, self._stops = self._stops - aborts, set()
             for entry in arrivals:
                 self.scheduler.add(entry.req)
-            if aborts:
-                for req in self.scheduler.remove(aborts):
-                    self._finish(req, JobStatus.FINISHED_ABORTED)
+            for ended, status in ((aborts, JobStatus.FINISHED_ABORTED), (stops, JobStatus.FINISHED_STOPPED)):
+                if ended:
+                    for req in self.scheduler.remove(ended):
+                        self._finish(req, status)
             with self.clock.step():
                 self._step()
         for req in [*self.scheduler.running, *self.scheduler.waiting_requests()]:

@@ -73,6 +73,16 @@ class GrammarCompiler:
                 )
             return self._ll
 
+    def special(self, texts: Sequence[str]) -> frozenset[str]:
+        """Those of ``texts`` that are one special token of the vocabulary: a grammar must name them as ``<text>``,
+        since llguidance never matches a special token against text (Qwen's added ``<tool_call>`` is one)."""
+        found = set()
+        for text in texts:
+            ids = self._tokenizer.encode(text, add_special_tokens=False) if text else []
+            if len(ids) == 1 and self.ll_tokenizer.is_special_token(ids[0]):
+                found.add(text)
+        return frozenset(found)
+
     def matcher(self, grammar: str) -> llguidance.LLMatcher:
         """A fresh matcher at the start of ``grammar``; raises GrammarError for an invalid one."""
         tokenizer = self.ll_tokenizer

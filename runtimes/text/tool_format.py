@@ -1,31 +1,37 @@
-"""How a model writes tool calls: its prompt for tools, the grammar its calls are decoded under, and their parser.
+"""How a model writes tool calls: its prompt for tools, and the grammar its calls are decoded under.
 
 Formats, chosen from the model's chat template (or ``ModelSpec.tool_format``):
 
-    hermes   the template renders ``tools`` and ``<tool_call>{"name", "arguments"}</tool_call>`` (Qwen2.5, Hermes)
+    hermes   the template renders ``tools`` and ``<tool_call>\n{"name", "arguments"}\n</tool_call>`` (Qwen2.5, Hermes)
     llama3   the template renders ``tools``; a call is a bare ``{"name", "parameters"}`` object (Llama 3.1+)
     json     Ember's plain convention for templates without tools (SmolLM2): a system preamble lists the tools
              and asks for ``<tool_call>`` lines; tool calls and results are rendered as text turns
 
-Under ``tool_choice=auto`` the grammar lets the model write free text (never the opening tag) or, from the
-opening tag on, only calls that match the tools' schemas; ``required`` and a named function constrain from the
-first token; ``none`` renders no tools and uses no grammar.
+The grammar: under ``tool_choice=auto`` a reply is either text (that never holds the opening tag) or calls from
+its first token on, so the model's first tokens make the choice and what it writes is always one of the two;
+``required`` and a named function constrain to calls from the first token; ``none`` renders no tools and uses no
+grammar. Each call's arguments follow its tool's schema made strict (strict_schema), in the layout the model's
+template writes, and a reply holds one call for a named function or without parallel calls, else up to
+``MAX_CALLS``. The reply is split into text and calls by ``tool_parser.ToolCallParser``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from ember.bus.messages import ToolCallDelta, ToolChoice
+from ember.bus.messages import ToolChoice
 from ember.runtimes.text.grammar import json_rule
+from ember.runtimes.text.strict_schema import strict_schema
+from ember.runtimes.text.tool_parser import ToolCallParser
 
 FormatName = Literal["hermes", "llama3", "json"]
 
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
+# Calls in one reply at most, when parallel calls are on: a bound on a model that keeps making new calls.
+MAX_CALLS = 8
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class ToolFormat:
     native: bool
     # More than one call per reply.
     parallel: bool = True
+    # Between a tag and the call's JSON, as the chat template writes calls ("\n" in Qwen's).
+    pad: str = ""
 
     def template_inputs(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
@@ -49,37 +57,40 @@ class ToolFormat:
             return [_native_message(m) for m in messages], tools
         return _plain_messages(messages, tools, self), None
 
-    def grammar(self, tools: list[dict[str, Any]], choice: ToolChoice, parallel: bool) -> str:
-        """The Lark grammar (llguidance dialect) a reply with these tools is decoded under."""
+    def grammar(
+        self, tools: list[dict[str, Any]], choice: ToolChoice, parallel: bool, special: frozenset[str] = frozenset()
+    ) -> str:
+        """The Lark grammar (llguidance dialect) a reply with these tools is decoded under.
+
+        ``special``: the tags that are one special token of the model's vocabulary (Qwen's ``<tool_call>``): the
+        grammar names that token, which is how the model writes them (llguidance never spells a special token
+        out of ordinary ones).
+        """
         allowed = [t for t in tools if choice.mode != "function" or t["function"]["name"] == choice.name]
-        body = json_rule(call_schema(allowed, self.arguments_key))
-        many = parallel and self.parallel
-        lines = [f"body: {body}"]
-        if not self.open:
-            # A bare JSON call, or text that does not start like one.
-            call = "body"
-            lines.append("TEXT: /([^{ \\n](?s:.*))?/")
-            lines.append(f"start: {call}" if choice.mode != "auto" else f"start: TEXT | {call}")
-            return "\n".join(lines) + "\n"
-        open_, close = _lark_string(self.open), _lark_string(self.close)
-        more = f"(SEP {open_} body {close})*" if many else ""
-        lines.append("SEP: /\\n?/")
-        if choice.mode == "auto":
-            tag = _lark_regex(self.open)
-            # The text may not contain the opening tag; a lazy lexeme ends at the tag's first occurrence, so the
-            # lexer needs no look-ahead to tell text from the start of a call.
-            lines.append(f"TEXT: /(?s:.*)/ & ~/(?s:.*){tag}(?s:.*)/")
-            lines.append(f"opening[lazy]: /(?s:.*){tag}/")
-            lines.append(f"start: TEXT | opening body {close} {more} SEP")
+        many = MAX_CALLS if parallel and self.parallel and choice.mode != "function" else 1
+        lines = [f"body: {json_rule(call_schema(allowed, self.arguments_key))}"]
+        if self.open:
+            open_, close, pad = _tag(self.open, special), _tag(self.close, special), _lark_string(self.pad)
+            call = f"{open_} {pad} body {pad} {close}" if self.pad else f"{open_} body {close}"
+            # The text of a text reply never holds the opening tag, spelled out or as its token.
+            text = f"/(?s:.*)/ & ~/(?s:.*){_lark_regex(self.open)}(?s:.*)/"
         else:
-            lines.append(f"start: {open_} body {close} {more} SEP")
+            call = "body"
+            text = "/([^{ \\n](?s:.*))?/"  # text that does not start like a bare JSON call
+        lines.append(f"call: {call}")
+        lines.append("calls: call" + (f' ("\\n" call){{0,{many - 1}}}' if many > 1 else ""))
+        if choice.mode == "auto":
+            lines.append(f"TEXT: {text}")
+            lines.append("start: TEXT | calls")
+        else:
+            lines.append("start: calls")
         return "\n".join(lines) + "\n"
 
     def parser(self) -> ToolCallParser:
         return ToolCallParser(self)
 
 
-HERMES = ToolFormat("hermes", _OPEN, _CLOSE, "arguments", native=True)
+HERMES = ToolFormat("hermes", _OPEN, _CLOSE, "arguments", native=True, pad="\n")
 LLAMA3 = ToolFormat("llama3", "", "", "parameters", native=True, parallel=False)
 PLAIN_JSON = ToolFormat("json", _OPEN, _CLOSE, "arguments", native=False)
 FORMATS: dict[str, ToolFormat] = {f.name: f for f in (HERMES, LLAMA3, PLAIN_JSON)}
@@ -103,7 +114,7 @@ def call_schema(tools: list[dict[str, Any]], arguments_key: str) -> dict[str, An
     defs: dict[str, Any] = {}
     for t in tools:
         fn = t["function"]
-        params = dict(fn.get("parameters") or {"type": "object", "properties": {}})
+        params = strict_schema(fn.get("parameters") or {"type": "object", "properties": {}})
         # $refs inside a tool's schema point at its root; the call schema's root carries the definitions.
         for key in ("$defs", "definitions"):
             if key in params:
@@ -122,6 +133,11 @@ def call_schema(tools: list[dict[str, Any]], arguments_key: str) -> dict[str, An
 
 def _lark_string(s: str) -> str:
     return json.dumps(s)
+
+
+def _tag(tag: str, special: frozenset[str]) -> str:
+    """A tag in the grammar: its special token where the vocabulary has one, else its text."""
+    return tag if tag in special else _lark_string(tag)
 
 
 def _lark_regex(s: str) -> str:
@@ -192,121 +208,3 @@ def _tool_preamble(tools: list[dict[str, Any]], fmt: ToolFormat) -> str:
         f'{fmt.open}{{"name": "<function name>", "{fmt.arguments_key}": <JSON object of arguments>}}{fmt.close}\n'
         "If no function fits the request, answer in plain text."
     )
-
-
-def new_call_id() -> str:
-    return f"call_{uuid.uuid4().hex[:24]}"
-
-
-@dataclass
-class ParsedCall:
-    """A call as the model wrote it; ``ok`` is False when its JSON is malformed (only possible without grammar)."""
-
-    name: str
-    arguments: str
-    ok: bool
-
-
-@dataclass
-class ToolCallParser:
-    """Splits a reply, as it streams, into plain text and complete tool calls.
-
-    A call is sent only once it is complete (its closing tag, or the end of the reply for bare-JSON formats),
-    as a first delta with id and name and a second with all its arguments: a reply cut off by max_tokens then
-    never leaves a partial call behind.
-    """
-
-    fmt: ToolFormat
-    calls: list[ParsedCall] = field(default_factory=list)
-    _buf: str = ""
-    _in_call: bool = False
-    _started: bool = False
-    # Whitespace at the start, held back: a reply that is only calls has no content.
-    _pending: str = ""
-    _emitted: bool = False
-
-    def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
-        """(text for the client, deltas of the calls completed by this text)."""
-        self._buf += text
-        return self._drain(final=False)
-
-    def finish(self) -> tuple[str, list[ToolCallDelta]]:
-        """What is left at the end of the reply; an unfinished call (cut off by max_tokens) is dropped."""
-        return self._drain(final=True)
-
-    def _drain(self, final: bool) -> tuple[str, list[ToolCallDelta]]:
-        if not self.fmt.open:
-            return self._drain_bare(final)
-        out: list[str] = []
-        deltas: list[ToolCallDelta] = []
-        while True:
-            if self._in_call:
-                end = self._buf.find(self.fmt.close)
-                if end < 0:
-                    if final:
-                        self._buf = ""
-                    break
-                deltas += self._complete(self._buf[:end])
-                self._buf, self._in_call = self._buf[end + len(self.fmt.close) :], False
-                continue
-            start = self._buf.find(self.fmt.open)
-            # Only text before the first call is content: the grammar allows just whitespace after it.
-            if start >= 0:
-                if not self.calls:
-                    out.append(self._buf[:start])
-                self._buf, self._in_call = self._buf[start + len(self.fmt.open) :], True
-                continue
-            keep = 0 if final else _partial_suffix(self._buf, self.fmt.open)
-            if not self.calls:
-                out.append(self._buf[: len(self._buf) - keep])
-            self._buf = self._buf[len(self._buf) - keep :]
-            break
-        return self._text("".join(out), final), deltas
-
-    def _drain_bare(self, final: bool) -> tuple[str, list[ToolCallDelta]]:
-        if not self._started:
-            stripped = self._buf.lstrip()
-            if not stripped and not final:
-                return "", []
-            self._started = True
-            self._in_call = stripped.startswith("{")
-        if not self._in_call:
-            text, self._buf = self._buf, ""
-            return text, []
-        if not final:
-            return "", []
-        body, self._buf = self._buf, ""
-        return "", self._complete(body)
-
-    def _text(self, text: str, final: bool) -> str:
-        """Leading whitespace is held back until text follows it (or the reply ends without calls)."""
-        if self._emitted:
-            return text
-        self._pending += text
-        if self._pending.strip() or (final and not self.calls):
-            self._emitted = True
-            text, self._pending = self._pending, ""
-            return text
-        return ""
-
-    def _complete(self, body: str) -> list[ToolCallDelta]:
-        index = len(self.calls)
-        try:
-            obj = json.loads(body)
-            name, args = obj["name"], obj[self.fmt.arguments_key]
-            call = ParsedCall(str(name), json.dumps(args, ensure_ascii=False), ok=isinstance(name, str))
-        except (ValueError, KeyError, TypeError):
-            call = ParsedCall("", body.strip(), ok=False)
-        self.calls.append(call)
-        return [
-            ToolCallDelta(index=index, id=new_call_id(), name=call.name, arguments=""),
-            ToolCallDelta(index=index, arguments=call.arguments),
-        ]
-
-
-def _partial_suffix(text: str, tag: str) -> int:
-    """The length of the longest end of ``text`` that could be the start of ``tag``."""
-    for n in range(min(len(tag) - 1, len(text)), 0, -1):
-        if text.endswith(tag[:n]):
-            return n
-    return 0

@@ -38,7 +38,8 @@ from ember.runtimes.text.scheduler import SchedulerConfig
 from ember.runtimes.text.spec_decode import Drafter
 from ember.runtimes.text.spec_decode.draft_model import DRAFT_PREFILL_BUDGET, DraftModelDrafter
 from ember.runtimes.text.tokenizer import TextTokenizer
-from ember.runtimes.text.tool_format import ToolCallParser, ToolFormat, choose_format
+from ember.runtimes.text.tool_format import ToolFormat, choose_format
+from ember.runtimes.text.tool_parser import ToolCallParser
 
 log = logging.getLogger("ember.text.worker")
 
@@ -102,6 +103,9 @@ class TextJobHandler(JobHandler):
         self.context_length = engine.max_context
         self.tool_format = tool_format or choose_format(loaded.tokenizer.chat_template)
         self.grammars = GrammarCompiler(loaded.tokenizer, engine.runner.vocab_size)
+        # The tool format's tags that are special tokens of this vocabulary (found on first use: it builds
+        # llguidance's view of the vocabulary).
+        self._tags: frozenset[str] | None = None
         # False only to measure what the grammar buys (benchmarks/tool_call_eval.py): tool calls are then parsed
         # from unconstrained text and may be malformed.
         self.constrain = constrain
@@ -154,7 +158,11 @@ class TextJobHandler(JobHandler):
         prepared = PreparedJob(prompt_ids=ids, max_tokens=requested or ctx - len(ids), sampling=sampling)
         if use_tools:
             prepared.parser = self.tool_format.parser()
-            grammar = self.tool_format.grammar(list(job.tools or ()), job.tool_choice, job.parallel_tool_calls)
+            if self._tags is None:
+                self._tags = self.grammars.special([self.tool_format.open, self.tool_format.close])
+            grammar = self.tool_format.grammar(
+                list(job.tools or ()), job.tool_choice, job.parallel_tool_calls, self._tags
+            )
             prepared.matcher = self._compile_tools(grammar, job) if self.constrain else None
         elif job.response_format is not None:
             try:
@@ -217,6 +225,8 @@ class TextJobHandler(JobHandler):
                     return
                 if prepared.parser is not None:
                     await send_with_tool_calls(sink, out, prepared.parser)
+                    if prepared.parser.repeated and not out.status.finished:
+                        self.engine.stop_request(job.request_id)  # idempotent: later outputs are ignored
                 else:
                     await sink.chunk(out.text, out.token_ids, logprobs=out.logprobs, status=out.status, usage=out.usage)
         finally:
@@ -229,17 +239,23 @@ def _schema_constraint(tool: dict[str, Any]) -> OutputConstraint:
 
 
 def split_output(out: StepOutput, parser: ToolCallParser) -> tuple[str, list[ToolCallDelta], str | None]:
-    """One engine output as (text, completed tool calls, finish_reason override)."""
+    """One engine output as (text, tool-call deltas, finish_reason override).
+
+    The reply ends with "tool_calls" when it stopped after complete calls, or when the parser found the model
+    repeating one (``parser.repeated``: whoever runs the engine then stops the request, ``TextEngine.stop_request``).
+    A reply cut by max_tokens keeps its status's "length", a call it cut included.
+    """
     text, deltas = parser.feed(out.text)
     if out.status.finished:
         more_text, more = parser.finish()
         text, deltas = text + more_text, deltas + more
-    finish = "tool_calls" if out.status == JobStatus.FINISHED_STOPPED and parser.calls else None
+    ended = out.status == JobStatus.FINISHED_STOPPED or (parser.repeated and out.status.finished)
+    finish = "tool_calls" if ended and parser.calls else None
     return text, deltas, finish
 
 
 async def send_with_tool_calls(sink: ReplySink, out: StepOutput, parser: ToolCallParser) -> None:
-    """One engine output as a chunk whose text is split from its completed tool calls."""
+    """One engine output as a chunk whose text is split from its tool-call deltas."""
     text, deltas, finish = split_output(out, parser)
     await sink.send(
         TextChunk,

@@ -178,3 +178,87 @@ def test_completions_take_a_response_format_too(tiny_worker: str) -> None:
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
     assert choice["text"].isdigit() and len(choice["text"]) == 3 and choice["finish_reason"] == "stop"
+
+
+PING = {
+    "type": "function",
+    "function": {
+        "name": "ping",
+        "parameters": {"type": "object", "properties": {"x": {"const": 1}}, "required": ["x"]},
+    },
+}
+
+
+def test_a_named_function_is_one_call_with_parallel_calls_on(tiny_worker: str) -> None:
+    for seed in range(2):
+        r = chat(tiny_worker, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "calc"}}, seed=seed)
+        choice = r.json()["choices"][0]
+        if choice["finish_reason"] == "tool_calls":
+            [call] = choice["message"]["tool_calls"]
+            assert call["function"]["name"] == "calc"
+
+
+def test_a_repeated_call_ends_the_turn_and_is_dropped(tiny_worker: str) -> None:
+    """Every call to ``ping`` is the same call, so a second one is always a repeat."""
+    tokens = []
+    for seed in range(3):
+        r = chat(tiny_worker, tools=[PING], tool_choice="required", seed=seed)
+        choice = r.json()["choices"][0]
+        assert choice["finish_reason"] == "tool_calls", choice
+        [call] = choice["message"]["tool_calls"]
+        assert json.loads(call["function"]["arguments"]) == {"x": 1}
+        tokens.append(r.json()["usage"]["completion_tokens"])
+    assert max(tokens) > min(tokens)  # some replies went on into a repeat, which the worker cut short
+
+
+LONG = {
+    "type": "function",
+    "function": {
+        "name": "write",
+        "parameters": {
+            "type": "object",
+            "properties": {"text": {"type": "string", "minLength": 1000, "maxLength": 1000}},
+            "required": ["text"],
+        },
+    },
+}
+
+
+def test_a_call_cut_by_max_tokens_is_returned_with_finish_reason_length(tiny_worker: str) -> None:
+    # 80 tokens hold the call's opening but never its 1000 characters of text.
+    r = chat(tiny_worker, tools=[LONG], tool_choice="required", max_tokens=80, seed=1)
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["finish_reason"] == "length"
+    [call] = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == "write" and call["function"]["arguments"].startswith('{"text": "')
+    chunks = stream_chunks(tiny_worker, tools=[LONG], tool_choice="required", max_tokens=80, seed=1)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    streamed = "".join(
+        d["function"]["arguments"] for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []
+    )
+    assert streamed == call["function"]["arguments"]  # same seed, same reply
+
+
+def test_streamed_arguments_come_token_by_token_and_add_up_to_the_whole_reply(tiny_worker: str) -> None:
+    body = {"tools": TOOLS, "tool_choice": "required"}
+    for seed in range(8):
+        whole = chat(tiny_worker, seed=seed, **body).json()["choices"][0]
+        if whole["finish_reason"] == "tool_calls":
+            break
+    else:
+        raise AssertionError("no seed produced tool calls")
+    chunks = stream_chunks(tiny_worker, seed=seed, **body)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    calls: dict[int, dict[str, Any]] = {}
+    pieces = 0
+    for c in chunks:
+        for d in c["choices"][0]["delta"].get("tool_calls") or []:
+            call = calls.setdefault(d["index"], {"name": d["function"].get("name"), "arguments": ""})
+            call["arguments"] += d["function"]["arguments"]
+            pieces += bool(d["function"]["arguments"])
+    assert pieces > len(calls)  # more than one piece of arguments per call
+    expected = [
+        {"name": c["function"]["name"], "arguments": c["function"]["arguments"]} for c in whole["message"]["tool_calls"]
+    ]
+    assert [calls[i] for i in sorted(calls)] == expected

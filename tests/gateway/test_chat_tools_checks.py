@@ -36,7 +36,7 @@ def test_calls_are_assembled_in_order_and_checked() -> None:
         ToolCallDelta(index=0, arguments="1}"),
         ToolCallDelta(index=1, arguments="{}"),
     )
-    calls = a.complete(TOOLS)
+    calls = a.complete(TOOLS, "tool_calls")
     assert [(c.id, c.name, c.parsed_arguments) for c in calls] == [("call_a", "f", {"x": 1}), ("call_b", "g", {})]
     assert calls[0].to_openai() == {
         "id": "call_a",
@@ -55,9 +55,39 @@ def test_calls_are_assembled_in_order_and_checked() -> None:
     ids=["schema", "json", "name"],
 )
 def test_a_bad_call_from_a_worker_is_a_500_never_passed_on(deltas: list[ToolCallDelta]) -> None:
-    with pytest.raises(ToolCallDefect) as e:
-        assemble(*deltas).complete(TOOLS)
-    assert e.value.status == 500 and e.value.code == "invalid_tool_call"
+    for finish in ("tool_calls", "stop"):
+        with pytest.raises(ToolCallDefect) as e:
+            assemble(*deltas).complete(TOOLS, finish)
+        assert e.value.status == 500 and e.value.code == "invalid_tool_call"
+
+
+def test_a_call_cut_by_max_tokens_is_passed_on_unchecked() -> None:
+    deltas = [
+        ToolCallDelta(index=0, id="a", name="f", arguments='{"x": 1}'),
+        ToolCallDelta(index=1, id="b", name="f", arguments='{"x": '),
+    ]
+    first, cut = assemble(*deltas).complete(TOOLS, "length")
+    assert not first.cut and cut.cut and cut.to_openai()["function"]["arguments"] == '{"x": '
+    # Only the last call can be cut, and only its unfinished arguments excuse it.
+    unfinished_first = [
+        ToolCallDelta(index=0, id="a", name="f", arguments='{"x": '),
+        ToolCallDelta(index=1, id="b", name="f", arguments='{"x": 1}'),
+    ]
+    with pytest.raises(ToolCallDefect):
+        assemble(*unfinished_first).complete(TOOLS, "length")
+    with pytest.raises(ToolCallDefect):
+        assemble(ToolCallDelta(index=0, id="a", name="f", arguments='{"x": "one"}')).complete(TOOLS, "length")
+
+
+def test_strict_is_accepted_and_must_be_a_boolean() -> None:
+    fn = {"name": "f", "strict": True, "parameters": {"type": "object", "properties": {}}}
+    assert check_tools([{"type": "function", "function": fn}])[0]["function"] == {
+        "name": "f",
+        "parameters": fn["parameters"],
+    }
+    with pytest.raises(InvalidRequest) as e:
+        check_tools([{"type": "function", "function": {**fn, "strict": "yes"}}])
+    assert e.value.param == "tools.0.function.strict"
 
 
 def test_tool_choice_forms() -> None:

@@ -83,7 +83,8 @@ async def create(request: Request) -> Response:
 
     choices = await generation.collect(streams, quota, prompt_tokens)
     completion_tokens = sum(c.completion_tokens for c in choices)
-    calls = [[call.to_openai() for call in c.tool_calls.complete(tools)] for c in choices]
+    reasons = [generation.finish_reason(c.status, c.finish) for c in choices]
+    calls = [[call.to_openai() for call in c.tool_calls.complete(tools, reasons[c.index])] for c in choices]
     return JSONResponse(
         {
             "id": completion_id,
@@ -96,7 +97,7 @@ async def create(request: Request) -> Response:
                     "index": c.index,
                     "message": message("".join(c.text), calls[c.index]),
                     "logprobs": logprobs_content(c.logprobs) if body.logprobs else None,
-                    "finish_reason": generation.finish_reason(c.status, c.finish),
+                    "finish_reason": reasons[c.index],
                 }
                 for c in choices
             ],
@@ -152,16 +153,17 @@ async def _stream(
                 if part.text or lp:
                     yield chunk([choice(index, {"content": part.text}, lp=lp)])
                 if part.tool_calls:
-                    # Each call arrives whole: it is checked against its schema before any of it is sent.
+                    # Arguments stream as the model writes them; the whole calls are checked at the end.
                     assemblers[index].add(part.tool_calls)
-                    assemblers[index].complete(tools)
                     for entry in generation.tool_call_deltas(part.tool_calls):
                         yield chunk([choice(index, {"tool_calls": [entry]})])
                 if part.finished:
                     completion_tokens += part.usage.completion_tokens if part.usage else 0
                     if index == 0 and part.usage:
                         cached_tokens = part.usage.cached_tokens
-                    yield chunk([choice(index, {}, generation.finish_reason(part.status, part.finish_reason))])
+                    reason = generation.finish_reason(part.status, part.finish_reason)
+                    assemblers[index].complete(tools, reason)  # a bad call: an error event, not this finish
+                    yield chunk([choice(index, {}, reason)])
         except GatewayError as e:
             yield sse.event(e.body())
             yield sse.DONE

@@ -11,12 +11,15 @@ from typing import Any
 
 import jsonschema
 import pytest
+from tokenizers import AddedToken, Tokenizer
 
 from ember.bus.messages import ChatMessage, JobStatus, OutputConstraint, SamplingParams, TextJob, ToolChoice
 from ember.runtimes.text.engine import EngineConfig, GenerateRequest, TextEngine
 from ember.runtimes.text.loader import LoadedModel, load_model
+from ember.runtimes.text.tool_format import HERMES
 from ember.runtimes.text.worker import RequestError, TextJobHandler, split_output
 from tests.helpers.text_runner import new_runner
+from tests.helpers.tiny_checkpoint import tiny_tokenizer_json, write_tiny_llama
 
 WEATHER = {
     "type": "function",
@@ -53,12 +56,42 @@ ASK = (ChatMessage(role="user", content="What is the weather in Paris?"),)
 
 @pytest.fixture(scope="module")
 def handler(tiny_model: Path) -> TextJobHandler:
-    loaded: LoadedModel = load_model(tiny_model)
+    handler = start_handler(tiny_model)
+    yield handler
+    handler.engine.stop()
+
+
+# A chat template of the hermes kind: tools in the system turn, calls as <tool_call>\n{...}\n</tool_call>.
+HERMES_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTools:{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n"
+    'Call one as <tool_call>\n{"name": ..., "arguments": ...}\n</tool_call><|im_end|>\n{% endif %}'
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content or '' }}"
+    "{% for c in m.tool_calls or [] %}<tool_call>\n{{ c.function | tojson }}\n</tool_call>{% endfor %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def start_handler(path: Path) -> TextJobHandler:
+    loaded: LoadedModel = load_model(path)
     runner = new_runner(loaded, num_blocks=1024, block_size=16, max_context=1024, max_step_tokens=128)
     engine = TextEngine(runner, loaded.tokenizer, EngineConfig(max_batch=8, max_step_tokens=64))
     engine.start()
-    yield TextJobHandler("tiny", loaded, engine)
-    engine.stop()
+    return TextJobHandler(path.name, loaded, engine)
+
+
+@pytest.fixture(scope="module")
+def hermes_handler(tmp_path_factory: pytest.TempPathFactory) -> TextJobHandler:
+    """The tiny model with Qwen2.5's arrangement: ``<tool_call>`` and ``</tool_call>`` are added tokens of its
+    vocabulary (ids 510 and 511) and its template writes calls in the hermes layout."""
+    path = write_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-hermes")
+    tok = Tokenizer.from_str(tiny_tokenizer_json(510))
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<tool_call>", "</tool_call>")])
+    (path / "tokenizer.json").write_text(tok.to_str())
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    (path / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": HERMES_TEMPLATE}))
+    handler = start_handler(path)
+    yield handler
+    handler.engine.stop()
 
 
 def job(rid: str, **fields: Any) -> TextJob:
@@ -76,20 +109,24 @@ async def run_job(handler: TextJobHandler, j: TextJob) -> dict[str, Any]:
         max_tokens=prepared.max_tokens,
         matcher=prepared.matcher,
     )
-    text, calls, finish, status = [], {}, None, None
+    text, calls, finish, status, tokens = [], {}, None, None, []
     async for out in handler.engine.generate(req):
         assert out.error is None, out.error
         status = out.status
+        tokens += out.token_ids
         if prepared.parser is None:
             text.append(out.text)
             continue
         piece, deltas, f = split_output(out, prepared.parser)
+        if prepared.parser.repeated and not out.status.finished:  # as the worker does
+            handler.engine.stop_request(j.request_id)
         text.append(piece)
         finish = f or finish
         for d in deltas:
             call = calls.setdefault(d.index, {"id": d.id, "name": d.name, "arguments": ""})
             call["arguments"] += d.arguments
-    return {"text": "".join(text), "calls": [calls[i] for i in sorted(calls)], "finish": finish, "status": status}
+    ordered = [calls[i] for i in sorted(calls)]
+    return {"text": "".join(text), "calls": ordered, "finish": finish, "status": status, "tokens": tokens}
 
 
 def assert_valid(call: dict[str, Any]) -> None:
@@ -124,6 +161,8 @@ async def test_a_named_function_is_the_only_one_called(handler: TextJobHandler) 
     assert calls and all(c["name"] == "add" for c in calls)
     for c in calls:
         assert_valid(c)
+    # Exactly one call, even though parallel calls are on.
+    assert all(len(r["calls"]) == 1 for r in results if r["status"] == JobStatus.FINISHED_STOPPED)
 
 
 async def test_single_call_when_parallel_calls_are_off(handler: TextJobHandler) -> None:
@@ -153,6 +192,67 @@ async def test_auto_text_never_contains_the_call_tag(handler: TextJobHandler) ->
         assert "<tool_call>" not in r["text"]
         for call in r["calls"]:
             assert_valid(call)
+
+
+PING = {
+    "type": "function",
+    "function": {
+        "name": "ping",
+        "parameters": {"type": "object", "properties": {"x": {"const": 1}}, "required": ["x"]},
+    },
+}
+
+
+async def test_an_exact_repeat_of_a_call_ends_the_reply(handler: TextJobHandler) -> None:
+    """Every call to ``ping`` is the same call: the model can only add repeats, and each one ends the reply."""
+    runs = [
+        job(f"ping-{s}", tools=(PING,), tool_choice=ToolChoice(mode="required"), sampling=_seeded(s)) for s in range(8)
+    ]
+    results = await asyncio.gather(*(run_job(handler, j) for j in runs))
+    one_call = len(handler.loaded.tokenizer.encode('<tool_call>{"name": "ping", "arguments": {"x": 1}}</tool_call>'))
+    for r in results:
+        assert r["status"] == JobStatus.FINISHED_STOPPED and r["finish"] == "tool_calls"
+        [call] = r["calls"]
+        assert call["name"] == "ping" and json.loads(call["arguments"]) == {"x": 1}
+    assert any(len(r["tokens"]) > one_call + 4 for r in results)  # some went on to repeat it
+
+
+async def test_a_call_cut_by_max_tokens_is_returned_as_far_as_it_got(handler: TextJobHandler) -> None:
+    long = {"type": "string", "minLength": 1000, "maxLength": 1000}
+    write = {
+        "type": "function",
+        "function": {
+            "name": "write",
+            "parameters": {"type": "object", "properties": {"text": long}, "required": ["text"]},
+        },
+    }
+    # 80 tokens hold the call's opening (about 50 characters) but never 1000 characters of text.
+    sampling = SamplingParams(temperature=1.0, seed=1, max_tokens=80)
+    r = await run_job(
+        handler, job("cut", tools=(write,), tool_choice=ToolChoice(mode="function", name="write"), sampling=sampling)
+    )
+    assert r["status"] == JobStatus.FINISHED_LENGTH and r["finish"] is None and r["text"] == ""
+    [call] = r["calls"]
+    assert call["name"] == "write" and call["arguments"].startswith('{"text": "')
+    with pytest.raises(ValueError):
+        json.loads(call["arguments"])
+
+
+async def test_hermes_calls_are_written_with_the_tag_tokens(hermes_handler: TextJobHandler) -> None:
+    assert hermes_handler.tool_format is HERMES
+    required = [
+        job(f"h-{s}", tools=TOOLS, tool_choice=ToolChoice(mode="required"), sampling=_seeded(s)) for s in range(4)
+    ]
+    auto = [job(f"h-auto-{s}", tools=TOOLS, sampling=_seeded(s)) for s in range(4)]
+    results = await asyncio.gather(*(run_job(hermes_handler, j) for j in required + auto))
+    for r in results[:4]:
+        assert r["tokens"][0] == 510 and r["text"] == ""  # the model's own <tool_call> token, not a spelling
+        for call in r["calls"]:
+            assert_valid(call)
+    assert any(r["finish"] == "tool_calls" for r in results[:4])
+    for r in results[4:]:  # auto: calls from the first token, or text that holds no tag
+        assert (r["tokens"][0] == 510) == bool(r["calls"])
+        assert "<tool_call>" not in r["text"]
 
 
 async def test_unconstrained_rows_are_untouched_by_their_constrained_neighbours(handler: TextJobHandler) -> None:

@@ -1,4 +1,5 @@
-"""Tool formats: which one a model gets, how tools and tool turns are rendered, and the streaming call parser."""
+"""Tool formats: which one a model gets, how tools and tool turns are rendered, and the grammar calls are decoded
+under (checked with llguidance on real tokenizers: the tiny model's, and one with Qwen's tags as added tokens)."""
 
 from __future__ import annotations
 
@@ -6,56 +7,112 @@ import json
 from pathlib import Path
 
 import pytest
+from tokenizers import AddedToken, Tokenizer
 
-from ember.bus.messages import ToolCallDelta
+from ember.bus.messages import ToolChoice
+from ember.runtimes.text.grammar import GrammarCompiler
 from ember.runtimes.text.tokenizer import TextTokenizer
-from ember.runtimes.text.tool_format import HERMES, LLAMA3, PLAIN_JSON, ToolFormat, choose_format
+from ember.runtimes.text.tool_format import HERMES, LLAMA3, MAX_CALLS, PLAIN_JSON, ToolFormat, choose_format
+from tests.helpers.tiny_checkpoint import tiny_tokenizer_json
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
-REPLY = 'Let me check. <tool_call>{"name": "get_weather", "arguments": {"city": "Paris"}}</tool_call>\n'
-TWO = REPLY + '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>'
+ADD = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+    },
+}
+TOOLS = [TOOL, ADD]
+CALL = '{"name": "add", "arguments": {"a": 1}}'
+OTHER = '{"name": "get_weather", "arguments": {}}'
 
 
-def parse(fmt: ToolFormat, reply: str, step: int) -> tuple[str, list[ToolCallDelta]]:
-    """Feed ``reply`` in pieces of ``step`` characters, as the engine streams it."""
-    parser = fmt.parser()
-    texts, deltas = [], []
-    for i in range(0, len(reply), step):
-        t, d = parser.feed(reply[i : i + step])
-        texts.append(t)
-        deltas += d
-    t, d = parser.finish()
-    return "".join(texts) + t, deltas + d
+@pytest.fixture(scope="module")
+def plain(tiny_model: Path) -> GrammarCompiler:
+    tok = TextTokenizer.from_dir(tiny_model)
+    return GrammarCompiler(tok, tok.vocab_size)
 
 
-@pytest.mark.parametrize("step", [1, 3, 7, 1000])
-def test_calls_are_split_from_text_however_the_reply_is_chunked(step: int) -> None:
-    text, deltas = parse(PLAIN_JSON, TWO, step)
-    assert text == "Let me check. "
-    first, args, second, args2 = deltas
-    assert (first.index, first.name, first.arguments) == (0, "get_weather", "")
-    assert first.id is not None and first.id.startswith("call_") and len(first.id) == 29
-    assert args.id is None and args.name is None and json.loads(args.arguments) == {"city": "Paris"}
-    assert (second.index, second.name) == (1, "add") and second.id != first.id
-    assert json.loads(args2.arguments) == {"a": 1}
+@pytest.fixture(scope="module")
+def tagged() -> GrammarCompiler:
+    """A vocabulary with ``<tool_call>`` and ``</tool_call>`` as added tokens, as Qwen2.5's has them."""
+    tok = Tokenizer.from_str(tiny_tokenizer_json(510))
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<tool_call>", "</tool_call>")])
+    text = TextTokenizer(tok, eos_token_ids=[2])
+    return GrammarCompiler(text, text.vocab_size)
 
 
-def test_a_reply_of_only_calls_has_no_text_and_a_cut_off_call_is_dropped() -> None:
-    text, deltas = parse(PLAIN_JSON, '\n<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>\n', 2)
-    assert text == "" and len(deltas) == 2
-    text, deltas = parse(PLAIN_JSON, '<tool_call>{"name": "add", "argum', 4)
-    assert text == "" and deltas == []
+def accepts(compiler: GrammarCompiler, grammar: str, reply: str | list[int]) -> bool:
+    """Whether ``reply`` (text, tokenized as the model would write it, or token ids) is a whole reply the grammar
+    allows."""
+    ids = compiler._tokenizer.encode(reply, add_special_tokens=False) if isinstance(reply, str) else reply
+    matcher = compiler.matcher(grammar)
+    return matcher.validate_tokens(ids) == len(ids) and matcher.consume_tokens(ids) and matcher.is_accepting()
 
 
-def test_text_that_only_looks_like_the_tag_is_text() -> None:
-    text, deltas = parse(PLAIN_JSON, "a <tool or <tool_c", 1)
-    assert text == "a <tool or <tool_c" and deltas == []
+def hermes(*calls: str) -> str:
+    return "\n".join(f"<tool_call>\n{c}\n</tool_call>" for c in calls)
 
 
-def test_llama3_calls_are_bare_json_with_parameters() -> None:
-    text, deltas = parse(LLAMA3, ' {"name": "add", "parameters": {"a": 2}}', 5)
-    assert text == "" and deltas[0].name == "add" and json.loads(deltas[1].arguments) == {"a": 2}
-    assert parse(LLAMA3, "Hello {there}", 5) == ("Hello {there}", [])
+def test_auto_is_a_text_answer_or_calls_from_the_first_token(tagged: GrammarCompiler) -> None:
+    grammar = HERMES.grammar(TOOLS, ToolChoice(mode="auto"), True, tagged.special(["<tool_call>", "</tool_call>"]))
+    assert accepts(tagged, grammar, "The answer is 4.") and accepts(tagged, grammar, "a <tool or x")
+    assert accepts(tagged, grammar, hermes(CALL)) and accepts(tagged, grammar, hermes(CALL, OTHER))
+    assert not accepts(tagged, grammar, "Let me check. " + hermes(CALL))  # text, then a call: neither
+    assert not accepts(tagged, grammar, "\n" + hermes(CALL))
+    assert not accepts(tagged, grammar, hermes(CALL) + "\nDone.")
+
+
+def test_hermes_tags_are_the_vocabulary_tokens_and_the_layout_is_the_template_one(tagged: GrammarCompiler) -> None:
+    special = tagged.special(["<tool_call>", "</tool_call>", "<tool"])
+    assert special == {"<tool_call>", "</tool_call>"}
+    grammar = HERMES.grammar(TOOLS, ToolChoice(mode="required"), True, special)
+    ids = tagged._tokenizer.encode(hermes(CALL), add_special_tokens=False)
+    assert ids[0] == 510 and ids[-1] == 511 and accepts(tagged, grammar, ids)
+    spelled = tagged._tokenizer.encode("<tool_call", add_special_tokens=False) + ids[1:]  # "<", "tool", ... ">"
+    assert not accepts(tagged, grammar, [*spelled, ids[-1]])
+    assert not accepts(tagged, grammar, f"<tool_call>{CALL}</tool_call>")  # Qwen writes a newline inside the tags
+    # Whitespace inside a call is the one layout: no runs of spaces or newlines for a weak model to loop on.
+    assert not accepts(tagged, grammar, hermes('{"name": "add", "arguments": { "a": 1}}'))
+    assert not accepts(tagged, grammar, hermes('{"name": "add", "arguments": {"a":1}}'))
+
+
+def test_arguments_are_strict(plain: GrammarCompiler) -> None:
+    grammar = PLAIN_JSON.grammar(TOOLS, ToolChoice(mode="required"), True)
+    assert accepts(plain, grammar, '<tool_call>{"name": "add", "arguments": {"a": 1}}</tool_call>')
+    # A property the schema does not name, or an integer past the cap: refused.
+    assert not accepts(plain, grammar, '<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}</tool_call>')
+    assert not accepts(plain, grammar, '<tool_call>{"name": "add", "arguments": {"a": 12345678901234567}}</tool_call>')
+
+
+def test_a_named_function_is_exactly_one_call(plain: GrammarCompiler) -> None:
+    grammar = PLAIN_JSON.grammar(TOOLS, ToolChoice(mode="function", name="add"), True)
+    one = f"<tool_call>{CALL}</tool_call>"
+    assert accepts(plain, grammar, one)
+    assert not accepts(plain, grammar, f"{one}\n{one}")
+    assert not accepts(plain, grammar, f"<tool_call>{OTHER}</tool_call>")
+
+
+@pytest.mark.parametrize("fmt", [PLAIN_JSON, HERMES])
+def test_parallel_calls_are_bounded_and_off_means_one(plain: GrammarCompiler, fmt: ToolFormat) -> None:
+    def calls(n: int) -> str:
+        return "\n".join(f"{fmt.open}{fmt.pad}{CALL}{fmt.pad}{fmt.close}" for _ in range(n))
+
+    grammar = fmt.grammar(TOOLS, ToolChoice(mode="required"), True)
+    assert accepts(plain, grammar, calls(2)) and accepts(plain, grammar, calls(MAX_CALLS))
+    assert not accepts(plain, grammar, calls(MAX_CALLS + 1))
+    single = fmt.grammar(TOOLS, ToolChoice(mode="required"), False)
+    assert accepts(plain, single, calls(1)) and not accepts(plain, single, calls(2))
+
+
+def test_bare_json_formats_under_auto(plain: GrammarCompiler) -> None:
+    grammar = LLAMA3.grammar(TOOLS, ToolChoice(mode="auto"), True)
+    assert accepts(plain, grammar, '{"name": "add", "parameters": {"a": 1}}')
+    assert accepts(plain, grammar, "Hello there")
+    assert not accepts(
+        plain, grammar, '{"name": "add", "parameters": {"a": 1}}\n{"name": "add", "parameters": {"a": 1}}'
+    )
 
 
 def test_the_format_is_chosen_from_the_chat_template() -> None:
