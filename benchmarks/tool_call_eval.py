@@ -14,7 +14,8 @@ unless --max-tokens is given. Metrics, per model, grammar, tool_choice and categ
 
     called      a call was made where one was needed, and none where none was
     valid       returned calls that parse and validate against their tool's schema (of all returned calls)
-    cut         returned calls whose reply ended with finish_reason "length", and replies that did
+    cut         calls cut by max_tokens (a reply with calls that ended with finish_reason "length": its last call),
+                and replies that ended with "length" at all
     function    the functions called are exactly the expected ones (as a multiset: a repeated call is wrong);
                 no call at all where none was needed
     arguments   the right functions, and each call's arguments match its expectation (see ``value_matches``);
@@ -204,7 +205,7 @@ def score(case: Case, reply: Reply) -> Score:
         called=(n_calls > 0) == case.needs_call and (reply.error is None or reply.invalid_call_refused),
         calls=n_calls,
         valid=valid,
-        cut=len(calls) if length else 0,
+        cut=int(length and bool(calls)),  # the last call of a reply cut by max_tokens
         length=length,
         error=reply.error is not None and not reply.invalid_call_refused,
         function=function,
@@ -250,7 +251,7 @@ def _pct(n: int, d: int) -> str:
 
 def print_table(rows: dict[tuple[str, ...], Tally]) -> None:
     """One markdown table; a row's key is (model, grammar, tool_choice, category)."""
-    head = ["model", "grammar", "tool_choice", "category", "cases", "called", "valid calls", "cut (calls/replies)"]
+    head = ["model", "grammar", "tool_choice", "category", "cases", "called", "valid calls", "cut / length"]
     head += ["right function", "right arguments", "errors"]
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -466,6 +467,17 @@ async def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     return results
 
 
+def rescore(paths: list[Path]) -> list[dict[str, Any]]:
+    """Saved results scored again by this file's rules (so that a change of scoring applies to earlier runs)."""
+    by_id = {c.id: c for c in CASES}
+    results = []
+    for path in paths:
+        for r in json.loads(path.read_text())["cases"]:
+            reply = Reply(**{**r["reply"], "calls": [(c["name"], c["arguments"]) for c in r["reply"]["calls"]]})
+            results.append({**r, "score": asdict(score(by_id[r["id"]], reply))})
+    return results
+
+
 def summary_json(rows: dict[tuple[str, ...], Tally]) -> list[dict[str, Any]]:
     keys = ("model", "grammar", "tool_choice", "category")
     return [{**dict(zip(keys, k, strict=True)), **asdict(t)} for k, t in rows.items()]
@@ -487,7 +499,11 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight (and the worker's max_batch)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per request")
     p.add_argument("--out", type=Path, help="write the per-case results and the summary here (JSON)")
+    p.add_argument("--table", type=Path, nargs="+", help="only print the table of these saved results, rescored")
     args = p.parse_args()
+    if args.table:
+        print_table(tallies(rescore(args.table)))
+        return
     args.modes = tuple(m for m in args.modes.split(",") if m)
     args.categories = tuple(c for c in args.categories.split(",") if c)
     args.grammar = {"on": ("on",), "off": ("off",), "both": ("on", "off")}[args.grammar]
