@@ -8,7 +8,8 @@ Formats, chosen from the model's chat template (or ``ModelSpec.tool_format``):
              and asks for ``<tool_call>`` lines; tool calls and results are rendered as text turns
 
 The grammar: under ``tool_choice=auto`` a reply is either text (that never holds the opening tag) or calls from
-its first token on, so the model's first tokens make the choice and what it writes is always one of the two;
+its first token on (with their tags, or bare JSON objects), so the model's first tokens make the choice and what
+it writes is always one of the two;
 ``required`` and a named function constrain to calls from the first token; ``none`` renders no tools and uses no
 grammar. Each call's arguments follow its tool's schema made strict (strict_schema), in the layout the model's
 template writes, and a reply holds one call for a named function or without parallel calls, else up to
@@ -25,7 +26,7 @@ from typing import Any, Literal
 from ember.bus.messages import ToolChoice
 from ember.runtimes.text.grammar import json_rule
 from ember.runtimes.text.strict_schema import strict_schema
-from ember.runtimes.text.tool_parser import ToolCallParser
+from ember.runtimes.text.tool_parser import FENCE, ToolCallParser
 
 FormatName = Literal["hermes", "llama3", "json"]
 
@@ -69,21 +70,35 @@ class ToolFormat:
         allowed = [t for t in tools if choice.mode != "function" or t["function"]["name"] == choice.name]
         many = MAX_CALLS if parallel and self.parallel and choice.mode != "function" else 1
         lines = [f"body: {json_rule(call_schema(allowed, self.arguments_key))}"]
+
+        def repeated(item: str) -> str:
+            return f'{item} ("\\n" {item}){{0,{many - 1}}}' if many > 1 else item
+
+        starts = []
         if self.open:
             open_, close, pad = _tag(self.open, special), _tag(self.close, special), _lark_string(self.pad)
-            call = f"{open_} {pad} body {pad} {close}" if self.pad else f"{open_} body {close}"
-            # The text of a text reply never holds the opening tag, spelled out or as its token.
-            text = f"/(?s:.*)/ & ~/(?s:.*){_lark_regex(self.open)}(?s:.*)/"
+            lines.append(f"call: {open_} {pad} body {pad} {close}" if self.pad else f"call: {open_} body {close}")
+            lines.append(f"calls: {repeated('call')}")
+            starts.append("calls")
+            # A text reply never holds the opening tag, spelled out or as its token, and never starts like a call
+            # without tags (below).
+            fence = _lark_regex(FENCE.strip())
+            text = f"/([^{{](?s:.*))?/ & ~/(?s:.*){_lark_regex(self.open)}(?s:.*)/ & ~/{fence}(?s:.*)/"
         else:
-            call = "body"
             text = "/([^{ \\n](?s:.*))?/"  # text that does not start like a bare JSON call
-        lines.append(f"call: {call}")
-        lines.append("calls: call" + (f' ("\\n" call){{0,{many - 1}}}' if many > 1 else ""))
+        if choice.mode == "auto" or not self.open:
+            # Calls as bare JSON objects: the format's own, or, under auto, a tagged format's calls without their
+            # tags, bare or in a JSON code block: small models (Qwen2.5-Coder 0.5B) often answer so when they
+            # mean to call, and such a reply is then decoded as calls rather than as text.
+            lines.append(f"bare: {repeated('body')}")
+            starts.append("bare")
+            if self.open:
+                lines.append(f'fenced: {_lark_string(FENCE)} bare "\\n```"')
+                starts.append("fenced")
         if choice.mode == "auto":
             lines.append(f"TEXT: {text}")
-            lines.append("start: TEXT | calls")
-        else:
-            lines.append("start: calls")
+            starts.insert(0, "TEXT")
+        lines.append(f"start: {' | '.join(starts)}")
         return "\n".join(lines) + "\n"
 
     def parser(self) -> ToolCallParser:

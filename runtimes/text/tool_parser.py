@@ -20,6 +20,9 @@ from typing import TYPE_CHECKING, Literal
 
 from ember.bus.messages import ToolCallDelta
 
+# How a JSON code block opens: calls without tags may come in one (under auto; tool_format's grammar).
+FENCE = "```json\n"
+
 if TYPE_CHECKING:
     from ember.runtimes.text.tool_format import ToolFormat
 
@@ -156,6 +159,8 @@ def _loads_str(text: str) -> str | None:
 
 # text: before any call; prose: a reply of text only (bare-JSON formats); call: inside one; after: a call's JSON
 # has closed, its closing tag is next; between: after a call, before the next; done: nothing more matters.
+# How calls without tags begin, bare or in a JSON code block: a call's name comes first (call_schema orders it so).
+_BARE_STARTS = ('{"name"', FENCE + '{"name"')
 _State = Literal["text", "prose", "call", "after", "between", "done"]
 
 
@@ -170,6 +175,9 @@ class ToolCallParser:
     repeated: bool = False
     _buf: str = ""
     _state: _State = "text"
+    # Nothing of the reply has been read yet; its calls are bare JSON objects, without tags.
+    _at_start: bool = True
+    _bare: bool = False
     _scanner: _CallScanner | None = None
     # The current call: its first delta sent, how much of its arguments sent, and its id.
     _announced: bool = False
@@ -200,6 +208,8 @@ class ToolCallParser:
                 self._buf = ""
             elif self._state == "call":
                 deltas += self._in_call(final)
+            elif self._state == "after" and self._bare:
+                self._next_bare()
             elif self._state == "after":
                 self._skip_to(self.fmt.close, "between", final)
             elif self._state == "between":
@@ -211,16 +221,27 @@ class ToolCallParser:
         return self._text("".join(text), final), deltas
 
     def _in_text(self, final: bool) -> str:
-        """Text before the first call is content (the grammar allows no text around calls)."""
+        """Text before the first call is content (the grammar allows no text around calls). A reply that starts
+        with a JSON call is calls without tags: the format's own (llama3), or a tagged format's under auto."""
         if not self.fmt.open:
             stripped = self._buf.lstrip()
             if not stripped and not final:
                 return ""
             if stripped.startswith("{"):
+                self._bare = True
                 self._start_call()
                 return ""
             self._state = "prose"  # a bare-JSON format's text reply never holds a call
             return ""
+        if self._at_start:
+            if any(start.startswith(self._buf) for start in _BARE_STARTS) and not final:
+                return ""  # too little to tell yet
+            self._at_start = False
+            if self._buf.startswith(_BARE_STARTS):
+                self._bare = True
+                self._buf = self._buf.removeprefix(FENCE)
+                self._start_call()
+                return ""
         start = self._buf.find(self.fmt.open)
         if start >= 0:
             out, self._buf = self._buf[:start], self._buf[start + len(self.fmt.open) :]
@@ -230,11 +251,19 @@ class ToolCallParser:
         out, self._buf = self._buf[: len(self._buf) - keep], self._buf[len(self._buf) - keep :]
         return out
 
+    def _next_bare(self) -> None:
+        """After a call without tags: the next one starts at its "{" (the grammar puts a newline between)."""
+        stripped = self._buf.lstrip()
+        if stripped.startswith("{"):
+            self._buf = stripped
+            self._start_call()
+        else:
+            self._buf = ""
+            if stripped:
+                self._state = "done"
+
     def _skip_to(self, tag: str, state: _State, final: bool) -> None:
         """Drop text up to and including ``tag`` (markup between calls), then go to ``state``."""
-        if not tag:
-            self._state, self._buf = "done", ""
-            return
         at = self._buf.find(tag)
         if at >= 0:
             self._buf = self._buf[at + len(tag) :]

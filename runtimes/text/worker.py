@@ -103,9 +103,10 @@ class TextJobHandler(JobHandler):
         self.context_length = engine.max_context
         self.tool_format = tool_format or choose_format(loaded.tokenizer.chat_template)
         self.grammars = GrammarCompiler(loaded.tokenizer, engine.runner.vocab_size)
-        # The tool format's tags that are special tokens of this vocabulary (found on first use: it builds
-        # llguidance's view of the vocabulary).
-        self._tags: frozenset[str] | None = None
+        # The tool format's tags that are special tokens of this vocabulary. Finding them builds llguidance's view
+        # of the vocabulary, here rather than on the first constrained job: for Qwen's 151k tokens that takes
+        # seconds without releasing the GIL, long enough for the gateway to give up on a worker it probes.
+        self._tags = self.grammars.special([self.tool_format.open, self.tool_format.close])
         # False only to measure what the grammar buys (benchmarks/tool_call_eval.py): tool calls are then parsed
         # from unconstrained text and may be malformed.
         self.constrain = constrain
@@ -158,8 +159,6 @@ class TextJobHandler(JobHandler):
         prepared = PreparedJob(prompt_ids=ids, max_tokens=requested or ctx - len(ids), sampling=sampling)
         if use_tools:
             prepared.parser = self.tool_format.parser()
-            if self._tags is None:
-                self._tags = self.grammars.special([self.tool_format.open, self.tool_format.close])
             grammar = self.tool_format.grammar(
                 list(job.tools or ()), job.tool_choice, job.parallel_tool_calls, self._tags
             )

@@ -62,6 +62,14 @@ def test_auto_is_a_text_answer_or_calls_from_the_first_token(tagged: GrammarComp
     assert not accepts(tagged, grammar, "Let me check. " + hermes(CALL))  # text, then a call: neither
     assert not accepts(tagged, grammar, "\n" + hermes(CALL))
     assert not accepts(tagged, grammar, hermes(CALL) + "\nDone.")
+    # A reply that starts with "{" is calls without their tags (as small Qwen models write them under auto).
+    assert accepts(tagged, grammar, CALL) and accepts(tagged, grammar, f"{CALL}\n{OTHER}")
+    assert not accepts(tagged, grammar, '{"answer": 4}') and not accepts(tagged, grammar, f"{CALL}\nDone.")
+    assert accepts(tagged, grammar, f"```json\n{CALL}\n{OTHER}\n```")  # or in a JSON code block
+    assert not accepts(tagged, grammar, '```json\n{"answer": 4}\n```')
+    assert accepts(tagged, grammar, "```python\nprint(4)\n```")
+    required = HERMES.grammar(TOOLS, ToolChoice(mode="required"), True, tagged.special(["<tool_call>", "</tool_call>"]))
+    assert not accepts(tagged, required, CALL)  # only under auto
 
 
 def test_hermes_tags_are_the_vocabulary_tokens_and_the_layout_is_the_template_one(tagged: GrammarCompiler) -> None:

@@ -157,3 +157,17 @@ def test_malformed_calls_are_sent_for_the_gateway_to_refuse() -> None:
     assert not parser.calls[0].ok
     _, deltas, parser = parse(PLAIN_JSON, '<tool_call>{"name": "add", "arguments": {"a": 1}</tool_call> more', 3)
     assert calls_of(deltas)[0]["arguments"] == '{"a": 1}' and not parser.calls[0].ok
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_calls_without_their_tags_are_calls(step: int) -> None:
+    """Under auto the grammar lets a tagged format's reply be bare JSON calls, one per line."""
+    text, deltas, parser = parse(HERMES, f"{ADD}\n{WEATHER}", step)
+    assert text == "" and [c["name"] for c in calls_of(deltas)] == ["add", "get_weather"]
+    assert parser.calls[1].arguments == '{"city": "Paris", "days": [1, {"x": "}"}]}'
+    text, deltas, _ = parse(HERMES, f"```json\n{ADD}\n{WEATHER}\n```", step)
+    assert text == "" and [c["name"] for c in calls_of(deltas)] == ["add", "get_weather"]
+    # Text that starts with other JSON, or with anything before the call, is text.
+    assert parse(HERMES, "```python\nx = 1\n```", step)[:2] == ("```python\nx = 1\n```", [])
+    assert parse(HERMES, '{"answer": 4}', step)[:2] == ('{"answer": 4}', [])
+    assert parse(PLAIN_JSON, f"So: {ADD}", step)[:2] == (f"So: {ADD}", [])
