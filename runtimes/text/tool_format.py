@@ -8,8 +8,8 @@ Formats, chosen from the model's chat template (or ``ModelSpec.tool_format``):
              and asks for ``<tool_call>`` lines; tool calls and results are rendered as text turns
 
 The grammar: under ``tool_choice=auto`` a reply is either text (that never holds the opening tag) or calls from
-its first token on (with their tags, or bare JSON objects), so the model's first tokens make the choice and what
-it writes is always one of the two;
+its first token on (with their tags, or bare JSON objects, which small models often write instead), so the model's
+first tokens make the choice and what it writes is always one of the two;
 ``required`` and a named function constrain to calls from the first token; ``none`` renders no tools and uses no
 grammar. Each call's arguments follow its tool's schema made strict (strict_schema), in the layout the model's
 template writes, and a reply holds one call for a named function or without parallel calls, else up to
@@ -74,27 +74,23 @@ class ToolFormat:
         def repeated(item: str) -> str:
             return f'{item} ("\\n" {item}){{0,{many - 1}}}' if many > 1 else item
 
-        starts = []
+        # Calls as bare JSON objects, one per line: the format's own, or a tagged format's calls without their
+        # tags, bare or in a JSON code block. Small models (Qwen2.5-Coder 0.5B) often call so: under auto such a
+        # reply is decoded as calls rather than as text, and under required the model keeps the form it prefers
+        # (with the tags forced, the 0.5B went on making up calls until MAX_CALLS; bare, it stops when done).
+        lines.append(f"bare: {repeated('body')}")
+        starts = ["bare"]
         if self.open:
             open_, close, pad = _tag(self.open, special), _tag(self.close, special), _lark_string(self.pad)
             lines.append(f"call: {open_} {pad} body {pad} {close}" if self.pad else f"call: {open_} body {close}")
             lines.append(f"calls: {repeated('call')}")
-            starts.append("calls")
-            # A text reply never holds the opening tag, spelled out or as its token, and never starts like a call
-            # without tags (below).
+            lines.append(f'fenced: {_lark_string(FENCE)} bare "\\n```"')
+            starts += ["calls", "fenced"]
+            # A text reply never holds the opening tag, spelled out or as its token, nor starts like calls without it.
             fence = _lark_regex(FENCE.strip())
             text = f"/([^{{](?s:.*))?/ & ~/(?s:.*){_lark_regex(self.open)}(?s:.*)/ & ~/{fence}(?s:.*)/"
         else:
             text = "/([^{ \\n](?s:.*))?/"  # text that does not start like a bare JSON call
-        if choice.mode == "auto" or not self.open:
-            # Calls as bare JSON objects: the format's own, or, under auto, a tagged format's calls without their
-            # tags, bare or in a JSON code block: small models (Qwen2.5-Coder 0.5B) often answer so when they
-            # mean to call, and such a reply is then decoded as calls rather than as text.
-            lines.append(f"bare: {repeated('body')}")
-            starts.append("bare")
-            if self.open:
-                lines.append(f'fenced: {_lark_string(FENCE)} bare "\\n```"')
-                starts.append("fenced")
         if choice.mode == "auto":
             lines.append(f"TEXT: {text}")
             starts.insert(0, "TEXT")

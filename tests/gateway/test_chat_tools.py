@@ -201,7 +201,7 @@ def test_a_named_function_is_one_call_with_parallel_calls_on(tiny_worker: str) -
 def test_a_repeated_call_ends_the_turn_and_is_dropped(tiny_worker: str) -> None:
     """Every call to ``ping`` is the same call, so a second one is always a repeat."""
     tokens = []
-    for seed in range(3):
+    for seed in (0, 8, 9):  # 8 and 9: seeds whose noise goes on after the first call
         r = chat(tiny_worker, tools=[PING], tool_choice="required", seed=seed)
         choice = r.json()["choices"][0]
         assert choice["finish_reason"] == "tool_calls", choice

@@ -126,7 +126,26 @@ async def run_job(handler: TextJobHandler, j: TextJob) -> dict[str, Any]:
             call = calls.setdefault(d.index, {"id": d.id, "name": d.name, "arguments": ""})
             call["arguments"] += d.arguments
     ordered = [calls[i] for i in sorted(calls)]
-    return {"text": "".join(text), "calls": ordered, "finish": finish, "status": status, "tokens": tokens}
+    repeated = prepared.parser is not None and prepared.parser.repeated
+    return {
+        "text": "".join(text),
+        "calls": ordered,
+        "finish": finish,
+        "status": status,
+        "tokens": tokens,
+        "repeated": repeated,
+    }
+
+
+def complete(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reply's complete calls: all but a last one that max_tokens cut in its arguments (as the gateway has it)."""
+    if r["status"] != JobStatus.FINISHED_LENGTH or not r["calls"]:
+        return r["calls"]
+    try:
+        json.loads(r["calls"][-1]["arguments"])
+    except ValueError:
+        return r["calls"][:-1]
+    return r["calls"]
 
 
 def assert_valid(call: dict[str, Any]) -> None:
@@ -141,15 +160,32 @@ async def test_required_tool_calls_always_validate_even_from_noise(handler: Text
         for seed in range(6)
     ]
     results = await asyncio.gather(*(run_job(handler, j) for j in jobs))
-    finished_with_calls = 0
     for r in results:
-        for call in r["calls"]:
+        for call in complete(r):
             assert_valid(call)
         assert "<tool_call>" not in r["text"]
         if r["status"] == JobStatus.FINISHED_STOPPED:
             assert r["calls"] and r["finish"] == "tool_calls" and r["text"] == ""
-            finished_with_calls += 1
-    assert finished_with_calls >= 4  # bounded schemas: the grammar itself drives most replies to the end
+
+
+async def test_one_strict_call_always_closes(handler: TextJobHandler) -> None:
+    """Without parallel calls a reply is one call of a strict schema, which ends within a bounded length: noise
+    included, every reply stops with its call well within max_tokens."""
+    one = [
+        job(
+            f"one-{s}",
+            tools=TOOLS,
+            tool_choice=ToolChoice(mode="required"),
+            parallel_tool_calls=False,
+            sampling=_seeded(s),
+        )
+        for s in range(6)
+    ]
+    results = await asyncio.gather(*(run_job(handler, j) for j in one))
+    for r in results:
+        assert r["status"] == JobStatus.FINISHED_STOPPED and r["finish"] == "tool_calls" and r["text"] == ""
+        [call] = r["calls"]
+        assert_valid(call)
 
 
 async def test_a_named_function_is_the_only_one_called(handler: TextJobHandler) -> None:
@@ -159,29 +195,10 @@ async def test_a_named_function_is_the_only_one_called(handler: TextJobHandler) 
     )
     calls = [c for r in results for c in r["calls"]]
     assert calls and all(c["name"] == "add" for c in calls)
-    for c in calls:
+    for c in (c for r in results for c in complete(r)):
         assert_valid(c)
     # Exactly one call, even though parallel calls are on.
     assert all(len(r["calls"]) == 1 for r in results if r["status"] == JobStatus.FINISHED_STOPPED)
-
-
-async def test_single_call_when_parallel_calls_are_off(handler: TextJobHandler) -> None:
-    results = await asyncio.gather(
-        *(
-            run_job(
-                handler,
-                job(
-                    f"one-{s}",
-                    tools=TOOLS,
-                    tool_choice=ToolChoice(mode="required"),
-                    parallel_tool_calls=False,
-                    sampling=_seeded(s),
-                ),
-            )
-            for s in range(3)
-        )
-    )
-    assert all(len(r["calls"]) <= 1 for r in results)
 
 
 async def test_auto_text_never_contains_the_call_tag(handler: TextJobHandler) -> None:
@@ -190,7 +207,7 @@ async def test_auto_text_never_contains_the_call_tag(handler: TextJobHandler) ->
     )
     for r in results:
         assert "<tool_call>" not in r["text"]
-        for call in r["calls"]:
+        for call in complete(r):
             assert_valid(call)
 
 
@@ -205,16 +222,34 @@ PING = {
 
 async def test_an_exact_repeat_of_a_call_ends_the_reply(handler: TextJobHandler) -> None:
     """Every call to ``ping`` is the same call: the model can only add repeats, and each one ends the reply."""
+    # Seeds whose noise goes on after the first call (tags or none), and two whose noise stops there.
+    seeds = (8, 9, 21, 23, 0, 1)
     runs = [
-        job(f"ping-{s}", tools=(PING,), tool_choice=ToolChoice(mode="required"), sampling=_seeded(s)) for s in range(8)
+        job(f"ping-{s}", tools=(PING,), tool_choice=ToolChoice(mode="required"), sampling=_seeded(s)) for s in seeds
     ]
     results = await asyncio.gather(*(run_job(handler, j) for j in runs))
-    one_call = len(handler.loaded.tokenizer.encode('<tool_call>{"name": "ping", "arguments": {"x": 1}}</tool_call>'))
     for r in results:
         assert r["status"] == JobStatus.FINISHED_STOPPED and r["finish"] == "tool_calls"
         [call] = r["calls"]
         assert call["name"] == "ping" and json.loads(call["arguments"]) == {"x": 1}
-    assert any(len(r["tokens"]) > one_call + 4 for r in results)  # some went on to repeat it
+    assert any(r["repeated"] for r in results)  # some went on to repeat it, and were stopped
+
+
+async def test_a_request_stopped_by_its_caller_ends_as_stopped(handler: TextJobHandler) -> None:
+    """TextEngine.stop_request, which the worker calls at a repeated call: the reply ends at once, as if it had
+    stopped by itself (its last output has the status and the usage)."""
+    sampling = SamplingParams(temperature=1.0, seed=0, max_tokens=300, ignore_eos=True)
+    prepared = await asyncio.to_thread(handler.prepare, job("stopped", sampling=sampling))
+    req = GenerateRequest(
+        request_id="stopped", prompt_ids=prepared.prompt_ids, sampling=prepared.sampling, max_tokens=300
+    )
+    outputs = []
+    async for out in handler.engine.generate(req):
+        outputs.append(out)
+        handler.engine.stop_request("stopped")
+    last = outputs[-1]
+    assert last.status == JobStatus.FINISHED_STOPPED and last.usage is not None
+    assert last.usage.completion_tokens == sum(len(o.token_ids) for o in outputs) < 20
 
 
 async def test_a_call_cut_by_max_tokens_is_returned_as_far_as_it_got(handler: TextJobHandler) -> None:
@@ -245,15 +280,20 @@ async def test_hermes_calls_are_written_with_the_tag_tokens(hermes_handler: Text
     ]
     auto = [job(f"h-auto-{s}", tools=TOOLS, sampling=_seeded(s)) for s in range(4)]
     results = await asyncio.gather(*(run_job(hermes_handler, j) for j in required + auto))
+    tagged = [r for r in results[:4] if r["tokens"][0] == 510]  # the model's own <tool_call> token
+    assert tagged, "no reply used the tag token"
     for r in results[:4]:
-        assert r["tokens"][0] == 510 and r["text"] == ""  # the model's own <tool_call> token, not a spelling
-        for call in r["calls"]:
+        assert r["text"] == ""
+        for call in complete(r):
             assert_valid(call)
     assert any(r["finish"] == "tool_calls" for r in results[:4])
+    # Never the tag spelled out of ordinary tokens: a reply starts with its token, or is calls without tags.
+    bare = [r for r in results[:4] if r not in tagged]
+    assert all(hermes_handler.loaded.tokenizer.decode(r["tokens"]).startswith(('{"name"', "```json")) for r in bare)
     for r in results[4:]:  # auto: calls from the first token (with tags or bare), or text that holds no tag
         if r["calls"]:
             assert r["text"] == ""
-            for call in r["calls"]:
+            for call in complete(r):
                 assert_valid(call)
         else:
             assert r["tokens"][0] != 510 and "<tool_call>" not in r["text"] and not r["text"].startswith("{")
