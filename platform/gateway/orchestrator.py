@@ -102,7 +102,8 @@ def extract_attachments(messages: list[Message]) -> tuple[list[Message], dict[st
                     )
                 name = f"audio_{len(attachments) + 1}"
                 attachments[name] = f"data:audio/{fmt};base64,{data}"
-                parts.append(TextPart(type="text", text=f"[{name}: an attached audio clip]"))
+                # The model cannot hear it: the note says so, and that a function is the way to its words.
+                parts.append(TextPart(type="text", text=f"[{name}: an attached audio clip, not yet transcribed]"))
             else:
                 parts.append(part)
         out.append(m.model_copy(update={"content": parts}))

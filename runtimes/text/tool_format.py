@@ -26,11 +26,16 @@ from typing import Any, Literal
 from ember.bus.messages import ToolChoice
 from ember.runtimes.text.grammar import json_rule
 from ember.runtimes.text.strict_schema import strict_schema
-from ember.runtimes.text.tool_parser import FENCE, ToolCallParser
+from ember.runtimes.text.tool_parser import FENCE, ParsedCall, ToolCallParser
 
 FormatName = Literal["hermes", "llama3", "json"]
 
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
+# Told to the model with tools under tool_choice=auto (ToolFormat.with_guidance).
+TOOL_GUIDANCE = (
+    "Call a function only when the user's request needs what it does; for anything else, or when a function's "
+    "result is already in the conversation, answer directly in plain text."
+)
 # Calls in one reply at most, when parallel calls are on: a bound on a model that keeps making new calls.
 MAX_CALLS = 8
 
@@ -57,6 +62,18 @@ class ToolFormat:
         if self.native:
             return [_native_message(m) for m in messages], tools
         return _plain_messages(messages, tools, self), None
+
+    def with_guidance(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``messages`` with ``TOOL_GUIDANCE`` at the end of the system message (one is added if there is none).
+
+        For ``auto`` only: the templates' own tool prompts ("you may call one or more functions...") make small
+        models call some function for almost any question (Qwen2.5-Coder-1.5B: 6 of 12 questions that no tool
+        fits, in benchmarks/tool_call_eval.py).
+        """
+        if messages and messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
+            system = messages[0]
+            return [{**system, "content": f"{system['content']}\n\n{TOOL_GUIDANCE}"}, *messages[1:]]
+        return [{"role": "system", "content": f"You are a helpful assistant.\n\n{TOOL_GUIDANCE}"}, *messages]
 
     def grammar(
         self, tools: list[dict[str, Any]], choice: ToolChoice, parallel: bool, special: frozenset[str] = frozenset()
@@ -86,19 +103,25 @@ class ToolFormat:
             lines.append(f"calls: {repeated('call')}")
             lines.append(f'fenced: {_lark_string(FENCE)} bare "\\n```"')
             starts += ["calls", "fenced"]
-            # A text reply never holds the opening tag, spelled out or as its token, nor starts like calls without it.
-            fence = _lark_regex(FENCE.strip())
-            text = f"/([^{{](?s:.*))?/ & ~/(?s:.*){_lark_regex(self.open)}(?s:.*)/ & ~/{fence}(?s:.*)/"
-        else:
-            text = "/([^{ \\n](?s:.*))?/"  # text that does not start like a bare JSON call
         if choice.mode == "auto":
-            lines.append(f"TEXT: {text}")
+            lines.append(f"TEXT: {self._text_lexeme()}")
             starts.insert(0, "TEXT")
         lines.append(f"start: {' | '.join(starts)}")
         return "\n".join(lines) + "\n"
 
-    def parser(self) -> ToolCallParser:
-        return ToolCallParser(self)
+    def text_grammar(self) -> str:
+        """A text reply and no call: the answer of a model that began to repeat a call whose result it has."""
+        return f"TEXT: {self._text_lexeme()}\nstart: TEXT\n"
+
+    def _text_lexeme(self) -> str:
+        if not self.open:
+            return "/([^{ \\n](?s:.*))?/"  # text that does not start like a bare JSON call
+        # A text reply never holds the opening tag, spelled out or as its token, nor starts like calls without it.
+        fence = _lark_regex(FENCE.strip())
+        return f"/([^{{](?s:.*))?/ & ~/(?s:.*){_lark_regex(self.open)}(?s:.*)/ & ~/{fence}(?s:.*)/"
+
+    def parser(self, answered: list[ParsedCall] | None = None) -> ToolCallParser:
+        return ToolCallParser(self, answered=answered or [])
 
 
 HERMES = ToolFormat("hermes", _OPEN, _CLOSE, "arguments", native=True, pad="\n")
@@ -117,6 +140,26 @@ def choose_format(chat_template: str | None, override: str | None = None) -> Too
     if "tools" in template and ("<|python_tag|>" in template or "ipython" in template):
         return LLAMA3
     return PLAIN_JSON
+
+
+def answered_calls(messages: list[dict[str, Any]]) -> list[ParsedCall]:
+    """The calls of this turn (since the last user message) whose results the conversation already holds, with
+    their arguments in the layout the grammar writes (so that a repeat is recognised as the model writes it)."""
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    turn = messages[last_user + 1 :]
+    results = {m.get("tool_call_id") for m in turn if m.get("role") == "tool"}
+    out = []
+    for m in turn:
+        for c in m.get("tool_calls") or () if m.get("role") == "assistant" else ():
+            fn = c.get("function") or {}
+            if c.get("id") not in results or not isinstance(fn.get("name"), str):
+                continue
+            try:
+                arguments = json.dumps(json.loads(fn.get("arguments") or "{}"), ensure_ascii=False)
+            except ValueError:
+                continue
+            out.append(ParsedCall(fn["name"], arguments, ok=True))
+    return out
 
 
 def call_schema(tools: list[dict[str, Any]], arguments_key: str) -> dict[str, Any]:

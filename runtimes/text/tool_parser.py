@@ -4,11 +4,12 @@ A call is followed character by character (``_CallScanner``: strings, escapes, n
 (index, id, name) goes out as soon as its name is complete and its arguments follow piece by piece, exactly the
 text of the arguments value: never the closing brace of the call object around it, nor the closing tag.
 
-A call that begins exactly like one already made in this reply is held back until it differs; one that turns out
-to be an exact repeat (same name, same arguments), or is cut off while still the beginning of one, is dropped
-and ends the reply (``repeated``), since a small model that repeats a call would otherwise repeat it until
-max_tokens. Any other call cut off by the end of the reply (max_tokens) is left as what was generated: its
-deltas went out already, and ``finish`` sends the rest.
+A call that begins exactly like one already made in this reply (or earlier in the turn, with its result in the
+conversation) is held back until it differs; one that turns out to be an exact repeat (same name, same
+arguments), or is cut off while still the beginning of one, is dropped and ends the reply (``repeated``), since
+a small model that repeats a call would otherwise repeat it until max_tokens, or in every turn of a tool loop.
+Any other call cut off by the end of the reply (max_tokens) is left as what was generated: its deltas went out
+already, and ``finish`` sends the rest.
 """
 
 from __future__ import annotations
@@ -171,7 +172,10 @@ class ToolCallParser:
     fmt: ToolFormat
     # The complete calls so far, in order.
     calls: list[ParsedCall] = field(default_factory=list)
-    # The model began an exact repeat of one of ``calls``: it was dropped, and the reply is over.
+    # Calls of this turn whose results the conversation holds already (tool_format.answered_calls): repeating
+    # one is dropped like a repeat within the reply.
+    answered: list[ParsedCall] = field(default_factory=list)
+    # The model began an exact repeat of one of ``calls`` or ``answered``: it was dropped, and the reply is over.
     repeated: bool = False
     _buf: str = ""
     _state: _State = "text"
@@ -307,7 +311,7 @@ class ToolCallParser:
         name, arguments = scanner.name, scanner.arguments()
         if not ok and name is None:
             name, arguments = "", (scanner.body if raw is None else raw).strip()  # sent whole: the gateway refuses it
-        if any(c.name == name and c.arguments == arguments for c in self.calls) and not self._announced:
+        if any(c.name == name and c.arguments == arguments for c in self._made()) and not self._announced:
             self.repeated, self._state, self._buf = True, "done", ""
             return []
         deltas = self._stream(scanner, held=False, name=name, arguments=arguments)
@@ -328,7 +332,10 @@ class ToolCallParser:
         if self._announced:
             return False
         args = scanner.arguments()
-        return any(c.name == scanner.name and c.arguments.startswith(args) for c in self.calls)
+        return any(c.name == scanner.name and c.arguments.startswith(args) for c in self._made())
+
+    def _made(self) -> list[ParsedCall]:
+        return [*self.answered, *self.calls]
 
     def _stream(
         self, scanner: _CallScanner, *, held: bool, name: str | None = None, arguments: str | None = None

@@ -23,6 +23,7 @@ from ember.bus.messages import (
     TextChunk,
     TextJob,
     ToolCallDelta,
+    Usage,
 )
 from ember.bus.worker import JobHandler, ReplySink, WorkerHost, serve
 from ember.config import ConfigError, ModelSpec, Settings
@@ -30,7 +31,14 @@ from ember.config.weights import resolve_weights
 from ember.runtimes.devices import free_memory, resolve_device
 from ember.runtimes.dtypes import resolve_dtype
 from ember.runtimes.engine_thread import start_engine_thread
-from ember.runtimes.text.engine import EngineConfig, EngineOverloaded, GenerateRequest, StepOutput, TextEngine
+from ember.runtimes.text.engine import (
+    EngineConfig,
+    EngineOverloaded,
+    GenerateRequest,
+    OutputStream,
+    StepOutput,
+    TextEngine,
+)
 from ember.runtimes.text.grammar import GrammarCompiler, GrammarError, response_grammar
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.runner import CacheConfig, ModelRunner
@@ -38,7 +46,7 @@ from ember.runtimes.text.scheduler import SchedulerConfig
 from ember.runtimes.text.spec_decode import Drafter
 from ember.runtimes.text.spec_decode.draft_model import DRAFT_PREFILL_BUDGET, DraftModelDrafter
 from ember.runtimes.text.tokenizer import TextTokenizer
-from ember.runtimes.text.tool_format import ToolFormat, choose_format
+from ember.runtimes.text.tool_format import ToolFormat, answered_calls, choose_format
 from ember.runtimes.text.tool_parser import ToolCallParser
 
 log = logging.getLogger("ember.text.worker")
@@ -62,6 +70,9 @@ class PreparedJob:
     matcher: llguidance.LLMatcher | None = None
     # Splits the reply into text and tool calls when the job has tools.
     parser: ToolCallParser | None = None
+    # When the turn already holds tool results: the text-only grammar of the answer decoded instead of a call the
+    # model began to repeat (see TextJobHandler.handle).
+    answer_grammar: str | None = None
 
 
 def sampling_defaults(spec: ModelSpec, model_dir: Path) -> SamplingDefaults:
@@ -124,11 +135,15 @@ class TextJobHandler(JobHandler):
         """Render and tokenize the prompt and check it against the context; raises RequestError."""
         tok = self.loaded.tokenizer
         use_tools = bool(job.tools) and job.tool_choice.mode != "none"
+        openai_messages: list[dict[str, Any]] = []
         if job.messages is not None:
             if not job.messages:
                 raise RequestError("messages must not be empty", "invalid_value", "messages")
+            openai_messages = [m.model_dump(exclude_none=True) for m in job.messages]
+            if use_tools and job.tool_choice.mode == "auto":
+                openai_messages = self.tool_format.with_guidance(openai_messages)
             messages, tools = self.tool_format.template_inputs(
-                [m.model_dump(exclude_none=True) for m in job.messages], list(job.tools or ()) if use_tools else None
+                openai_messages, list(job.tools or ()) if use_tools else None
             )
             try:
                 text = tok.apply_chat_template(messages, tools=tools)
@@ -158,7 +173,11 @@ class TextJobHandler(JobHandler):
         sampling = job.sampling.with_defaults(self.defaults)
         prepared = PreparedJob(prompt_ids=ids, max_tokens=requested or ctx - len(ids), sampling=sampling)
         if use_tools:
-            prepared.parser = self.tool_format.parser()
+            # Under auto only: a client that requires a call gets one, even one the model made before.
+            answered = answered_calls(openai_messages) if job.tool_choice.mode == "auto" else []
+            prepared.parser = self.tool_format.parser(answered)
+            if answered and self.constrain:
+                prepared.answer_grammar = self.tool_format.text_grammar()
             grammar = self.tool_format.grammar(
                 list(job.tools or ()), job.tool_choice, job.parallel_tool_calls, self._tags
             )
@@ -202,19 +221,8 @@ class TextJobHandler(JobHandler):
         except RequestError as e:
             await sink.failed(e.info)
             return
-        request = GenerateRequest(
-            request_id=job.request_id,
-            prompt_ids=prepared.prompt_ids,
-            sampling=prepared.sampling,
-            max_tokens=prepared.max_tokens,
-            priority=job.priority,
-            key=job.key_id or "",
-            matcher=prepared.matcher,
-        )
-        try:
-            stream = self.engine.generate(request)
-        except EngineOverloaded as e:
-            await sink.failed(ErrorInfo(status=503, type="server_error", code="overloaded", message=str(e)))
+        stream = await self._generate(job, prepared, sink, prepared.max_tokens, prepared.matcher)
+        if stream is None:
             return
         try:
             await sink.accepted(len(prepared.prompt_ids), prepared.max_tokens)
@@ -223,13 +231,78 @@ class TextJobHandler(JobHandler):
                     await sink.failed(out.error)
                     return
                 if prepared.parser is not None:
-                    await send_with_tool_calls(sink, out, prepared.parser)
+                    text, deltas, finish = split_output(out, prepared.parser)
+                    if out.status.finished and _answers_instead(out, prepared):
+                        await self._answer(job, prepared, sink, out.usage)
+                        return
+                    await send_with_tool_calls(sink, out, text, deltas, finish)
                     if prepared.parser.repeated and not out.status.finished:
                         self.engine.stop_request(job.request_id)  # idempotent: later outputs are ignored
                 else:
                     await sink.chunk(out.text, out.token_ids, logprobs=out.logprobs, status=out.status, usage=out.usage)
         finally:
             await stream.aclose()  # stops the generation if sending failed (e.g. NATS went away)
+
+    async def _generate(
+        self,
+        job: TextJob,
+        prepared: PreparedJob,
+        sink: ReplySink,
+        max_tokens: int,
+        matcher: llguidance.LLMatcher | None,
+    ) -> OutputStream | None:
+        """The job's generation queued on the engine; None (and a 503 sent) when the engine is full."""
+        request = GenerateRequest(
+            request_id=job.request_id,
+            prompt_ids=prepared.prompt_ids,
+            sampling=prepared.sampling,
+            max_tokens=max_tokens,
+            priority=job.priority,
+            key=job.key_id or "",
+            matcher=matcher,
+        )
+        try:
+            return self.engine.generate(request)
+        except EngineOverloaded as e:
+            await sink.failed(ErrorInfo(status=503, type="server_error", code="overloaded", message=str(e)))
+            return None
+
+    async def _answer(self, job: TextJob, prepared: PreparedJob, sink: ReplySink, spent: Usage | None) -> None:
+        """Decode the reply again as text only. The model began its reply by repeating a call of this turn whose
+        result the conversation already holds (small models do, and a client's tool loop would then never end):
+        the same prompt (its KV from the prefix cache) is answered under the text grammar instead."""
+        assert prepared.answer_grammar is not None  # _answers_instead checked it
+        used = spent.completion_tokens if spent is not None else 0
+        # Under the same request id: the first generation has ended, and a cancel reaches this one.
+        matcher = self._compile(prepared.answer_grammar, "tools")
+        stream = await self._generate(job, prepared, sink, prepared.max_tokens - used, matcher)
+        if stream is None:
+            return
+        try:
+            async for out in stream:
+                if out.error is not None:
+                    await sink.failed(out.error)
+                    return
+                usage = out.usage
+                if usage is not None:  # the tokens of the dropped call were computed too
+                    usage = usage.model_copy(update={"completion_tokens": usage.completion_tokens + used})
+                await sink.chunk(out.text, out.token_ids, logprobs=out.logprobs, status=out.status, usage=usage)
+        finally:
+            await stream.aclose()
+
+
+def _answers_instead(out: StepOutput, prepared: PreparedJob) -> bool:
+    """Whether a finished reply is only the repeat of an answered call, and room is left to answer in text."""
+    parser = prepared.parser
+    assert parser is not None
+    spent = out.usage.completion_tokens if out.usage is not None else 0
+    return (
+        prepared.answer_grammar is not None
+        and parser.repeated
+        and not parser.calls
+        and out.status == JobStatus.FINISHED_STOPPED
+        and spent < prepared.max_tokens
+    )
 
 
 def _schema_constraint(tool: dict[str, Any]) -> OutputConstraint:
@@ -253,9 +326,10 @@ def split_output(out: StepOutput, parser: ToolCallParser) -> tuple[str, list[Too
     return text, deltas, finish
 
 
-async def send_with_tool_calls(sink: ReplySink, out: StepOutput, parser: ToolCallParser) -> None:
-    """One engine output as a chunk whose text is split from its tool-call deltas."""
-    text, deltas, finish = split_output(out, parser)
+async def send_with_tool_calls(
+    sink: ReplySink, out: StepOutput, text: str, deltas: list[ToolCallDelta], finish: str | None
+) -> None:
+    """One engine output as a chunk of its text and its tool-call deltas (``split_output``'s parts)."""
     await sink.send(
         TextChunk,
         out.status,

@@ -33,7 +33,10 @@ def test_audio_parts_become_named_attachments() -> None:
     out, attachments = extract_attachments(messages)
     assert attachments == {"audio_1": "data:audio/wav;base64,AAAA", "audio_2": "data:audio/mp3;base64,BBBB"}
     assert out[0] is messages[0]
-    assert out[1].text() == "What do these say? [audio_1: an attached audio clip][audio_2: an attached audio clip]"
+    assert out[1].text() == (
+        "What do these say? [audio_1: an attached audio clip, not yet transcribed]"
+        "[audio_2: an attached audio clip, not yet transcribed]"
+    )
     assert all(isinstance(p, TextPart) for p in out[1].content or [])
 
 

@@ -45,7 +45,8 @@ def create(client: openai.OpenAI, seed: int, **body: Any) -> Any:
 def test_auto_is_text_or_calls(client: openai.OpenAI) -> None:
     """Noise rarely starts a call (its first token decides), so this checks the form: one or the other."""
     for seed in range(3):
-        choice = create(client, seed, tools=[CALC, NOOP], tool_choice="auto", max_tokens=20).choices[0]
+        # One tool: auto's guidance to the model takes room in this tiny model's 512-token context.
+        choice = create(client, seed, tools=[CALC], tool_choice="auto", max_tokens=20).choices[0]
         if choice.message.tool_calls:
             assert choice.message.content is None and choice.finish_reason in ("tool_calls", "length")
         else:

@@ -72,6 +72,13 @@ def test_auto_is_a_text_answer_or_calls_from_the_first_token(tagged: GrammarComp
     assert accepts(tagged, required, CALL) and not accepts(tagged, required, "The answer is 4.")
 
 
+def test_the_answer_grammar_is_text_and_never_a_call(tagged: GrammarCompiler) -> None:
+    grammar = HERMES.text_grammar()
+    assert accepts(tagged, grammar, "It is 31 degrees and clear in Madrid.")
+    for call in (hermes(CALL), CALL, f"```json\n{CALL}\n```", "Sure. " + hermes(CALL)):
+        assert not accepts(tagged, grammar, call)
+
+
 def test_hermes_tags_are_the_vocabulary_tokens_and_the_layout_is_the_template_one(tagged: GrammarCompiler) -> None:
     special = tagged.special(["<tool_call>", "</tool_call>", "<tool"])
     assert special == {"<tool_call>", "</tool_call>"}

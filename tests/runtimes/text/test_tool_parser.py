@@ -8,8 +8,8 @@ import json
 import pytest
 
 from ember.bus.messages import ToolCallDelta
-from ember.runtimes.text.tool_format import HERMES, LLAMA3, PLAIN_JSON, ToolFormat
-from ember.runtimes.text.tool_parser import ToolCallParser
+from ember.runtimes.text.tool_format import HERMES, LLAMA3, PLAIN_JSON, ToolFormat, answered_calls
+from ember.runtimes.text.tool_parser import ParsedCall, ToolCallParser
 
 WEATHER = '{"name": "get_weather", "arguments": {"city": "Paris", "days": [1, {"x": "}"}]}}'
 ADD = '{"name": "add", "arguments": {"a": 1}}'
@@ -171,3 +171,34 @@ def test_calls_without_their_tags_are_calls(step: int) -> None:
     assert parse(HERMES, "```python\nx = 1\n```", step)[:2] == ("```python\nx = 1\n```", [])
     assert parse(HERMES, '{"answer": 4}', step)[:2] == ('{"answer": 4}', [])
     assert parse(PLAIN_JSON, f"So: {ADD}", step)[:2] == (f"So: {ADD}", [])
+
+
+def test_the_turns_answered_calls_are_found_in_the_grammars_layout() -> None:
+    call = {"id": "c1", "type": "function", "function": {"name": "add", "arguments": '{"a":1}'}}
+    unanswered = {"id": "c2", "type": "function", "function": {"name": "add", "arguments": '{"a":2}'}}
+    earlier = {"id": "c0", "type": "function", "function": {"name": "add", "arguments": '{"a":0}'}}
+    messages = [
+        {"role": "user", "content": "add 0"},
+        {"role": "assistant", "tool_calls": [earlier]},
+        {"role": "tool", "tool_call_id": "c0", "content": "0"},
+        {"role": "user", "content": "add 1 and 2"},  # the turn starts here: c0 belongs to an earlier one
+        {"role": "assistant", "tool_calls": [call, unanswered]},
+        {"role": "tool", "tool_call_id": "c1", "content": "1"},
+    ]
+    (answered,) = answered_calls(messages)
+    assert (answered.name, answered.arguments) == ("add", '{"a": 1}')
+    assert answered_calls(messages[:4]) == []
+
+
+@pytest.mark.parametrize("step", [1, 5, 1000])
+def test_repeating_a_call_the_turn_has_the_result_of_is_dropped(step: int) -> None:
+    answered = [ParsedCall("add", '{"a": 1}', ok=True)]
+    parser = HERMES.parser(answered)
+    text, deltas = parser.feed(f"<tool_call>\n{ADD}\n</tool_call>"[:step])
+    more_text, more = parser.feed(f"<tool_call>\n{ADD}\n</tool_call>"[step:])
+    assert (text + more_text, deltas + more) == ("", [])
+    assert parser.repeated and not parser.calls
+    # A different call is made as usual, its arguments held back only while they could still be the repeat.
+    other = HERMES.parser(answered)
+    _, deltas = other.feed('<tool_call>\n{"name": "add", "arguments": {"a": 12}}\n</tool_call>')
+    assert [c["arguments"] for c in calls_of(deltas)] == ['{"a": 12}'] and not other.repeated
