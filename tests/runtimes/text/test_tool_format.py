@@ -77,6 +77,11 @@ def test_the_answer_grammar_is_text_and_never_a_call(tagged: GrammarCompiler) ->
     assert accepts(tagged, grammar, "It is 31 degrees and clear in Madrid.")
     for call in (hermes(CALL), CALL, f"```json\n{CALL}\n```", "Sure. " + hermes(CALL)):
         assert not accepts(tagged, grammar, call)
+    # Nor the template's markup or a code block around the result: an answer in words.
+    for echo in ('<tool_response>\n{"t": 31}\n</tool_response>', "```python\nprint(31)\n```"):
+        assert not accepts(tagged, grammar, echo)
+    auto = HERMES.grammar(TOOLS, ToolChoice(mode="auto"), True, tagged.special(["<tool_call>", "</tool_call>"]))
+    assert not accepts(tagged, auto, "<tools></tools>") and accepts(tagged, auto, "<b>bold</b> text")
 
 
 def test_hermes_tags_are_the_vocabulary_tokens_and_the_layout_is_the_template_one(tagged: GrammarCompiler) -> None:
