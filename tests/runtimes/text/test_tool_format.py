@@ -82,6 +82,7 @@ def test_the_answer_grammar_is_text_and_never_a_call(tagged: GrammarCompiler) ->
         assert not accepts(tagged, grammar, echo)
     auto = HERMES.grammar(TOOLS, ToolChoice(mode="auto"), True, tagged.special(["<tool_call>", "</tool_call>"]))
     assert not accepts(tagged, auto, "<tools></tools>") and accepts(tagged, auto, "<b>bold</b> text")
+    assert not accepts(tagged, auto, f"<{CALL}>") and accepts(tagged, auto, "<!DOCTYPE html>")
 
 
 def test_hermes_tags_are_the_vocabulary_tokens_and_the_layout_is_the_template_one(tagged: GrammarCompiler) -> None:
