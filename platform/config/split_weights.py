@@ -30,7 +30,7 @@ def joined_file(chunks: Sequence[Path], sha256: str, target: Path) -> Path:
     if _verified(target, sha256):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         if _verified(target, sha256):  # another process joined it while this one waited
             return target
         for stale in target.parent.glob(f".{target.name}-*.tmp"):
@@ -98,7 +98,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path`` for the block; the OS drops it if the process dies."""
     with path.open("a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
