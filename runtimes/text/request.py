@@ -8,6 +8,7 @@ from typing import Any
 import llguidance
 
 from ember.bus.messages import JobStatus, SamplingParams
+from ember.runtimes.text.call_gate import CallGate
 
 
 @dataclass
@@ -26,6 +27,8 @@ class GenerateRequest:
     # Constrained decoding: every token is picked among those this matcher allows, and fed back to it
     # (ember.runtimes.text.grammar). Compiled by the caller, off the engine thread.
     matcher: llguidance.LLMatcher | None = None
+    # Under tool_choice auto: whether the reply may begin with a call, decided at its first token (call_gate).
+    call_gate: CallGate | None = None
 
 
 @dataclass

@@ -117,6 +117,11 @@ class TextTokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self._tok.token_to_id(token)
 
+    def added_token_ids(self) -> frozenset[int]:
+        """The ids of the tokens added to the vocabulary (control tokens such as ``<|im_end|>``, and tags such as
+        Qwen's ``<tool_call>``): the model writes them whole, never spelled out of other tokens."""
+        return frozenset(self._tok.get_added_tokens_decoder())
+
     def to_json(self) -> str:
         """The whole tokenizer as tokenizer.json text (what grammar libraries build their vocabulary from)."""
         return self._tok.to_str()

@@ -31,11 +31,23 @@ from ember.runtimes.text.tool_parser import FENCE, ParsedCall, ToolCallParser
 FormatName = Literal["hermes", "llama3", "json"]
 
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
-# Told to the model with tools under tool_choice=auto (ToolFormat.with_guidance).
+# Told to the model with tools under tool_choice=auto (ToolFormat.with_guidance), on the user's turn...
 TOOL_GUIDANCE = (
+    "Answer in plain text whenever you can: questions of knowledge, explanations, writing, code and chat need no "
+    "function. Call a function only when the user asks for exactly what it does (an action, or live data it "
+    "returns); never call one just because it is available."
+)
+# ...and on a turn that holds the results of the model's calls.
+RESULT_GUIDANCE = (
+    "Answer the user's request from the function results above, in plain text. Call another function only if the "
+    "request needs something those results do not give."
+)
+# Both in one, at the end of the system message, for the formats whose templates take no second system turn.
+SYSTEM_GUIDANCE = (
     "Call a function only when the user's request needs what it does; for anything else, or when a function's "
     "result is already in the conversation, answer directly in plain text."
 )
+DEFAULT_SYSTEM = "You are a helpful assistant."
 # Calls in one reply at most, when parallel calls are on: a bound on a model that keeps making new calls.
 MAX_CALLS = 8
 
@@ -64,16 +76,31 @@ class ToolFormat:
         return _plain_messages(messages, tools, self), None
 
     def with_guidance(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """``messages`` with ``TOOL_GUIDANCE`` at the end of the system message (one is added if there is none).
+        """``messages`` with guidance to the model, for ``auto`` only: the templates' own tool prompts ("you may call
+        one or more functions...") make small models call some function for almost any question, and after a
+        result, write the call out again rather than answer.
 
-        For ``auto`` only: the templates' own tool prompts ("you may call one or more functions...") make small
-        models call some function for almost any question (Qwen2.5-Coder-1.5B: 6 of 12 questions that no tool
-        fits, in benchmarks/tool_call_eval.py).
+        Where it goes matters. The hermes templates (Qwen's) put the tool list after the system message, and
+        guidance ahead of that list moves a small model little. So ``TOOL_GUIDANCE`` is a system turn of its own
+        after the list, ahead of the conversation (which keeps the prompt's prefix, and its prefix-cache entries,
+        the same from turn to turn), and on a turn that holds call results ``RESULT_GUIDANCE`` is one more after
+        them, just before the reply. With Qwen2.5-Coder-1.5B, on benchmarks/tool_call_eval.py, against the first
+        guidance at the end of the system message: irrelevance 58% -> 83% (with the call gate, call_gate.py),
+        multi-turn answers 77% -> 100%, calls where a tool fits unchanged (90% right function). Other formats get
+        ``SYSTEM_GUIDANCE`` at the end of the system message: not every template takes a system turn anywhere but
+        first.
         """
-        if messages and messages[0].get("role") == "system" and isinstance(messages[0].get("content"), str):
+        results = bool(messages) and messages[-1].get("role") == "tool"
+        has_system = bool(messages) and messages[0].get("role") == "system"
+        if self.native and self.open:
+            head = messages[:1] if has_system else [{"role": "system", "content": DEFAULT_SYSTEM}]
+            rest = messages[1:] if has_system else messages
+            tail = [{"role": "system", "content": RESULT_GUIDANCE}] if results else []
+            return [*head, {"role": "system", "content": TOOL_GUIDANCE}, *rest, *tail]
+        if has_system and isinstance(messages[0].get("content"), str):
             system = messages[0]
-            return [{**system, "content": f"{system['content']}\n\n{TOOL_GUIDANCE}"}, *messages[1:]]
-        return [{"role": "system", "content": f"You are a helpful assistant.\n\n{TOOL_GUIDANCE}"}, *messages]
+            return [{**system, "content": f"{system['content']}\n\n{SYSTEM_GUIDANCE}"}, *messages[1:]]
+        return [{"role": "system", "content": f"{DEFAULT_SYSTEM}\n\n{SYSTEM_GUIDANCE}"}, *messages]
 
     def grammar(
         self, tools: list[dict[str, Any]], choice: ToolChoice, parallel: bool, special: frozenset[str] = frozenset()

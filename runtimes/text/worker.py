@@ -31,6 +31,7 @@ from ember.config.weights import resolve_weights
 from ember.runtimes.devices import free_memory, resolve_device
 from ember.runtimes.dtypes import resolve_dtype
 from ember.runtimes.engine_thread import start_engine_thread
+from ember.runtimes.text.call_gate import CallGate, call_start_tokens
 from ember.runtimes.text.engine import (
     EngineConfig,
     EngineOverloaded,
@@ -73,6 +74,8 @@ class PreparedJob:
     # When the turn already holds tool results: the text-only grammar of the answer decoded instead of a call the
     # model began to repeat (see TextJobHandler.handle).
     answer_grammar: str | None = None
+    # Under tool_choice auto: whether the reply may begin with a call, decided on the model's first-token odds.
+    call_gate: CallGate | None = None
 
 
 def sampling_defaults(spec: ModelSpec, model_dir: Path) -> SamplingDefaults:
@@ -105,6 +108,7 @@ class TextJobHandler(JobHandler):
         tool_format: ToolFormat | None = None,
         *,
         constrain: bool = True,
+        tool_call_threshold: float = 0.5,
     ) -> None:
         self.model = model_id
         self.loaded = loaded
@@ -121,6 +125,9 @@ class TextJobHandler(JobHandler):
         # False only to measure what the grammar buys (benchmarks/tool_call_eval.py): tool calls are then parsed
         # from unconstrained text and may be malformed.
         self.constrain = constrain
+        tags = tuple(t for t in (self.tool_format.open,) if t)
+        starts = call_start_tokens(loaded.tokenizer, engine.runner.vocab_size, tags)
+        self.call_gate = CallGate(starts, tool_call_threshold) if tool_call_threshold > 0 else None
 
     def load(self) -> tuple[int, int]:
         return self.engine.load()
@@ -182,6 +189,8 @@ class TextJobHandler(JobHandler):
                 list(job.tools or ()), job.tool_choice, job.parallel_tool_calls, self._tags
             )
             prepared.matcher = self._compile_tools(grammar, job) if self.constrain else None
+            if job.tool_choice.mode == "auto" and prepared.matcher is not None:
+                prepared.call_gate = self.call_gate
         elif job.response_format is not None:
             try:
                 grammar = response_grammar(job.response_format)
@@ -221,7 +230,7 @@ class TextJobHandler(JobHandler):
         except RequestError as e:
             await sink.failed(e.info)
             return
-        stream = await self._generate(job, prepared, sink, prepared.max_tokens, prepared.matcher)
+        stream = await self._generate(job, prepared, sink, prepared.max_tokens, prepared.matcher, prepared.call_gate)
         if stream is None:
             return
         try:
@@ -250,6 +259,7 @@ class TextJobHandler(JobHandler):
         sink: ReplySink,
         max_tokens: int,
         matcher: llguidance.LLMatcher | None,
+        call_gate: CallGate | None = None,
     ) -> OutputStream | None:
         """The job's generation queued on the engine; None (and a 503 sent) when the engine is full."""
         request = GenerateRequest(
@@ -260,6 +270,7 @@ class TextJobHandler(JobHandler):
             priority=job.priority,
             key=job.key_id or "",
             matcher=matcher,
+            call_gate=call_gate,
         )
         try:
             return self.engine.generate(request)
@@ -458,7 +469,14 @@ async def run_text_worker(
     nc = await connect(nats_url, name=f"ember-worker-text-{model_id}")
     spec = settings.model(model_id)
     tool_format = choose_format(loaded.tokenizer.chat_template, spec.tool_format)
-    handler = TextJobHandler(model_id, loaded, engine, sampling_defaults(spec, loaded.path), tool_format)
+    handler = TextJobHandler(
+        model_id,
+        loaded,
+        engine,
+        sampling_defaults(spec, loaded.path),
+        tool_format,
+        tool_call_threshold=spec.tool_call_threshold,
+    )
     stall = settings.worker.stall_limit_s
     host = (
         WorkerHost(nc, handler, worker_id=worker_id, stall_limit_s=stall)

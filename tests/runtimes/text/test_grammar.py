@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+import torch
 from tokenizers import AddedToken, Tokenizer
 
 from ember.bus.messages import ChatMessage, JobStatus, OutputConstraint, SamplingParams, TextJob, ToolChoice
+from ember.runtimes.text.call_gate import CallGate
 from ember.runtimes.text.engine import EngineConfig, GenerateRequest, TextEngine
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.tool_format import HERMES
@@ -99,8 +102,9 @@ def job(rid: str, **fields: Any) -> TextJob:
     return TextJob(request_id=rid, model="tiny", messages=fields.pop("messages", ASK), sampling=sampling, **fields)
 
 
-async def run_job(handler: TextJobHandler, j: TextJob) -> dict[str, Any]:
-    """The job through the worker's own preparation, the engine and the tool-call split, as the worker runs it."""
+async def run_job(handler: TextJobHandler, j: TextJob, call_gate: CallGate | None = None) -> dict[str, Any]:
+    """The job through the worker's own preparation, the engine and the tool-call split, as the worker runs it
+    (without its call gate, unless one is given)."""
     prepared = await asyncio.to_thread(handler.prepare, j)
     req = GenerateRequest(
         request_id=j.request_id,
@@ -108,11 +112,13 @@ async def run_job(handler: TextJobHandler, j: TextJob) -> dict[str, Any]:
         sampling=prepared.sampling,
         max_tokens=prepared.max_tokens,
         matcher=prepared.matcher,
+        call_gate=call_gate,
     )
-    text, calls, finish, status, tokens = [], {}, None, None, []
+    text, calls, finish, status, tokens, usage = [], {}, None, None, [], None
     async for out in handler.engine.generate(req):
         assert out.error is None, out.error
         status = out.status
+        usage = out.usage or usage
         tokens += out.token_ids
         if prepared.parser is None:
             text.append(out.text)
@@ -134,6 +140,7 @@ async def run_job(handler: TextJobHandler, j: TextJob) -> dict[str, Any]:
         "status": status,
         "tokens": tokens,
         "repeated": repeated,
+        "usage": usage,
     }
 
 
@@ -209,6 +216,28 @@ async def test_auto_text_never_contains_the_call_tag(handler: TextJobHandler) ->
         assert "<tool_call>" not in r["text"]
         for call in complete(r):
             assert_valid(call)
+
+
+async def test_a_closed_call_gate_keeps_an_auto_reply_text(handler: TextJobHandler) -> None:
+    """The gate at its extremes on the same seeds: always open, the reply begins with one of its tokens about half
+    the time; always closed, never, and the grammar keeps the reply text to the end. (Its tokens here are those
+    that begin a call and every even id: the 4 of 512 tokens of the tiny vocabulary that begin a call are too rare
+    a first token of its noise to see the gate at work.)"""
+    assert handler.call_gate is not None
+    starts = handler.call_gate.starts | (torch.arange(handler.call_gate.starts.shape[0]) % 2 == 0)
+    seeds = range(16)
+
+    def runs(threshold: float, name: str) -> list[Any]:
+        gate = replace(handler.call_gate, starts=starts, threshold=threshold)
+        sampling = lambda s: SamplingParams(temperature=1.0, seed=s, max_tokens=8)  # noqa: E731
+        return [run_job(handler, job(f"{name}-{s}", tools=TOOLS, sampling=sampling(s)), gate) for s in seeds]
+
+    opened = await asyncio.gather(*runs(1e-9, "open"))
+    closed = await asyncio.gather(*runs(1.0, "closed"))
+    assert any(r["tokens"] and starts[r["tokens"][0]] for r in opened)  # there were calls to stop
+    for r in closed:
+        assert not r["calls"] and r["finish"] != "tool_calls"
+        assert not r["tokens"] or not starts[r["tokens"][0]]
 
 
 PING = {

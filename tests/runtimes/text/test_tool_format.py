@@ -12,7 +12,18 @@ from tokenizers import AddedToken, Tokenizer
 from ember.bus.messages import ToolChoice
 from ember.runtimes.text.grammar import GrammarCompiler
 from ember.runtimes.text.tokenizer import TextTokenizer
-from ember.runtimes.text.tool_format import HERMES, LLAMA3, MAX_CALLS, PLAIN_JSON, ToolFormat, choose_format
+from ember.runtimes.text.tool_format import (
+    DEFAULT_SYSTEM,
+    HERMES,
+    LLAMA3,
+    MAX_CALLS,
+    PLAIN_JSON,
+    RESULT_GUIDANCE,
+    SYSTEM_GUIDANCE,
+    TOOL_GUIDANCE,
+    ToolFormat,
+    choose_format,
+)
 from tests.helpers.tiny_checkpoint import tiny_tokenizer_json
 
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}
@@ -171,3 +182,34 @@ def test_native_formats_get_arguments_as_objects() -> None:
     messages = [{"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": '{"x": 1}'}}]}]
     rendered, tools = HERMES.template_inputs(messages, [TOOL])
     assert rendered[0]["tool_calls"][0]["function"]["arguments"] == {"x": 1} and tools == [TOOL]
+
+
+def test_auto_guidance_is_a_system_turn_after_the_tools_and_after_results_in_hermes() -> None:
+    ask = [{"role": "user", "content": "Who wrote Emma?"}]
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    answered = [
+        *ask,
+        {"role": "assistant", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "1"},
+    ]
+    system = {"role": "system", "content": "Be brief."}
+
+    guided = HERMES.with_guidance(ask)
+    assert guided == [
+        {"role": "system", "content": DEFAULT_SYSTEM},
+        {"role": "system", "content": TOOL_GUIDANCE},
+        *ask,
+    ]
+    assert HERMES.with_guidance([system, *ask]) == [system, {"role": "system", "content": TOOL_GUIDANCE}, *ask]
+    # On the turn after the results: the same prefix (its cache entries serve this turn), and one more turn last.
+    after = HERMES.with_guidance(answered)
+    assert after[: len(guided)] == guided and after[-1] == {"role": "system", "content": RESULT_GUIDANCE}
+    assert after[len(guided) : -1] == answered[1:]
+
+    # Formats whose templates may take one system turn only: at the end of it.
+    for fmt in (PLAIN_JSON, LLAMA3):
+        assert fmt.with_guidance([system, *ask]) == [
+            {"role": "system", "content": f"Be brief.\n\n{SYSTEM_GUIDANCE}"},
+            *ask,
+        ]
+        assert fmt.with_guidance(answered)[0]["content"].endswith(SYSTEM_GUIDANCE)
