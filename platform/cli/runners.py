@@ -8,6 +8,8 @@ WORKER_RUNNERS: dict[str, tuple[str, str]] = {
     "text": ("ember.runtimes.text.worker", "run_text_worker"),
     "audio": ("ember.runtimes.audio.worker", "run_audio_worker"),
     "image": ("ember.runtimes.image.worker", "run_image_worker"),
+    "speech": ("ember.runtimes.speech.worker", "run_speech_worker"),
+    "embed": ("ember.runtimes.embed.worker", "run_embed_worker"),
 }
 
 # `ember worker functions --module M`: built-ins and user modules, no --model (ember.functions.worker).

@@ -2,8 +2,10 @@
 
 from ember.config.settings import (
     DEFAULT_AUDIO_MODEL,
+    DEFAULT_EMBED_MODEL,
     DEFAULT_IMAGE_MODEL,
     DEFAULT_MODEL,
+    DEFAULT_SPEECH_MODEL,
     QWEN_05B_MODEL,
     SMOLLM2_MODEL,
     WHISPER_BASE_MODEL,
@@ -17,8 +19,10 @@ from ember.config.settings import (
 
 __all__ = [
     "DEFAULT_AUDIO_MODEL",
+    "DEFAULT_EMBED_MODEL",
     "DEFAULT_IMAGE_MODEL",
     "DEFAULT_MODEL",
+    "DEFAULT_SPEECH_MODEL",
     "QWEN_05B_MODEL",
     "SMOLLM2_MODEL",
     "WHISPER_BASE_MODEL",

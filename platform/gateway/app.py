@@ -21,7 +21,19 @@ from ember.gateway import errors
 from ember.gateway.auth import AuthMiddleware
 from ember.gateway.disconnect import DisconnectMiddleware
 from ember.gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
-from ember.gateway.routes import admin, audio, chat, completions, functions, health, images, models, usage
+from ember.gateway.routes import (
+    admin,
+    audio,
+    chat,
+    completions,
+    embeddings,
+    functions,
+    health,
+    images,
+    models,
+    speech,
+    usage,
+)
 from ember.limits.nats_kv import NatsRateLimiter
 from ember.usage import stream as usage_stream
 
@@ -107,8 +119,10 @@ def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None
             Route("/v1/models/{model:path}", models.retrieve, methods=["GET"]),
             Route("/v1/chat/completions", chat.create, methods=["POST"]),
             Route("/v1/completions", completions.create, methods=["POST"]),
+            Route("/v1/embeddings", embeddings.create, methods=["POST"]),
             Route("/v1/audio/transcriptions", audio.transcriptions, methods=["POST"]),
             Route("/v1/audio/translations", audio.translations, methods=["POST"]),
+            Route("/v1/audio/speech", speech.create, methods=["POST"]),
             Route("/v1/images/generations", images.generations, methods=["POST"]),
             Route("/v1/images/edits", images.edits, methods=["POST"]),
             Route("/v1/images/variations", images.variations, methods=["POST"]),

@@ -134,6 +134,7 @@ class Quota:
         refund: bool = False,
         images: int = 0,
         audio_seconds: float = 0.0,
+        characters: int = 0,
     ) -> None:
         """Settle what was admitted against what was used, free the slot and record the usage; safe to call twice.
 
@@ -150,6 +151,7 @@ class Quota:
                 completion_tokens=completion_tokens,
                 images=images,
                 audio_seconds=math.ceil(audio_seconds),
+                speech_characters=characters,
             )
             if refund and self.decision is not None and self.decision.allowed:
                 await self.limiter.reconcile(self.key.id, self.tier, Cost(requests=1), Cost(requests=0))
@@ -167,6 +169,7 @@ class Quota:
                 completion_tokens=completion_tokens,
                 images=images,
                 audio_seconds=audio_seconds,
+                characters=characters,
                 duration_ms=(time.perf_counter() - self.started) * 1000,
                 status=status,
             )

@@ -23,8 +23,17 @@ def event(data: Any) -> bytes:
 
 
 class EventStreamResponse:
-    def __init__(self, events: AsyncGenerator[bytes, None], headers: dict[str, str] | None = None) -> None:
+    """``events`` as a chunked body, each chunk sent as it comes; ``media_type`` for a stream that is not events
+    (speech's audio bytes)."""
+
+    def __init__(
+        self,
+        events: AsyncGenerator[bytes, None],
+        headers: dict[str, str] | None = None,
+        media_type: str = "text/event-stream; charset=utf-8",
+    ) -> None:
         self.events = events
+        self.media_type = media_type
         self.headers = {"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,7 +51,7 @@ class EventStreamResponse:
             tg.cancel_scope.cancel()
 
     async def _stream(self, send: Send) -> None:
-        raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8")]
+        raw_headers = [(b"content-type", self.media_type.encode())]
         raw_headers += [(k.encode(), v.encode()) for k, v in self.headers.items()]
         try:
             await send({"type": "http.response.start", "status": 200, "headers": raw_headers})

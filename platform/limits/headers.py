@@ -7,9 +7,9 @@ Every response of a rate-limited key carries, as OpenAI's do::
     x-ratelimit-reset-requests: 1s          until the bucket is full again (Go's duration format)
 
 and the same three for ``-tokens``. Ember limits prompt and completion tokens apart, so ``-tokens`` shows the
-one of the two nearer to running out; ``-prompt-tokens``, ``-completion-tokens``, ``-images`` and
-``-audio-seconds`` show each dimension a request used, by name. ``remaining`` may exceed ``limit`` for an idle
-key: its bucket holds ``limit * (1 + burst_fraction)``.
+one of the two nearer to running out; ``-prompt-tokens``, ``-completion-tokens``, ``-images``,
+``-audio-seconds`` and ``-speech-characters`` show each dimension a request used, by name. ``remaining`` may
+exceed ``limit`` for an idle key: its bucket holds ``limit * (1 + burst_fraction)``.
 
 Ember's extension, for a tier with ``concurrent_requests``::
 
@@ -34,6 +34,7 @@ _LABELS = {
     Dimension.COMPLETION_TOKENS: "completion tokens",
     Dimension.IMAGES: "images",
     Dimension.AUDIO_SECONDS: "audio seconds",
+    Dimension.SPEECH_CHARACTERS: "speech characters",
 }
 # OpenAI's error.type for a rate limit names what ran out.
 _ERROR_TYPES = {
@@ -42,6 +43,7 @@ _ERROR_TYPES = {
     Dimension.COMPLETION_TOKENS: "tokens",
     Dimension.IMAGES: "images",
     Dimension.AUDIO_SECONDS: "audio_seconds",
+    Dimension.SPEECH_CHARACTERS: "speech_characters",
 }
 
 

@@ -44,6 +44,8 @@ class Dimension(enum.StrEnum):
     COMPLETION_TOKENS = "completion_tokens"
     IMAGES = "images"
     AUDIO_SECONDS = "audio_seconds"
+    # Characters of text turned into speech (OpenAI bills its TTS models per character too).
+    SPEECH_CHARACTERS = "speech_characters"
 
 
 MINUTE_NS = 60 * NS_PER_S
@@ -58,6 +60,7 @@ def tier_rates(tier: Tier) -> dict[Dimension, Rate]:
         Dimension.COMPLETION_TOKENS: (tier.completion_tokens_per_minute, MINUTE_NS),
         Dimension.IMAGES: (tier.images_per_minute, MINUTE_NS),
         Dimension.AUDIO_SECONDS: (tier.audio_seconds_per_hour, HOUR_NS),
+        Dimension.SPEECH_CHARACTERS: (tier.speech_characters_per_minute, MINUTE_NS),
     }
     return {
         dim: Rate(limit, period, tier.burst_fraction) for dim, (limit, period) in table.items() if limit is not None
@@ -74,6 +77,7 @@ class Cost:
     images: int = 0
     # Whole seconds of audio, rounded up.
     audio_seconds: int = 0
+    speech_characters: int = 0
 
     def __post_init__(self) -> None:
         for dim in Dimension:

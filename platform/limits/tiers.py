@@ -21,6 +21,9 @@ class Tier(BaseModel):
     concurrent_requests: int | None = Field(default=4, ge=0)
     images_per_minute: int | None = Field(default=5, ge=0)
     audio_seconds_per_hour: int | None = Field(default=3_600, ge=0)
+    # Text spoken by /v1/audio/speech, charged in full at admission (the input is known up front). A minute of
+    # speech is about 900 characters, so each tier's default lets a key keep many listeners busy at once.
+    speech_characters_per_minute: int | None = Field(default=50_000, ge=0)
     # A request's max_tokens may not exceed this (None: the model's context).
     max_tokens_per_request: int | None = Field(default=4_096, ge=1)
     # How far a key may burst above its steady rate, as a fraction of the per-minute limit (GCRA's tolerance).
@@ -38,6 +41,7 @@ def default_tiers() -> dict[str, Tier]:
             concurrent_requests=2,
             images_per_minute=2,
             audio_seconds_per_hour=600,
+            speech_characters_per_minute=10_000,
             max_tokens_per_request=1_024,
             priority=0,
         ),
@@ -48,6 +52,7 @@ def default_tiers() -> dict[str, Tier]:
             concurrent_requests=4,
             images_per_minute=5,
             audio_seconds_per_hour=3_600,
+            speech_characters_per_minute=50_000,
             max_tokens_per_request=4_096,
             priority=10,
         ),
@@ -58,6 +63,7 @@ def default_tiers() -> dict[str, Tier]:
             concurrent_requests=32,
             images_per_minute=60,
             audio_seconds_per_hour=36_000,
+            speech_characters_per_minute=500_000,
             max_tokens_per_request=8_192,
             priority=20,
         ),
@@ -68,6 +74,7 @@ def default_tiers() -> dict[str, Tier]:
             concurrent_requests=256,
             images_per_minute=600,
             audio_seconds_per_hour=360_000,
+            speech_characters_per_minute=5_000_000,
             max_tokens_per_request=None,
             priority=30,
         ),

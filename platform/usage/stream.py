@@ -158,6 +158,7 @@ class Summary:
     completion_tokens: int = 0
     images: int = 0
     audio_seconds: float = 0.0
+    characters: int = 0
     duration_ms: float = 0.0
     first: dt.datetime | None = None
     last: dt.datetime | None = None
@@ -169,6 +170,7 @@ class Summary:
         self.completion_tokens += rec.completion_tokens
         self.images += rec.images
         self.audio_seconds += rec.audio_seconds
+        self.characters += rec.characters
         self.duration_ms += rec.duration_ms
         self.first = at if self.first is None else min(self.first, at)
         self.last = at if self.last is None else max(self.last, at)
@@ -183,6 +185,7 @@ class Summary:
             "completion_tokens": self.completion_tokens,
             "images": self.images,
             "audio_seconds": round(self.audio_seconds, 3),
+            "characters": self.characters,
             "first": self.first.isoformat() if self.first else None,
             "last": self.last.isoformat() if self.last else None,
         }

@@ -43,13 +43,10 @@ from ember.bus.messages import ErrorInfo
 from ember.runtimes.fair_queue import FairQueue
 from ember.runtimes.image.pipeline import BatchInput, BatchSpec, PipelineRunner, preview_steps
 from ember.runtimes.image.stepper import PixelStepper, Row, effective_steps
+from ember.runtimes.serving import EngineOverloaded
 from ember.runtimes.step_clock import StepClock
 
 log = logging.getLogger("ember.image.engine")
-
-
-class EngineOverloaded(Exception):
-    """The waiting queue is full; the caller should answer 503 and let the client retry."""
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,12 @@ import math
 import random
 from collections.abc import AsyncGenerator
 
+from nats.aio.client import Client as NATS
 from PIL import Image, UnidentifiedImageError
 
 from ember.bus.blobs import BlobNotFound, BlobStore
-from ember.bus.connection import connect
 from ember.bus.messages import ErrorInfo, ImageJob, ImagePreview, ImageProgress, ImageResult, JobStatus, Modality
-from ember.bus.worker import JobHandler, ReplySink, WorkerHost, serve
+from ember.bus.worker import JobHandler, ReplySink
 from ember.config import Settings
 from ember.config.weights import resolve_weights
 from ember.runtimes.devices import resolve_device
@@ -46,6 +46,7 @@ from ember.runtimes.image.engine import (
 )
 from ember.runtimes.image.loader import LoadedPipeline, load_pipeline
 from ember.runtimes.image.pipeline import BatchSpec
+from ember.runtimes.serving import run_worker
 
 log = logging.getLogger("ember.image.worker")
 
@@ -293,16 +294,8 @@ async def run_image_worker(
         stop: set it to stop the worker; None installs signal handlers instead.
     """
     loaded, engine = await start_model_thread(model_id, settings)
-    nc = await connect(nats_url, name=f"ember-worker-image-{model_id}")
-    blobs = await BlobStore.open(nc.jetstream())
-    handler = ImageJobHandler(model_id, loaded, engine, blobs)
-    stall = settings.worker.stall_limit_s
-    host = (
-        WorkerHost(nc, handler, worker_id=worker_id, stall_limit_s=stall)
-        if worker_id
-        else WorkerHost(nc, handler, stall_limit_s=stall)
-    )
-    try:
-        await serve(host, f"image model {model_id!r}", stop, settings.worker.drain_timeout_s)
-    finally:
-        engine.stop()
+
+    async def handler(nc: NATS) -> ImageJobHandler:
+        return ImageJobHandler(model_id, loaded, engine, await BlobStore.open(nc.jetstream()))
+
+    await run_worker(settings, model_id, nats_url, handler, engine.stop, worker_id=worker_id, stop=stop)

@@ -27,6 +27,7 @@ from typing import Literal
 import torch
 
 from ember.bus.messages import ErrorInfo, JobStatus
+from ember.runtimes.serving import EngineOverloaded
 from ember.runtimes.step_clock import StepClock
 from ember.runtimes.text.block_pool import BlockPool
 from ember.runtimes.text.detokenizer import IncrementalDetokenizer
@@ -45,10 +46,6 @@ __all__ = ["EngineConfig", "EngineOverloaded", "GenerateRequest", "OutputStream"
 log = logging.getLogger("ember.text.engine")
 
 PrefixCacheMode = Literal["shared", "per_key", "off"]
-
-
-class EngineOverloaded(Exception):
-    """The waiting queue is full; the caller should answer 503 and let the client retry."""
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from typing import Any
 
 import llguidance
 import torch
+from nats.aio.client import Client as NATS
 
-from ember.bus.connection import connect
 from ember.bus.messages import (
     ErrorInfo,
     JobStatus,
@@ -25,12 +25,13 @@ from ember.bus.messages import (
     ToolCallDelta,
     Usage,
 )
-from ember.bus.worker import JobHandler, ReplySink, WorkerHost, serve
+from ember.bus.worker import JobHandler, ReplySink
 from ember.config import ConfigError, ModelSpec, Settings
 from ember.config.weights import resolve_weights
 from ember.runtimes.devices import free_memory, resolve_device
 from ember.runtimes.dtypes import resolve_dtype
 from ember.runtimes.engine_thread import start_engine_thread
+from ember.runtimes.serving import run_worker
 from ember.runtimes.text.call_gate import CallGate, call_start_tokens
 from ember.runtimes.text.engine import (
     EngineConfig,
@@ -468,24 +469,17 @@ async def run_text_worker(
 ) -> None:
     """Load the model, join its queue group and serve until ``stop`` is set, or SIGINT/SIGTERM without one."""
     loaded, engine = await start_model_thread(model_id, settings)
-    nc = await connect(nats_url, name=f"ember-worker-text-{model_id}")
     spec = settings.model(model_id)
-    tool_format = choose_format(loaded.tokenizer.chat_template, spec.tool_format)
-    handler = TextJobHandler(
-        model_id,
-        loaded,
-        engine,
-        sampling_defaults(spec, loaded.path),
-        tool_format,
-        tool_call_threshold=spec.tool_call_threshold,
-    )
-    stall = settings.worker.stall_limit_s
-    host = (
-        WorkerHost(nc, handler, worker_id=worker_id, stall_limit_s=stall)
-        if worker_id
-        else WorkerHost(nc, handler, stall_limit_s=stall)
-    )
-    try:
-        await serve(host, f"text model {model_id!r}", stop, settings.worker.drain_timeout_s)
-    finally:
-        engine.stop()
+
+    async def handler(nc: NATS) -> TextJobHandler:
+        tool_format = choose_format(loaded.tokenizer.chat_template, spec.tool_format)
+        return TextJobHandler(
+            model_id,
+            loaded,
+            engine,
+            sampling_defaults(spec, loaded.path),
+            tool_format,
+            tool_call_threshold=spec.tool_call_threshold,
+        )
+
+    await run_worker(settings, model_id, nats_url, handler, engine.stop, worker_id=worker_id, stop=stop)

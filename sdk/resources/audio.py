@@ -18,6 +18,7 @@ from .._resource import AsyncAPIResource, SyncAPIResource, request_options
 from .._streaming import AsyncStream, Stream
 from .._types import NOT_GIVEN, Headers, NotGiven, Timeout
 from ..types.audio import AudioResponseFormat, Transcription, TranscriptionStreamEvent, TranscriptionVerbose
+from .speech import AsyncSpeech, Speech
 
 __all__ = ["AsyncAudio", "AsyncTranscriptions", "AsyncTranslations", "Audio", "Transcriptions", "Translations"]
 
@@ -250,12 +251,13 @@ class AsyncTranslations(_AsyncAudioEndpoint):
 
 
 class Audio(SyncAPIResource):
-    """``client.audio``: ``transcriptions`` and ``translations``."""
+    """``client.audio``: ``transcriptions``, ``translations`` and ``speech``."""
 
     def __init__(self, client: SyncAPIClient) -> None:
         super().__init__(client)
         self.transcriptions = Transcriptions(client)
         self.translations = Translations(client)
+        self.speech = Speech(client)
 
 
 class AsyncAudio(AsyncAPIResource):
@@ -263,3 +265,4 @@ class AsyncAudio(AsyncAPIResource):
         super().__init__(client)
         self.transcriptions = AsyncTranscriptions(client)
         self.translations = AsyncTranslations(client)
+        self.speech = AsyncSpeech(client)

@@ -2,6 +2,9 @@
 
 from .audio import (
     AudioResponseFormat,
+    SpeechResponseFormat,
+    SpeechStreamEvent,
+    SpeechUsage,
     Transcription,
     TranscriptionSegment,
     TranscriptionStreamEvent,
@@ -36,6 +39,7 @@ from .chat_completion_token_logprob import ChatCompletionTokenLogprob, ChoiceLog
 from .completion import Completion, CompletionChoice, Logprobs
 from .completion_create_params import CompletionCreateParams
 from .completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
+from .embedding import CreateEmbeddingResponse, Embedding, EmbeddingUsage
 from .function import FunctionDefinition, FunctionJob, FunctionJobError, FunctionList, FunctionResult
 from .image import (
     Image,
@@ -78,6 +82,9 @@ __all__ = [
     "CompletionCreateParams",
     "CompletionTokensDetails",
     "CompletionUsage",
+    "CreateEmbeddingResponse",
+    "Embedding",
+    "EmbeddingUsage",
     "FinishReason",
     "Function",
     "FunctionCall",
@@ -98,6 +105,9 @@ __all__ = [
     "ModelList",
     "PromptTokensDetails",
     "ResponseFormat",
+    "SpeechResponseFormat",
+    "SpeechStreamEvent",
+    "SpeechUsage",
     "TopLogprob",
     "Transcription",
     "TranscriptionSegment",

@@ -76,6 +76,29 @@ class TranscriptionStreamEvent(BaseModel):
     usage: TranscriptionUsage | None = None
 
 
+SpeechResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+
+
+class SpeechUsage(BaseModel):
+    """What a speech request used: Ember counts characters (``input_tokens`` carries them, for OpenAI's shape)."""
+
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    characters: int | None = None
+    # Seconds of audio produced.
+    seconds: float | None = None
+
+
+class SpeechStreamEvent(BaseModel):
+    """One event of ``stream_format="sse"``: ``speech.audio.delta`` (``audio``: the next bytes of the file, base64)
+    or ``speech.audio.done`` (``usage``)."""
+
+    type: Literal["speech.audio.delta", "speech.audio.done"]
+    audio: str | None = None
+    usage: SpeechUsage | None = None
+
+
 # Translations (to English) have the same shapes.
 Translation = Transcription
 TranslationVerbose = TranscriptionVerbose

@@ -11,8 +11,10 @@ import pytest
 from ember.bus.messages import Modality, SamplingDefaults
 from ember.config import (
     DEFAULT_AUDIO_MODEL,
+    DEFAULT_EMBED_MODEL,
     DEFAULT_IMAGE_MODEL,
     DEFAULT_MODEL,
+    DEFAULT_SPEECH_MODEL,
     QWEN_05B_MODEL,
     SMOLLM2_MODEL,
     WHISPER_BASE_MODEL,
@@ -27,7 +29,14 @@ from tests.helpers.cluster import write_config
 def test_defaults_serve_a_shipped_model_of_each_modality() -> None:
     settings = load_settings(Path("/dev/null"))
     text = [DEFAULT_MODEL, QWEN_05B_MODEL, SMOLLM2_MODEL]
-    assert list(settings.models) == [*text, DEFAULT_IMAGE_MODEL, DEFAULT_AUDIO_MODEL, WHISPER_BASE_MODEL]
+    assert list(settings.models) == [
+        *text,
+        DEFAULT_IMAGE_MODEL,
+        DEFAULT_AUDIO_MODEL,
+        WHISPER_BASE_MODEL,
+        DEFAULT_EMBED_MODEL,
+        DEFAULT_SPEECH_MODEL,
+    ]
     assert {settings.model(m).modality for m in text} == {Modality.TEXT}
     assert settings.model(DEFAULT_IMAGE_MODEL).modality == Modality.IMAGE
     assert settings.model(DEFAULT_AUDIO_MODEL).modality == settings.model(WHISPER_BASE_MODEL).modality == Modality.AUDIO
@@ -42,6 +51,16 @@ def test_defaults_serve_a_shipped_model_of_each_modality() -> None:
     assert (resolve_weights(settings.model(DEFAULT_IMAGE_MODEL)) / "model_index.json").is_file()
     assert (resolve_weights(settings.model(DEFAULT_AUDIO_MODEL)) / "model.bin").is_file()
     assert (resolve_weights(settings.model(WHISPER_BASE_MODEL)) / "model.bin.part1").is_file()  # part2 beside it
+    embed = settings.model(DEFAULT_EMBED_MODEL)
+    assert embed.modality == Modality.EMBED and (embed.max_batch, embed.max_step_tokens) == (64, 8192)
+    assert (resolve_weights(embed) / "modules.json").is_file()
+    speech = settings.model(DEFAULT_SPEECH_MODEL)
+    assert speech.modality == Modality.SPEECH and (resolve_weights(speech) / "en_US-joe-medium.onnx").is_file()
+    # Its own voice, and each of OpenAI's names for it; anything else is not a voice of it.
+    assert speech.speaker("joe") == speech.speaker("alloy") == 0 and speech.voice_names()[:2] == ["joe", "alloy"]
+    with pytest.raises(KeyError):
+        speech.speaker("bob")
+    assert settings.model(DEFAULT_SPEECH_MODEL).modality == Modality.SPEECH
 
 
 def test_file_then_environment_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -161,6 +180,8 @@ def test_models_extend_the_defaults_and_enabled_false_removes_one(
         QWEN_05B_MODEL,
         DEFAULT_IMAGE_MODEL,
         WHISPER_BASE_MODEL,
+        DEFAULT_EMBED_MODEL,
+        DEFAULT_SPEECH_MODEL,
     ]
     assert models[SMOLLM2_MODEL].max_batch == 4  # the table replaces the default model of that name
     assert models[SMOLLM2_MODEL].sampling is None
@@ -174,6 +195,8 @@ def test_models_extend_the_defaults_and_enabled_false_removes_one(
         DEFAULT_MODEL,
         QWEN_05B_MODEL,
         WHISPER_BASE_MODEL,
+        DEFAULT_EMBED_MODEL,
+        DEFAULT_SPEECH_MODEL,
     ]
     # A table without weights of its own adjusts the default of that name: its parts, sha and sampling stay.
     path.write_text(f'[models."{DEFAULT_MODEL}"]\nmax_batch = 8\ntemperature_unused = 1\n')

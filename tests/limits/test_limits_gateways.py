@@ -36,6 +36,7 @@ TIER = {
     "completion_tokens_per_minute": None,
     "images_per_minute": None,
     "audio_seconds_per_hour": None,
+    "speech_characters_per_minute": None,
     "concurrent_requests": 2,
 }
 DURATION = re.compile(r"^(\d+ms|(\d+h)?(\d+m)?\d+(\.\d+)?s)$")

@@ -24,6 +24,7 @@ NO_LIMITS = {
     "concurrent_requests": None,
     "images_per_minute": None,
     "audio_seconds_per_hour": None,
+    "speech_characters_per_minute": None,
 }
 
 

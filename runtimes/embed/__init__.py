@@ -1,0 +1,1 @@
+"""The embeddings runtime: sentence encoders (BERT family, sentence-transformers folders) behind the bus."""

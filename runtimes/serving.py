@@ -1,0 +1,64 @@
+"""What every runtime's worker shares: the overload error, and start-up from a loaded engine to serving the bus.
+
+A runtime's ``run_<modality>_worker`` is then three lines: load its model on the engine thread
+(``engine_thread.start_engine_thread``), build its ``JobHandler`` on the worker's NATS connection, and hand both
+to ``run_worker``, which joins the queue group, announces the worker, serves until stopped, drains, and stops the
+engine whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client as NATS
+
+from ember.bus.connection import connect
+from ember.bus.worker import JobHandler, WorkerHost, serve
+from ember.config import Settings
+
+
+class EngineOverloaded(Exception):
+    """The waiting queue is full; the worker answers 503 and the client retries."""
+
+
+async def run_worker(
+    settings: Settings,
+    model_id: str,
+    nats_url: str,
+    make_handler: Callable[[NATS], Awaitable[JobHandler]],
+    stop_engine: Callable[[], None],
+    *,
+    worker_id: str | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve ``model_id`` with the handler ``make_handler`` builds until ``stop`` is set (or SIGINT/SIGTERM).
+
+    Args:
+        settings: the server's settings (stall limit and drain timeout of ``settings.worker``).
+        model_id: the model served; it names the worker's NATS connection and its log lines.
+        nats_url: the bus.
+        make_handler: builds the job handler once connected (it may open the object store on the connection).
+        stop_engine: stops the engine thread; called last, however serving ends (a failed start included).
+        worker_id: a fixed id for this worker (default: a random one).
+        stop: set it to stop serving (default: stop on SIGINT/SIGTERM).
+    """
+    try:
+        nc = await connect(nats_url, name=f"ember-worker-{model_id}")
+        try:
+            handler = await make_handler(nc)
+        except BaseException:
+            await nc.close()
+            raise
+        stall = settings.worker.stall_limit_s
+        host = (
+            WorkerHost(nc, handler, worker_id=worker_id, stall_limit_s=stall)
+            if worker_id
+            else WorkerHost(nc, handler, stall_limit_s=stall)
+        )
+        try:
+            await serve(host, f"{handler.modality} model {model_id!r}", stop, settings.worker.drain_timeout_s)
+        finally:
+            handler.close()
+    finally:
+        stop_engine()
