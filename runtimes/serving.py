@@ -1,4 +1,5 @@
-"""What every runtime's worker shares: the overload error, and start-up from a loaded engine to serving the bus.
+"""What every runtime's worker shares: the overload error, the time-to-first-token window, and start-up from a
+loaded engine to serving the bus.
 
 A runtime's ``run_<modality>_worker`` is then three lines: load its model on the engine thread
 (``engine_thread.start_engine_thread``), build its ``JobHandler`` on the worker's NATS connection, and hand both
@@ -9,6 +10,9 @@ engine whatever happens.
 from __future__ import annotations
 
 import asyncio
+import collections
+import math
+import time
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NATS
@@ -20,6 +24,32 @@ from ember.config import Settings
 
 class EngineOverloaded(Exception):
     """The waiting queue is full; the worker answers 503 and the client retries."""
+
+
+class LatencyWindow:
+    """Latencies of the last ``window_s`` seconds (at most ``limit`` of them) and their p90: the worker's time to
+    first token as it announces it (``JobHandler.ttft_p90_s``), which the scaler reads as pressure.
+
+    A short window so the signal falls back soon after the load does: a scaler must not start workers for a queue
+    that has already drained.
+    """
+
+    def __init__(self, window_s: float = 10.0, limit: int = 1024) -> None:
+        self.window_s = window_s
+        self._samples: collections.deque[tuple[float, float]] = collections.deque(maxlen=limit)
+
+    def add(self, latency_s: float, now: float | None = None) -> None:
+        self._samples.append((time.monotonic() if now is None else now, latency_s))
+
+    def p90(self, now: float | None = None) -> float | None:
+        """The 90th percentile (nearest rank) of the window's latencies; None when it holds none."""
+        now = time.monotonic() if now is None else now
+        while self._samples and now - self._samples[0][0] > self.window_s:
+            self._samples.popleft()
+        if not self._samples:
+            return None
+        ordered = sorted(latency for _, latency in self._samples)
+        return ordered[math.ceil(0.9 * len(ordered)) - 1]
 
 
 async def run_worker(

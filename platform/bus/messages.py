@@ -613,6 +613,18 @@ class WorkerInfo(_Message):
     leaving: bool = False
     # Announcements arrive at least this often; a worker silent for a few intervals is gone.
     interval_s: float = Field(default=1.0, gt=0)
+    # p90 of the time its recent jobs took from arriving to their first output (queue wait + prefill), for the
+    # scaler (ember.cli.scaler); None where the runtime does not measure it or no job ended lately.
+    ttft_p90_s: float | None = Field(default=None, ge=0)
+
+
+class ScaleDemand(_Message):
+    """A gateway holding a request for a model that no live worker serves (``ember.v1.demand.<modality>.<model>``,
+    sent about every second while the request waits): a scaler that manages the model starts a worker."""
+
+    kind: Literal["demand"] = "demand"
+    modality: Modality
+    model: str
 
 
 class UsageRecord(_Message):
@@ -708,3 +720,7 @@ def decode_job_state(raw: bytes) -> JobState:
 
 def decode_worker_info(raw: bytes) -> WorkerInfo:
     return WorkerInfo.model_validate(_load(raw))
+
+
+def decode_demand(raw: bytes) -> ScaleDemand:
+    return ScaleDemand.model_validate(_load(raw))

@@ -17,11 +17,12 @@ it and does not answer a probe is marked suspect and the job is sent, once, to a
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -57,6 +58,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("ember.bus.stream")
 
 R = TypeVar("R", bound=StreamReply)
+
+
+# The jobs the current gateway request has started, in order: its middleware sets a list here, and
+# ``JobClient.submit`` appends each stream, so timings are taken for every route without each route's help.
+request_jobs: contextvars.ContextVar[list[JobStream[Any]] | None] = contextvars.ContextVar(
+    "ember_request_jobs", default=None
+)
+
+
+@dataclass
+class JobTimeline:
+    """When a job passed each hop, as time.perf_counter() readings (None: not yet), for the gateway's per-hop
+    histograms and its Server-Timing headers."""
+
+    published: float | None = None
+    accepted: float | None = None
+    first_reply: float | None = None
+    last_reply: float | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +117,7 @@ class JobStream(Generic[R]):
         self._reply_type = reply_type
         self.request_id = job.request_id
         self.model = job.model
+        self.modality = JOB_MODALITY[job.kind]
         self.accepted: JobAccepted | None = None
         # The worker the job was sent to (None: the model's queue group) and the reply subject of that attempt.
         self.target: str | None = None
@@ -109,6 +129,7 @@ class JobStream(Generic[R]):
         self._ahead: dict[int, StreamReply] = {}
         self._offline_since: float | None = None
         self._counted: str | None = None
+        self.timeline = JobTimeline()
 
     @property
     def worker_id(self) -> str | None:
@@ -142,6 +163,8 @@ class JobStream(Generic[R]):
         else:
             subject = subjects.jobs(modality, self.model)
         await client.nc.publish(subject, encode(self._job), reply=self._reply)
+        if self.timeline.published is None:
+            self.timeline.published = time.perf_counter()
 
     async def _retarget(self, why: str) -> bool:
         """Send the job to another live worker; False if there is none left to try."""
@@ -176,6 +199,7 @@ class JobStream(Generic[R]):
             self.close()
             raise WireVersionError(f"expected an accepted message first, got {first.kind!r}")
         self.accepted = first
+        self.timeline.accepted = time.perf_counter()
         return first
 
     async def _accept(self, until: float) -> Reply:
@@ -252,6 +276,9 @@ class JobStream(Generic[R]):
                 while self._next_seq in self._ahead:
                     ready = self._ahead.pop(self._next_seq)
                     self._next_seq += 1
+                    self.timeline.last_reply = time.perf_counter()
+                    if self.timeline.first_reply is None:
+                        self.timeline.first_reply = self.timeline.last_reply
                     if ready.finished:
                         self._done = True
                         if ready.status == JobStatus.FINISHED_ABORTED and time.time() >= self.deadline:

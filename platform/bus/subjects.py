@@ -7,6 +7,8 @@ ember.v1.worker.<worker_id>.ping       liveness
 ember.v1.worker.<worker_id>.probe      where one job stands, and its lost replies sent again
 ember.v1.workers.announce              WorkerInfo heartbeats, to every gateway
 ember.v1.workers.discover              a gateway asking every worker to announce now
+ember.v1.demand.<modality>.<model>     a gateway waiting for a worker of a model that has none (scale from zero)
+ember.v1.metrics                       a gateway gathering every worker's metrics page (each one answers)
 ember.v1.reply.<gateway_id>.<n>        a job's reply stream back to the gateway that sent it
 """
 
@@ -17,6 +19,11 @@ import re
 PREFIX = "ember.v1"
 WORKERS_ANNOUNCE = f"{PREFIX}.workers.announce"
 WORKERS_DISCOVER = f"{PREFIX}.workers.discover"
+# Every demand signal: what a scaler listens to.
+DEMAND_ALL = f"{PREFIX}.demand.>"
+# A gateway asks every worker for its metrics page here (each answers, with its id in WORKER_HEADER).
+METRICS = f"{PREFIX}.metrics"
+WORKER_HEADER = "Ember-Worker"
 
 # NATS subject tokens may not contain '.', '*', '>' or whitespace; model ids like "org/name-1.5b" do.
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -33,6 +40,10 @@ def jobs(modality: str, model: str) -> str:
 
 def queue_group(modality: str, model: str) -> str:
     return f"ember-{modality}-{token(model)}"
+
+
+def demand(modality: str, model: str) -> str:
+    return f"{PREFIX}.demand.{modality}.{token(model)}"
 
 
 def worker_jobs(worker_id: str) -> str:

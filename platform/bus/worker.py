@@ -20,6 +20,7 @@ import logging
 import signal
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -27,6 +28,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from pydantic import ValidationError
 
 from ember.bus import subjects
@@ -51,6 +54,7 @@ from ember.bus.messages import (
     decode_probe,
     encode,
 )
+from ember.bus.metrics import worker_metrics_page
 from ember.bus.reply_log import ACCEPTED, ReplyLog
 
 log = logging.getLogger("ember.worker")
@@ -149,9 +153,23 @@ class JobHandler(abc.ABC):
         event loop answers while its engine is stuck must not look healthy."""
         return 0.0
 
+    def ttft_p90_s(self) -> float | None:
+        """p90 of recent jobs' time from arrival to first output, for announcements (the scaler's latency signal);
+        None where the runtime does not measure it."""
+        return None
+
     def close(self) -> None:
         """Release what the handler holds of its own (threads, pools); called once, after serving ended."""
         return None
+
+    def metrics(self) -> Iterable[Metric]:
+        """The handler's metric families for the worker's metrics page: running and waiting jobs here; runtimes
+        add their engine's (read when scraped, so the engine's hot path counts in plain ints)."""
+        running, waiting = self.load()
+        yield GaugeMetricFamily("ember_worker_requests_running", "Jobs the engine is running.", value=running)
+        yield GaugeMetricFamily(
+            "ember_worker_requests_waiting", "Jobs accepted and waiting for a place.", value=waiting
+        )
 
 
 def internal_error(e: BaseException) -> ErrorInfo:
@@ -192,6 +210,7 @@ class WorkerHost:
             await sub(subjects.worker_ping(self.worker_id), cb=self._on_ping),
             await sub(subjects.worker_probe(self.worker_id), cb=self._on_probe),
             await sub(subjects.WORKERS_DISCOVER, cb=self._on_discover),
+            await sub(subjects.METRICS, cb=self._on_metrics),
         ]
         # Announce and return only once the server has the subscriptions: a gateway may send a job the moment
         # either happens, on its own connection, and NATS answers "no responders" to one that comes first.
@@ -247,6 +266,7 @@ class WorkerHost:
             waiting=waiting,
             leaving=leaving,
             interval_s=self.announce_every_s,
+            ttft_p90_s=h.ttft_p90_s(),
         )
         await self.nc.publish(subjects.WORKERS_ANNOUNCE, encode(info))
 
@@ -371,6 +391,17 @@ class WorkerHost:
 
     async def _on_discover(self, msg: Msg) -> None:
         await self.announce()
+
+    async def _on_metrics(self, msg: Msg) -> None:
+        """A gateway gathering every worker's metrics: this process's page, named by the worker's id."""
+        if not msg.reply:
+            return
+        try:
+            page = worker_metrics_page(self.handler)
+        except Exception as e:  # a failing collector must not take the worker's subscriptions down
+            log.warning("metrics failed: %s", e)
+            return
+        await self.nc.publish(msg.reply, page, headers={subjects.WORKER_HEADER: self.worker_id})
 
 
 def stop_event(stop: asyncio.Event | None) -> asyncio.Event:

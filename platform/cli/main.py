@@ -2,6 +2,7 @@
 
 ember serve [--nats URL]               embedded NATS (unless --nats) + gateway + a worker per configured model
 ember gateway --nats URL               the HTTP gateway alone
+ember scale --nats URL                 this machine's workers, autoscaled models between min and max_workers
 ember worker text|image|audio --model ID --nats URL
 ember worker functions --module my_funcs --nats URL   built-in and user functions (@ember.function)
 ember models                           what is configured and where its weights are
@@ -37,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="gateway port (default 8000)")
     serve.add_argument("--model", action="append", dest="models", help="serve only this model (repeatable)")
     serve.add_argument("--dev", action="store_true", help="dev mode: no API keys needed (never expose it)")
+
+    scale = sub.add_parser("scale", help="run this machine's workers, starting and stopping autoscaled ones")
+    scale.add_argument("--nats", help="NATS URL (default: nats.url from config)")
+    scale.add_argument("--model", action="append", dest="models", help="only this model (repeatable)")
 
     gw = sub.add_parser("gateway", help="run the HTTP gateway alone")
     gw.add_argument("--nats", help="NATS URL (default: nats.url from config)")
@@ -85,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
             from ember.cli.serve import serve
 
             return serve(settings, nats_url=args.nats, only=args.models, config_path=args.config)
+        if args.command == "scale":
+            from ember.cli.serve import scale
+
+            return scale(settings, nats_url=_nats_url(args, settings), only=args.models, config_path=args.config)
         if args.command == "gateway":
             from ember.gateway.server import run_gateway
 
@@ -146,7 +155,9 @@ def _models(settings: Settings) -> int:
             where = str(resolve_weights(spec, settings.cache_dir))
         except ConfigError as e:
             where = f"MISSING: {e}"
-        print(f"{model_id}\t{spec.modality.value}\tworkers={spec.workers}\tmax_batch={spec.max_batch}\t{where}")
+        low, high = spec.worker_range
+        workers = f"{low}" if not spec.autoscaled else f"{low}..{high}"
+        print(f"{model_id}\t{spec.modality.value}\tworkers={workers}\tmax_batch={spec.max_batch}\t{where}")
     return 0
 
 

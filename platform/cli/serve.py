@@ -1,7 +1,9 @@
 """``ember serve``: one process tree with NATS (embedded unless --nats), the gateway, and a worker per model.
 
 Workers are child processes, not threads: a model step holds the CPU for tens of milliseconds and must not
-stall the gateway's event loop; and a crashed worker is restarted without taking the gateway down.
+stall the gateway's event loop; and a crashed worker is restarted without taking the gateway down. A model with
+``max_workers`` set starts with its ``min_workers``, and a scaler (``ember.cli.scaler``) starts and stops more as
+its queue grows and empties; ``ember scale`` is the same Supervisor and scaler without NATS and the gateway.
 
 SIGTERM or SIGINT stops it all at once: the gateway stops accepting and waits for its requests in flight (up to
 gateway.shutdown_timeout_s) while every worker drains its jobs (up to worker.drain_timeout_s, then aborts the rest
@@ -18,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,8 +28,10 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from ember.bus import children
+from ember.bus.connection import connect
 from ember.bus.nats_server import EmbeddedNats
 from ember.cli.runners import FUNCTIONS_WORKER, WORKER_RUNNERS
+from ember.cli.scaler import Scaler
 from ember.config import ConfigError, Settings
 from ember.config.weights import resolve_weights
 
@@ -53,6 +58,10 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
+    # The id it announces itself under (its cmd passes it), so that a scaler knows it; None: the worker's own.
+    worker_id: str | None = None
+    # Stopped by the scaler (it drains): not restarted, and dropped once it has exited.
+    retiring: bool = False
 
     def start(self) -> None:
         # Own session: Ctrl-C goes to `ember serve`, which then stops workers in order; and it dies with us.
@@ -63,6 +72,19 @@ class WorkerProcess:
         """SIGTERM: the worker leaves its queue group and drains."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def gave_up(self) -> bool:
+        """It crashed more than MAX_RESTARTS times and is left down."""
+        return self.proc is None and self.restarts >= MAX_RESTARTS
+
+    def retire(self) -> None:
+        """Stop it for good (scale-down): it drains, and the Supervisor lets it go."""
+        self.retiring = True
+        self.terminate()
 
     def wait_or_kill(self, deadline: float) -> None:
         """Wait for the worker to exit until ``deadline`` (monotonic), then kill it with its process group."""
@@ -85,11 +107,16 @@ class Supervisor:
     deadline: float | None = None
 
     async def watch(self) -> None:
-        """Restart workers that die, a bounded number of times."""
+        """Restart workers that die, a bounded number of times; let go of those the scaler stopped."""
         while not self.stopping:
             await asyncio.sleep(1.0)
-            for w in self.workers:
+            for w in list(self.workers):
                 if self.stopping or w.proc is None or w.proc.poll() is None:
+                    continue
+                if w.retiring:
+                    log.info("worker %s of %s stopped (scaled down)", w.worker_id, w.model)
+                    children.kill_group(w.proc)  # reaps it, and whatever it started
+                    self.workers.remove(w)
                     continue
                 code = w.proc.returncode
                 if w.restarts >= MAX_RESTARTS:
@@ -121,8 +148,9 @@ class Supervisor:
 
 
 def worker_commands(
-    settings: Settings, nats_url: str, only: list[str] | None, config_path: Path | None
+    settings: Settings, nats_url: str, only: list[str] | None, config_path: Path | None, *, functions: bool = True
 ) -> list[WorkerProcess]:
+    """The worker processes to start: each model's fixed count, or its min_workers when it is autoscaled."""
     chosen = only or sorted(settings.models)
     out = []
     for model_id in chosen:
@@ -131,22 +159,22 @@ def worker_commands(
             raise ConfigError(f"model {model_id!r}: the {spec.modality.value} runtime is not available in this build")
         # Fail now, with the reason, rather than in N child processes (and join a split model once, here).
         resolve_weights(spec, settings.cache_dir)
-        cmd = [sys.executable, "-m", "ember.cli"]
-        if config_path is not None:
-            cmd += ["--config", str(config_path)]
-        cmd += [
-            "--log-level",
-            settings.log_level,
-            "worker",
-            spec.modality.value,
-            "--model",
-            model_id,
-            "--nats",
-            nats_url,
-        ]
-        out += [WorkerProcess(spec.modality.value, model_id, cmd) for _ in range(spec.workers)]
-    functions = functions_command(settings, nats_url, config_path)
-    return out + ([functions] if functions is not None else [])
+        out += [model_process(settings, model_id, nats_url, config_path) for _ in range(spec.worker_range[0])]
+    fn = functions_command(settings, nats_url, config_path) if functions else None
+    return out + ([fn] if fn is not None else [])
+
+
+def model_process(settings: Settings, model_id: str, nats_url: str, config_path: Path | None) -> WorkerProcess:
+    """One (not yet started) worker of a model; an autoscaled model's is named, for its scaler."""
+    spec = settings.model(model_id)
+    cmd = [sys.executable, "-m", "ember.cli"]
+    if config_path is not None:
+        cmd += ["--config", str(config_path)]
+    cmd += ["--log-level", settings.log_level, "worker", spec.modality.value, "--model", model_id, "--nats", nats_url]
+    worker_id = f"w-{uuid.uuid4().hex[:12]}" if spec.autoscaled else None
+    if worker_id is not None:
+        cmd += ["--worker-id", worker_id]
+    return WorkerProcess(spec.modality.value, model_id, cmd, worker_id=worker_id)
 
 
 def functions_command(settings: Settings, nats_url: str, config_path: Path | None) -> WorkerProcess | None:
@@ -195,7 +223,7 @@ def serve(settings: Settings, *, nats_url: str | None, only: list[str] | None, c
         supervisor.workers = worker_commands(settings, nats_url, only, config_path)
         for w in supervisor.workers:
             w.start()
-        asyncio.run(_run(settings, nats_url, supervisor, only))
+        asyncio.run(_run(settings, nats_url, supervisor, only, config_path))
     finally:
         supervisor.stop()
         if embedded is not None:
@@ -204,7 +232,9 @@ def serve(settings: Settings, *, nats_url: str | None, only: list[str] | None, c
     return 0
 
 
-async def _run(settings: Settings, nats_url: str, supervisor: Supervisor, only: list[str] | None) -> None:
+async def _run(
+    settings: Settings, nats_url: str, supervisor: Supervisor, only: list[str] | None, config_path: Path | None
+) -> None:
     from ember.gateway.app import create_app
     from ember.gateway.server import uvicorn_config
 
@@ -212,6 +242,9 @@ async def _run(settings: Settings, nats_url: str, supervisor: Supervisor, only: 
     app = create_app(settings, nats_url, ready_models=only)
     server = _Gateway(uvicorn_config(settings, app), supervisor)
     tasks = [asyncio.create_task(supervisor.watch()), asyncio.create_task(_report_ready(server, app, supervisor))]
+    scaler = await start_scaler(settings, nats_url, supervisor, only, config_path)
+    if scaler is not None:
+        tasks.append(asyncio.create_task(scaler.run(lambda: supervisor.stopping)))
     try:
         await server.serve()  # returns on SIGINT / SIGTERM, once requests in flight are done or shutdown_timeout_s
     finally:
@@ -220,6 +253,73 @@ async def _run(settings: Settings, nats_url: str, supervisor: Supervisor, only: 
             t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        if scaler is not None:
+            await scaler.close()
+
+
+async def start_scaler(
+    settings: Settings, nats_url: str, supervisor: Supervisor, only: list[str] | None, config_path: Path | None
+) -> Scaler | None:
+    """A scaler for the autoscaled models among those served (None when there are none), listening already; it
+    starts its workers as the Supervisor's, which restarts them when they crash like any other."""
+    models = {m: settings.model(m) for m in only or sorted(settings.models)}
+    if not any(spec.autoscaled for spec in models.values()):
+        return None
+
+    def launch(model_id: str) -> bool:
+        # A model whose worker crashed past its restarts gets no fresh ones either: they would crash the same way.
+        if supervisor.stopping or any(w.model == model_id and w.gave_up for w in supervisor.workers):
+            return False
+        w = model_process(settings, model_id, nats_url, config_path)
+        supervisor.workers.append(w)
+        w.start()
+        return True
+
+    scaler = Scaler(await connect(nats_url, name="ember-scaler"), models, lambda: supervisor.workers, launch)
+    await scaler.start()
+    for model_id, spec in sorted(scaler.models.items()):
+        low, high = spec.worker_range
+        print(f"ember: model {model_id!r} scales between {low} and {high} worker(s)", flush=True)
+    return scaler
+
+
+def scale(settings: Settings, *, nats_url: str, only: list[str] | None, config_path: Path | None) -> int:
+    """``ember scale``: this machine's workers of the configured models (or ``only``) on an existing NATS, the
+    autoscaled ones started and stopped by the scaler; SIGTERM / SIGINT drains them all and exits."""
+    supervisor = Supervisor(drain_timeout_s=settings.worker.drain_timeout_s)
+    try:
+        supervisor.workers = worker_commands(settings, nats_url, only, config_path, functions=False)
+        for w in supervisor.workers:
+            w.start()
+        asyncio.run(_scale(settings, nats_url, supervisor, only, config_path))
+    finally:
+        supervisor.stop()
+        print("ember: stopped", flush=True)
+    return 0
+
+
+async def _scale(
+    settings: Settings, nats_url: str, supervisor: Supervisor, only: list[str] | None, config_path: Path | None
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    scaler = await start_scaler(settings, nats_url, supervisor, only, config_path)
+    tasks = [asyncio.create_task(supervisor.watch())]
+    if scaler is not None:
+        tasks.append(asyncio.create_task(scaler.run(lambda: supervisor.stopping)))
+    print(f"ember: scaling workers on NATS at {nats_url}; Ctrl-C to stop", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        supervisor.begin_stop()
+        for t in tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if scaler is not None:
+            await scaler.close()
 
 
 class _Gateway(uvicorn.Server):

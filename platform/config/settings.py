@@ -110,6 +110,30 @@ class WorkerSettings(_Section):
     stall_limit_s: float = Field(default=30.0, gt=0, le=3600)
 
 
+class AutoscaleSettings(_Section):
+    """When the scaler of an autoscaled model (``max_workers`` set) starts and stops its workers (ember.cli.scaler).
+
+    Pressure is judged over the model's live workers from their announcements (every second): jobs waiting beyond
+    their batches, and the time their recent jobs took to their first token (p90; text workers report it).
+    """
+
+    # Up: jobs waiting per live worker above this (waiting = queued beyond max_batch, so a batch that is merely
+    # full is not pressure)...
+    waiting_per_worker: float = Field(default=1.0, ge=0, le=1024)
+    # ...or the slowest worker's p90 time to first token (job arrival to first token, last ~10 s) above this; 0:
+    # not a signal.
+    ttft_p90_s: float = Field(default=2.0, ge=0, le=3600)
+    # ...for this long without a break: a burst shorter than a worker's start-up is not worth one. After a start,
+    # the next needs the started worker to announce itself and then this long of pressure anew.
+    sustain_s: float = Field(default=3.0, ge=0, le=3600)
+    # Down: no job running or waiting on any of the model's workers for this long stops those above min_workers
+    # (SIGTERM: each leaves the rotation and drains, the least loaded first).
+    idle_s: float = Field(default=60.0, ge=0, le=24 * 3600)
+    # Scale to zero (min_workers = 0): how long a request for a model with no live worker waits for one to start
+    # and announce itself before it gets the 503 no_worker. Above the model's start-up (load, conversion).
+    cold_start_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+
+
 class ModelSpec(_Section):
     """One servable model: where its weights are and how its workers run it."""
 
@@ -164,8 +188,15 @@ class ModelSpec(_Section):
     draft_model: str | None = None
     # Jobs a worker queues beyond its batch before it answers 503.
     max_waiting: int = Field(default=256, ge=0)
-    # How many workers `ember serve` starts for this model.
+    # How many workers `ember serve` starts for this model: a fixed count, unless max_workers is set.
     workers: int = Field(default=1, ge=0, le=64)
+    # Autoscaling (ember.cli.scaler): with max_workers set, `ember serve` and `ember scale` keep between min_workers
+    # (unset: 1) and max_workers workers of this model alive, counted over every machine on the bus, starting them
+    # under load and stopping them when idle, as `autoscale` says. min_workers = 0 scales to zero: the first
+    # request then waits (up to autoscale.cold_start_timeout_s) for a worker to start instead of getting a 503.
+    min_workers: int | None = Field(default=None, ge=0, le=64)
+    max_workers: int | None = Field(default=None, ge=1, le=64)
+    autoscale: AutoscaleSettings = AutoscaleSettings()
     # torch's intra-op threads in each of its workers (onnxruntime's for speech). None: torch's default (all
     # cores), which is best for one worker alone; several torch workers on few cores run faster with a share each
     # than fighting over all.
@@ -196,12 +227,31 @@ class ModelSpec(_Section):
             raise ValueError("set exactly one of 'path', 'package' or 'parts'")
         if self.default_voice is not None and self.default_voice not in self.voices:
             raise ValueError(f"default_voice {self.default_voice!r} is not one of the model's voices")
+        if self.min_workers is not None and self.max_workers is None:
+            raise ValueError("min_workers needs max_workers (without both, 'workers' is a fixed count)")
+        if self.max_workers is not None:
+            if "workers" in self.model_fields_set:
+                raise ValueError("set 'workers' (a fixed count) or min_workers / max_workers (a range), not both")
+            if self.worker_range[0] > self.max_workers:
+                raise ValueError(f"min_workers={self.min_workers} exceeds max_workers={self.max_workers}")
         if self.parts is not None:
             if self.sha256 is None:
                 raise ValueError("'parts' needs 'sha256', the checksum of the joined file")
             if "file" not in self.model_fields_set or not re.fullmatch(r"\w[\w.+-]*", self.file):
                 raise ValueError(f"with 'parts', 'file' names the joined file (e.g. \"model.gguf\"), not {self.file!r}")
         return self
+
+    @property
+    def autoscaled(self) -> bool:
+        """Whether a scaler decides how many workers run (max_workers set), not the fixed ``workers``."""
+        return self.max_workers is not None
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(fewest, most) workers of this model: ``(workers, workers)`` for a fixed count."""
+        if self.max_workers is None:
+            return (self.workers, self.workers)
+        return (1 if self.min_workers is None else self.min_workers, self.max_workers)
 
     def speaker(self, voice: str) -> int | str | None:
         """The voice file's speaker that ``voice`` names (None: the file's default); KeyError for a voice this model

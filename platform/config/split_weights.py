@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from ember.config.progress import track
 from ember.config.settings import ConfigError
 
 _BLOCK = 8 * 2**20
@@ -58,7 +59,7 @@ def _join(chunks: Sequence[Path], target: Path, sha256: str) -> str:
         buffer = memoryview(bytearray(_BLOCK))
         os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the model from a worker running as another user
         with os.fdopen(fd, "wb") as out:
-            for chunk in chunks:
+            for chunk in track(chunks, f"joining {target.name}", len(chunks), "parts"):
                 with chunk.open("rb") as f:
                     while n := f.readinto(buffer):
                         digest.update(buffer[:n])

@@ -17,10 +17,11 @@ from ember.bus.blobs import BlobStore
 from ember.bus.client import JobClient, StreamTiming
 from ember.bus.connection import connect
 from ember.config import Settings
-from ember.gateway import errors
+from ember.gateway import errors, metrics
 from ember.gateway.auth import AuthMiddleware
 from ember.gateway.disconnect import DisconnectMiddleware
 from ember.gateway.middleware import BodyLimitMiddleware, RequestIdMiddleware
+from ember.gateway.request_metrics import RequestMetricsMiddleware
 from ember.gateway.routes import (
     admin,
     audio,
@@ -31,6 +32,7 @@ from ember.gateway.routes import (
     health,
     images,
     models,
+    playground,
     speech,
     usage,
 )
@@ -50,6 +52,8 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 def middleware(settings: Settings) -> list[Middleware]:
     """The gateway's middleware, outermost first."""
     return [
+        # Outermost: every response is counted and timed, refusals by the middleware below included.
+        Middleware(RequestMetricsMiddleware),
         Middleware(RequestIdMiddleware),
         # Outside the others: a client that hangs up cancels whatever handles its request, streamed or not.
         Middleware(DisconnectMiddleware),
@@ -76,7 +80,13 @@ def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None
             job_timeout_s=g.job_timeout_s,
             outage_limit_s=g.bus_outage_s,
         )
-        client = JobClient(nc, timing=timing)
+        # Models that scale to zero: a request for one with no worker waits for a cold start (ember.cli.scaler).
+        cold_start = {
+            m: spec.autoscale.cold_start_timeout_s
+            for m, spec in settings.models.items()
+            if spec.autoscaled and spec.worker_range[0] == 0
+        }
+        client = JobClient(nc, timing=timing, cold_start_s=cold_start)
         await client.start()
         app.state.bus = client
         js = nc.jetstream()
@@ -115,6 +125,7 @@ def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None
         routes=[
             Route("/healthz", health.healthz, methods=["GET"]),
             Route("/readyz", health.readyz, methods=["GET"]),
+            Route("/metrics", metrics.metrics_page, methods=["GET"]),
             Route("/v1/models", models.list_models, methods=["GET"]),
             Route("/v1/models/{model:path}", models.retrieve, methods=["GET"]),
             Route("/v1/chat/completions", chat.create, methods=["POST"]),
@@ -130,6 +141,9 @@ def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None
             *admin.routes(),
             *functions.routes(),
             Route("/v1/usage", usage.summary, methods=["GET"]),
+            # The web playground: static files that call the API above (see routes/playground.py).
+            Route("/", playground.index, methods=["GET"]),
+            Route("/playground/{name}", playground.asset, methods=["GET"]),
         ],
         middleware=middleware(settings),
         exception_handlers=EXCEPTION_HANDLERS,

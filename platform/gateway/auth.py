@@ -3,11 +3,13 @@
 Where it sits: inside ``RequestIdMiddleware`` (so a 401 carries ``x-request-id``) and outside the body limit and
 the routes (so a request without a key is refused before its body is read)::
 
-    RequestIdMiddleware -> AuthMiddleware -> BodyLimitMiddleware -> routes
+    RequestMetricsMiddleware -> RequestIdMiddleware -> AuthMiddleware -> BodyLimitMiddleware -> routes
 
 What it does with ``Authorization: Bearer <secret>``:
 
-- ``/healthz``, ``/readyz`` and the admin API (``/v1/admin/...``, which checks the admin key itself) pass as they are;
+- ``/healthz``, ``/readyz``, ``/metrics`` and the admin API (``/v1/admin/...``, which checks the admin key itself)
+  pass as they are;
+- so do ``/`` and ``/playground/...``, the web playground's static files (the page sends the key itself);
 - every other request needs a live key: no header, a malformed secret, an unknown one and a revoked one all get
   the same 401, byte for byte, so a caller learns nothing about which keys exist;
 - a good key lands on ``request.state.api_key`` (an ``ApiKey``) for the routes and the rate limiter;
@@ -28,9 +30,11 @@ from ember.auth.keys import ApiKey, anonymous_key
 from ember.config import Settings
 from ember.gateway.errors import AuthenticationError, ServiceUnavailable, error_response
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+# /metrics is for the operator's scraper, like the health checks: keep it off the public network.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
 # Images served for response_format=url: the random name in the URL is the credential, like a signed URL.
-OPEN_PREFIXES = ("/v1/images/files/",)
+# The playground's static files (/ and /playground/...) hold no data: the page asks for a key and sends it itself.
+OPEN_PREFIXES = ("/v1/images/files/", "/playground/")
 ADMIN_PREFIX = "/v1/admin"
 # Admin routes outside /v1/admin (OpenAI-style names); like those, they check the admin key themselves.
 ADMIN_PATHS = frozenset({"/v1/usage"})

@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ember.bus.messages import ErrorInfo
+from ember.gateway.metrics import ERRORS
 
 log = logging.getLogger("ember.gateway")
 
@@ -120,6 +121,8 @@ def from_validation(e: ValidationError) -> InvalidRequest:
 
 
 def error_response(error: GatewayError, request_id: str | None = None) -> JSONResponse:
+    # Every error a client gets before its response starts comes through here (handlers and middleware alike).
+    ERRORS.labels(str(error.status), error.code or error.type).inc()
     headers = dict(error.headers)
     if request_id:
         headers["x-request-id"] = request_id

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from nats.js import JetStreamContext
 from starlette.requests import Request
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from ember.auth.keys import ApiKey
 from ember.bus.messages import Modality, UsageRecord
 from ember.config import ConfigError, Settings
+from ember.gateway import metrics
 from ember.gateway.auth import current_key
 from ember.gateway.errors import InvalidRequest, PermissionDenied, ServiceUnavailable
 from ember.limits.headers import RateLimitExceeded, concurrency_headers, rate_limit_headers
@@ -47,6 +49,8 @@ class Quota:
     reserved: Cost = field(default_factory=lambda: Cost(requests=0))
     started: float = field(default_factory=time.perf_counter)
     closed: bool = False
+    # The request's state: the metrics middleware reads the model, tier and tokens generated from it.
+    request_state: Any = None
 
     @classmethod
     async def open(cls, request: Request, model: str) -> Quota:
@@ -64,7 +68,10 @@ class Quota:
             model=model,
             limiter=getattr(request.app.state, "limiter", None),
             usage=getattr(request.app.state, "usage", None),
+            request_state=request.state,
         )
+        request.state.metrics_model = model
+        request.state.metrics_tier = key.tier
         if quota.limiter is None:
             return quota
         try:
@@ -74,6 +81,7 @@ class Quota:
                 standing = await quota.limiter.admit(key.id, tier, Cost(requests=0))
                 raise RateLimitExceeded.too_many_concurrent(tier.concurrent_requests or 0, standing)
             quota.decision = await quota.limiter.admit(key.id, tier, Cost(requests=1))
+            quota._count(Cost(requests=1), quota.decision)
         except LimiterUnavailable as e:
             await quota.close(status="limiter_unavailable")
             raise ServiceUnavailable(f"rate limits cannot be checked right now: {e}", code="limiter_unavailable") from e
@@ -114,9 +122,21 @@ class Quota:
         except LimiterUnavailable as e:
             raise ServiceUnavailable(f"rate limits cannot be checked right now: {e}", code="limiter_unavailable") from e
         self.decision = decision
+        self._count(cost, decision)
         if not decision.allowed:
             raise RateLimitExceeded.from_decision(decision)
         self.reserved = Cost(**{d.value: self.reserved.of(d) + cost.of(d) for d in Dimension})
+
+    def _count(self, cost: Cost, decision: Decision) -> None:
+        """The limiter's decision in ember_limit_decisions_total: each dimension asked of, admitted, or the one
+        dimension that refused."""
+        if not decision.allowed:
+            dimension = decision.limiting.value if decision.limiting is not None else "unknown"
+            metrics.LIMIT_DECISIONS.labels(self.key.tier, dimension, "refused").inc()
+            return
+        for dim in Dimension:
+            if cost.of(dim) > 0:
+                metrics.LIMIT_DECISIONS.labels(self.key.tier, dim.value, "admitted").inc()
 
     def headers(self) -> dict[str, str]:
         """The x-ratelimit-* headers of the latest admission (every response carries them)."""
@@ -144,6 +164,10 @@ class Quota:
         if self.closed:
             return
         self.closed = True
+        metrics.PROMPT_TOKENS.labels(self.model).inc(prompt_tokens)
+        metrics.COMPLETION_TOKENS.labels(self.model).inc(completion_tokens)
+        if self.request_state is not None:
+            self.request_state.metrics_completion_tokens = completion_tokens
         if self.limiter is not None:
             actual = Cost(
                 requests=0,

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from whisper.model import ModelDimensions
 
+from ember.config.progress import track
+
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: np.uint16}
 _BFLOAT16 = 5
 SUPPORTED_VERSIONS = (5, 6)
@@ -68,7 +70,7 @@ def read_model_bin(parts: Iterable[Path]) -> tuple[str, dict[str, np.ndarray]]:
     _read(f, "I")  # the spec's revision
     (count,) = _read(f, "I")
     arrays: dict[str, np.ndarray] = {}
-    for _ in range(count):
+    for _ in track(range(count), f"converting {paths[0].parent.name} (CTranslate2)", count, "arrays"):
         name = _read_string(f)
         (rank,) = _read(f, "B")
         shape = _read(f, "I" * rank) if rank else ()

@@ -174,6 +174,7 @@ class EmbedEngine:
         """Encode ``rows`` (in groups of similar length) and hand each finished request its vectors."""
         started = time.perf_counter()
         live = [r for r in rows if not r.request.cancelled]
+        self.clock.rows(len(live))
         try:
             for group in length_groups(live):
                 vectors = self._forward(group)

@@ -16,10 +16,13 @@ import asyncio
 import base64
 import json
 import logging
+from collections.abc import Iterable
 
 import numpy as np
 import torch
 from nats.aio.client import Client as NATS
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from ember.bus.blobs import BlobNotFound, BlobStore
 from ember.bus.messages import EmbedJob, EmbedResult, EmbedVectors, ErrorInfo, JobStatus, Modality
@@ -73,6 +76,18 @@ class EmbedJobHandler(JobHandler):
 
     def stalled_s(self) -> float:
         return self.engine.clock.stalled_s()
+
+    def metrics(self) -> Iterable[Metric]:
+        yield from super().metrics()
+        yield from self.engine.clock.collect()
+        stats = self.engine.stats
+        yield CounterMetricFamily("ember_embed_inputs", "Inputs encoded.", value=stats.rows)
+        tokens = CounterMetricFamily(
+            "ember_embed_tokens", "Tokens encoded: real, and padded (computed).", labels=["kind"]
+        )
+        tokens.add_metric(["real"], stats.real_tokens)
+        tokens.add_metric(["padded"], stats.padded_tokens)
+        yield tokens
 
     def cancel(self, request_id: str) -> None:
         self.engine.abort(request_id)

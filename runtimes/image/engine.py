@@ -176,6 +176,8 @@ class ImageEngine:
         self._stopped = False
         # How long the current denoising step (or call) has run: probes report a stuck engine from it.
         self.clock = StepClock()
+        # For metrics: denoising steps of one image each (step-level batching).
+        self.row_steps = 0
 
     def load(self) -> tuple[int, int]:
         """(images in the running call, images waiting)."""
@@ -241,6 +243,7 @@ class ImageEngine:
             try:
                 if batch:  # empty when every image of the round was aborted while it gathered
                     with self.clock.step():
+                        self.clock.rows(len(batch))
                         self._run_batch(batch)
             finally:
                 with self._cond:
@@ -268,7 +271,9 @@ class ImageEngine:
                 continue
             try:
                 with self.clock.step():
+                    self.clock.rows(len(live))
                     stepper.step([lv.row for lv in live])
+                self.row_steps += len(live)
             except Exception as e:
                 log.exception("denoising step of %d images failed", len(live))
                 self._fail([lv.item.req for lv in live], e)
@@ -277,6 +282,9 @@ class ImageEngine:
             self.stats.calls += 1
             self.stats.batch_sizes.append(len(live))
             live = self._after_step(stepper, live)
+            # Before _admit blocks for new work: an engine whose last images just finished is idle now.
+            with self._cond:
+                self._running_now = len(live)
         with self._cond:
             self._running_now = 0
 

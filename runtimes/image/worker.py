@@ -19,10 +19,12 @@ import io
 import logging
 import math
 import random
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterable
 
 from nats.aio.client import Client as NATS
 from PIL import Image, UnidentifiedImageError
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from ember.bus.blobs import BlobNotFound, BlobStore
 from ember.bus.messages import ErrorInfo, ImageJob, ImagePreview, ImageProgress, ImageResult, JobStatus, Modality
@@ -112,6 +114,15 @@ class ImageJobHandler(JobHandler):
 
     def stalled_s(self) -> float:
         return self.engine.clock.stalled_s()
+
+    def metrics(self) -> Iterable[Metric]:
+        yield from super().metrics()
+        yield from self.engine.clock.collect()
+        yield CounterMetricFamily(
+            "ember_image_row_steps",
+            "Denoising steps, one image each (step-level batching).",
+            value=self.engine.row_steps,
+        )
 
     def cancel(self, request_id: str) -> None:
         self.engine.abort(request_id)

@@ -97,6 +97,8 @@ class SpeechEngine:
         self._running: list[SpeechRequest] = []
         self._stopped = False
         self.steps = 0
+        # For metrics: seconds of audio synthesized.
+        self.audio_seconds = 0.0
         # How long the current piece has run: probes report a stuck engine from it.
         self.clock = StepClock()
 
@@ -149,6 +151,7 @@ class SpeechEngine:
                 request = self._next()
             if request is not None:
                 with self.clock.step():
+                    self.clock.rows(1)
                     self.step(request)
 
     def _next(self) -> SpeechRequest | None:
@@ -175,6 +178,7 @@ class SpeechEngine:
             request.emit(Failed(f"synthesis failed: {e}"))
             return
         self.steps += 1
+        self.audio_seconds += audio.size / self.model.sample_rate
         request.done += 1
         request.samples += audio.size
         if request.cancelled:

@@ -18,8 +18,11 @@ import asyncio
 import base64
 import contextlib
 import logging
+from collections.abc import Iterable
 
 from nats.aio.client import Client as NATS
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from ember.bus.messages import (
     MAX_SPEECH_CHUNK,
@@ -77,6 +80,14 @@ class SpeechJobHandler(JobHandler):
 
     def stalled_s(self) -> float:
         return self.engine.clock.stalled_s()
+
+    def metrics(self) -> Iterable[Metric]:
+        yield from super().metrics()
+        yield from self.engine.clock.collect()
+        yield CounterMetricFamily("ember_speech_pieces", "Pieces (sentences) synthesized.", value=self.engine.steps)
+        yield CounterMetricFamily(
+            "ember_speech_audio_seconds", "Seconds of audio synthesized.", value=self.engine.audio_seconds
+        )
 
     def cancel(self, request_id: str) -> None:
         if request_id in self._preparing:

@@ -141,6 +141,11 @@ class TextEngine:
         self._stop = False
         self._thread: threading.Thread | None = None
         self.steps = 0
+        # Counters for metrics (read by the worker when scraped): tokens computed as prompt or as decode (drafts
+        # included), and tokens generated.
+        self.prefill_tokens = 0
+        self.decode_tokens = 0
+        self.generated_tokens = 0
         # Probes report a stuck engine from it.
         self.clock = StepClock()
 
@@ -245,6 +250,11 @@ class TextEngine:
         if not out:
             return
         self.steps += 1
+        self.clock.rows(len(out.chunks))
+        for c in out.chunks:
+            prompt = max(0, min(c.start + c.num_tokens, c.request.num_prompt_tokens) - c.start)
+            self.prefill_tokens += prompt
+            self.decode_tokens += c.num_tokens - prompt
         sampling = [c for c in out.chunks if c.samples]
         sampled: list[SampleOutput] = []
         try:
@@ -270,6 +280,7 @@ class TextEngine:
             self._fail(self._step_requests(out), e)
             return
         for chunk, emitted in zip(sampling, sampled, strict=True):
+            self.generated_tokens += len(emitted.token_ids)
             req = chunk.request
             entry = self._live_entry(req)
             try:

@@ -25,6 +25,7 @@ from gguf.quants import dequantize
 from safetensors.torch import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
+from ember.config.progress import Progress, track
 from ember.runtimes.text.config import ModelLoadError
 from ember.runtimes.text.quant import gguf_blocks
 from ember.runtimes.text.quant.formats import QuantizedTensor
@@ -92,7 +93,13 @@ def convert_gguf(gguf_file: Path, out_dir: Path, *, weights: bool = True, dtype:
     weights from the GGUF itself (``read_weights``). With weights, every tensor is dequantized to dtype (a folder
     that other engines, and HF transformers, load).
     """
-    reader = open_gguf(gguf_file)
+    with Progress(f"converting {gguf_file.name}", 3, "steps (metadata, tokenizer, files)") as progress:
+        _convert(gguf_file, out_dir, weights, dtype, progress)
+
+
+def _convert(gguf_file: Path, out_dir: Path, weights: bool, dtype: torch.dtype, progress: Progress) -> None:
+    reader = open_gguf(gguf_file)  # parses every key: seconds for a 150k-token vocabulary
+    progress.advance()
     meta = _Metadata(reader, gguf_file)
     config = build_config(meta)
     names = {t.name for t in reader.tensors}
@@ -102,6 +109,7 @@ def convert_gguf(gguf_file: Path, out_dir: Path, *, weights: bool = True, dtype:
             factors = torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32))
             config["rope_scaling"] = llama3_scaling_from_factors(factors, config, gguf_file)
     tokenizer, tokenizer_config, generation_config = build_tokenizer(meta)
+    progress.advance()
     config["bos_token_id"] = generation_config.get("bos_token_id")
     config["eos_token_id"] = generation_config.get("eos_token_id")
 
@@ -116,6 +124,7 @@ def convert_gguf(gguf_file: Path, out_dir: Path, *, weights: bool = True, dtype:
     (out_dir / "generation_config.json").write_text(json.dumps(generation_config, indent=2), encoding="utf-8")
     if index is not None:
         (out_dir / TENSOR_INDEX).write_text(json.dumps(index), encoding="utf-8")
+    progress.advance()
 
 
 # Where each tensor lies in the GGUF, kept beside the converted config: reading it skips GGUFReader's parse of the
@@ -254,7 +263,8 @@ def read_weights(
         raise ModelLoadError(f"quantization={quantization!r}: one of {', '.join(QUANTIZATIONS)}")
     permute = config["model_type"] == "llama"
     out: dict[str, torch.Tensor | QuantizedTensor] = {}
-    for tensor in tensors:  # GGUFReader's ReaderTensors, or GGUFTensors from the index
+    tensors = list(tensors)  # GGUFReader's ReaderTensors, or GGUFTensors from the index
+    for tensor in track(tensors, f"loading {source.name}", len(tensors), "tensors"):
         name = tensor.name
         if name == "rope_freqs.weight":
             continue  # read into config.json's rope_scaling by convert_gguf

@@ -125,6 +125,9 @@ class Scheduler:
         # Counters for metrics and tests.
         self.num_preemptions = 0
         self.num_deferred = 0
+        # Prompt tokens of the requests admitted so far, and those of them taken from the prefix cache.
+        self.admitted_prompt_tokens = 0
+        self.cached_prompt_tokens = 0
 
     def __len__(self) -> int:
         return len(self.waiting) + len(self.running)
@@ -217,6 +220,8 @@ class Scheduler:
             if not req.admitted:
                 req.admitted = True
                 req.num_cached_tokens = min(req.num_computed, req.num_prompt_tokens)
+                self.admitted_prompt_tokens += req.num_prompt_tokens
+                self.cached_prompt_tokens += req.num_cached_tokens
             req.status = JobStatus.RUNNING
             self.running.append(req)
             scheduled.append(ScheduledChunk(req, req.num_computed, num_new))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import llguidance
 import torch
 from nats.aio.client import Client as NATS
+from prometheus_client.metrics_core import Metric
 
 from ember.bus.messages import (
     ErrorInfo,
@@ -31,7 +34,7 @@ from ember.config.weights import resolve_weights
 from ember.runtimes.devices import free_memory, resolve_device
 from ember.runtimes.dtypes import resolve_dtype
 from ember.runtimes.engine_thread import start_engine_thread
-from ember.runtimes.serving import run_worker
+from ember.runtimes.serving import LatencyWindow, run_worker
 from ember.runtimes.text.call_gate import CallGate, call_start_tokens
 from ember.runtimes.text.engine import (
     EngineConfig,
@@ -41,6 +44,7 @@ from ember.runtimes.text.engine import (
     StepOutput,
     TextEngine,
 )
+from ember.runtimes.text.engine_metrics import text_metrics
 from ember.runtimes.text.grammar import GrammarCompiler, GrammarError, response_grammar
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.runner import CacheConfig, ModelRunner
@@ -131,12 +135,21 @@ class TextJobHandler(JobHandler):
         if tool_call_threshold > 0:
             starts = call_start_tokens(loaded.tokenizer, engine.runner.vocab_size, (self.tool_format.open,))
             self.call_gate = CallGate(starts, tool_call_threshold)
+        # Each job's time from arriving here to its first output: queue wait + prefill, the scaler's latency signal.
+        self.ttft = LatencyWindow()
 
     def load(self) -> tuple[int, int]:
         return self.engine.load()
 
+    def ttft_p90_s(self) -> float | None:
+        return self.ttft.p90()
+
     def stalled_s(self) -> float:
         return self.engine.clock.stalled_s()
+
+    def metrics(self) -> Iterable[Metric]:
+        yield from super().metrics()
+        yield from text_metrics(self.engine)
 
     def cancel(self, request_id: str) -> None:
         self.engine.abort(request_id)
@@ -227,6 +240,7 @@ class TextJobHandler(JobHandler):
             raise RequestError(f"{param} cannot be enforced: {e}", "invalid_value", param) from e
 
     async def handle(self, job: TextJob, sink: ReplySink) -> None:
+        arrived = time.monotonic()
         try:
             # Off the event loop: a long prompt's template + tokenization must not delay pings and other jobs.
             prepared = await asyncio.to_thread(self.prepare, job)
@@ -238,7 +252,11 @@ class TextJobHandler(JobHandler):
             return
         try:
             await sink.accepted(len(prepared.prompt_ids), prepared.max_tokens)
+            first = True
             async for out in stream:
+                if first:
+                    first = False
+                    self.ttft.add(time.monotonic() - arrived)
                 if out.error is not None:
                     await sink.failed(out.error)
                     return

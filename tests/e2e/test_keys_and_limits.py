@@ -18,6 +18,7 @@ from ember.limits.tiers import Tier
 from ember.usage import stream as usage_stream
 from tests.conftest import TINY
 from tests.helpers.cluster import GatewayThread
+from tests.helpers.metrics import scrape, total
 
 ADMIN = "admin-" + "x" * 24
 TIGHT = Tier(
@@ -302,3 +303,20 @@ def test_a_client_that_hangs_up_gives_its_slot_back_at_once(secured: str) -> Non
     started = time.monotonic()
     while (r := chat(secured, key)).status_code != 200:
         assert time.monotonic() - started < 5, r.text
+
+
+def test_limit_decisions_and_refusals_are_counted_in_metrics(secured: str) -> None:
+    before = scrape(secured, scope="gateway")
+    key = new_key(secured)["secret"]
+    while chat(secured, key).status_code == 200:
+        pass
+    after = scrape(secured, scope="gateway")
+
+    def moved(name: str, **labels: str) -> float:
+        return total(after, name, **labels) - total(before, name, **labels)
+
+    assert moved("ember_limit_decisions_total", tier="tight", dimension="requests", outcome="admitted") >= 3
+    assert moved("ember_limit_decisions_total", tier="tight", dimension="requests", outcome="refused") >= 1
+    assert moved("ember_limit_decisions_total", tier="tight", dimension="completion_tokens", outcome="admitted") >= 3
+    assert moved("ember_http_errors_total", status="429", code="rate_limit_exceeded") >= 1
+    assert moved("ember_http_requests_total", route="/v1/chat/completions", status="429", tier="tight") >= 1

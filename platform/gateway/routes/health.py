@@ -37,8 +37,12 @@ async def readyz(request: Request) -> Response:
     models = [wanted] if wanted is not None else sorted(expected)
     connected = client.nc.is_connected
     answering = await asyncio.gather(*(_answering(client, m) for m in models)) if connected else [0] * len(models)
-    per_model: dict[str, Any] = {m: {"workers": n, "ready": n > 0} for m, n in zip(models, answering, strict=True)}
-    ready = connected and all(n > 0 for n in answering)
+    # A model that scales to zero is ready with no worker: a request for it waits for one to start.
+    standby = client.cold_start_s.keys()
+    per_model: dict[str, Any] = {
+        m: {"workers": n, "ready": n > 0 or m in standby} for m, n in zip(models, answering, strict=True)
+    }
+    ready = connected and all(v["ready"] for v in per_model.values())
     body = {
         "status": "ready" if ready else "not_ready",
         "nats": "connected" if connected else "disconnected",

@@ -170,6 +170,16 @@ async def test_abort_ends_the_stream_and_drops_waiting_images(engine: ImageEngin
     assert engine.load()[1] == 0
 
 
+async def test_an_idle_engine_reports_nothing_running(engine: ImageEngine) -> None:
+    """What workers announce and /metrics shows: once its images are done, the engine runs none."""
+    await drain(engine.generate(request("done", seeds=(1, 2))))
+    for _ in range(100):  # the engine thread updates its count just after the last image is sent
+        if engine.load() == (0, 0):
+            break
+        await asyncio.sleep(0.01)
+    assert engine.load() == (0, 0)
+
+
 async def test_an_image_joins_a_running_batch_between_steps(stepwise: ImageEngine, pixel: LoadedPipeline) -> None:
     long = BatchSpec(width=16, height=16, steps=6, guidance_scale=3.0)
     first = stepwise.generate(request("first", spec=long, seeds=(1,)))
