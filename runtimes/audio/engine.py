@@ -4,8 +4,11 @@ One step::
 
     windows of up to max_batch requests   -> [B, n_mels, 3000]   (one window per request: windows of one
     one encoder pass over all of them     -> [B, 1500, d_audio]   request depend on each other's timestamps)
-    decode, one batch per WindowKey       -> whisper's DecodingTask (greedy; task/language/temperature shared)
+    detect the language where none is set -> whisper's detect_language, on the first window of a request
+    decode all windows together           -> decoding.BatchDecoder: beams (or samples) of every window in one
+                                             batch, each window with its own prompt and temperature
     feed each result to its Transcription -> new segments out, seek on; finished requests leave the batch
+    decode again the windows that failed  -> at their next temperature, on the same encoder output
 
 So concurrent requests share encoder passes and decoder steps, and a long file interleaves with short ones
 instead of holding the model until it ends. Waiting requests take free places in the batch by priority (the
@@ -16,7 +19,6 @@ engine thread.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import threading
 import time
@@ -26,16 +28,14 @@ from typing import TypeAlias
 
 import torch
 
+from ember.runtimes.audio.decoding import BatchDecoder
 from ember.runtimes.audio.loader import LoadedWhisper
-from ember.runtimes.audio.pipeline import Segment, Transcription, WindowKey
+from ember.runtimes.audio.pipeline import Segment, Transcription
 from ember.runtimes.fair_queue import FairQueue
+from ember.runtimes.serving import EngineOverloaded
 from ember.runtimes.step_clock import StepClock
 
 log = logging.getLogger("ember.audio.engine")
-
-
-class EngineOverloaded(Exception):
-    """More requests than the engine runs plus queues; the worker answers 503."""
 
 
 @dataclass
@@ -88,12 +88,15 @@ class AudioEngine:
         self.loaded = loaded
         self.config = config
         self.fp16 = loaded.device.type == "cuda"
+        self.decoder = BatchDecoder(loaded.model, loaded.tokenizer())
         self._lock = threading.Condition()
         self._waiting: FairQueue[AudioRequest] = FairQueue()
         self._running: list[AudioRequest] = []
         self._stopped = False
         self.steps = 0
         self.windows = 0
+        # For metrics: seconds of audio transcribed (each request's, counted when it finishes).
+        self.audio_seconds = 0.0
         # How long the current batched window has run: probes report a stuck engine from it.
         self.clock = StepClock()
 
@@ -162,6 +165,7 @@ class AudioEngine:
                 self._running = [r for r in self._running if not r.cancelled]
             return
         started = time.perf_counter()
+        self.clock.rows(len(batch))
         try:
             self._decode(batch)
         except Exception as e:  # one bad step fails its requests, never the worker
@@ -185,17 +189,31 @@ class AudioEngine:
         dtype = torch.float16 if self.fp16 else torch.float32
         mels = torch.stack([r.transcription.window()[0] for r in batch]).to(self.loaded.device, dtype)
         features = model.embed_audio(mels)  # [B, n_audio_ctx, n_audio_state]: one encoder pass for the batch
-        groups: dict[WindowKey, list[int]] = collections.defaultdict(list)
-        for i, r in enumerate(batch):
-            groups[r.transcription.key()].append(i)
-        for indices in groups.values():
-            options = batch[indices[0]].transcription.options(self.fp16)
-            results = model.decode(features[indices], options)
-            for i, result in zip(indices, results, strict=True):
-                for segment in batch[i].transcription.feed(result, model):
+        unknown = [i for i, r in enumerate(batch) if r.transcription.language is None]
+        if unknown:
+            _, probs = model.detect_language(features[unknown], batch[unknown[0]].transcription.tokenizer)
+            for i, p in zip(unknown, probs, strict=True):
+                batch[i].transcription.set_language(max(p, key=p.__getitem__))
+        self._decode_windows(batch, features)
+
+    def _decode_windows(self, batch: list[AudioRequest], features: torch.Tensor) -> None:
+        """Decode every window of the step, again hotter where a window failed, and feed the results."""
+        model = self.loaded.model
+        pending = list(range(len(batch)))
+        while pending:  # the windows that failed at one temperature go again at the next, in a smaller batch
+            tasks = [batch[i].transcription.next_task(i, self.decoder.max_prompt()) for i in pending]
+            results = self.decoder.decode(features, tasks)
+            again = []
+            for i, result in zip(pending, results, strict=True):
+                segments = batch[i].transcription.feed(result, model)
+                if segments is None:
+                    again.append(i)
+                for segment in segments or []:
                     batch[i].emit(segment)
+            pending = again
 
     def _finish(self, r: AudioRequest) -> None:
         t = r.transcription
+        self.audio_seconds += t.duration
         r.emit(Finished(text=t.text, language=t.language or "en", duration=t.duration))
         r.cancelled = True  # leaves the batch

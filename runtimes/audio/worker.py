@@ -19,33 +19,39 @@ import base64
 import binascii
 import contextlib
 import logging
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from nats.aio.client import Client as NATS
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
 from whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
 from ember.bus.blobs import BlobNotFound, BlobStore
-from ember.bus.connection import connect
 from ember.bus.messages import AudioJob, AudioResult, AudioSegment, AudioWord, ErrorInfo, JobStatus, Modality
-from ember.bus.worker import JobHandler, ReplySink, WorkerHost, internal_error, serve
+from ember.bus.worker import JobHandler, ReplySink, internal_error
 from ember.config import Settings
 from ember.config.settings import AudioSettings
 from ember.config.weights import resolve_weights
-from ember.runtimes.audio.decode import AudioDecodeError, decode_audio, probe
+from ember.runtimes.audio.decode import SAMPLE_RATE, AudioDecodeError, decode_audio, probe
+from ember.runtimes.audio.decoding import SearchOptions
 from ember.runtimes.audio.engine import (
     Aborted,
     AudioEngine,
     AudioRequest,
     EngineConfig,
-    EngineOverloaded,
     Failed,
     Finished,
 )
 from ember.runtimes.audio.loader import LoadedWhisper, load_whisper
 from ember.runtimes.audio.pipeline import Segment, Transcription, mel_of
+from ember.runtimes.audio.vad import VadOptions, drop_silence
 from ember.runtimes.devices import resolve_device
 from ember.runtimes.engine_thread import start_engine_thread
+from ember.runtimes.serving import EngineOverloaded, run_worker
 
 log = logging.getLogger("ember.audio.worker")
 
@@ -109,6 +115,16 @@ class AudioJobHandler(JobHandler):
     def stalled_s(self) -> float:
         return self.engine.clock.stalled_s()
 
+    def metrics(self) -> Iterable[Metric]:
+        yield from super().metrics()
+        yield from self.engine.clock.collect()
+        yield CounterMetricFamily("ember_audio_windows", "30 s windows decoded.", value=self.engine.windows)
+        yield CounterMetricFamily(
+            "ember_audio_seconds",
+            "Seconds of audio transcribed (counted as each request finishes).",
+            value=self.engine.audio_seconds,
+        )
+
     def cancel(self, request_id: str) -> None:
         decoding = self._decoding.get(request_id)
         if decoding is not None:
@@ -163,18 +179,9 @@ class AudioJobHandler(JobHandler):
             samples = decode_audio(data, self.limits.max_duration_s, self.limits.decode_timeout_s)
         except AudioDecodeError as e:
             raise RequestError(f"{e} (file {job.filename or 'upload'})", "invalid_audio", "file") from None
-        dims = self.loaded.model.dims
-        tokenizer = self.loaded.tokenizer(job.task, language)
-        prompt = tuple(tokenizer.encode(" " + job.prompt.strip())) if job.prompt and job.prompt.strip() else None
-        return Transcription(
-            mel=mel_of(samples, dims.n_mels),
-            tokenizer=tokenizer,
-            task=job.task,
-            language=language,
-            temperature=job.temperature,
-            prompt=prompt,
-            word_timestamps=job.word_timestamps,
-            input_stride=3000 // dims.n_audio_ctx,
+        prompt = job.prompt.strip() if job.prompt else ""
+        return new_transcription(
+            self.loaded, samples, self.limits, job.task, language, prompt, job.temperature, job.word_timestamps
         )
 
     async def handle(self, job: AudioJob, sink: ReplySink) -> None:
@@ -253,6 +260,40 @@ class AudioJobHandler(JobHandler):
         return None
 
 
+def new_transcription(
+    loaded: LoadedWhisper,
+    samples: np.ndarray,
+    settings: AudioSettings,
+    task: str = "transcribe",
+    language: str | None = "en",
+    prompt: str = "",
+    temperature: float = 0.0,
+    word_timestamps: bool = False,
+) -> Transcription:
+    """A request's transcription as the worker runs it: silences cut (``settings.vad``), the search and the
+    conditioning of ``settings``, the user's prompt as the first window's."""
+    dims = loaded.model.dims
+    tokenizer = loaded.tokenizer(task, language)
+    duration = samples.size / SAMPLE_RATE
+    timeline = None
+    if settings.vad:
+        samples, timeline = drop_silence(samples, VadOptions(min_silence_s=settings.vad_min_silence_s))
+    return Transcription(
+        mel=mel_of(samples, dims.n_mels),
+        tokenizer=tokenizer,
+        task=task,
+        language=language,
+        temperature=temperature,
+        prompt=tuple(tokenizer.encode(" " + prompt)) if prompt else None,
+        word_timestamps=word_timestamps,
+        input_stride=3000 // dims.n_audio_ctx,
+        search=SearchOptions(beam_size=settings.beam_size, best_of=settings.best_of),
+        condition_on_previous_text=settings.condition_on_previous_text,
+        timeline=timeline,
+        original_duration=duration if timeline is not None else None,
+    )
+
+
 def segment_fields(s: Segment) -> dict[str, object]:
     words = None if s.words is None else [AudioWord(word=w.word, start=w.start, end=w.end) for w in s.words]
     return {
@@ -304,17 +345,8 @@ async def run_audio_worker(
         stop: set it to stop serving (default: stop on SIGINT/SIGTERM).
     """
     loaded, engine = await start_model_thread(model_id, settings)
-    nc = await connect(nats_url, name=f"ember-worker-audio-{model_id}")
-    blobs = await BlobStore.open(nc.jetstream())
-    handler = AudioJobHandler(model_id, loaded, engine, blobs, settings.audio)
-    stall = settings.worker.stall_limit_s
-    host = (
-        WorkerHost(nc, handler, worker_id=worker_id, stall_limit_s=stall)
-        if worker_id
-        else WorkerHost(nc, handler, stall_limit_s=stall)
-    )
-    try:
-        await serve(host, f"audio model {model_id!r}", stop, settings.worker.drain_timeout_s)
-    finally:
-        handler.close()
-        engine.stop()
+
+    async def handler(nc: NATS) -> AudioJobHandler:
+        return AudioJobHandler(model_id, loaded, engine, await BlobStore.open(nc.jetstream()), settings.audio)
+
+    await run_worker(settings, model_id, nats_url, handler, engine.stop, worker_id=worker_id, stop=stop)

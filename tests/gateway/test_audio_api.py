@@ -29,6 +29,7 @@ from ember.gateway.middleware import BodyLimitMiddleware
 from ember.gateway.routes import audio as audio_routes
 from ember.limits.tiers import Tier
 from tests.helpers.cluster import GatewayThread, start_worker, stop_process, wait_for_model, write_config
+from tests.helpers.metrics import scrape, total
 from tests.helpers.tiny_whisper import write_tiny_whisper
 
 MODEL = "tiny-whisper"
@@ -93,6 +94,21 @@ def test_json_and_text(audio_worker: tuple[str, object]) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     # Not compared with the json text: a random model falls back to sampling at higher temperatures.
     assert r.text.endswith("\n") and not r.text.startswith("{")
+
+
+def test_the_audio_workers_metrics_move(audio_worker: tuple[str, object]) -> None:
+    base, _ = audio_worker
+    before = scrape(base)
+    assert post(base, wav(3.0)).status_code == 200
+    after = scrape(base)
+
+    def moved(name: str) -> float:
+        return total(after, name, model=MODEL, modality="audio") - total(before, name, model=MODEL, modality="audio")
+
+    assert moved("ember_audio_seconds_total") == pytest.approx(3.0, abs=0.05)
+    assert moved("ember_audio_windows_total") >= 1 and moved("ember_engine_batch_rows_count") >= 1
+    assert moved("ember_engine_step_seconds_count") >= 1
+    assert total(after, "ember_http_time_to_first_token_seconds_count", route=URL, model=MODEL) >= 1
 
 
 def test_verbose_json_srt_and_vtt_agree(audio_worker: tuple[str, object]) -> None:

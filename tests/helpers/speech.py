@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+import subprocess
 import tempfile
 import wave
 from functools import cache
@@ -68,6 +70,29 @@ def speak(text: str) -> Path:
 
     with wave.open(str(tmp), "wb") as w:
         _voice().synthesize_wav(text, w, syn_config=SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0))  # type: ignore[attr-defined]
+    tmp.replace(path)
+    return path
+
+
+# espeak-ng's formant voice: robotic, far from the voices Whisper learned from, so it finds errors that piper's
+# natural voice does not. Deterministic: the same text gives the same samples.
+ESPEAK = "espeak-ng"
+
+
+def espeak_available() -> bool:
+    return shutil.which(ESPEAK) is not None
+
+
+def espeak(text: str, voice: str = "en") -> Path:
+    """A WAV file of ``text`` spoken by espeak-ng (22.05 kHz mono 16-bit) in ``voice`` ("en", "de", "es", ...),
+    made on first use. Needs the espeak-ng program (scripts/setup.sh installs it where it can)."""
+    digest = hashlib.sha256(f"espeak|{voice}|{text}".encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / "ember-speech" / f"espeak-{digest}.wav"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.wav")
+    subprocess.run([ESPEAK, "-v", voice, "-w", str(tmp), text], check=True, capture_output=True, timeout=60)
     tmp.replace(path)
     return path
 
