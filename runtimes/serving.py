@@ -13,7 +13,8 @@ import asyncio
 import collections
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 
@@ -24,6 +25,26 @@ from ember.config import Settings
 
 class EngineOverloaded(Exception):
     """The waiting queue is full; the worker answers 503 and the client retries."""
+
+
+class _EventSource(Protocol):
+    # The request's events, put there by the engine thread (through loop.call_soon_threadsafe).
+    events: asyncio.Queue[Any]
+    # Set to take the request out of the engine's batch.
+    cancelled: bool
+
+
+async def request_events(request: _EventSource, last: tuple[type, ...]) -> AsyncIterator[Any]:
+    """A submitted request's events up to and including the first of a ``last`` kind (finished, failed, aborted);
+    leaving early cancels the request, so the engine drops it at its next step."""
+    try:
+        while True:
+            event = await request.events.get()
+            yield event
+            if isinstance(event, last):
+                return
+    finally:
+        request.cancelled = True
 
 
 class LatencyWindow:

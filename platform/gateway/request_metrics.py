@@ -22,7 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ember.bus.stream import JobStream, JobTimeline, request_jobs
 from ember.gateway import metrics
 
-_HOPS = ("published", "accepted", "first_reply", "last_reply")
+# Each mark of a job's timeline, and the hop that ends there: gateway (received -> published), accept, first_reply,
+# stream (first -> last reply). "respond" (last reply -> response done) is the middleware's own.
+_HOPS = (("published", "gateway"), ("accepted", "accept"), ("first_reply", "first_reply"), ("last_reply", "stream"))
 
 
 class RequestMetricsMiddleware:
@@ -68,26 +70,25 @@ class RequestMetricsMiddleware:
 
 def timing_headers(received: float, job: JobStream[Any]) -> list[tuple[bytes, bytes]]:
     """Server-Timing (each hop's own duration) and x-ember-timing (each hop's time since received), in ms."""
-    marks = _marks(received, job.timeline)
-    if not marks:
+    hops = _hops(received, job.timeline)
+    if not hops:
         return []
-    durations, before = [], 0.0
-    names = {"published": "gateway", "accepted": "accept", "first_reply": "first_reply", "last_reply": "stream"}
-    for hop, at in marks.items():
-        durations.append(f"{names[hop]};dur={at - before:.1f}")
-        before = at
-    since = ";".join(f"{hop}={at:.1f}" for hop, at in marks.items())
-    return [(b"server-timing", ", ".join(durations).encode()), (b"x-ember-timing", since.encode())]
+    durations = ", ".join(f"{name};dur={took * 1000:.1f}" for _, name, _, took in hops)
+    since = ";".join(f"{mark}={at * 1000:.1f}" for mark, _, at, _ in hops)
+    return [(b"server-timing", durations.encode()), (b"x-ember-timing", since.encode())]
 
 
-def _marks(received: float, timeline: JobTimeline) -> dict[str, float]:
-    """The hops passed so far, in order, as ms since received (stopping at the first one not reached)."""
-    out: dict[str, float] = {}
-    for hop in _HOPS:
-        at = getattr(timeline, hop)
+def _hops(received: float, timeline: JobTimeline) -> list[tuple[str, str, float, float]]:
+    """(timeline mark, hop name, seconds since received, the hop's own seconds) of each hop passed so far, in
+    order, stopping at the first one not reached."""
+    out = []
+    previous = received
+    for mark, name in _HOPS:
+        at = getattr(timeline, mark)
         if at is None:
             break
-        out[hop] = (at - received) * 1000
+        out.append((mark, name, at - received, at - previous))
+        previous = at
     return out
 
 
@@ -105,18 +106,14 @@ def observe(scope: Scope, status: int, received: float, read: int, sent: int, jo
     metrics.RESPONSE_BYTES.labels(route).inc(sent)
     if not jobs:
         return
-    job = jobs[0]
-    t = job.timeline
-    modality = job.modality
-    previous = received
-    for hop, name in (("published", "gateway"), ("accepted", "accept"), ("first_reply", "first_reply")):
-        at = getattr(t, hop)
-        if at is None:
-            return
-        metrics.HOP_SECONDS.labels(name, modality).observe(at - previous)
-        previous = at
+    t = jobs[0].timeline
+    modality = jobs[0].modality
+    hops = _hops(received, t)
+    for _, name, _, took in hops:
+        metrics.HOP_SECONDS.labels(name, modality).observe(took)
+    if len(hops) < len(_HOPS):
+        return
     assert t.first_reply is not None and t.last_reply is not None
-    metrics.HOP_SECONDS.labels("stream", modality).observe(t.last_reply - t.first_reply)
     metrics.HOP_SECONDS.labels("respond", modality).observe(max(done - t.last_reply, 0.0))
     if status < 400:
         metrics.FIRST_TOKEN_SECONDS.labels(route, model).observe(t.first_reply - received)

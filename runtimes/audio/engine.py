@@ -32,7 +32,7 @@ from ember.runtimes.audio.decoding import BatchDecoder
 from ember.runtimes.audio.loader import LoadedWhisper
 from ember.runtimes.audio.pipeline import Segment, Transcription
 from ember.runtimes.fair_queue import FairQueue
-from ember.runtimes.serving import EngineOverloaded
+from ember.runtimes.serving import EngineOverloaded, request_events
 from ember.runtimes.step_clock import StepClock
 
 log = logging.getLogger("ember.audio.engine")
@@ -114,16 +114,9 @@ class AudioEngine:
             self._lock.notify()
 
     @staticmethod
-    async def events(request: AudioRequest) -> AsyncIterator[Event]:
+    def events(request: AudioRequest) -> AsyncIterator[Event]:
         """A submitted request's events until the last one (Finished, Failed, Aborted); leaving early cancels it."""
-        try:
-            while True:
-                event = await request.events.get()
-                yield event
-                if isinstance(event, Finished | Failed | Aborted):
-                    return
-        finally:
-            request.cancelled = True
+        return request_events(request, (Finished, Failed, Aborted))
 
     def abort(self, request_id: str) -> None:
         with self._lock:

@@ -26,7 +26,7 @@ from typing import TypeAlias
 import numpy as np
 
 from ember.runtimes.fair_queue import FairQueue
-from ember.runtimes.serving import EngineOverloaded
+from ember.runtimes.serving import EngineOverloaded, request_events
 from ember.runtimes.speech.model import PiperModel, Voice
 from ember.runtimes.step_clock import StepClock
 
@@ -117,16 +117,9 @@ class SpeechEngine:
             self._lock.notify()
 
     @staticmethod
-    async def events(request: SpeechRequest) -> AsyncIterator[Event]:
-        """A submitted request's events until its last (Finished, Failed, Aborted); leaving early cancels it."""
-        try:
-            while True:
-                event = await request.events.get()
-                yield event
-                if isinstance(event, Finished | Failed | Aborted):
-                    return
-        finally:
-            request.cancelled = True
+    def events(request: SpeechRequest) -> AsyncIterator[Event]:
+        """A submitted request's events until the last one (Finished, Failed, Aborted); leaving early cancels it."""
+        return request_events(request, (Finished, Failed, Aborted))
 
     def abort(self, request_id: str) -> None:
         with self._lock:
