@@ -10,13 +10,16 @@ chunks under the server's max_payload, and its TTL removes what nobody deleted (
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import uuid
 from dataclasses import dataclass
 
+import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import ObjectStoreConfig, StorageType
-from nats.js.object_store import ObjectStore
+from nats.js.api import ObjectInfo, ObjectStoreConfig, StorageType
+from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, ObjectStore
 
 
 def inline_limit(max_payload: int) -> int:
@@ -34,6 +37,13 @@ class BlobStore:
     """One object-store bucket of short-lived blobs."""
 
     store: ObjectStore
+    js: JetStreamContext
+    bucket: str
+    # How long a read waits for the next chunk before it checks whether the blob was deleted under it, and
+    # how long it waits in all for chunks a server no longer has under unchanged metadata (a local NATS that
+    # sends nothing for this long has lost them).
+    stall_check_s: float = 1.0
+    stall_limit_s: float = 30.0
 
     @classmethod
     async def open(
@@ -45,7 +55,7 @@ class BlobStore:
         except nats.js.errors.BucketNotFoundError:
             config = ObjectStoreConfig(bucket=bucket, ttl=ttl_s, storage=StorageType.MEMORY, max_bytes=max_bytes)
             store = await js.create_object_store(bucket, config=config)
-        return cls(store)
+        return cls(store, js, bucket)
 
     async def put(self, data: bytes, name: str | None = None) -> str:
         """Store ``data``; returns its name (a fresh random one unless given)."""
@@ -54,11 +64,47 @@ class BlobStore:
         return name
 
     async def get(self, name: str) -> bytes:
+        """The blob's bytes; BlobNotFound if it is gone, also when it is deleted while being read.
+
+        nats-py's own ``ObjectStore.get`` reads the object's metadata, then waits for its chunks with no
+        timeout: a blob deleted between the two (a gateway dropping the upload of a client that left while a
+        worker reads it) leaves the reader waiting forever. Here a read that stalls checks the metadata again.
+        """
+        info = await self._info(name)
+        if not info.size:
+            return b""
+        subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=info.nuid)
+        sub = await self.js.subscribe(subject, ordered_consumer=True)
+        data = bytearray()
+        digest = hashlib.sha256()
+        stalled = 0.0
         try:
-            result = await self.store.get(name)
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=self.stall_check_s)
+                except nats.errors.TimeoutError:
+                    stalled += self.stall_check_s
+                    # Deleted (the metadata says so), replaced under the same name, or its chunks lost.
+                    if (await self._info(name)).nuid != info.nuid or stalled >= self.stall_limit_s:
+                        raise BlobNotFound(name) from None
+                    continue
+                stalled = 0.0
+                data += msg.data
+                digest.update(msg.data)
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        expected = info.digest.split("=", 1)[-1] if info.digest else ""
+        if len(data) != info.size or digest.digest() != base64.urlsafe_b64decode(expected):
+            raise BlobNotFound(name)  # purged mid-read and the stream gave what it still had
+        return bytes(data)
+
+    async def _info(self, name: str) -> ObjectInfo:
+        try:
+            return await self.store.get_info(name)
         except nats.js.errors.ObjectNotFoundError as e:
             raise BlobNotFound(name) from e
-        return result.data or b""
 
     async def take(self, name: str) -> bytes:
         """Get a blob meant for one reader (a generated image on its way out) and delete it."""
