@@ -27,6 +27,11 @@ class EngineOverloaded(Exception):
     """The waiting queue is full; the worker answers 503 and the client retries."""
 
 
+class Withdrawn:
+    """The event that ends a request taken back before it started (its worker hands the job to another worker
+    with room): ``request_events`` ends at it without yielding it."""
+
+
 class _EventSource(Protocol):
     # The request's events, put there by the engine thread (through loop.call_soon_threadsafe).
     events: asyncio.Queue[Any]
@@ -35,11 +40,13 @@ class _EventSource(Protocol):
 
 
 async def request_events(request: _EventSource, last: tuple[type, ...]) -> AsyncIterator[Any]:
-    """A submitted request's events up to and including the first of a ``last`` kind (finished, failed, aborted);
-    leaving early cancels the request, so the engine drops it at its next step."""
+    """A submitted request's events up to and including the first of a ``last`` kind (finished, failed, aborted),
+    or none more once it is withdrawn; leaving early cancels the request, so the engine drops it at its next step."""
     try:
         while True:
             event = await request.events.get()
+            if isinstance(event, Withdrawn):
+                return
             yield event
             if isinstance(event, last):
                 return

@@ -574,12 +574,23 @@ class JobProbe(_Message):
     With ``resend``, the worker publishes again, to the job's reply subject, every reply it still holds from
     position ``next_seq`` on (-1: from the acceptance), so replies lost while the gateway was cut off from NATS
     are recovered instead of waited for.
+
+    With ``release``, the worker gives the job up if it has not started it (accepted, still waiting in its
+    engine's queue, nothing sent but the acceptance), so the gateway can send it to a worker with room: one that
+    just started while this one's queue is long. The worker answers at once and releases at its engine's next
+    step; ``JobState.release`` says how that went, in this answer or a later one.
     """
 
     kind: Literal["probe"] = "probe"
     request_id: str
     next_seq: int = Field(default=0, ge=-1)
     resend: bool = True
+    release: bool = False
+
+
+# A job's release (see JobProbe.release): not asked, asked and pending, done (the worker dropped the job and will
+# send nothing more for it), or refused (it had started).
+ReleaseState = Literal["", "pending", "released", "refused"]
 
 
 class JobState(_Message):
@@ -596,6 +607,7 @@ class JobState(_Message):
     resent: bool = False
     # Seconds the worker's engine has been inside one step: a stuck engine answers probes but makes no progress.
     stalled_s: float = Field(default=0.0, ge=0)
+    release: ReleaseState = ""
 
 
 class WorkerInfo(_Message):

@@ -17,6 +17,8 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from ember.bus.messages import ReleaseState
+
 ACCEPTED = -1
 
 
@@ -30,6 +32,8 @@ class JobLog:
     sent: int = 0
     finished_at: float | None = None
     nbytes: int = 0
+    # Whether the gateway asked the worker to give the job up before it started, and how that went.
+    release: ReleaseState = ""
 
 
 @dataclass
@@ -59,6 +63,16 @@ class ReplyLog:
             job.finished_at = time.monotonic()
             self._finished.append((job.finished_at, request_id))
         self._trim()
+
+    def released(self, request_id: str) -> None:
+        """The job was given up before it sent anything: it ends here, and the gateway sends it elsewhere."""
+        job = self._jobs.get(request_id)
+        if job is None:
+            return
+        job.release = "released"
+        if job.finished_at is None:
+            job.finished_at = time.monotonic()
+            self._finished.append((job.finished_at, request_id))
 
     def get(self, request_id: str) -> JobLog | None:
         self._expire()

@@ -40,6 +40,23 @@ class WorkerRouter:
         best = min(load(w) for w in candidates)
         return random.choice([w for w in candidates if load(w) == best])
 
+    def spare(self, modality: Modality, model: str, busy: str) -> WorkerInfo | None:
+        """A live worker of the model with a free place in its batch (counting the jobs this gateway has on it),
+        for a job waiting in the queue of worker ``busy``; None if ``busy`` queues nothing or no other has room.
+        This is how jobs queued before a new worker came up reach it instead of waiting behind the old one."""
+        workers = self.registry.serving(modality, model)
+        queued = next((w for w in workers if w.worker_id == busy), None)
+        if queued is None or not queued.waiting:
+            return None
+        room = [
+            w
+            for w in workers
+            if w.worker_id != busy
+            and not self.is_suspect(w.worker_id)
+            and self._outstanding[w.worker_id] + w.running + w.waiting < w.max_batch
+        ]
+        return min(room, key=lambda w: self._outstanding[w.worker_id] + w.running + w.waiting, default=None)
+
     def is_suspect(self, worker_id: str) -> bool:
         marked = self._suspect.get(worker_id)
         if marked is None:

@@ -129,6 +129,9 @@ class JobStream(Generic[R]):
         self._ahead: dict[int, StreamReply] = {}
         self._offline_since: float | None = None
         self._counted: str | None = None
+        # A worker with room this job may move to (counted there) while its own worker is asked to release it.
+        self._moving_to: str | None = None
+        self.moves = 0
         self.timeline = JobTimeline()
 
     @property
@@ -305,13 +308,19 @@ class JobStream(Generic[R]):
             return missed
         self._offline_since = None
         assert self.accepted is not None
-        state = await self._probe(self.accepted.worker_id, self._next_seq)
+        release = self._next_seq == 0 and self._wants_move()
+        state = await self._probe(self.accepted.worker_id, self._next_seq, release=release)
         if state is None:
             if missed + 1 >= timing.max_missed_probes:
                 raise WorkerLostError(f"worker {self.accepted.worker_id} stopped answering")
             return missed + 1
         if not state.known:
             raise WorkerLostError(f"worker {self.accepted.worker_id} no longer has this job")
+        if state.release == "released":  # it sent nothing and never will: the job starts afresh elsewhere
+            await self._move()
+            return 0
+        if state.release == "refused" or state.sent:
+            self._unreserve()
         if state.sent > self._next_seq and not state.resent:
             raise WorkerLostError("replies of this job were lost and the worker no longer holds them")
         if state.finished and state.sent <= self._next_seq and not state.resent:
@@ -321,9 +330,49 @@ class JobStream(Generic[R]):
             raise WorkerStalledError(stuck)
         return 0
 
-    async def _probe(self, worker_id: str, next_seq: int) -> JobState | None:
+    # --- moving to a worker with room -------------------------------------------------------------------------
+
+    def _wants_move(self) -> bool:
+        """Whether to ask this job's worker to release it: it has sent nothing yet, and another worker has room
+        (reserved there for this job until the move is done or refused)."""
+        if self._moving_to is not None:
+            return True
+        assert self.accepted is not None
+        spare = self._client.router.spare(self.modality, self.model, busy=self.accepted.worker_id)
+        if spare is None:
+            return False
+        self._moving_to = spare.worker_id
+        self._client.router.started(spare.worker_id)
+        return True
+
+    def _unreserve(self) -> None:
+        if self._moving_to is not None:
+            self._client.router.ended(self._moving_to)
+            self._moving_to = None
+
+    async def _move(self) -> None:
+        """The worker released the job before starting it: send it to the one with room (or, if that one is gone
+        meanwhile, the least loaded) and wait for its acceptance."""
+        assert self.accepted is not None
+        old, prefer = self.accepted.worker_id, self._moving_to
+        self._unreserve()
+        self._tried -= {old}  # it may take the job back if it is the least loaded after all
+        self.accepted = None
+        self.moves += 1
+        log.info("job %s: released by %s before it started; moving it to %s", self.request_id, old, prefer)
+        await self.publish(prefer)
+        accept_until = time.monotonic() + self._client.timing.accept_timeout_s
+        first = await self._accept(accept_until)
+        if isinstance(first, JobFailed):
+            self._done = True
+            raise JobRefused(first)
+        if not isinstance(first, JobAccepted):
+            raise WireVersionError(f"expected an accepted message first, got {first.kind!r}")
+        self.accepted = first
+
+    async def _probe(self, worker_id: str, next_seq: int, *, release: bool = False) -> JobState | None:
         """The job's state on its worker (None: no answer in time); WorkerLostError if nobody listens."""
-        probe = JobProbe(request_id=self.request_id, next_seq=next_seq)
+        probe = JobProbe(request_id=self.request_id, next_seq=next_seq, release=release)
         try:
             msg = await self._client.nc.request(
                 subjects.worker_probe(worker_id), encode(probe), timeout=self._client.timing.probe_timeout_s
@@ -346,6 +395,7 @@ class JobStream(Generic[R]):
         self.close()
 
     def close(self) -> None:
+        self._unreserve()
         if self._reply:
             self._client.drop_route(self._reply)
         if self._counted is not None:

@@ -7,7 +7,8 @@ A runtime plugs in a ``JobHandler``; ``WorkerHost`` does the NATS part the same 
               start() returns finds this worker
     <job>     decode -> handler.handle(job, sink) in its own task; a bad message gets JobFailed, not a crash;
               a job past its deadline is aborted; a job cancelled before it arrived never starts
-    <probe>   the job's state, and its replies from the gateway's next seq sent again (``ReplyLog``)
+    <probe>   the job's state, and its replies from the gateway's next seq sent again (``ReplyLog``); asked to,
+              the job given up if it has not started, for the gateway to send it to a worker with room
     stop()    announce leaving, stop taking jobs, let running ones finish (up to a grace period), close
 """
 
@@ -144,6 +145,12 @@ class JobHandler(abc.ABC):
     def cancel(self, request_id: str) -> None:
         """Stop a job early (its client went away); its final chunk says FINISHED_ABORTED."""
 
+    async def release(self, request_id: str) -> bool:
+        """Give a job up if it has not started (still waiting for a place, nothing sent but the acceptance): its
+        ``handle`` then ends without sending anything more, and the gateway sends the job to another worker.
+        False where it started, ended, is unknown, or the runtime cannot tell (the default)."""
+        return False
+
     def load(self) -> tuple[int, int]:
         """(running, waiting) jobs, for announcements."""
         return (0, 0)
@@ -197,6 +204,7 @@ class WorkerHost:
     _job_subs: list[Subscription] = field(default_factory=list, init=False)
     _subs: list[Subscription] = field(default_factory=list, init=False)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
+    _releases: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _early_cancels: dict[str, float] = field(default_factory=dict, init=False)
     stalled: bool = field(default=False, init=False)
     _heartbeat: asyncio.Task[None] | None = field(default=None, init=False)
@@ -371,6 +379,8 @@ class WorkerHost:
             log.warning("ignoring a bad probe: %s", e)
             return
         job = self.replies.get(probe.request_id)
+        if probe.release and job is not None:
+            self._release(probe.request_id)
         resent = False
         if job is not None and probe.resend:
             lost = self.replies.since(probe.request_id, probe.next_seq)
@@ -385,9 +395,36 @@ class WorkerHost:
             sent=job.sent if job is not None else 0,
             resent=resent,
             stalled_s=self.handler.stalled_s(),
+            release=job.release if job is not None else "",
         )
         # The resent replies go out before the answer: the gateway may read them as soon as it has it.
         await self.nc.publish(msg.reply, encode(state))
+
+    def _release(self, request_id: str) -> None:
+        """Start giving up a job that has sent nothing but its acceptance; the engine decides at its next step,
+        so the answer to this probe says "pending" and a later probe's says how it went."""
+        job = self.replies.get(request_id)
+        if job is None or job.finished_at is not None or job.sent or job.release in ("pending", "released"):
+            return
+        if request_id not in self._tasks:
+            return
+        job.release = "pending"
+
+        async def release() -> None:
+            try:
+                released = await self.handler.release(request_id)
+            except Exception:
+                log.exception("releasing job %s failed", request_id)
+                released = False
+            if released:
+                self.replies.released(request_id)
+                log.info("job %s released before it started, for a worker with room", request_id)
+            elif job.release == "pending":
+                job.release = "refused"
+
+        task = asyncio.create_task(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def _on_discover(self, msg: Msg) -> None:
         await self.announce()

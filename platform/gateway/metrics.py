@@ -66,6 +66,11 @@ HOP_SECONDS = Histogram(
     ["hop", "modality"],
     buckets=LATENCY_BUCKETS,
 )
+JOBS_MOVED = Counter(
+    "ember_jobs_moved",
+    "Jobs a busy worker released before starting them, sent on to a worker with room (one that came up later).",
+    ["modality", "model"],
+)
 PROMPT_TOKENS = Counter("ember_prompt_tokens", "Prompt tokens of finished requests.", ["model"])
 COMPLETION_TOKENS = Counter("ember_completion_tokens", "Generated tokens of finished requests.", ["model"])
 LIMIT_DECISIONS = Counter(

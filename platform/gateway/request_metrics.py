@@ -106,6 +106,9 @@ def observe(scope: Scope, status: int, received: float, read: int, sent: int, jo
     metrics.RESPONSE_BYTES.labels(route).inc(sent)
     if not jobs:
         return
+    for job in jobs:
+        if job.moves:
+            metrics.JOBS_MOVED.labels(job.modality, job.model).inc(job.moves)
     t = jobs[0].timeline
     modality = jobs[0].modality
     hops = _hops(received, t)

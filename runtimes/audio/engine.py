@@ -32,7 +32,7 @@ from ember.runtimes.audio.decoding import BatchDecoder
 from ember.runtimes.audio.loader import LoadedWhisper
 from ember.runtimes.audio.pipeline import Segment, Transcription
 from ember.runtimes.fair_queue import FairQueue
-from ember.runtimes.serving import EngineOverloaded, request_events
+from ember.runtimes.serving import EngineOverloaded, Withdrawn, request_events
 from ember.runtimes.step_clock import StepClock
 
 log = logging.getLogger("ember.audio.engine")
@@ -57,7 +57,7 @@ class Aborted:
     text: str
 
 
-Event: TypeAlias = Segment | Finished | Failed | Aborted
+Event: TypeAlias = Segment | Finished | Failed | Aborted | Withdrawn
 
 
 @dataclass
@@ -124,6 +124,18 @@ class AudioEngine:
                 if r.request_id == request_id and not r.cancelled:
                     r.cancelled = True
                     r.emit(Aborted(r.transcription.text))
+
+    def withdraw(self, request_id: str) -> bool:
+        """Take a request back if it is still waiting (none of its audio decoded): its events end with none more,
+        and its worker hands the job to another. False where it started, ended or is unknown."""
+        with self._lock:
+            r = next((r for r in self._waiting if r.request_id == request_id and not r.cancelled), None)
+            if r is None:
+                return False
+            self._waiting.remove({request_id})
+            r.cancelled = True
+        r.emit(Withdrawn())
+        return True
 
     def stop(self) -> None:
         with self._lock:

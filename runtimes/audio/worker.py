@@ -184,6 +184,9 @@ class AudioJobHandler(JobHandler):
             self.loaded, samples, self.limits, job.task, language, prompt, job.temperature, job.word_timestamps
         )
 
+    async def release(self, request_id: str) -> bool:
+        return self.engine.withdraw(request_id)
+
     async def handle(self, job: AudioJob, sink: ReplySink) -> None:
         try:
             data = await self.audio_bytes(job)

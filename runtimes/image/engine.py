@@ -118,7 +118,13 @@ class Aborted:
     """The request was cancelled; no more events follow."""
 
 
-Event = Progress | Preview | ImageDone | Failed | Aborted
+@dataclass
+class Withdrawn:
+    """The request was taken back before any of its images started (``ImageEngine.withdraw``); its stream ends
+    without yielding this or anything else."""
+
+
+Event = Progress | Preview | ImageDone | Failed | Aborted | Withdrawn
 
 
 @dataclass
@@ -203,6 +209,8 @@ class ImageEngine:
         try:
             while received < running.req.n:
                 event = await running.queue.get()
+                if isinstance(event, Withdrawn):
+                    return
                 yield event
                 if isinstance(event, Failed | Aborted):
                     return
@@ -216,6 +224,18 @@ class ImageEngine:
         running = self._drop(request_id)
         if running is not None:
             running.emit(Aborted())
+
+    def withdraw(self, request_id: str) -> bool:
+        """Take a request back if none of its images has started: its stream ends with no event, and its worker
+        hands the job to another. False where one started, or the request ended or is unknown."""
+        with self._cond:
+            running = self._requests.get(request_id)
+            if running is None or sum(it.req is running for it in self._waiting) < running.req.n:
+                return False
+            del self._requests[request_id]
+            self._waiting.remove({request_id})
+        running.emit(Withdrawn())
+        return True
 
     def _drop(self, request_id: str) -> _Running | None:
         with self._cond:

@@ -203,6 +203,9 @@ class ImageJobHandler(JobHandler):
         except BlobNotFound:
             raise RequestError(f"{param} expired before the job ran; send it again", "invalid_image", param) from None
 
+    async def release(self, request_id: str) -> bool:
+        return self.engine.withdraw(request_id)
+
     async def handle(self, job: ImageJob, sink: ReplySink) -> None:
         try:
             source = await self._payload(job.init_image, job.init_image_object, "image")

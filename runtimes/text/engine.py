@@ -21,6 +21,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -68,9 +69,12 @@ class EngineConfig:
 
 
 class OutputStream:
-    """One request's outputs, until the finished one. ``aclose()`` before the end aborts the request."""
+    """One request's outputs, until the finished one. ``aclose()`` before the end aborts the request.
 
-    def __init__(self, engine: TextEngine, request_id: str, queue: asyncio.Queue[StepOutput]) -> None:
+    A request withdrawn before it started (``TextEngine.withdraw``) ends with no output at all.
+    """
+
+    def __init__(self, engine: TextEngine, request_id: str, queue: asyncio.Queue[StepOutput | None]) -> None:
         self._engine = engine
         self.request_id = request_id
         self._queue = queue
@@ -83,6 +87,9 @@ class OutputStream:
         if self.finished:
             raise StopAsyncIteration
         out = await self._queue.get()
+        if out is None:  # withdrawn
+            self.finished = True
+            raise StopAsyncIteration
         self.finished = out.status.finished
         return out
 
@@ -136,6 +143,8 @@ class TextEngine:
         self._arrivals: list[_Entry] = []
         self._aborts: set[str] = set()
         self._stops: set[str] = set()
+        # request id -> how to answer its withdraw() (from the engine thread).
+        self._withdrawals: dict[str, Callable[[bool], None]] = {}
         # Every unfinished request (arrived, waiting or running); changes only under the lock.
         self._live: dict[str, _Entry] = {}
         self._stop = False
@@ -175,7 +184,7 @@ class TextEngine:
                 f"a prompt of {len(req.prompt_ids)} tokens leaves no room in max_context={self.max_context}"
             )
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[StepOutput] = asyncio.Queue()
+        queue: asyncio.Queue[StepOutput | None] = asyncio.Queue()
         state = OutputState(
             detok=IncrementalDetokenizer(self.tokenizer, req.prompt_ids, stop=req.sampling.stop),
             emit=lambda out: loop.call_soon_threadsafe(queue.put_nowait, out),
@@ -207,6 +216,33 @@ class TextEngine:
                 self._aborts.add(request_id)
                 self._lock.notify()
 
+    async def withdraw(self, request_id: str) -> bool:
+        """Take back a request that has not started (waiting for a place, nothing generated): its output stream
+        ends with no output, and its worker hands the job to another. False where it started, ended or is
+        unknown. Decided on the engine thread between steps, since the scheduler's queue is that thread's alone."""
+        loop = asyncio.get_running_loop()
+        answered: asyncio.Future[bool] = loop.create_future()
+
+        def settle(ok: bool) -> None:
+            if not answered.done():
+                answered.set_result(ok)
+
+        def answer(ok: bool) -> None:
+            loop.call_soon_threadsafe(settle, ok)
+
+        with self._lock:
+            entry = self._live.get(request_id)
+            if entry is None:
+                return False
+            if any(e is entry for e in self._arrivals):  # not even in the scheduler yet
+                self._arrivals = [e for e in self._arrivals if e is not entry]
+                del self._live[request_id]
+                entry.out.emit(None)
+                return True
+            self._withdrawals[request_id] = answer
+            self._lock.notify()
+        return await answered
+
     def stop_request(self, request_id: str) -> None:
         """End a request as if it had stopped by itself: its caller has all it wants of the reply (the tool-call
         parser, at a repeated call). Its last output, with its usage, says FINISHED_STOPPED; tokens sampled
@@ -224,15 +260,25 @@ class TextEngine:
         torch.set_grad_enabled(False)
         while True:
             with self._lock:
-                while not (self._stop or self._arrivals or self._aborts or self._stops or len(self.scheduler)):
+                while not (
+                    self._stop
+                    or self._arrivals
+                    or self._aborts
+                    or self._stops
+                    or self._withdrawals
+                    or len(self.scheduler)
+                ):
                     self._lock.wait()
                 if self._stop:
                     break
                 arrivals, self._arrivals = self._arrivals, []
                 aborts, self._aborts = self._aborts, set()
                 stops, self._stops = self._stops - aborts, set()
+                withdrawals, self._withdrawals = self._withdrawals, {}
             for entry in arrivals:
                 self.scheduler.add(entry.req)
+            for rid, answer in withdrawals.items():
+                answer(rid not in aborts and self._withdraw(rid))
             for ended, status in ((aborts, JobStatus.FINISHED_ABORTED), (stops, JobStatus.FINISHED_STOPPED)):
                 if ended:
                     for req in self.scheduler.remove(ended):
@@ -241,6 +287,20 @@ class TextEngine:
                 self._step()
         for req in [*self.scheduler.running, *self.scheduler.waiting_requests()]:
             self._finish(req, JobStatus.FINISHED_ABORTED)
+        with self._lock:
+            withdrawals, self._withdrawals = self._withdrawals, {}
+        for answer in withdrawals.values():
+            answer(False)
+
+    def _withdraw(self, request_id: str) -> bool:
+        req = next((r for r in self.scheduler.waiting_requests() if r.request_id == request_id), None)
+        if req is None or req.num_output_tokens:  # running, or preempted after it had sent tokens
+            return False
+        self.scheduler.remove({request_id})
+        with self._lock:
+            entry = self._live.pop(request_id)
+        entry.out.emit(None)
+        return True
 
     def _step(self) -> None:
         started = time.perf_counter()

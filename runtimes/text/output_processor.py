@@ -35,7 +35,7 @@ class OutputState:
     """One request's output side: its detokenizer, where its outputs go, and this step's pending output."""
 
     detok: IncrementalDetokenizer
-    emit: Callable[[StepOutput], None]
+    emit: Callable[[StepOutput | None], None]  # None: the request was withdrawn
     # Made on the engine thread when the request first samples (see the NOTE on threads in TextEngine).
     sampling: SequenceSampling | None = None
     pending_text: list[str] = field(default_factory=list)

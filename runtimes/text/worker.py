@@ -154,6 +154,9 @@ class TextJobHandler(JobHandler):
     def cancel(self, request_id: str) -> None:
         self.engine.abort(request_id)
 
+    async def release(self, request_id: str) -> bool:
+        return await self.engine.withdraw(request_id)
+
     def prepare(self, job: TextJob) -> PreparedJob:
         """Render and tokenize the prompt and check it against the context; raises RequestError."""
         tok = self.loaded.tokenizer

@@ -235,6 +235,20 @@ async def test_a_key_with_many_images_does_not_starve_another_of_its_tier(one_pl
     assert done == ["flood", "quiet", "flood", "flood"]
 
 
+async def test_a_request_whose_images_wait_is_withdrawn_and_one_that_started_is_not(one_row: ImageEngine) -> None:
+    """How an image worker hands a job it has not started to a worker that came up later."""
+    spec = BatchSpec(width=16, height=16, steps=3, guidance_scale=3.0)
+    busy = one_row.generate(request("busy", spec=spec, seeds=(1, 2)))
+    assert isinstance(await anext(busy), Progress)  # its first image holds the only row
+    waiting = one_row.generate(request("waiting", spec=spec, seeds=(3, 4)))
+    assert not one_row.withdraw("busy")  # one of its images started
+    assert one_row.withdraw("waiting")
+    assert await drain(waiting) == []
+    assert not one_row.withdraw("waiting")
+    assert len(images(await drain(busy))) == 2
+    assert one_row.load()[1] == 0
+
+
 def test_a_full_queue_refuses_new_requests(pixel: LoadedPipeline) -> None:
     # No engine thread: nothing leaves the queue.
     eng = ImageEngine(pixel.runner, EngineConfig(max_batch=2, max_waiting=2))

@@ -199,6 +199,30 @@ async def test_explicit_abort_reports_aborted(loaded: LoadedModel) -> None:
         engine.stop()
 
 
+async def test_a_waiting_request_is_withdrawn_without_output_and_a_running_one_is_not(loaded: LoadedModel) -> None:
+    """How a worker hands a job it has not started to a worker that just came up: the waiting request leaves
+    with no output at all (the gateway sends it elsewhere), the running one is untouched."""
+    engine = make_engine(loaded, max_batch=1)
+    try:
+        running = engine.generate(request(loaded, "running", "hello", max_tokens=30))
+        await anext(running)  # it holds the only slot now
+        waiting = engine.generate(request(loaded, "waiting", "hello", max_tokens=3))
+        assert engine.load() == (1, 1)
+        assert not await engine.withdraw("running")
+        assert await engine.withdraw("waiting")
+        assert [out async for out in waiting] == []
+        assert not await engine.withdraw("waiting")  # gone: nothing to withdraw twice
+        assert not await engine.withdraw("unknown")
+        rest = [out async for out in running]
+        assert rest[-1].status == JobStatus.FINISHED_LENGTH and len(tokens(rest)) == 29
+        assert engine.load() == (0, 0)
+        # The withdrawn id is free again: the job may come back to this worker.
+        outs = await asyncio.wait_for(run(engine, request(loaded, "waiting", "hello", max_tokens=3)), 30)
+        assert outs[-1].status == JobStatus.FINISHED_LENGTH
+    finally:
+        engine.stop()
+
+
 async def test_higher_priority_is_admitted_first(loaded: LoadedModel) -> None:
     engine = make_engine(loaded, max_batch=1)
     order: list[str] = []
