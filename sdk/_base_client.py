@@ -166,6 +166,14 @@ class SyncAPIClient(BaseClient[httpx.Client]):
         response = self._send("POST", path, body=body, options=options, stream=False)
         return self._parse(response, cast_to)
 
+    def delete(self, path: str, *, cast_to: type[ModelT], options: RequestOptions) -> ModelT:
+        response = self._send("DELETE", path, body=None, options=options, stream=False)
+        return self._parse(response, cast_to)
+
+    def get_raw(self, path: str, *, options: RequestOptions, stream: bool) -> httpx.Response:
+        """GET a file rather than JSON (``files.content``); the raw response, unread when ``stream``."""
+        return self._send("GET", path, body=None, options=options, stream=stream)
+
     def post_stream(self, path: str, *, body: Body, cast_to: type[ModelT], options: RequestOptions) -> Stream[ModelT]:
         response = self._send("POST", path, body=body, options=options, stream=True)
         return Stream(response, cast_to)
@@ -256,6 +264,14 @@ class AsyncAPIClient(BaseClient[httpx.AsyncClient]):
     async def post(self, path: str, *, body: Body, cast_to: type[ModelT], options: RequestOptions) -> ModelT:
         response = await self._send("POST", path, body=body, options=options, stream=False)
         return self._parse(response, cast_to)
+
+    async def delete(self, path: str, *, cast_to: type[ModelT], options: RequestOptions) -> ModelT:
+        response = await self._send("DELETE", path, body=None, options=options, stream=False)
+        return self._parse(response, cast_to)
+
+    async def get_raw(self, path: str, *, options: RequestOptions, stream: bool) -> httpx.Response:
+        """GET a file rather than JSON (``files.content``); the raw response, unread when ``stream``."""
+        return await self._send("GET", path, body=None, options=options, stream=stream)
 
     async def post_stream(
         self, path: str, *, body: Body, cast_to: type[ModelT], options: RequestOptions

@@ -7,9 +7,11 @@ import httpx
 from ._base_client import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT, AsyncAPIClient, SyncAPIClient
 from ._types import Headers, Timeout
 from .resources.audio import AsyncAudio, Audio
+from .resources.batches import AsyncBatches, Batches
 from .resources.chat import AsyncChat, Chat
 from .resources.completions import AsyncCompletions, Completions
 from .resources.embeddings import AsyncEmbeddings, Embeddings
+from .resources.files import AsyncFiles, Files
 from .resources.functions import AsyncFunctions, Functions
 from .resources.images import AsyncImages, Images
 from .resources.models import AsyncModels, Models
@@ -44,7 +46,10 @@ class Ember(SyncAPIClient):
     completions: Completions
     audio: Audio
     images: Images
+    embeddings: Embeddings
     functions: Functions
+    files: Files
+    batches: Batches
 
     def __init__(
         self,
@@ -71,6 +76,8 @@ class Ember(SyncAPIClient):
         self.images = Images(self)
         self.embeddings = Embeddings(self)
         self.functions = Functions(self)
+        self.files = Files(self)
+        self.batches = Batches(self)
 
     def __repr__(self) -> str:
         return f"Ember(base_url={str(self.base_url)!r})"
@@ -95,7 +102,10 @@ class AsyncEmber(AsyncAPIClient):
     completions: AsyncCompletions
     audio: AsyncAudio
     images: AsyncImages
+    embeddings: AsyncEmbeddings
     functions: AsyncFunctions
+    files: AsyncFiles
+    batches: AsyncBatches
 
     def __init__(
         self,
@@ -122,6 +132,8 @@ class AsyncEmber(AsyncAPIClient):
         self.images = AsyncImages(self)
         self.embeddings = AsyncEmbeddings(self)
         self.functions = AsyncFunctions(self)
+        self.files = AsyncFiles(self)
+        self.batches = AsyncBatches(self)
 
     def __repr__(self) -> str:
         return f"AsyncEmber(base_url={str(self.base_url)!r})"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 import pydantic
 
@@ -32,6 +33,12 @@ def request_options(
     extra_headers: Headers | None, extra_body: Body | None, timeout: Timeout | NotGiven = NOT_GIVEN
 ) -> RequestOptions:
     return RequestOptions(extra_headers=extra_headers, extra_body=extra_body, timeout=timeout)
+
+
+def query_path(path: str, **params: Any) -> str:
+    """``path`` with the parameters that are not None as its query string (``files?purpose=batch&limit=2``)."""
+    given = {name: value for name, value in params.items() if value is not None}
+    return f"{path}?{urlencode(given)}" if given else path
 
 
 def make_body(method: str, params: Mapping[str, Any], allowed: type[Any], **fixed: Any) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Responses whose body is a file rather than JSON (``client.audio.speech``): read whole, or streamed as it comes.
+"""Responses whose body is a file rather than JSON (``client.audio.speech``, ``client.files.content``): read whole,
+or streamed as it comes.
 
 ``create()`` reads the whole body and returns ``BinaryResponseContent`` (``.content``, ``.write_to_file``);
 ``with_streaming_response.create()`` is a context manager whose ``StreamedBinaryResponse`` hands out the bytes
@@ -12,6 +13,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
+from typing import Any
 
 import anyio
 import httpx
@@ -58,6 +60,15 @@ class BinaryResponseContent(_Headers):
     def content(self) -> bytes:
         return self.response.content
 
+    @property
+    def text(self) -> str:
+        """The content decoded as text (the charset the server names, else UTF-8): a JSONL file, say."""
+        return self.response.text
+
+    def json(self) -> Any:
+        """The content parsed as one JSON document."""
+        return self.response.json()
+
     def read(self) -> bytes:
         return self.response.content
 
@@ -82,6 +93,15 @@ class AsyncBinaryResponseContent(_Headers):
     @property
     def content(self) -> bytes:
         return self.response.content
+
+    @property
+    def text(self) -> str:
+        """The content decoded as text (the charset the server names, else UTF-8): a JSONL file, say."""
+        return self.response.text
+
+    def json(self) -> Any:
+        """The content parsed as one JSON document."""
+        return self.response.json()
 
     async def read(self) -> bytes:
         return self.response.content

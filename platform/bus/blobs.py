@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import uuid
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from typing import BinaryIO, cast
 
 import nats.errors
 import nats.js.errors
@@ -47,24 +50,37 @@ class BlobStore:
 
     @classmethod
     async def open(
-        cls, js: JetStreamContext, bucket: str = "ember_blobs", ttl_s: float = 3600.0, max_bytes: int = -1
+        cls,
+        js: JetStreamContext,
+        bucket: str = "ember_blobs",
+        ttl_s: float = 3600.0,
+        max_bytes: int = -1,
+        storage: StorageType = StorageType.MEMORY,
     ) -> BlobStore:
-        """The bucket, created on first use; memory-backed, since every blob is disposable."""
+        """The bucket, created on first use; memory-backed by default, since most blobs are disposable (uploaded
+        files are not: they ask for file storage and no TTL)."""
         try:
             store = await js.object_store(bucket)
         except nats.js.errors.BucketNotFoundError:
-            config = ObjectStoreConfig(bucket=bucket, ttl=ttl_s, storage=StorageType.MEMORY, max_bytes=max_bytes)
+            config = ObjectStoreConfig(bucket=bucket, ttl=ttl_s or None, storage=storage, max_bytes=max_bytes)
             store = await js.create_object_store(bucket, config=config)
         return cls(store, js, bucket)
 
-    async def put(self, data: bytes, name: str | None = None) -> str:
-        """Store ``data``; returns its name (a fresh random one unless given)."""
+    async def put(self, data: bytes | BinaryIO, name: str | None = None) -> str:
+        """Store ``data`` (bytes, or a binary file read chunk by chunk); returns its name (a fresh random one
+        unless given)."""
         name = name or uuid.uuid4().hex
-        await self.store.put(name, data)
+        # nats-py reads any object with readinto(), off the event loop; its annotation names only one class.
+        await self.store.put(name, data if isinstance(data, bytes) else cast(io.BufferedIOBase, data))
         return name
 
     async def get(self, name: str) -> bytes:
-        """The blob's bytes; BlobNotFound if it is gone, also when it is deleted while being read.
+        """The blob's bytes; BlobNotFound if it is gone, also when it is deleted while being read."""
+        return b"".join([chunk async for chunk in self.chunks(name)])
+
+    async def chunks(self, name: str) -> AsyncGenerator[bytes, None]:
+        """The blob's bytes in the store's chunks, for a reader that passes them on (a download) without holding
+        the whole; BlobNotFound, before the first chunk or after some, if it is gone.
 
         nats-py's own ``ObjectStore.get`` reads the object's metadata, then waits for its chunks with no
         timeout: a blob deleted between the two (a gateway dropping the upload of a client that left while a
@@ -72,11 +88,11 @@ class BlobStore:
         """
         info = await self._info(name)
         if not info.size:
-            return b""
+            return
         subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=info.nuid)
         sub = await self.js.subscribe(subject, ordered_consumer=True)
-        data = bytearray()
         digest = hashlib.sha256()
+        size = 0
         stalled = 0.0
         try:
             while True:
@@ -89,16 +105,18 @@ class BlobStore:
                         raise BlobNotFound(name) from None
                     continue
                 stalled = 0.0
-                data += msg.data
                 digest.update(msg.data)
-                if msg.metadata.num_pending == 0:
-                    break
+                size += len(msg.data)
+                last = msg.metadata.num_pending == 0
+                if last:
+                    expected = info.digest.split("=", 1)[-1] if info.digest else ""
+                    if size != info.size or digest.digest() != base64.urlsafe_b64decode(expected):
+                        raise BlobNotFound(name)  # purged mid-read and the stream gave what it still had
+                yield msg.data
+                if last:
+                    return
         finally:
             await sub.unsubscribe()
-        expected = info.digest.split("=", 1)[-1] if info.digest else ""
-        if len(data) != info.size or digest.digest() != base64.urlsafe_b64decode(expected):
-            raise BlobNotFound(name)  # purged mid-read and the stream gave what it still had
-        return bytes(data)
 
     async def _info(self, name: str) -> ObjectInfo:
         try:

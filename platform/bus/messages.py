@@ -656,6 +656,9 @@ class UsageRecord(_Message):
     duration_ms: float = Field(ge=0)
     # "ok", or the error code the client got (e.g. "rate_limit_exceeded", "worker_lost").
     status: str = "ok"
+    # A line of a batch: its batch, and the share of the online price it is charged (batch.price_factor).
+    batch_id: str | None = None
+    price_factor: float = Field(default=1.0, ge=0, le=1)
 
 
 def decode_usage(raw: bytes) -> UsageRecord:

@@ -8,6 +8,7 @@ ember worker functions --module my_funcs --nats URL   built-in and user function
 ember models                           what is configured and where its weights are
 ember keys create|list|revoke|set-tier API keys, on the NATS at --nats URL (see ember.cli.keys)
 ember usage [--key ID] [--since 24h]   usage totals per key and model
+ember batch submit|status|cancel|download   batches of requests on a server's Batch API (see ember.cli.batch)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ember.cli import batch as batch_cli
 from ember.cli import keys as keys_cli
 from ember.cli import usage as usage_cli
 from ember.cli.runners import FUNCTIONS_WORKER, WORKER_RUNNERS
@@ -58,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list the configured models")
     keys_cli.add_parser(sub)
     usage_cli.add_parser(sub)
+    batch_cli.add_parser(sub)
     return p
 
 
@@ -83,6 +86,9 @@ def _nats_url(args: argparse.Namespace, settings: Settings) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "batch":
+        # An API client: it needs neither the server's config file nor NATS.
+        return batch_cli.run(args)
     try:
         settings = _settings(args)
         logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

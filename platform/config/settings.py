@@ -350,6 +350,34 @@ class FunctionsSettings(_Section):
         return self
 
 
+class FilesSettings(_Section):
+    """``/v1/files``: uploads kept in JetStream (file storage) until deleted."""
+
+    # Bigger uploads get 413 (OpenAI's limit is 512 MB; JetStream keeps each file whole on the server's disk).
+    max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    # All files together; an upload past it gets 413 too (-1: no limit but the disk).
+    max_total_bytes: int = -1
+
+
+class BatchSettings(_Section):
+    """``/v1/batches``: JSONL files of requests run at the lowest priority on idle capacity."""
+
+    # Lines of one batch file (OpenAI: 50,000).
+    max_lines: int = Field(default=50_000, ge=1)
+    # A model's worker slots (max_batch over its live workers) that batch lines may hold at once, as a share:
+    # the rest stays free for interactive requests, which are admitted first anyway (batch lines have the
+    # lowest priority in the workers' queues).
+    max_share: float = Field(default=0.5, gt=0, le=1)
+    # What a batch line is charged, as a share of the same request's price (recorded with its usage).
+    price_factor: float = Field(default=0.5, ge=0, le=1)
+    # Tries of one line that failed for the platform's reasons (no worker, worker lost, overloaded) before it is
+    # written to the error file; a 429 waits out the key's limit instead and is not counted.
+    line_attempts: int = Field(default=5, ge=1, le=50)
+    # A gateway running a batch confirms it every ack_wait_s / 3; one that stops (it crashed) hands the batch to
+    # another gateway (or itself, restarted) after ack_wait_s, which resumes it from the lines already answered.
+    ack_wait_s: float = Field(default=30.0, ge=1, le=3600)
+
+
 # The keys that say where a model's weights are: a config entry that sets one describes a new model.
 _WEIGHT_SOURCES = frozenset({"path", "package", "parts"})
 
@@ -441,6 +469,8 @@ class Settings(BaseSettings):
     models: dict[str, ModelSpec] = Field(default_factory=default_models)
     auth: AuthSettings = AuthSettings()
     functions: FunctionsSettings = FunctionsSettings()
+    files: FilesSettings = FilesSettings()
+    batch: BatchSettings = BatchSettings()
     audio: AudioSettings = AudioSettings()
     # Named tiers; a config file's [tiers.NAME] replaces or adds one.
     tiers: dict[str, Tier] = Field(default_factory=default_tiers)

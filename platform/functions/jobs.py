@@ -30,6 +30,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
+from ember.bus.kv_records import KvRecords
 from ember.bus.messages import ErrorInfo
 
 BUCKET = "ember_function_jobs"
@@ -119,38 +120,13 @@ class JobStore:
         await self.kv.put(record.id, _encode(record))
 
     async def get(self, job_id: str) -> FunctionJobRecord | None:
-        found = await self._read(job_id)
-        return found[0] if found else None
+        return await KvRecords(self.kv, FunctionJobRecord).get(job_id)
 
     async def change(
         self, job_id: str, edit: Callable[[FunctionJobRecord], FunctionJobRecord | None]
     ) -> FunctionJobRecord | None:
-        """Apply ``edit`` to the stored record, compare-and-set, again on a conflict; returns what is stored.
-
-        ``edit`` returns the new record, or None to leave the entry as it is (the change no longer applies).
-        Returns None when there is no entry.
-        """
-        while True:
-            found = await self._read(job_id)
-            if found is None:
-                return None
-            record, revision = found
-            changed = edit(record)
-            if changed is None:
-                return record
-            try:
-                await self.kv.update(job_id, _encode(changed), last=revision)
-                return changed
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue  # someone wrote in between: read again and decide again
-
-    async def _read(self, job_id: str) -> tuple[FunctionJobRecord, int] | None:
-        try:
-            entry = await self.kv.get(job_id)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError, nats.js.errors.InvalidKeyError):
-            return None
-        assert entry.revision is not None
-        return FunctionJobRecord.model_validate_json(entry.value or b"{}"), entry.revision
+        """Apply ``edit`` to the stored record by compare-and-set (``KvRecords.change``); None if there is none."""
+        return await KvRecords(self.kv, FunctionJobRecord).change(job_id, edit)
 
 
 def _encode(record: FunctionJobRecord) -> bytes:

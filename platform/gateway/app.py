@@ -12,11 +12,15 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.routing import Route
 
+from ember.auth.keys import ApiKey, anonymous_key
 from ember.auth.nats_kv import NatsKeyStore
+from ember.batches.runner import BatchRunner
+from ember.batches.store import BatchStore, ResultStore
 from ember.bus.blobs import BlobStore
 from ember.bus.client import JobClient, StreamTiming
 from ember.bus.connection import connect
 from ember.config import Settings
+from ember.files.store import FileStore
 from ember.gateway import errors, metrics
 from ember.gateway.auth import AuthMiddleware
 from ember.gateway.disconnect import DisconnectMiddleware
@@ -25,9 +29,11 @@ from ember.gateway.request_metrics import RequestMetricsMiddleware
 from ember.gateway.routes import (
     admin,
     audio,
+    batches,
     chat,
     completions,
     embeddings,
+    files,
     functions,
     health,
     images,
@@ -49,6 +55,15 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 }
 
 
+async def batch_key(app: Starlette, settings: Settings, key_id: str) -> ApiKey | None:
+    """The key a batch runs as: the live key of that id, or (auth off) the anonymous one; None if revoked."""
+    if not settings.auth.enabled:
+        return anonymous_key(settings.auth.anonymous_tier)
+    store: NatsKeyStore | None = app.state.key_store
+    key = await store.get(key_id) if store is not None else None
+    return None if key is None or key.revoked else key
+
+
 def middleware(settings: Settings) -> list[Middleware]:
     """The gateway's middleware, outermost first."""
     return [
@@ -59,7 +74,11 @@ def middleware(settings: Settings) -> list[Middleware]:
         Middleware(DisconnectMiddleware),
         # Before the body is read: a request without a valid key costs us no more than its headers.
         Middleware(AuthMiddleware, settings=settings),
-        Middleware(BodyLimitMiddleware, max_bytes=settings.gateway.max_body_bytes, per_path=audio.BODY_LIMITS),
+        Middleware(
+            BodyLimitMiddleware,
+            max_bytes=settings.gateway.max_body_bytes,
+            per_path={**audio.BODY_LIMITS, files.PATH: settings.files.max_bytes + files.FORM_OVERHEAD_BYTES},
+        ),
     ]
 
 
@@ -97,6 +116,19 @@ def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None
         app.state.blobs = await BlobStore.open(js)
         app.state.image_files = await BlobStore.open(js, images.FILES_BUCKET, ttl_s=images.URL_TTL_S)
         await functions.setup(app, client, js, settings)
+        app.state.files = await FileStore.open(js, settings.files.max_total_bytes)
+        app.state.batches = await BatchStore.open(js)
+        batch_runner = BatchRunner(
+            app,
+            js,
+            app.state.batches,
+            await ResultStore.open(js),
+            app.state.files,
+            settings.batch,
+            find_key=lambda key_id: batch_key(app, settings, key_id),
+            known_model=lambda model: model in settings.models or model in client.registry.models(),
+            slots=lambda modality, model: sum(w.max_batch for w in client.registry.serving(modality, model)),
+        )
         # Dev mode (auth off) has no keys to limit: requests run unmetered, though their usage is still recorded.
         app.state.limiter = await NatsRateLimiter.open(nc) if settings.auth.enabled else None
         store: NatsKeyStore | None = None
@@ -105,9 +137,11 @@ def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None
             store = NatsKeyStore(nc)
             await store.start()
         app.state.key_store = store
+        await batch_runner.start()
         try:
             yield
         finally:
+            await batch_runner.stop()
             if store is not None:
                 await store.stop()
             if app.state.limiter is not None:
@@ -140,6 +174,8 @@ def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None
             Route("/v1/images/files/{name}", images.file, methods=["GET"], name="image_file"),
             *admin.routes(),
             *functions.routes(),
+            *files.routes(),
+            *batches.routes(),
             Route("/v1/usage", usage.summary, methods=["GET"]),
             # The web playground: static files that call the API above (see routes/playground.py).
             Route("/", playground.index, methods=["GET"]),

@@ -13,6 +13,8 @@ What it does with ``Authorization: Bearer <secret>``:
 - every other request needs a live key: no header, a malformed secret, an unknown one and a revoked one all get
   the same 401, byte for byte, so a caller learns nothing about which keys exist;
 - a good key lands on ``request.state.api_key`` (an ``ApiKey``) for the routes and the rate limiter;
+- the admin key (``auth.admin_key``) also opens the files and batches of every key, to read, cancel and delete
+  (``request.state.admin``); those routes refuse it what only a tenant does (uploading, creating a batch);
 - with ``auth.enabled = false`` nothing is checked and every request carries ``anonymous_key(auth.anonymous_tier)``.
 
 The key store is ``app.state.key_store``, which the app's lifespan starts (it needs the NATS connection), so the
@@ -21,6 +23,9 @@ memory, so this adds no network round trip to a request.
 """
 
 from __future__ import annotations
+
+import hashlib
+import hmac
 
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -38,6 +43,12 @@ OPEN_PREFIXES = ("/v1/images/files/", "/playground/")
 ADMIN_PREFIX = "/v1/admin"
 # Admin routes outside /v1/admin (OpenAI-style names); like those, they check the admin key themselves.
 ADMIN_PATHS = frozenset({"/v1/usage"})
+# The ASGI scope entry that marks a request made inside the gateway process for a key already resolved (a batch
+# line, ``ember.batches.line_call``); an HTTP client cannot set scope entries, only headers.
+INTERNAL = "ember.internal"
+# Where the admin key may act on every key's data (see ``is_admin``).
+ADMIN_READABLE = ("/v1/files", "/v1/batches")
+ADMIN = ApiKey(id="admin", name="admin", tier="", scopes=(), created_at=0, revoked_at=None, prefix="")
 
 # One message for every refusal: which of "missing", "malformed", "unknown" and "revoked" it was is not said.
 INVALID_KEY_MESSAGE = "Incorrect API key provided. Send a valid Ember key as 'Authorization: Bearer em_...'."
@@ -66,6 +77,17 @@ def current_key(request: Request) -> ApiKey:
     return key
 
 
+def is_admin(request: Request) -> bool:
+    """Whether the request came with the admin key, on a route that lets it see every key's files and batches."""
+    return bool(getattr(request.state, "admin", False))
+
+
+def _is_admin_key(secret: str | None, admin_key: str | None) -> bool:
+    if secret is None or admin_key is None:
+        return False
+    return hmac.compare_digest(hashlib.sha256(secret.encode()).digest(), hashlib.sha256(admin_key.encode()).digest())
+
+
 def _is_open(path: str) -> bool:
     if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
         return True
@@ -79,16 +101,22 @@ class AuthMiddleware:
         self.app = app
         self.enabled = settings.auth.enabled
         self.anonymous = anonymous_key(settings.auth.anonymous_tier)
+        self.admin_key = settings.auth.admin_key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        if not self.enabled:
+        secret = bearer_token(scope)
+        if scope.get(INTERNAL) and "api_key" in state:
+            pass  # a call made inside this process (a batch line) for the key it runs under
+        elif scope["path"].startswith(ADMIN_READABLE) and _is_admin_key(secret, self.admin_key):
+            state["admin"] = True
+            state["api_key"] = ADMIN
+        elif not self.enabled:
             state["api_key"] = self.anonymous
         elif not _is_open(scope["path"]):
-            secret = bearer_token(scope)
             try:
                 key = None if secret is None else await key_store(scope.get("app")).authenticate(secret)
             except ServiceUnavailable as e:  # out here the app's exception handlers do not apply

@@ -240,7 +240,7 @@ class Orchestration:
                 model=self.body.model,
                 messages=tuple(messages),
                 sampling=self.body.sampling(0, max_tokens),
-                priority=quota.tier.priority,
+                priority=quota.priority,
                 key_id=quota.key.id,
                 tools=self.plan.tools,
                 tool_choice=self.plan.choice(step),

@@ -34,6 +34,9 @@ from ember.usage import stream as usage_stream
 
 log = logging.getLogger("ember.gateway.quota")
 
+# Tiers' priorities are 0 and up.
+BATCH_PRIORITY = -1
+
 
 @dataclass
 class Quota:
@@ -51,6 +54,15 @@ class Quota:
     closed: bool = False
     # The request's state: the metrics middleware reads the model, tier and tokens generated from it.
     request_state: Any = None
+    # A line of a batch (``ember.batches.line_call``): lowest priority, no concurrency slot of the key's, and
+    # the batch runner writes its usage record (one per line, whatever its tries).
+    batch_line: bool = False
+
+    @property
+    def priority(self) -> int:
+        """The priority of this request's jobs in the workers' queues: its tier's, or below every tier's for a
+        batch line, which fills the capacity interactive requests leave."""
+        return BATCH_PRIORITY if self.batch_line else self.tier.priority
 
     @classmethod
     async def open(cls, request: Request, model: str) -> Quota:
@@ -69,14 +81,16 @@ class Quota:
             limiter=getattr(request.app.state, "limiter", None),
             usage=getattr(request.app.state, "usage", None),
             request_state=request.state,
+            batch_line=getattr(request.state, "batch_line", None) is not None,
         )
         request.state.metrics_model = model
         request.state.metrics_tier = key.tier
         if quota.limiter is None:
             return quota
         try:
-            quota.lease = await quota.limiter.acquire_slot(key.id, tier)
-            if quota.lease is None:
+            # A batch's lines are bounded by the batch runner's share of the model, not the key's slots.
+            quota.lease = None if quota.batch_line else await quota.limiter.acquire_slot(key.id, tier)
+            if quota.lease is None and not quota.batch_line:
                 # A zero-cost admission charges nothing: it reads the other limits, for this 429's headers.
                 standing = await quota.limiter.admit(key.id, tier, Cost(requests=0))
                 raise RateLimitExceeded.too_many_concurrent(tier.concurrent_requests or 0, standing)
@@ -183,7 +197,7 @@ class Quota:
                 await self.limiter.reconcile(self.key.id, self.tier, self.reserved, actual)
             if self.lease is not None:
                 await self.limiter.release(self.lease)
-        if self.usage is not None:
+        if self.usage is not None and not self.batch_line:
             record = UsageRecord(
                 request_id=self.request_id,
                 key_id=self.key.id,

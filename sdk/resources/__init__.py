@@ -5,17 +5,23 @@ each client's ``__init__`` (``ember._client``). Async methods take ``timeout=`` 
 httpx timeouts, not an overall deadline), hence their ``noqa: ASYNC109``.
 """
 
+from .batches import AsyncBatches, Batches
 from .chat import AsyncChat, AsyncChatCompletions, Chat, ChatCompletions
 from .completions import AsyncCompletions, Completions
+from .files import AsyncFiles, Files
 from .models import AsyncModels, Models
 
 __all__ = [
+    "AsyncBatches",
     "AsyncChat",
     "AsyncChatCompletions",
     "AsyncCompletions",
+    "AsyncFiles",
     "AsyncModels",
+    "Batches",
     "Chat",
     "ChatCompletions",
     "Completions",
+    "Files",
     "Models",
 ]

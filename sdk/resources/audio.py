@@ -6,14 +6,13 @@ request is built here from the client's headers, retries and parsing.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import IO, Any, Literal, TypeAlias, overload
+from typing import Any, Literal, TypeAlias, overload
 
 import httpx
 
 from .._base_client import AsyncAPIClient, BaseClient, SyncAPIClient
+from .._files import FileTypes, file_part
 from .._resource import AsyncAPIResource, SyncAPIResource, request_options
 from .._streaming import AsyncStream, Stream
 from .._types import NOT_GIVEN, Headers, NotGiven, Timeout
@@ -22,27 +21,7 @@ from .speech import AsyncSpeech, Speech
 
 __all__ = ["AsyncAudio", "AsyncTranscriptions", "AsyncTranslations", "Audio", "Transcriptions", "Translations"]
 
-# What ``file=`` takes: a path, the bytes, an open binary file, or (filename, bytes or file[, content type]).
-FileTypes: TypeAlias = (
-    str | os.PathLike[str] | bytes | IO[bytes] | tuple[str, bytes | IO[bytes]] | tuple[str, bytes | IO[bytes], str]
-)
 Result: TypeAlias = Transcription | TranscriptionVerbose | str
-
-
-def _file_part(file: FileTypes) -> tuple[str, bytes, str]:
-    """(filename, content, content type); the content is read once so that a retry can send it again."""
-    if isinstance(file, tuple):
-        name, content = file[0], file[1]
-        kind = file[2] if len(file) == 3 else "application/octet-stream"
-        data = content if isinstance(content, bytes) else content.read()
-        return name, data, kind
-    if isinstance(file, bytes):
-        return "audio", file, "application/octet-stream"
-    if isinstance(file, str | os.PathLike):
-        path = Path(file)
-        return path.name, path.read_bytes(), "application/octet-stream"
-    name = os.path.basename(str(getattr(file, "name", "audio")))
-    return name, file.read(), "application/octet-stream"
 
 
 def _form(
@@ -159,7 +138,7 @@ class _SyncAudioEndpoint(SyncAPIResource):
             model, language, prompt, response_format, temperature, timestamp_granularities, stream, extra_body
         )
         opts = request_options(extra_headers, None, timeout)
-        files = {"file": _file_part(file)}
+        files = {"file": file_part(file, "audio")}
         response = self._client.post_multipart(self._path, fields=fields, files=files, options=opts, stream=stream)
         if stream:
             return Stream(response, TranscriptionStreamEvent)
@@ -223,7 +202,7 @@ class _AsyncAudioEndpoint(AsyncAPIResource):
             model, language, prompt, response_format, temperature, timestamp_granularities, stream, extra_body
         )
         opts = request_options(extra_headers, None, timeout)
-        files = {"file": _file_part(file)}
+        files = {"file": file_part(file, "audio")}
         response = await self._client.post_multipart(
             self._path, fields=fields, files=files, options=opts, stream=stream
         )

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeAlias, Unpack, cast, overload
 
+from .._files import FileTypes
 from .._resource import AsyncAPIResource, SyncAPIResource, make_body, request_options
 from .._streaming import AsyncStream, Stream
 from .._types import NOT_GIVEN, Body, Headers, NotGiven, Timeout
@@ -23,7 +24,6 @@ from ..types.image import (
     ImageStreamEvent,
     ImageVariationParams,
 )
-from .audio import FileTypes
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage

@@ -14,6 +14,7 @@ from .audio import (
     Translation,
     TranslationVerbose,
 )
+from .batch import Batch, BatchError, BatchErrors, BatchList, BatchRequestCounts, BatchStatus
 from .chat_completion import ChatCompletion, Choice, FinishReason
 from .chat_completion_chunk import (
     ChatCompletionChunk,
@@ -40,6 +41,8 @@ from .completion import Completion, CompletionChoice, Logprobs
 from .completion_create_params import CompletionCreateParams
 from .completion_usage import CompletionTokensDetails, CompletionUsage, PromptTokensDetails
 from .embedding import CreateEmbeddingResponse, Embedding, EmbeddingUsage
+from .file_deleted import FileDeleted
+from .file_object import FileList, FileObject, FilePurpose
 from .function import FunctionDefinition, FunctionJob, FunctionJobError, FunctionList, FunctionResult
 from .image import (
     Image,
@@ -57,6 +60,12 @@ Usage = CompletionUsage
 
 __all__ = [
     "AudioResponseFormat",
+    "Batch",
+    "BatchError",
+    "BatchErrors",
+    "BatchList",
+    "BatchRequestCounts",
+    "BatchStatus",
     "ChatCompletion",
     "ChatCompletionChunk",
     "ChatCompletionContentPartParam",
@@ -85,6 +94,10 @@ __all__ = [
     "CreateEmbeddingResponse",
     "Embedding",
     "EmbeddingUsage",
+    "FileDeleted",
+    "FileList",
+    "FileObject",
+    "FilePurpose",
     "FinishReason",
     "Function",
     "FunctionCall",

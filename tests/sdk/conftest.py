@@ -7,18 +7,14 @@ early can only be seen over a socket).
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
-import uvicorn
 
 import ember
 from ember import _retries
-from tests.sdk.fake_gateway import ServerState, make_app
+from tests.sdk.fake_gateway import ServerState, make_app, serve_in_thread
 
 
 @pytest.fixture(scope="session")
@@ -41,22 +37,8 @@ def _fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def live_url(server_state: ServerState) -> Iterator[str]:
     """The fake app on uvicorn, in a thread, on a free loopback port; yields its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(make_app(server_state), log_level="warning", lifespan="off", ws="none", http="h11")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(10)
-    sock.close()
+    with serve_in_thread(make_app(server_state)) as url:
+        yield url
 
 
 @pytest.fixture

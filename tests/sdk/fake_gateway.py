@@ -12,21 +12,31 @@ Requests can ask the app to misbehave through headers (sent with ``extra_headers
 
 and through the model name: "tools" (a tool call), "odd-framing" (unusual but valid SSE), "forever" (a stream
 that never ends), "bad-shape" (a 200 that is not a ChatCompletion).
+
+``/v1/files`` and ``/v1/batches`` keep their files and batches in ``ServerState.store`` (see ``fake_batches``).
+``serve_in_thread`` runs the app on uvicorn over loopback, for clients that need a real socket.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import uvicorn
 from starlette.applications import Starlette
+from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.sdk.fake_batches import FakeBatchStore, NotFound, Refused
 
 MODELS = [
     {"id": "tiny", "object": "model", "created": 1700000000, "owned_by": "ember", "context_length": 2048},
@@ -40,6 +50,9 @@ class Recorded:
     path: str
     headers: dict[str, str]
     json: Any
+    # A multipart request's fields: text as str, a file as (filename, content, content type).
+    form: dict[str, Any] | None = None
+    query: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -50,11 +63,13 @@ class ServerState:
     attempts: int = 0
     # Set when a stream's generator ends for any reason: finished, or cancelled because the client went away.
     stream_closed: threading.Event = field(default_factory=threading.Event)
+    store: FakeBatchStore = field(default_factory=FakeBatchStore)
 
     def reset(self) -> None:
         self.requests.clear()
         self.attempts = 0
         self.stream_closed.clear()
+        self.store.clear()
 
     @property
     def last(self) -> Recorded:
@@ -89,8 +104,22 @@ def make_app(state: ServerState) -> Starlette:
         return {"x-request-id": f"req-{len(state.requests)}"}
 
     async def record(request: Request) -> Any:
-        body = await request.json() if request.method == "POST" else None
-        state.requests.append(Recorded(request.method, request.url.path, dict(request.headers), body))
+        body: Any = None
+        form: dict[str, Any] | None = None
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = {}
+            async with request.form() as fields:  # closes the uploads' temporary files
+                for name, value in fields.multi_items():
+                    if isinstance(value, UploadFile):
+                        form[name] = (value.filename, await value.read(), value.content_type)
+                    else:
+                        form[name] = value
+        elif request.method == "POST":
+            body = await request.json()
+        recorded = Recorded(
+            request.method, request.url.path, dict(request.headers), body, form, dict(request.query_params)
+        )
+        state.requests.append(recorded)
         return body
 
     async def injected_failure(request: Request) -> Response | None:
@@ -228,14 +257,109 @@ def make_app(state: ServerState) -> Starlette:
         usage = {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
         return JSONResponse({**base, "choices": [choice], "usage": usage}, headers=request_id())
 
+    def store_call(handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """Record the request, and answer the store's NotFound with a 404 and Refused with a 400, as OpenAI does."""
+
+        async def endpoint(request: Request) -> Response:
+            await record(request)
+            if (failure := await injected_failure(request)) is not None:
+                return failure
+            try:
+                return await handler(request)
+            except NotFound as e:
+                return JSONResponse(_error_body(e.args[0], "invalid_request_error"), 404, request_id())
+            except Refused as e:
+                return JSONResponse(_error_body(str(e), "invalid_request_error"), 400, request_id())
+
+        return endpoint
+
+    @store_call
+    async def upload_file(request: Request) -> Response:
+        form = state.last.form or {}
+        if not isinstance(form.get("file"), tuple) or "purpose" not in form:
+            raise Refused("a multipart form with 'file' and 'purpose' is required")
+        filename, content, content_type = form["file"]
+        stored = state.store.add_file(filename, form["purpose"], content, content_type)
+        return JSONResponse(stored.as_json(), headers=request_id())
+
+    @store_call
+    async def list_files(request: Request) -> Response:
+        q = request.query_params
+        page = state.store.list_files(
+            q.get("purpose"), int(q.get("limit", 10000)), q.get("after"), q.get("order", "desc")
+        )
+        return JSONResponse(page, headers=request_id())
+
+    @store_call
+    async def one_file(request: Request) -> Response:
+        stored = state.store.file(request.path_params["file_id"])
+        if request.method == "DELETE":
+            del state.store.files[stored.id]
+            return JSONResponse({"id": stored.id, "object": "file", "deleted": True}, headers=request_id())
+        return JSONResponse(stored.as_json(), headers=request_id())
+
+    @store_call
+    async def file_content(request: Request) -> Response:
+        stored = state.store.file(request.path_params["file_id"])
+        return Response(stored.content, media_type=stored.content_type, headers=request_id())
+
+    @store_call
+    async def batches(request: Request) -> Response:
+        if request.method == "GET":
+            q = request.query_params
+            return JSONResponse(state.store.list_batches(int(q.get("limit", 20)), q.get("after")), headers=request_id())
+        body = state.last.json
+        created = state.store.create_batch(
+            body["input_file_id"], body["endpoint"], body["completion_window"], body.get("metadata")
+        )
+        return JSONResponse(created, headers=request_id())
+
+    @store_call
+    async def one_batch(request: Request) -> Response:
+        return JSONResponse(state.store.advance(request.path_params["batch_id"]), headers=request_id())
+
+    @store_call
+    async def cancel_batch(request: Request) -> Response:
+        return JSONResponse(state.store.cancel(request.path_params["batch_id"]), headers=request_id())
+
     return Starlette(
         routes=[
             Route("/v1/models", list_models),
             Route("/v1/models/{model_id:path}", retrieve_model),
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/completions", completions, methods=["POST"]),
+            Route("/v1/files", upload_file, methods=["POST"]),
+            Route("/v1/files", list_files, methods=["GET"]),
+            Route("/v1/files/{file_id}", one_file, methods=["GET", "DELETE"]),
+            Route("/v1/files/{file_id}/content", file_content, methods=["GET"]),
+            Route("/v1/batches", batches, methods=["GET", "POST"]),
+            Route("/v1/batches/{batch_id}", one_batch, methods=["GET"]),
+            Route("/v1/batches/{batch_id}/cancel", cancel_batch, methods=["POST"]),
         ]
     )
+
+
+@contextmanager
+def serve_in_thread(app: Starlette) -> Iterator[str]:
+    """``app`` on uvicorn, in a thread, on a free loopback port; yields its base URL (``http://127.0.0.1:N/v1``)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="none", http="h11")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
 
 
 def _raw_chunk(content: str) -> str:

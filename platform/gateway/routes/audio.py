@@ -197,7 +197,7 @@ async def _serve(request: Request, form: FormData, task: str) -> Response:
             prompt=body.prompt,
             temperature=body.temperature,
             word_timestamps="word" in body.granularities,
-            priority=quota.tier.priority,
+            priority=quota.priority,
             key_id=quota.key.id,
         )
         stream = await bus(request).submit(job, StreamReply)

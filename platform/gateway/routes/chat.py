@@ -60,7 +60,7 @@ async def create(request: Request) -> Response:
             model=body.model,
             messages=messages,
             sampling=body.sampling(i, max_tokens),
-            priority=quota.tier.priority,
+            priority=quota.priority,
             key_id=quota.key.id,
             tools=tools or None,
             tool_choice=choice,

@@ -48,7 +48,7 @@ async def create(request: Request) -> Response:
             model=body.model,
             prompt=prompt,
             sampling=body.sampling(i, max_tokens),
-            priority=quota.tier.priority,
+            priority=quota.priority,
             key_id=quota.key.id,
             response_format=constraint,
         )

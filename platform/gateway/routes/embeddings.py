@@ -43,7 +43,7 @@ async def create(request: Request) -> Response:
         texts=texts,
         token_ids=token_ids,
         dimensions=body.dimensions,
-        priority=quota.tier.priority,
+        priority=quota.priority,
         key_id=quota.key.id,
     )
     blobs: BlobStore | None = None

@@ -163,7 +163,7 @@ async def submit(request: Request, fn: FunctionInfo, body: InvokeRequest, timeou
         model=fn.name,
         input=body.input,
         timeout_s=timeout_s,
-        priority=quota.tier.priority,
+        priority=quota.priority,
     )
     try:
         record = await jobs.submit(
@@ -188,7 +188,7 @@ async def metered_call(
     status = "client_closed"
     try:
         result = await c.call(
-            fn, value, request_id=request_id, timeout_s=timeout_s, key_id=quota.key.id, priority=quota.tier.priority
+            fn, value, request_id=request_id, timeout_s=timeout_s, key_id=quota.key.id, priority=quota.priority
         )
         status = "ok"
         return result

@@ -223,7 +223,7 @@ async def _run(
             strength=getattr(body, "strength", None),
             mask_image=mask_b64,
             mask_object=mask_object,
-            priority=quota.tier.priority,
+            priority=quota.priority,
             key_id=quota.key.id,
             # Previews cost decoding on the worker: only a stream can show them.
             partial_images=body.partial_images if isinstance(body, _Streamable) and streamed else 0,

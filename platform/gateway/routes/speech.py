@@ -124,7 +124,7 @@ async def create(request: Request) -> Response:
             voice=body.voice_name,
             response_format=body.response_format,
             speed=body.speed,
-            priority=quota.tier.priority,
+            priority=quota.priority,
             key_id=quota.key.id,
         )
         try:

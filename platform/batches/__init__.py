@@ -1,0 +1,1 @@
+"""Batches (``/v1/batches``): files of requests run at the lowest priority, resumed after any crash."""

@@ -1,0 +1,102 @@
+"""Where batches live: their records and their lines' results, in JetStream KV on disk.
+
+    ember_batches          batch id -> BatchRecord; every change a compare-and-set on the entry's revision, so
+                           a client cancelling and a runner finishing cannot overwrite each other
+    ember_batch_results    "<batch id>.<line>" -> LineResult, created once: a line answered twice (its gateway
+                           died after the answer and before it could say so) keeps its first answer
+
+Results are read back by the runner that resumes a batch, and deleted once the batch's files are written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from ember.batches.schemas import BatchRecord, LineResult
+from ember.bus.kv_records import MISSING, KvRecords
+
+BATCHES = "ember_batches"
+RESULTS = "ember_batch_results"
+# Finished batches stay listed this long after their last change (OpenAI keeps them; a KV entry needs a bound).
+BATCH_TTL_S = 30 * 24 * 3600.0
+
+
+async def _bucket(js: JetStreamContext, name: str, ttl_s: float | None = None) -> KeyValue:
+    try:
+        return await js.key_value(name)
+    except nats.js.errors.BucketNotFoundError:
+        config = KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE)
+        return await js.create_key_value(config)
+
+
+@dataclass
+class BatchStore:
+    kv: KeyValue
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> BatchStore:
+        return cls(await _bucket(js, BATCHES, BATCH_TTL_S))
+
+    async def create(self, record: BatchRecord) -> None:
+        await self.kv.create(record.id, record.model_dump_json().encode())
+
+    async def get(self, batch_id: str) -> BatchRecord | None:
+        return await KvRecords(self.kv, BatchRecord).get(batch_id)
+
+    async def list(self) -> list[BatchRecord]:
+        """Every batch, oldest first."""
+        try:
+            keys = await self.kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        found = [r for r in [await self.get(k) for k in keys] if r is not None]
+        return sorted(found, key=lambda r: (r.created_ns, r.id))
+
+    async def change(self, batch_id: str, edit: Callable[[BatchRecord], BatchRecord | None]) -> BatchRecord | None:
+        """Apply ``edit`` to the stored record by compare-and-set (``KvRecords.change``); None if there is none."""
+        return await KvRecords(self.kv, BatchRecord).change(batch_id, edit)
+
+
+@dataclass
+class ResultStore:
+    kv: KeyValue
+
+    @classmethod
+    async def open(cls, js: JetStreamContext) -> ResultStore:
+        return cls(await _bucket(js, RESULTS))
+
+    async def record(self, batch_id: str, result: LineResult) -> bool:
+        """Keep a line's result unless it has one already; True if this one was kept."""
+        try:
+            await self.kv.create(f"{batch_id}.{result.index}", result.model_dump_json().encode())
+            return True
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return False
+
+    async def all(self, batch_id: str) -> dict[int, LineResult]:
+        """Every result the batch has so far, by line index."""
+        watcher = await self.kv.watch(f"{batch_id}.*", ignore_deletes=True)
+        found: dict[int, LineResult] = {}
+        try:
+            async for entry in watcher:
+                if entry is None:  # the initial values are all delivered
+                    break
+                if entry.value:
+                    result = LineResult.model_validate_json(entry.value)
+                    found[result.index] = result
+        finally:
+            await watcher.stop()
+        return found
+
+    async def drop(self, batch_id: str, indices: list[int]) -> None:
+        for i in indices:
+            try:
+                await self.kv.purge(f"{batch_id}.{i}")
+            except MISSING:
+                pass
