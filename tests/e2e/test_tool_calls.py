@@ -45,12 +45,18 @@ def ask(client: openai.OpenAI, case: Case) -> Any:
     return client.chat.completions.create(**request_args(case, SMOLLM2, tool_choice, max_tokens=64))
 
 
-@pytest.mark.timeout(900)  # 75 prompts of ~300-900 tokens each on a CPU
+# Every third case: each category, in a third of the time. The whole set (and its accuracy against the plain
+# model) is benchmarks/tool_call_eval.py's.
+SAMPLE = CASES[::3]
+
+
+@pytest.mark.timeout(900)  # 25 prompts of ~300-900 tokens each on a CPU
 def test_every_tool_call_on_the_case_set_is_valid(smollm: openai.OpenAI) -> None:
+    assert {c.category for c in SAMPLE} == {c.category for c in CASES}
     with ThreadPoolExecutor(16) as pool:
-        replies = list(pool.map(lambda c: ask(smollm, c), CASES))
+        replies = list(pool.map(lambda c: ask(smollm, c), SAMPLE))
     tallies: dict[tuple[str, ...], Tally] = {}
-    for case, r in zip(CASES, replies, strict=True):
+    for case, r in zip(SAMPLE, replies, strict=True):
         choice = r.choices[0]
         calls = [(c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]
         for i, (name, arguments) in enumerate(calls):
