@@ -277,7 +277,7 @@ class BatchRunner:
                 if stop.is_set():
                     self.gate.release(gate_key)
                     break
-                task = asyncio.create_task(self._line(record, line, key, parsed.model, progress))
+                task = asyncio.create_task(self._line(record, line, key, parsed.model, progress, stop))
                 lines.add(task)
                 task.add_done_callback(ended)
             # Lines already running finish, cancelled or not (OpenAI's cancel lets them): their answers are paid for.
@@ -311,15 +311,24 @@ class BatchRunner:
         )
 
     async def _line(
-        self, record: BatchRecord, line: Line, key: ApiKey | None, model: str | None, progress: Progress
+        self,
+        record: BatchRecord,
+        line: Line,
+        key: ApiKey | None,
+        model: str | None,
+        progress: Progress,
+        stop: asyncio.Event,
     ) -> None:
-        result = await self._answer(record, line, key)
-        if await self.results.record(record.id, result):
+        result = await self._answer(record, line, key, stop)
+        if result is not None and await self.results.record(record.id, result):
             progress.add(result)
             await self._meter(record, result, model)
 
-    async def _answer(self, record: BatchRecord, line: Line, key: ApiKey | None) -> LineResult:
-        """The line's response after its tries: a 2xx, a request error, or the last platform error."""
+    async def _answer(
+        self, record: BatchRecord, line: Line, key: ApiKey | None, stop: asyncio.Event
+    ) -> LineResult | None:
+        """The line's response after its tries: a 2xx, a request error, or the last platform error; None if the
+        batch was cancelled or expired while the line waited for room (it is then written as such)."""
         request_id = f"{record.id}-{line.index}"
         if key is None:
             return LineResult(
@@ -329,13 +338,21 @@ class BatchRunner:
                 error={"code": "invalid_api_key", "message": "the key that created this batch was revoked"},
             )
         context = line_call.BatchLineContext(record.id, self.settings.price_factor)
-        attempt = 0
+        attempt = waits = 0
         while True:
-            rid = request_id if attempt == 0 else f"{request_id}-{attempt}"
+            rid = request_id if attempt + waits == 0 else f"{request_id}-{attempt + waits}"
             response = await line_call.call(self.app, record.endpoint, line.body, key=key, line=context, request_id=rid)
-            if response.status == 429:
-                await asyncio.sleep(retry_after(response.headers))
-                continue  # the key's limit, not a failure: wait it out, however often
+            wait = waiting_for_room(response)
+            if wait is not None:
+                # The key's limit, or no worker with room yet (one may be starting: a batch has hours, not
+                # seconds): not the line's failure, so it waits, however often, until the batch ends.
+                waits += 1
+                delay = wait if response.status == 429 else min(0.5 * 2**waits, 10.0)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set() or time.time() >= record.expires_at:
+                    return None
+                continue
             attempt += 1
             if response.status in RETRIED and attempt < self.settings.line_attempts:
                 log.info("batch %s line %d: %d, trying again", record.id, line.index, response.status)
@@ -436,6 +453,22 @@ class Progress:
     def counts(self) -> RequestCounts:
         ok = sum(r.succeeded for r in self.done.values())
         return self.record.request_counts.model_copy(update={"completed": ok, "failed": len(self.done) - ok})
+
+
+# 503s that say there is no room now rather than that the line's run failed.
+NO_ROOM = frozenset({"no_worker", "overloaded", "bus_unavailable"})
+
+
+def waiting_for_room(response: line_call.LineResponse) -> float | None:
+    """Seconds to wait before the line's next try when its answer says "not now" (429, or a 503 for lack of a
+    worker with room); None for any other answer."""
+    if response.status == 429:
+        return retry_after(response.headers)
+    if response.status == 503:
+        error = response.json().get("error") or {}
+        if isinstance(error, dict) and error.get("code") in NO_ROOM:
+            return 0.0  # the caller backs off
+    return None
 
 
 def retry_after(headers: dict[str, str]) -> float:

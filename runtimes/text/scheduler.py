@@ -178,10 +178,21 @@ class Scheduler:
         if not out.preempted:
             # Admitting while requests are being preempted would only thrash.
             budget = self._admit(scheduled, budget)
+        scheduled = self._background_yields(scheduled)
+        if not out.preempted:
             self._draft(scheduled, budget)
         # Decodes, then decodes with drafts, then prompt chunks: the order the runner reads them in.
         out.chunks = sorted(scheduled, key=lambda c: (c.num_tokens > 1) + (c.num_tokens > 1 and not c.draft_ids))
         return out
+
+    @staticmethod
+    def _background_yields(scheduled: list[ScheduledChunk]) -> list[ScheduledChunk]:
+        """Background requests (priority below 0: batch lines) sit out a step that computes a foreground
+        request's prompt: their rows would slow the very step that brings that request's first token, which
+        is what its user waits on. They lose one step in a few; their blocks stay allocated for the next."""
+        if not any(c.num_tokens > 1 and c.request.params.priority >= 0 for c in scheduled):
+            return scheduled
+        return [c for c in scheduled if c.request.params.priority >= 0]
 
     def _chunk(self, remaining: int, budget: int) -> int:
         """How many of a request's ``remaining`` tokens to compute now, with ``budget`` prompt tokens left."""

@@ -51,14 +51,18 @@ def chat_lines(n: int, max_tokens: int) -> list[dict[str, Any]]:
 
 
 class BatchStack:
-    def __init__(self, root: Path, *, max_batch: int = 4, ack_wait_s: float = 2.0, model_path: Path | None = None):
+    def __init__(
+        self, root: Path, *, max_batch: int = 4, ack_wait_s: float = 2.0, weights: dict[str, Any] | None = None
+    ) -> None:
+        """``weights``: where the model's weights are, as a config entry says it (``{"package": ...}``); a tiny
+        random checkpoint by default."""
         self.root = root
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        path = model_path or write_tiny_llama(root / "model")
+        source = weights or {"path": str(write_tiny_llama(root / "model"))}
         self.config = write_config(
             root / "ember.toml",
-            {MODEL: {"path": str(path), "max_batch": max_batch, "max_waiting": 64}},
+            {MODEL: {**source, "max_batch": max_batch, "max_waiting": 256}},
             gateway={"idle_probe_s": 0.5},
             auth={"enabled": False},
             functions={"builtins": False},

@@ -176,3 +176,20 @@ def test_prefix_cache_off_computes_everything() -> None:
         s.add(request(f"c{i}", prompt, max_tokens=1))
     outs = run_all(s)
     assert sum(o.num_tokens for o in outs) == 2 * 41
+
+
+def test_background_rows_sit_out_the_step_that_prefills_a_foreground_request() -> None:
+    """A batch line (priority -1) decoding beside an interactive request's prompt would slow the step that
+    brings the interactive request's first token: it waits that one step, then both decode together."""
+    s = scheduler(step_tokens=16)
+    line = request("line", [1, 2, 3], max_tokens=8, priority=-1)
+    s.add(line)
+    step(s)  # the batch line prefills alone (nothing else to wait for it)
+    assert [c.request.request_id for c in step(s).chunks] == ["line"]  # and decodes
+    s.add(request("chat", list(range(10, 20)), max_tokens=4))
+    out = step(s)
+    assert [(c.request.request_id, c.num_tokens) for c in out.chunks] == [("chat", 10)]
+    out = step(s)
+    assert sorted(c.request.request_id for c in out.chunks) == ["chat", "line"]  # both decode again
+    run_all(s)
+    assert line.num_output_tokens == 8
