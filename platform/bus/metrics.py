@@ -45,11 +45,10 @@ def render(families: Iterable[Metric]) -> bytes:
     return generate_latest(registry)
 
 
-def worker_metrics_page(handler: object) -> bytes:
-    """A worker's page: its process's default registry (process and GC metrics) and its job handler's families
-    (running and waiting jobs, the engine's step histograms and counters)."""
-    own = getattr(handler, "metrics", None)
-    return render([*REGISTRY.collect(), *(own() if own is not None else ())])
+def worker_metrics_page(families: Iterable[Metric]) -> bytes:
+    """A worker's page: its process's default registry (process and GC metrics) and ``families``, its job
+    handler's (running and waiting jobs, the engine's step histograms and counters)."""
+    return render([*REGISTRY.collect(), *families])
 
 
 async def gather(nc: NATS, registry: WorkerRegistry, window_s: float = GATHER_WINDOW_S) -> list[Metric]:
@@ -74,6 +73,7 @@ async def gather(nc: NATS, registry: WorkerRegistry, window_s: float = GATHER_WI
             await asyncio.wait_for(done.wait(), window_s)
     finally:
         await sub.unsubscribe()
+    # Read again for the labels: a worker that announced itself while the pages came in is labelled too.
     where = {w.worker_id: w for workers in registry.models().values() for w in workers}
     merged: dict[str, Metric] = {}
     for worker_id, page in sorted(pages.items()):

@@ -434,7 +434,7 @@ class WorkerHost:
         if not msg.reply:
             return
         try:
-            page = worker_metrics_page(self.handler)
+            page = worker_metrics_page(self.handler.metrics())
         except Exception as e:  # a failing collector must not take the worker's subscriptions down
             log.warning("metrics failed: %s", e)
             return

@@ -1,7 +1,7 @@
 """POST /v1/audio/transcriptions and /v1/audio/translations: OpenAI's multipart upload, Whisper on a worker.
 
 form -> checked fields -> quota (one request + 1 s of audio reserved) -> upload (inline, or BlobStore
-past INLINE_MAX_BYTES) -> AudioJob -> worker accepts (the file decoded) -> segments -> AudioResult
+past the bus's inline limit) -> AudioJob -> worker accepts (the file decoded) -> segments -> AudioResult
 -> audio seconds settled to the real duration -> json | text | srt | vtt | verbose_json, or SSE events
 """
 
@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ember.bus.blobs import BlobStore
+from ember.bus.blobs import BlobStore, inline_limit
 from ember.bus.client import JobRefused, JobStream
 from ember.bus.errors import BusError
 from ember.bus.messages import AudioJob, AudioResult, AudioSegment, JobStatus, Modality, StreamReply
@@ -33,8 +33,6 @@ from ember.limits.interface import Cost
 MAX_FILE_BYTES = 25 * 1024 * 1024
 # The whole multipart body may add the form's other fields and boundaries to the file.
 MAX_BODY_BYTES = MAX_FILE_BYTES + 256 * 1024
-# Uploads up to this size travel inside the job message; bigger ones through the object store.
-INLINE_MAX_BYTES = 512 * 1024
 PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
 # The body limit of the audio routes, for BodyLimitMiddleware's per-path table.
 BODY_LIMITS = dict.fromkeys(PATHS, MAX_BODY_BYTES)
@@ -183,7 +181,7 @@ async def _serve(request: Request, form: FormData, task: str) -> Response:
     blobs: BlobStore | None = None
     object_name: str | None = None
     try:
-        if len(data) > INLINE_MAX_BYTES:
+        if len(data) > inline_limit(bus(request).nc.max_payload):
             blobs = request.app.state.blobs
             object_name = await blobs.put(data, name=f"audio-{request_id}")
         job = AudioJob(

@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ember.bus.blobs import BlobNotFound, BlobStore
+from ember.bus.blobs import BlobNotFound, BlobStore, inline_limit
 from ember.bus.client import JobRefused, JobStream
 from ember.bus.errors import BusError
 from ember.bus.messages import ImageJob, ImageProgress, ImageResult, JobStatus, Modality, StreamReply
@@ -45,8 +45,6 @@ B = TypeVar("B", bound=_ImageBody)
 # How long a response_format=url image can be fetched.
 URL_TTL_S = 3600.0
 FILES_BUCKET = "ember_image_files"
-# Uploads above this travel to the worker through the BlobStore rather than inside the job message.
-INLINE_UPLOAD_LIMIT = 600 * 1024
 _MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 
 
@@ -135,11 +133,12 @@ async def _parse_form(
     return body, files
 
 
-async def _upload(blobs: BlobStore, data: bytes | None) -> tuple[str | None, str | None]:
-    """(base64, None) for a small upload, (None, object name) for a big one, (None, None) for none."""
+async def _upload(blobs: BlobStore, data: bytes | None, limit: int) -> tuple[str | None, str | None]:
+    """(base64, None) for an upload of up to ``limit`` bytes, (None, object name) for a bigger one, (None, None)
+    for none."""
     if data is None:
         return None, None
-    if len(data) > INLINE_UPLOAD_LIMIT:
+    if len(data) > limit:
         return None, await blobs.put(data)
     return base64.b64encode(data).decode(), None
 
@@ -203,8 +202,10 @@ async def _run(
     uploads: list[str] = []
     stream: JobStream[StreamReply] | None = None
     try:
-        init_b64, init_object = await _upload(blobs, source)
-        mask_b64, mask_object = await _upload(blobs, mask)
+        # The image and its mask share one job message: each may take half of what it can carry.
+        limit = inline_limit(bus(request).nc.max_payload) // 2
+        init_b64, init_object = await _upload(blobs, source, limit)
+        mask_b64, mask_object = await _upload(blobs, mask, limit)
         uploads = [name for name in (init_object, mask_object) if name is not None]
         job = ImageJob(
             request_id=f"{request_id}-0",
