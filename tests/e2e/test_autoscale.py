@@ -99,8 +99,7 @@ def test_serve_scales_up_under_load_and_back_down_when_idle(tiny_model: Path, tm
         while time.monotonic() < deadline and len(serve.children()) > 2:
             time.sleep(0.2)
         assert len(serve.children()) == 2
-        # Never below min: the last worker stays however long it idles.
-        time.sleep(FAST["idle_s"] + 1)
+        # Never below min (the policy's own tests idle it for longer): the last worker still answers.
         r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, timeout=60)
         assert r.status_code == 200
     finally:

@@ -43,10 +43,12 @@ def test_it_answers_a_simple_question(real_worker: openai.OpenAI) -> None:
     assert r.choices[0].finish_reason == "stop"  # it ends on its own <|im_end|>
 
 
-def test_concurrent_greedy_streams_equal_transformers_token_for_token(real_worker: openai.OpenAI) -> None:
+def test_concurrent_greedy_streams_equal_transformers_token_for_token(
+    real_worker: openai.OpenAI, smollm_transformers
+) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     def ask(q: str) -> tuple[str, int]:
         stream = real_worker.chat.completions.create(
@@ -73,7 +75,7 @@ def test_concurrent_greedy_streams_equal_transformers_token_for_token(real_worke
     gguf_file = resolve_weights(settings.model(SMOLLM2_MODEL))
     # The tokenizer as Ember converts it; the weights from the GGUF itself (the converted folder holds none).
     tok = AutoTokenizer.from_pretrained(convert_gguf_cached(gguf_file, cache_dir=settings.cache_dir))
-    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    model = smollm_transformers
     for q, (text, n_tokens) in zip(QUESTIONS, ours, strict=True):
         ids = tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, return_tensors="pt")
         ids = ids["input_ids"] if not isinstance(ids, torch.Tensor) else ids

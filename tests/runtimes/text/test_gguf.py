@@ -175,10 +175,8 @@ def smollm_dense(smollm_file: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture(scope="module")
-def smollm_reference(smollm_file: Path):
-    return AutoModelForCausalLM.from_pretrained(
-        smollm_file.parent, gguf_file=smollm_file.name, dtype=torch.float32
-    ).eval()
+def smollm_reference(smollm_transformers):
+    return smollm_transformers
 
 
 @pytest.fixture(scope="module")
