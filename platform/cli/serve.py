@@ -361,7 +361,9 @@ async def _report_ready(server: uvicorn.Server, app: Starlette, supervisor: Supe
         expected[key] = expected.get(key, 0) + 1
     started = time.monotonic()
     pending = set(expected)
-    registry = app.state.bus.registry
+    from ember.gateway.state import GatewayState, gateway_state
+
+    registry = GatewayState.running(gateway_state(app).bus, "the job bus").registry
     while pending:
         await asyncio.sleep(0.2)
         live = {False: registry.models(), True: registry.functions()}

@@ -42,6 +42,7 @@ from ember.gateway.routes import (
     speech,
     usage,
 )
+from ember.gateway.state import GatewayState
 from ember.limits.nats_kv import NatsRateLimiter
 from ember.usage import stream as usage_stream
 
@@ -55,12 +56,11 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 }
 
 
-async def batch_key(app: Starlette, settings: Settings, key_id: str) -> ApiKey | None:
+async def batch_key(gw: GatewayState, key_id: str) -> ApiKey | None:
     """The key a batch runs as: the live key of that id, or (auth off) the anonymous one; None if revoked."""
-    if not settings.auth.enabled:
-        return anonymous_key(settings.auth.anonymous_tier)
-    store: NatsKeyStore | None = app.state.key_store
-    key = await store.get(key_id) if store is not None else None
+    if not gw.settings.auth.enabled:
+        return anonymous_key(gw.settings.auth.anonymous_tier)
+    key = await gw.key_store.get(key_id) if gw.key_store is not None else None
     return None if key is None or key.revoked else key
 
 
@@ -88,6 +88,8 @@ def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None
     ``ready_models``: those /readyz waits for (``ember serve --model``); all the configured ones by default.
     """
 
+    gw = GatewayState(settings, frozenset(ready_models if ready_models is not None else settings.models))
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         nc = await connect(nats_url, name="ember-gateway")
@@ -107,36 +109,35 @@ def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None
         }
         client = JobClient(nc, timing=timing, cold_start_s=cold_start)
         await client.start()
-        app.state.bus = client
-        js = nc.jetstream()
+        gw.bus = client
+        js = gw.js = nc.jetstream()
         await usage_stream.ensure_stream(js)
-        app.state.usage = js
         # Payloads too big for one NATS message (uploads, big images) travel through the object store; generated
         # images asked for as URLs wait in their own bucket until it expires them.
-        app.state.blobs = await BlobStore.open(js)
-        app.state.image_files = await BlobStore.open(js, images.FILES_BUCKET, ttl_s=images.URL_TTL_S)
-        await functions.setup(app, client, js, settings)
-        app.state.files = await FileStore.open(js, settings.files.max_total_bytes)
-        app.state.batches = await BatchStore.open(js)
+        gw.blobs = await BlobStore.open(js)
+        gw.image_files = await BlobStore.open(js, images.FILES_BUCKET, ttl_s=images.URL_TTL_S)
+        gw.functions, gw.function_jobs = await functions.setup(client, js, settings)
+        gw.files = await FileStore.open(js, settings.files.max_total_bytes)
+        gw.batches = await BatchStore.open(js)
         batch_runner = BatchRunner(
             app,
             js,
-            app.state.batches,
+            gw.batches,
             await ResultStore.open(js),
-            app.state.files,
+            gw.files,
             settings.batch,
-            find_key=lambda key_id: batch_key(app, settings, key_id),
+            find_key=lambda key_id: batch_key(gw, key_id),
             known_model=lambda model: model in settings.models or model in client.registry.models(),
             slots=lambda modality, model: sum(w.max_batch for w in client.registry.serving(modality, model)),
         )
         # Dev mode (auth off) has no keys to limit: requests run unmetered, though their usage is still recorded.
-        app.state.limiter = await NatsRateLimiter.open(nc) if settings.auth.enabled else None
+        limiter = gw.limiter = await NatsRateLimiter.open(nc) if settings.auth.enabled else None
         store: NatsKeyStore | None = None
         # The admin API manages keys in dev mode too, whenever an admin key is set.
         if settings.auth.enabled or settings.auth.admin_key:
             store = NatsKeyStore(nc)
             await store.start()
-        app.state.key_store = store
+        gw.key_store = store
         await batch_runner.start()
         try:
             yield
@@ -144,8 +145,8 @@ def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None
             await batch_runner.stop()
             if store is not None:
                 await store.stop()
-            if app.state.limiter is not None:
-                await app.state.limiter.close()
+            if limiter is not None:
+                await limiter.close()
             await client.stop()
             # Usage records that waited out a NATS outage get a last chance before the connection closes.
             if not await usage_stream.flush_backlog(js, 5.0):
@@ -185,6 +186,5 @@ def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.expected_models = frozenset(ready_models if ready_models is not None else settings.models)
+    app.state.gateway = gw
     return app

@@ -17,8 +17,8 @@ What it does with ``Authorization: Bearer <secret>``:
   (``request.state.admin``); those routes refuse it what only a tenant does (uploading, creating a batch);
 - with ``auth.enabled = false`` nothing is checked and every request carries ``anonymous_key(auth.anonymous_tier)``.
 
-The key store is ``app.state.key_store``, which the app's lifespan starts (it needs the NATS connection), so the
-middleware finds it per request, as the routes find ``app.state.bus``. ``KeyStore.authenticate`` answers from
+The key store is the ``GatewayState``'s, which the app's lifespan starts (it needs the NATS connection), so the
+middleware finds it per request, as the routes find the job bus. ``KeyStore.authenticate`` answers from
 memory, so this adds no network round trip to a request.
 """
 
@@ -65,8 +65,10 @@ def bearer_token(scope: Scope) -> str | None:
 
 def key_store(app: object) -> KeyStore:
     """The app's running key store (503 if the app has none: auth is on but the store did not start)."""
-    store = getattr(getattr(app, "state", None), "key_store", None)
-    if not isinstance(store, KeyStore):
+    from ember.gateway.state import gateway_state  # state.py imports what imports this module
+
+    store = gateway_state(app).key_store
+    if store is None:
         raise ServiceUnavailable("the API key store is not running", code="key_store_unavailable")
     return store
 

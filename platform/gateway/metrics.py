@@ -84,7 +84,9 @@ async def metrics_page(request: Request) -> Response:
     """``GET /metrics``: the Prometheus text page (``?scope=gateway``: this gateway's families alone)."""
     families = {f.name: f for f in REGISTRY.collect()}
     if request.query_params.get("scope") != "gateway":
-        bus = request.app.state.bus
+        from ember.gateway.state import GatewayState, state  # errors.py counts into this module: import late
+
+        bus = GatewayState.running(state(request).bus, "the job bus")
         registry: WorkerRegistry = bus.registry
         for family in await gather(bus.nc, registry):
             own = families.get(family.name)

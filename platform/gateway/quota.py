@@ -23,10 +23,11 @@ from starlette.requests import Request
 
 from ember.auth.keys import ApiKey
 from ember.bus.messages import Modality, UsageRecord
-from ember.config import ConfigError, Settings
+from ember.config import ConfigError
 from ember.gateway import metrics
 from ember.gateway.auth import current_key
 from ember.gateway.errors import InvalidRequest, PermissionDenied, ServiceUnavailable
+from ember.gateway.state import state
 from ember.limits.headers import RateLimitExceeded, concurrency_headers, rate_limit_headers
 from ember.limits.interface import Cost, Decision, Dimension, Lease, LimiterUnavailable, RateLimiter
 from ember.limits.tiers import Tier
@@ -67,7 +68,8 @@ class Quota:
     @classmethod
     async def open(cls, request: Request, model: str) -> Quota:
         """Check the key's tier, take a concurrency slot and admit one request; raises 429 / 503."""
-        settings: Settings = request.app.state.settings
+        gw = state(request)
+        settings = gw.settings
         key = current_key(request)
         try:
             tier = settings.tier(key.tier)
@@ -78,8 +80,8 @@ class Quota:
             key=key,
             tier=tier,
             model=model,
-            limiter=getattr(request.app.state, "limiter", None),
-            usage=getattr(request.app.state, "usage", None),
+            limiter=gw.limiter,
+            usage=gw.js,
             request_state=request.state,
             batch_line=getattr(request.state, "batch_line", None) is not None,
         )

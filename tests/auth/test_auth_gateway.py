@@ -18,6 +18,7 @@ from ember.config import Settings
 from ember.gateway import app as ember_app
 from ember.gateway.auth import current_key
 from ember.gateway.routes import admin, health
+from ember.gateway.state import GatewayState
 
 ADMIN = "admin-" + "s3cret" * 4
 
@@ -45,8 +46,7 @@ def gateway_app(settings: Settings, store: NatsKeyStore | None) -> Starlette:
         middleware=ember_app.middleware(settings),
         exception_handlers=ember_app.EXCEPTION_HANDLERS,
     )
-    app.state.settings = settings
-    app.state.key_store = store
+    app.state.gateway = GatewayState(settings, frozenset(), key_store=store)
     return app
 
 

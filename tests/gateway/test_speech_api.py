@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from ember.config import DEFAULT_SPEECH_MODEL, load_settings
+from ember.gateway.state import gateway_state
 from ember.limits.tiers import Tier
 from tests.helpers.cluster import GatewayThread, running_worker, write_config
 from tests.helpers.speech import SENTENCES
@@ -187,7 +188,9 @@ def test_a_client_that_hangs_up_stops_its_synthesis(speech_worker: str, gateway:
     body = {"model": MODEL, "input": ((" ".join(SENTENCES) + " ") * 4)[:4000], "voice": "joe", "speed": 0.25}
 
     def busy() -> int:
-        (info,) = gateway.app.state.bus.registry.models()[MODEL]
+        bus = gateway_state(gateway.app).bus
+        assert bus is not None
+        (info,) = bus.registry.models()[MODEL]
         return int(info.running + info.waiting)
 
     def wait_until(busy_now: bool) -> bool:

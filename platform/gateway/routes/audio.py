@@ -27,6 +27,7 @@ from ember.gateway import audio_formats, lifecycle, sse
 from ember.gateway.errors import GatewayError, InvalidRequest, RequestTooLarge
 from ember.gateway.quota import Quota
 from ember.gateway.routes.common import bus, check_model, settings
+from ember.gateway.state import GatewayState, state
 from ember.limits.interface import Cost
 
 # OpenAI's limit per uploaded file.
@@ -182,7 +183,7 @@ async def _serve(request: Request, form: FormData, task: str) -> Response:
     object_name: str | None = None
     try:
         if len(data) > inline_limit(bus(request).nc.max_payload):
-            blobs = request.app.state.blobs
+            blobs = GatewayState.running(state(request).blobs, "the blob store")
             object_name = await blobs.put(data, name=f"audio-{request_id}")
         job = AudioJob(
             request_id=request_id,

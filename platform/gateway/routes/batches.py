@@ -20,9 +20,10 @@ from ember.batches import runner
 from ember.batches.schemas import BatchRecord, CreateBatch, new_batch
 from ember.batches.store import BatchStore
 from ember.gateway.auth import current_key, is_admin
-from ember.gateway.errors import InvalidRequest, NotFound, PermissionDenied, ServiceUnavailable
+from ember.gateway.errors import InvalidRequest, NotFound, PermissionDenied
 from ember.gateway.routes.common import parse_body
 from ember.gateway.routes.files import int_param, owned, page
+from ember.gateway.state import GatewayState, state
 
 PATH = "/v1/batches"
 LIST_LIMIT = 100  # OpenAI's largest page of batches
@@ -38,10 +39,7 @@ def routes() -> list[BaseRoute]:
 
 
 def store(request: Request) -> BatchStore:
-    found = getattr(request.app.state, "batches", None)
-    if not isinstance(found, BatchStore):
-        raise ServiceUnavailable("the batch store is not running", code="batches_unavailable")
-    return found
+    return GatewayState.running(state(request).batches, "the batch store")
 
 
 async def mine(request: Request, batch_id: str) -> BatchRecord:
@@ -70,7 +68,7 @@ async def create(request: Request) -> Response:
         )
     record = new_batch(body, current_key(request).id)
     await store(request).create(record)
-    await runner.enqueue(request.app.state.usage, record.id)
+    await runner.enqueue(GatewayState.running(state(request).js, "the job bus"), record.id)
     return JSONResponse(record.public())
 
 

@@ -13,6 +13,7 @@ from ember.bus.client import JobClient
 from ember.bus.messages import Modality
 from ember.config import Settings
 from ember.gateway.errors import InvalidRequest, NotFound, from_validation
+from ember.gateway.state import GatewayState, state
 
 B = TypeVar("B", bound=BaseModel)
 
@@ -69,13 +70,11 @@ async def parse_body(request: Request, schema: type[B]) -> B:
 
 
 def bus(request: Request) -> JobClient:
-    client: JobClient = request.app.state.bus
-    return client
+    return GatewayState.running(state(request).bus, "the job bus")
 
 
 def settings(request: Request) -> Settings:
-    s: Settings = request.app.state.settings
-    return s
+    return state(request).settings
 
 
 def model_modality(request: Request, model: str) -> Modality | None:

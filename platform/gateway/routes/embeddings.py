@@ -26,6 +26,7 @@ from ember.gateway.embedding_schemas import Embedding, EmbeddingsBody, Embedding
 from ember.gateway.errors import GatewayError, UpstreamError
 from ember.gateway.quota import Quota
 from ember.gateway.routes.common import bus, check_model, parse_body, settings
+from ember.gateway.state import GatewayState, state
 
 _BIG_ENDIAN = sys.byteorder == "big"
 
@@ -54,7 +55,7 @@ async def create(request: Request) -> Response:
     try:
         inline = json.dumps(texts if texts is not None else token_ids).encode()
         if len(inline) > inline_limit(bus(request).nc.max_payload):
-            blobs = request.app.state.blobs
+            blobs = GatewayState.running(state(request).blobs, "the blob store")
             object_name = await blobs.put(inline, name=f"embed-{request_id}")
             job = job.model_copy(update={"texts": None, "token_ids": None, "inputs_object": object_name})
         stream = await bus(request).submit(job, StreamReply)

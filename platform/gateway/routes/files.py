@@ -24,9 +24,10 @@ from starlette.routing import BaseRoute, Route
 from ember.bus.blobs import BlobNotFound
 from ember.files.store import UPLOAD_PURPOSES, FileRecord, FileStore, Purpose, StorageFull
 from ember.gateway.auth import current_key, is_admin
-from ember.gateway.errors import InvalidRequest, NotFound, PermissionDenied, RequestTooLarge, ServiceUnavailable
+from ember.gateway.errors import InvalidRequest, NotFound, PermissionDenied, RequestTooLarge
 from ember.gateway.routes.audio import read_form
 from ember.gateway.routes.common import settings
+from ember.gateway.state import GatewayState, state
 
 PATH = "/v1/files"
 # The multipart body may add the purpose field and the boundaries to the file.
@@ -45,10 +46,7 @@ def routes() -> list[BaseRoute]:
 
 
 def store(request: Request) -> FileStore:
-    found = getattr(request.app.state, "files", None)
-    if not isinstance(found, FileStore):
-        raise ServiceUnavailable("the file store is not running", code="files_unavailable")
-    return found
+    return GatewayState.running(state(request).files, "the file store")
 
 
 async def owned(request: Request, file_id: str) -> FileRecord:

@@ -22,7 +22,6 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -39,6 +38,7 @@ from ember.gateway.errors import GatewayError, InvalidRequest, NotFound, Upstrea
 from ember.gateway.lifecycle import settled
 from ember.gateway.quota import Quota
 from ember.gateway.routes.common import parse_body
+from ember.gateway.state import GatewayState, state
 
 log = logging.getLogger("ember.gateway.functions")
 
@@ -64,16 +64,19 @@ class Conflict(GatewayError):
 MAX_IDEMPOTENCY_KEY = 255
 
 
-async def setup(app: Starlette, bus: JobClient, js: JetStreamContext, settings: Settings) -> None:
-    """The function catalog, the caller and the async jobs (their queue and store), on ``app.state``."""
+async def setup(bus: JobClient, js: JetStreamContext, settings: Settings) -> tuple[FunctionCaller, AsyncJobs]:
+    """The function caller (over the catalog) and the async jobs (their queue and store)."""
     catalog = await FunctionCatalog.open(js)
-    app.state.functions = FunctionCaller(bus, catalog, settings.functions, settings.gateway.accept_timeout_s)
-    app.state.function_jobs = await AsyncJobs.open(js, bus, settings.functions)
+    caller = FunctionCaller(bus, catalog, settings.functions, settings.gateway.accept_timeout_s)
+    return caller, await AsyncJobs.open(js, bus, settings.functions)
 
 
 def caller(request: Request) -> FunctionCaller:
-    found: FunctionCaller = request.app.state.functions
-    return found
+    return GatewayState.running(state(request).functions, "the function caller")
+
+
+def async_jobs(request: Request) -> AsyncJobs:
+    return GatewayState.running(state(request).function_jobs, "the async job queue")
 
 
 def _describe(fn: FunctionInfo, workers: int) -> dict[str, Any]:
@@ -146,7 +149,7 @@ async def invoke(request: Request) -> Response:
 
 async def submit(request: Request, fn: FunctionInfo, body: InvokeRequest, timeout_s: float) -> Response:
     """Queue an async invocation: 202 once the queue holds it, whether or not a worker serves it now."""
-    settings: Settings = request.app.state.settings
+    settings = state(request).settings
     if body.webhook_url is not None:
         try:
             check_url(body.webhook_url, settings.functions.webhook_hosts)
@@ -157,7 +160,7 @@ async def submit(request: Request, fn: FunctionInfo, body: InvokeRequest, timeou
         raise InvalidRequest(f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters", param="Idempotency-Key")
     quota = await Quota.open(request, fn.name)
     quota.modality = Modality.FUNCTION
-    jobs: AsyncJobs = request.app.state.function_jobs
+    jobs = async_jobs(request)
     job = FunctionJob(
         request_id=request.state.request_id,
         model=fn.name,
@@ -209,7 +212,7 @@ def _no_job(job_id: str) -> NotFound:
 
 
 async def get_job(request: Request) -> Response:
-    jobs: AsyncJobs = request.app.state.function_jobs
+    jobs = async_jobs(request)
     record = await jobs.get(_job_id(request), current_key(request).id)
     if record is None:
         raise _no_job(_job_id(request))
@@ -217,7 +220,7 @@ async def get_job(request: Request) -> Response:
 
 
 async def cancel_job(request: Request) -> Response:
-    jobs: AsyncJobs = request.app.state.function_jobs
+    jobs = async_jobs(request)
     try:
         record = await jobs.cancel(_job_id(request), current_key(request).id)
     except JobFinished as e:

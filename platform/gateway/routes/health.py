@@ -19,6 +19,7 @@ from ember.bus.client import JobClient
 from ember.bus.errors import NoWorkerError
 from ember.gateway.errors import NotFound
 from ember.gateway.routes.common import bus
+from ember.gateway.state import state
 
 # How long a worker may take to answer a readiness ping.
 PING_TIMEOUT_S = 0.5
@@ -30,7 +31,7 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     client = bus(request)
-    expected: frozenset[str] = request.app.state.expected_models
+    expected = state(request).expected_models
     wanted = request.query_params.get("model")
     if wanted is not None and wanted not in expected:
         raise NotFound(f"The model {wanted!r} is not configured on this gateway", code="model_not_found", param="model")

@@ -38,6 +38,7 @@ from ember.gateway.image_schemas import (
 )
 from ember.gateway.quota import Quota
 from ember.gateway.routes.common import bus, check_model, now, parse_body, settings
+from ember.gateway.state import GatewayState, state
 from ember.limits.interface import Cost
 
 B = TypeVar("B", bound=_ImageBody)
@@ -50,8 +51,8 @@ _MEDIA = {"png": "image/png", "jpeg": "image/jpeg"}
 
 def _stores(request: Request) -> tuple[BlobStore, BlobStore]:
     """(the object store shared with workers, the URL bucket): the app's lifespan opens both."""
-    state = request.app.state
-    return state.blobs, state.image_files
+    gw = state(request)
+    return GatewayState.running(gw.blobs, "the blob store"), GatewayState.running(gw.image_files, "the image store")
 
 
 def default_model(request: Request) -> str:

@@ -8,13 +8,14 @@ from starlette.responses import JSONResponse, Response
 from ember.config import ConfigError
 from ember.gateway.errors import InvalidRequest, ServiceUnavailable
 from ember.gateway.routes.admin import require_admin
+from ember.gateway.state import state
 from ember.usage import stream
 from ember.usage.stream import parse_since
 
 
 async def summary(request: Request) -> Response:
     require_admin(request)
-    js = getattr(request.app.state, "usage", None)
+    js = state(request).js
     if js is None:
         raise ServiceUnavailable("usage is not recorded by this gateway", code="usage_unavailable")
     try:
