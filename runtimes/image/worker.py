@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.metrics_core import Metric
 
-from ember.bus.blobs import BlobNotFound, BlobStore
+from ember.bus.blobs import BlobNotFound, BlobStore, inline_limit
 from ember.bus.messages import ErrorInfo, ImageJob, ImagePreview, ImageProgress, ImageResult, JobStatus, Modality
 from ember.bus.worker import JobHandler, ReplySink
 from ember.config import Settings
@@ -52,8 +52,6 @@ from ember.runtimes.serving import run_worker
 
 log = logging.getLogger("ember.image.worker")
 
-# Encoded images above this go through the BlobStore (NATS's default max_payload is 1 MiB, base64 adds a third).
-INLINE_LIMIT = 700 * 1024
 # Source images (edits, variations) are decoded only up to this many pixels.
 MAX_SOURCE_PIXELS = 4096 * 4096
 # Images per job (the gateway allows OpenAI's 10; jobs from functions come straight off the bus).
@@ -101,12 +99,19 @@ class ImageJobHandler(JobHandler):
     modality = Modality.IMAGE
 
     def __init__(
-        self, model_id: str, loaded: LoadedPipeline, engine: ImageEngine, blobs: BlobStore | None = None
+        self,
+        model_id: str,
+        loaded: LoadedPipeline,
+        engine: ImageEngine,
+        blobs: BlobStore | None = None,
+        inline_bytes: int = inline_limit(1024 * 1024),
     ) -> None:
         self.model = model_id
         self.loaded = loaded
         self.engine = engine
         self.blobs = blobs
+        # Encoded images above this go through the BlobStore: the bus's own rule (inline_limit of max_payload).
+        self.inline_bytes = inline_bytes
         self.max_batch = engine.config.max_batch
 
     def load(self) -> tuple[int, int]:
@@ -265,7 +270,7 @@ class ImageJobHandler(JobHandler):
     async def _encoded(self, image: Image.Image, fmt: str) -> tuple[str | None, str | None]:
         """(``b64``, ``object``) of a reply: the encoded image inline, or in the BlobStore when too big."""
         data = await asyncio.to_thread(encode_image, image, fmt)
-        if len(data) > INLINE_LIMIT and self.blobs is not None:
+        if len(data) > self.inline_bytes and self.blobs is not None:
             return None, await self.blobs.put(data)
         return base64.b64encode(data).decode(), None
 
@@ -310,6 +315,7 @@ async def run_image_worker(
     loaded, engine = await start_model_thread(model_id, settings)
 
     async def handler(nc: NATS) -> ImageJobHandler:
-        return ImageJobHandler(model_id, loaded, engine, await BlobStore.open(nc.jetstream()))
+        blobs = await BlobStore.open(nc.jetstream())
+        return ImageJobHandler(model_id, loaded, engine, blobs, inline_limit(nc.max_payload))
 
     await run_worker(settings, model_id, nats_url, handler, engine.stop, worker_id=worker_id, stop=stop)
