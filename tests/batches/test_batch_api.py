@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
 import openai
 import pytest
 
+from ember.batches.store import BatchStore
+from ember.bus.connection import connect
 from tests.conftest import TINY
 
 
@@ -160,3 +163,31 @@ def test_files_list_retrieve_download_and_delete(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.files.create(file=("x.jsonl", b"x"), purpose="nonsense")  # type: ignore[arg-type]
     assert e.value.param == "purpose"
+
+
+def test_lines_left_when_the_completion_window_ends_are_written_as_expired(
+    client: openai.OpenAI, nats_url: str
+) -> None:
+    lines = [chat_line(f"e-{i}", f"slow {i}", max_tokens=48) for i in range(40)]
+    upload = client.files.create(file=("slow.jsonl", jsonl(lines)), purpose="batch")
+    batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h")
+
+    async def end_the_window() -> None:  # as if 24 hours had passed
+        nc = await connect(nats_url, name="test-expiry")
+        try:
+            store = await BatchStore.open(nc.jetstream())
+            await store.change(batch.id, lambda r: r.model_copy(update={"expires_at": int(time.time()) - 1}))
+        finally:
+            await nc.close()
+
+    asyncio.run(end_the_window())
+    done = wait_done(client, batch.id)
+    assert done.status == "expired" and done.expired_at is not None
+    answered = []
+    for file_id in (done.output_file_id, done.error_file_id):
+        if file_id is not None:
+            answered += [json.loads(x) for x in client.files.content(file_id).text.splitlines()]
+    assert sorted(a["custom_id"] for a in answered) == sorted(f"e-{i}" for i in range(40))
+    expired = [a for a in answered if a["error"] is not None]
+    assert expired and all(a["error"]["code"] == "batch_expired" for a in expired)
+    assert done.request_counts is not None and done.request_counts.failed == len(expired)
