@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from nats.aio.client import Client as NATS
 
 from ember.bus.connection import connect
+from ember.bus.messages import TTFT_WINDOW_S
 from ember.bus.worker import JobHandler, WorkerHost, serve
 from ember.config import Settings
 
@@ -62,7 +63,7 @@ class LatencyWindow:
     that has already drained.
     """
 
-    def __init__(self, window_s: float = 10.0, limit: int = 1024) -> None:
+    def __init__(self, window_s: float = TTFT_WINDOW_S, limit: int = 1024) -> None:
         self.window_s = window_s
         self._samples: collections.deque[tuple[float, float]] = collections.deque(maxlen=limit)
 

@@ -610,6 +610,10 @@ class JobState(_Message):
     release: ReleaseState = ""
 
 
+# The span of the recent jobs a worker's announced TTFT p90 covers (``WorkerInfo.ttft_p90_s``).
+TTFT_WINDOW_S = 10.0
+
+
 class WorkerInfo(_Message):
     """A worker announcing itself: on start, every few seconds after, and (``leaving``) when it stops."""
 

@@ -38,7 +38,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from ember.bus import subjects
-from ember.bus.messages import WireVersionError, WorkerInfo, decode_demand, decode_worker_info
+from ember.bus.messages import TTFT_WINDOW_S, WireVersionError, WorkerInfo, decode_demand, decode_worker_info
 from ember.bus.registry import WorkerRegistry
 from ember.config import ModelSpec
 
@@ -60,6 +60,10 @@ class Policy:
     ttft_p90_s: float = 2.0
     sustain_s: float = 3.0
     idle_s: float = 60.0
+    # The span of the workers' TTFT windows (``ember.runtimes.serving.LatencyWindow``): for this long after a
+    # worker joins, the TTFT they report still holds the waits from before it, and says nothing of whether it
+    # relieved them, so it is not pressure (waiting jobs still are).
+    latency_window_s: float = TTFT_WINDOW_S
 
     @classmethod
     def of(cls, spec: ModelSpec) -> Policy:
@@ -93,6 +97,9 @@ class ScaleState:
     pressure_since: float | None = None
     # Since when it has had no job running or waiting.
     idle_since: float | None = None
+    # The last tick's count of starting workers, and when the last of a start's workers joined.
+    starting: int = 0
+    joined_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -116,7 +123,11 @@ def decide(policy: Policy, signals: Signals, state: ScaleState, now: float) -> D
         state.pressure_since = state.idle_since = None
         return Decision(start=1, reason="a request waits for a worker (scale from zero)")
 
-    why = _pressure(policy, signals)
+    if state.starting and not signals.starting:
+        state.joined_at = now
+    state.starting = signals.starting
+    settled = state.joined_at is None or now - state.joined_at >= policy.latency_window_s
+    why = _pressure(policy, signals, latency=settled)
     # NOTE: no pressure is counted while a start is in flight: it is the answer to the pressure there is.
     if why and signals.starting == 0:
         if state.pressure_since is None:
@@ -143,15 +154,16 @@ def decide(policy: Policy, signals: Signals, state: ScaleState, now: float) -> D
     return Decision()
 
 
-def _pressure(policy: Policy, signals: Signals) -> str:
-    """Why the model's live workers are under pressure, or "" when they are not."""
+def _pressure(policy: Policy, signals: Signals, *, latency: bool = True) -> str:
+    """Why the model's live workers are under pressure, or "" when they are not (``latency``: whether their TTFT
+    counts)."""
     if signals.live == 0:
         return ""  # nothing to relieve: a model with no worker starts one on demand (or to reach min_workers)
     per_worker = signals.waiting / signals.live
     if per_worker > policy.waiting_per_worker:
         return f"{per_worker:.1f} jobs waiting per worker (over {policy.waiting_per_worker:g})"
     ttft = signals.ttft_p90_s
-    if policy.ttft_p90_s > 0 and ttft is not None and ttft > policy.ttft_p90_s:
+    if latency and policy.ttft_p90_s > 0 and ttft is not None and ttft > policy.ttft_p90_s:
         return f"TTFT p90 {ttft:.2f}s (over {policy.ttft_p90_s:g}s)"
     return ""
 

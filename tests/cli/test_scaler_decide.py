@@ -65,6 +65,20 @@ def test_no_second_start_for_the_same_pressure() -> None:
     assert starts(run(POLICY, ticks(40.5, 60, Signals(live=3, running=12, waiting=6)), state)) == 0
 
 
+def test_the_latency_of_before_a_worker_joined_is_not_pressure_for_its_window() -> None:
+    """The workers' TTFT p90 covers their last 10 s: just after a new worker joins it still holds the waits it
+    came to relieve (the autoscale benchmark started a third worker on that alone)."""
+    state = ScaleState()
+    slow = Signals(live=1, running=8, ttft_p90_s=6.0)
+    assert starts(run(POLICY, ticks(0, 3, slow), state)) == 1
+    run(POLICY, ticks(3.5, 10, Signals(live=1, starting=1, running=8, ttft_p90_s=6.0)), state)
+    # Joined at 10.5: the p90 stays high while old samples age out, and the queue is gone.
+    after = Signals(live=2, running=10, ttft_p90_s=6.0)
+    assert starts(run(POLICY, ticks(10.5, 20, after), state)) == 0
+    # Still slow a whole window later: that is the new pair's own latency, and pressure again.
+    assert starts(run(POLICY, ticks(20.5, 24, after), state)) == 1
+
+
 def test_never_above_max_workers() -> None:
     busy = Signals(live=3, running=12, waiting=30, ttft_p90_s=9.0)
     assert starts(run(POLICY, ticks(0, 60, busy))) == 0
