@@ -107,6 +107,23 @@ class FairQueue(Generic[T]):
                 return priority, best[1], best[2]
         return None
 
+    def withdraw(self, request_id: str, where: Callable[[T], bool] | None = None) -> T | None:
+        """Take out the waiting item of ``request_id`` (that passes ``where``), or None if none waits: a request
+        given up before it started, for another worker to run."""
+        found = next(
+            (
+                e.item
+                for level in self._levels.values()
+                for entries in level.values()
+                for e in entries
+                if e.request_id == request_id and (where is None or where(e.item))
+            ),
+            None,
+        )
+        if found is not None:
+            self.remove({request_id})
+        return found
+
     def remove(self, request_ids: set[str]) -> list[T]:
         """Take these requests out (they were aborted while waiting)."""
         removed: list[T] = []

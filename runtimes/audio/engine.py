@@ -129,10 +129,9 @@ class AudioEngine:
         """Take a request back if it is still waiting (none of its audio decoded): its events end with none more,
         and its worker hands the job to another. False where it started, ended or is unknown."""
         with self._lock:
-            r = next((r for r in self._waiting if r.request_id == request_id and not r.cancelled), None)
+            r = self._waiting.withdraw(request_id, lambda r: not r.cancelled)
             if r is None:
                 return False
-            self._waiting.remove({request_id})
             r.cancelled = True
         r.emit(Withdrawn())
         return True

@@ -26,7 +26,7 @@ from typing import TypeAlias
 import numpy as np
 
 from ember.runtimes.fair_queue import FairQueue
-from ember.runtimes.serving import EngineOverloaded, request_events
+from ember.runtimes.serving import EngineOverloaded, Withdrawn, request_events
 from ember.runtimes.speech.model import PiperModel, Voice
 from ember.runtimes.step_clock import StepClock
 
@@ -56,7 +56,7 @@ class Aborted:
     """Cancelled (the client went away, or the deadline passed)."""
 
 
-Event: TypeAlias = Audio | Finished | Failed | Aborted
+Event: TypeAlias = Audio | Finished | Failed | Aborted | Withdrawn
 
 
 @dataclass
@@ -127,6 +127,17 @@ class SpeechEngine:
                 if r.request_id == request_id and not r.cancelled:
                     r.cancelled = True
                     r.emit(Aborted())
+
+    def withdraw(self, request_id: str) -> bool:
+        """Take a request back if it is still waiting (nothing of it spoken): its events end with none more, and
+        its worker hands the job to another. False where it started, ended or is unknown."""
+        with self._lock:
+            r = self._waiting.withdraw(request_id, lambda r: not r.cancelled)
+            if r is None:
+                return False
+            r.cancelled = True
+        r.emit(Withdrawn())
+        return True
 
     def stop(self) -> None:
         with self._lock:

@@ -120,6 +120,9 @@ class SpeechJobHandler(JobHandler):
             key=job.key_id or "",
         )
 
+    async def release(self, request_id: str) -> bool:
+        return self.engine.withdraw(request_id)
+
     async def handle(self, job: SpeechJob, sink: ReplySink) -> None:
         self._preparing[job.request_id] = False
         try:

@@ -111,3 +111,19 @@ async def test_cancel_overload_and_a_failing_piece(engine: SpeechEngine, piper: 
     ok = request(piper, "after", "All that glitters is not gold.")
     engine.submit(ok)
     assert isinstance((await collect(engine, ok))[-1][1], Finished)
+
+
+async def test_a_waiting_request_is_withdrawn_with_no_events_and_a_started_one_is_not(piper: PiperModel) -> None:
+    """How a speech worker hands a job it has not started to a worker that came up later."""
+    eng = SpeechEngine(piper, EngineConfig(max_batch=1))
+    first, second = request(piper, "first", "One sentence."), request(piper, "second", "Another one.")
+    eng.submit(first)
+    eng.submit(second)
+    with eng._lock:
+        assert eng._next() is first  # what the engine thread does first: first takes the only place
+    assert eng.load() == (1, 1)
+    assert not eng.withdraw("first")
+    assert eng.withdraw("second")
+    assert [e async for e in eng.events(second)] == []
+    assert not eng.withdraw("second")
+    assert eng.load() == (1, 0)
