@@ -29,6 +29,7 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
@@ -38,6 +39,7 @@ from ember.auth.keys import ApiKey
 from ember.batches import line_call
 from ember.batches.lines import Line, Parsed, parse
 from ember.batches.schemas import BatchError, BatchErrors, BatchRecord, LineResult, RequestCounts
+from ember.batches.share import BatchShare
 from ember.batches.store import BatchStore, ResultStore
 from ember.bus import subjects
 from ember.bus.blobs import BlobNotFound
@@ -76,27 +78,6 @@ async def enqueue(js: JetStreamContext, batch_id: str) -> None:
 
 
 @dataclass
-class ModelGate:
-    """Lines in flight per model, held under the model's share of its workers' slots (``capacity``)."""
-
-    capacity: Callable[[str], int]
-    _running: dict[str, int] = field(default_factory=dict)
-    _freed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def acquire(self, model: str) -> None:
-        # Capacity follows the workers (one starting, one leaving): look again at least every second.
-        while self._running.get(model, 0) >= max(1, self.capacity(model)):
-            self._freed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._freed.wait(), 1.0)
-        self._running[model] = self._running.get(model, 0) + 1
-
-    def release(self, model: str) -> None:
-        self._running[model] -= 1
-        self._freed.set()
-
-
-@dataclass
 class BatchRunner:
     app: ASGIApp
     js: JetStreamContext
@@ -108,14 +89,18 @@ class BatchRunner:
     find_key: Callable[[str], Awaitable[ApiKey | None]]
     known_model: Callable[[str], bool]
     slots: Callable[[Modality, str], int]
+    # This gateway's id and connection, for the share of lines with the other gateways (``BatchShare``).
+    gateway_id: str = "gateway"
+    nc: NATS | None = None
     # Batches this gateway runs at once; more wait on the queue for this or another gateway.
     max_batches: int = 4
-    gate: ModelGate = field(init=False)
+    gate: BatchShare = field(init=False)
     _pull: asyncio.Task[None] | None = field(default=None, init=False)
+    _sub: JetStreamContext.PullSubscription | None = field(default=None, init=False)
     _running: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
-        self.gate = ModelGate(self._line_capacity)
+        self.gate = BatchShare(self._line_capacity, self.gateway_id, self.nc)
 
     def _line_capacity(self, key: str) -> int:
         modality, model = key.split(":", 1)
@@ -124,6 +109,7 @@ class BatchRunner:
     # --- the queue ----------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.gate.start()
         await ensure_stream(self.js)
         config = ConsumerConfig(
             name=CONSUMER,
@@ -133,8 +119,8 @@ class BatchRunner:
             max_ack_pending=-1,
         )
         await self.js.add_consumer(STREAM, config)
-        sub = await self.js.pull_subscribe_bind(durable=CONSUMER, stream=STREAM)
-        self._pull = asyncio.create_task(self._pull_forever(sub))
+        self._sub = await self.js.pull_subscribe_bind(durable=CONSUMER, stream=STREAM)
+        self._pull = asyncio.create_task(self._pull_forever(self._sub))
 
     async def stop(self) -> None:
         """Stop taking batches and stop running ones; their messages go back to the queue for another gateway."""
@@ -143,6 +129,12 @@ class BatchRunner:
         for task in list(self._running):
             task.cancel()
         await asyncio.gather(*self._running, *([self._pull] if self._pull else []), return_exceptions=True)
+        await self.gate.stop()
+        # Unsubscribed here, not left to the connection's drain: a pull request cut short still gets its expiry
+        # notice from the server, which nobody reads, and a drain waits for it until its own timeout (30 s).
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
 
     async def _pull_forever(self, sub: JetStreamContext.PullSubscription) -> None:
         free = asyncio.Semaphore(self.max_batches)

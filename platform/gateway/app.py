@@ -129,6 +129,8 @@ def create_app(settings: Settings, nats_url: str, ready_models: list[str] | None
             find_key=lambda key_id: batch_key(gw, key_id),
             known_model=lambda model: model in settings.models or model in client.registry.models(),
             slots=lambda modality, model: sum(w.max_batch for w in client.registry.serving(modality, model)),
+            gateway_id=client.gateway_id,
+            nc=nc,
         )
         # Dev mode (auth off) has no keys to limit: requests run unmetered, though their usage is still recorded.
         limiter = gw.limiter = await NatsRateLimiter.open(nc) if settings.auth.enabled else None
