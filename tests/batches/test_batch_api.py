@@ -191,3 +191,20 @@ def test_lines_left_when_the_completion_window_ends_are_written_as_expired(
     expired = [a for a in answered if a["error"] is not None]
     assert expired and all(a["error"]["code"] == "batch_expired" for a in expired)
     assert done.request_counts is not None and done.request_counts.failed == len(expired)
+
+
+def test_the_ember_sdk_runs_a_batch(tiny_worker: str) -> None:
+    import ember
+
+    with ember.Ember(base_url=f"{tiny_worker}/v1", api_key="unused") as client:
+        upload = client.files.create(
+            file=("sdk.jsonl", jsonl([chat_line(f"s-{i}", "hi") for i in range(3)])), purpose="batch"
+        )
+        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions")
+        deadline = time.monotonic() + 120
+        while not (batch := client.batches.retrieve(batch.id)).done:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert batch.status == "completed" and batch.output_file_id is not None
+        lines = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
+    assert [x["custom_id"] for x in lines] == ["s-0", "s-1", "s-2"]
