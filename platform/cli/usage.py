@@ -30,9 +30,31 @@ async def run(args: argparse.Namespace, nats_url: str) -> int:
     if args.json:
         print(json.dumps([t.as_dict() for t in totals], indent=2))
         return 0
-    header = ("key", "model", "requests", "errors", "prompt_tok", "completion_tok", "images", "audio_s")
+    header = (
+        "key",
+        "model",
+        "requests",
+        "errors",
+        "batch",
+        "prompt_tok",
+        "completion_tok",
+        "billed_tok",
+        "images",
+        "audio_s",
+    )
     rows = [
-        (t.key_id, t.model, t.requests, t.errors, t.prompt_tokens, t.completion_tokens, t.images, t.audio_seconds)
+        (
+            t.key_id,
+            t.model,
+            t.requests,
+            t.errors,
+            t.batch_requests,
+            t.prompt_tokens,
+            t.completion_tokens,
+            round(t.billed_tokens, 1),
+            t.images,
+            t.audio_seconds,
+        )
         for t in totals
     ]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]

@@ -160,11 +160,17 @@ class Summary:
     audio_seconds: float = 0.0
     characters: int = 0
     duration_ms: float = 0.0
+    # Lines of batches among the requests, and the tokens as billed: each request's at its price factor
+    # (a batch line's batch.price_factor, 1 online).
+    batch_requests: int = 0
+    billed_tokens: float = 0.0
     first: dt.datetime | None = None
     last: dt.datetime | None = None
 
     def add(self, at: dt.datetime, rec: UsageRecord) -> None:
         self.requests += 1
+        self.batch_requests += rec.batch_id is not None
+        self.billed_tokens += (rec.prompt_tokens + rec.completion_tokens) * rec.price_factor
         self.errors += rec.status != "ok"
         self.prompt_tokens += rec.prompt_tokens
         self.completion_tokens += rec.completion_tokens
@@ -186,6 +192,8 @@ class Summary:
             "images": self.images,
             "audio_seconds": round(self.audio_seconds, 3),
             "characters": self.characters,
+            "batch_requests": self.batch_requests,
+            "billed_tokens": round(self.billed_tokens, 3),
             "first": self.first.isoformat() if self.first else None,
             "last": self.last.isoformat() if self.last else None,
         }

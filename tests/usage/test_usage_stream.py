@@ -45,6 +45,17 @@ async def test_totals_per_key_and_model(nc: NATS) -> None:
     assert [(s.key_id, s.requests) for s in only_b] == [("key_b", 1)]
 
 
+async def test_batch_lines_are_billed_at_their_price_factor(nc: NATS) -> None:
+    js = nc.jetstream()
+    await stream.record(js, rec())  # online: 15 tokens at full price
+    for _ in range(2):
+        await stream.record(js, rec(batch_id="batch_1", price_factor=0.5))
+    [summary] = await stream.summarize(js)
+    assert (summary.requests, summary.batch_requests) == (3, 2)
+    assert summary.prompt_tokens + summary.completion_tokens == 45 and summary.billed_tokens == 30.0
+    assert summary.as_dict()["billed_tokens"] == 30.0
+
+
 async def test_a_redelivered_record_is_counted_once(nc: NATS) -> None:
     js = nc.jetstream()
     r = rec()
