@@ -54,6 +54,10 @@ STREAM = "EMBER_BATCHES"
 SUBJECT = f"{subjects.PREFIX}.batches.run"
 CONSUMER = "batch-runners"
 MODALITY = {"/v1/chat/completions": Modality.TEXT, "/v1/completions": Modality.TEXT, "/v1/embeddings": Modality.EMBED}
+# Deliveries of one batch (each error of its runner, or crash of its gateway, is one) after which an error of the
+# runner fails the batch instead of sending it back: a batch that fails the same way wherever it runs is a bug,
+# and retrying it forever would only fill the log. Crashes alone never fail a batch.
+MAX_RUNS = 10
 # Statuses a line is tried again for: the platform failed it, not the request.
 RETRIED = frozenset({500, 502, 503, 504})
 
@@ -164,17 +168,31 @@ class BatchRunner:
         batch_id = msg.data.decode()
         keepalive = asyncio.create_task(self._keep_alive(msg))
         done = False
+        delay = 1.0
         try:
             await self.run(batch_id)
             done = True
         except asyncio.CancelledError:
             raise  # stopping: another gateway takes the batch up now (nak below)
-        except Exception:
-            log.exception("batch %s failed in its runner; it goes back to the queue", batch_id)
+        except Exception as e:
+            tries = msg.metadata.num_delivered or 1
+            if tries >= MAX_RUNS:  # it fails the same way wherever it runs: a bug, not a crash to resume from
+                log.exception("batch %s failed in its runner %d times; it fails", batch_id, tries)
+                done = await self._give_up(batch_id, f"the batch runner failed {tries} times: {e}")
+            else:
+                log.exception("batch %s failed in its runner; it goes back to the queue", batch_id)
+                delay = min(2.0**tries, 60.0)
         finally:
             keepalive.cancel()
             with contextlib.suppress(Exception):
-                await asyncio.shield(msg.ack_sync(timeout=5.0) if done else msg.nak(delay=1.0))
+                await asyncio.shield(msg.ack_sync(timeout=5.0) if done else msg.nak(delay=delay))
+
+    async def _give_up(self, batch_id: str, why: str) -> bool:
+        error = BatchErrors(data=[BatchError(code="batch_runner_failed", message=why)])
+        with contextlib.suppress(Exception):
+            await self.batches.change(batch_id, lambda r: None if r.finished else r.moved("failed", errors=error))
+            return True
+        return False
 
     async def _keep_alive(self, msg: Msg) -> None:
         while True:
