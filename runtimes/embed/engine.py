@@ -56,6 +56,8 @@ class EmbedRequest:
     priority: int = 0
     key: str = ""
     cancelled: bool = False
+    # Taken back before any of its rows was encoded (``EmbedEngine.withdraw``): its worker hands the job on.
+    withdrawn: bool = False
     # [len(rows), dimensions] float32, filled on the engine thread as rows are encoded.
     vectors: np.ndarray | None = None
     remaining: int = 0
@@ -137,6 +139,19 @@ class EmbedEngine:
             request.cancelled = True
             self._rows.remove({request_id})
             request.finish(None)
+
+    def withdraw(self, request_id: str) -> bool:
+        """Take a request back if none of its rows has been taken into a step: its ``done`` is cancelled with
+        ``withdrawn`` set, and its worker hands the job to another. False where it started or is unknown."""
+        with self._lock:
+            request = self._open.get(request_id)
+            if request is None or sum(row.request is request for row in self._rows) < len(request.rows):
+                return False
+            del self._open[request_id]
+            self._rows.remove({request_id})
+            request.withdrawn = request.cancelled = True
+        request.finish(None)
+        return True
 
     def stop(self) -> None:
         with self._lock:

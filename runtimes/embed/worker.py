@@ -92,6 +92,9 @@ class EmbedJobHandler(JobHandler):
     def cancel(self, request_id: str) -> None:
         self.engine.abort(request_id)
 
+    async def release(self, request_id: str) -> bool:
+        return self.engine.withdraw(request_id)
+
     async def handle(self, job: EmbedJob, sink: ReplySink) -> None:
         try:
             dimensions = self.dimensions(job.dimensions)
@@ -119,6 +122,8 @@ class EmbedJobHandler(JobHandler):
         except asyncio.CancelledError:
             if not request.done.cancelled():
                 raise  # the worker is stopping: WorkerHost ends the job
+            if request.withdrawn:
+                return  # released before it started: the gateway sends it to another worker
             await sink.send(EmbedResult, JobStatus.FINISHED_ABORTED, count=0, dimensions=dimensions, prompt_tokens=0)
             return
         except Exception as e:

@@ -93,3 +93,21 @@ async def test_abort_and_overload(engine: EmbedEngine, tiny_bert: LoadedEncoder)
     after = request(tiny_bert, ["one more"], "after")
     engine.submit(after)
     assert (await after.done).shape == (1, tiny_bert.dimensions)
+
+
+async def test_a_request_whose_rows_all_wait_is_withdrawn_and_a_started_one_is_not(tiny_bert: LoadedEncoder) -> None:
+    """How an embeddings worker hands a job it has not started to a worker that came up later."""
+    eng = EmbedEngine(tiny_bert, EngineConfig(max_batch=2, max_batch_tokens=256))
+    first = request(tiny_bert, [sentence(i, 5) for i in range(4)], "first")
+    second = request(tiny_bert, [sentence(i, 5) for i in range(2)], "second")
+    eng.submit(first)
+    eng.submit(second)
+    with eng._lock:
+        taken = eng._take()  # what the engine thread does first: two of first's rows go into the step
+    assert {row.request.request_id for row in taken} == {"first"}
+    assert not eng.withdraw("first")
+    assert eng.withdraw("second")
+    with pytest.raises(asyncio.CancelledError):
+        await second.done
+    assert second.withdrawn and not first.withdrawn
+    assert not eng.withdraw("second")
