@@ -55,3 +55,37 @@ def test_openai_client_gets_sentence_transformers_vectors(embed_worker: str) -> 
     similarity = got @ got.T
     assert similarity[0, 1] > 0.6 > similarity[0, 2]  # the two meals are near, the meal and the movie are not
     assert packed.usage.prompt_tokens == floats.usage.prompt_tokens > 4 * 3
+
+
+def test_an_embeddings_batch_gives_the_online_vectors(embed_worker: str) -> None:
+    import json
+    import time
+
+    lines = [
+        {
+            "custom_id": f"t{i}",
+            "method": "POST",
+            "url": "/v1/embeddings",
+            "body": {"model": DEFAULT_EMBED_MODEL, "input": t},
+        }
+        for i, t in enumerate(TEXTS)
+    ]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    with openai.OpenAI(base_url=f"{embed_worker}/v1", api_key="unused", max_retries=0) as client:
+        online = client.embeddings.create(model=DEFAULT_EMBED_MODEL, input=TEXTS, encoding_format="float")
+        upload = client.files.create(file=("texts.jsonl", data), purpose="batch")
+        batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h")
+        deadline = time.monotonic() + 120
+        while (batch := client.batches.retrieve(batch.id)).status not in (
+            "completed",
+            "failed",
+            "expired",
+            "cancelled",
+        ):
+            assert time.monotonic() < deadline, batch
+            time.sleep(0.2)
+        assert batch.status == "completed" and batch.output_file_id is not None, batch
+        out = [json.loads(x) for x in client.files.content(batch.output_file_id).text.splitlines()]
+    assert [o["custom_id"] for o in out] == ["t0", "t1", "t2", "t3"]
+    got = np.array([o["response"]["body"]["data"][0]["embedding"] for o in out], dtype=np.float32)
+    np.testing.assert_allclose(got, np.array([d.embedding for d in online.data], dtype=np.float32), atol=1e-5)
