@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from nats.aio.client import Client as NATS
 
@@ -22,6 +23,7 @@ from ember.bus.connection import connect
 from ember.bus.messages import TTFT_WINDOW_S
 from ember.bus.worker import JobHandler, WorkerHost, serve
 from ember.config import Settings
+from ember.runtimes.fair_queue import FairQueue
 
 
 class EngineOverloaded(Exception):
@@ -53,6 +55,26 @@ async def request_events(request: _EventSource, last: tuple[type, ...]) -> Async
                 return
     finally:
         request.cancelled = True
+
+
+class _Queued(_EventSource, Protocol):
+    def emit(self, event: Any) -> None: ...
+
+
+Q = TypeVar("Q", bound=_Queued)
+
+
+def withdraw_waiting(lock: threading.Condition, waiting: FairQueue[Q], request_id: str) -> bool:
+    """Take a request of an event-streaming engine (audio, speech) back if it still waits in ``waiting`` (guarded
+    by ``lock``): its events end with none more, and its worker hands the job to another. False where it started,
+    ended or is unknown."""
+    with lock:
+        request = waiting.withdraw(request_id, lambda r: not r.cancelled)
+        if request is None:
+            return False
+        request.cancelled = True
+    request.emit(Withdrawn())
+    return True
 
 
 class LatencyWindow:

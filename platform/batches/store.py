@@ -15,24 +15,15 @@ from dataclasses import dataclass
 
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from ember.batches.schemas import BatchRecord, LineResult
-from ember.bus.kv_records import MISSING, KvRecords
+from ember.bus.kv_records import MISSING, KvRecords, open_bucket
 
 BATCHES = "ember_batches"
 RESULTS = "ember_batch_results"
 # Finished batches stay listed this long after their last change (OpenAI keeps them; a KV entry needs a bound).
 BATCH_TTL_S = 30 * 24 * 3600.0
-
-
-async def _bucket(js: JetStreamContext, name: str, ttl_s: float | None = None) -> KeyValue:
-    try:
-        return await js.key_value(name)
-    except nats.js.errors.BucketNotFoundError:
-        config = KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE)
-        return await js.create_key_value(config)
 
 
 @dataclass
@@ -41,7 +32,7 @@ class BatchStore:
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> BatchStore:
-        return cls(await _bucket(js, BATCHES, BATCH_TTL_S))
+        return cls(await open_bucket(js, BATCHES, BATCH_TTL_S))
 
     async def create(self, record: BatchRecord) -> None:
         await self.kv.create(record.id, record.model_dump_json().encode())
@@ -51,12 +42,7 @@ class BatchStore:
 
     async def list(self) -> list[BatchRecord]:
         """Every batch, oldest first."""
-        try:
-            keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        found = [r for r in [await self.get(k) for k in keys] if r is not None]
-        return sorted(found, key=lambda r: (r.created_ns, r.id))
+        return sorted(await KvRecords(self.kv, BatchRecord).all(), key=lambda r: (r.created_ns, r.id))
 
     async def change(self, batch_id: str, edit: Callable[[BatchRecord], BatchRecord | None]) -> BatchRecord | None:
         """Apply ``edit`` to the stored record by compare-and-set (``KvRecords.change``); None if there is none."""
@@ -69,7 +55,7 @@ class ResultStore:
 
     @classmethod
     async def open(cls, js: JetStreamContext) -> ResultStore:
-        return cls(await _bucket(js, RESULTS))
+        return cls(await open_bucket(js, RESULTS))
 
     async def record(self, batch_id: str, result: LineResult) -> bool:
         """Keep a line's result unless it has one already; True if this one was kept."""

@@ -70,9 +70,13 @@ class BlobStore:
         """Store ``data`` (bytes, or a binary file read chunk by chunk); returns its name (a fresh random one
         unless given)."""
         name = name or uuid.uuid4().hex
-        # nats-py reads any object with readinto(), off the event loop; its annotation names only one class.
-        await self.store.put(name, data if isinstance(data, bytes) else cast(io.BufferedIOBase, data))
+        await self.store_object(data, name)
         return name
+
+    async def store_object(self, data: bytes | BinaryIO, name: str) -> ObjectInfo:
+        """Store ``data`` under ``name``; what the store says of it (its size, for a file read as it went)."""
+        # nats-py reads any object with readinto(), off the event loop; its annotation names only one class.
+        return await self.store.put(name, data if isinstance(data, bytes) else cast(io.BufferedIOBase, data))
 
     async def get(self, name: str) -> bytes:
         """The blob's bytes; BlobNotFound if it is gone, also when it is deleted while being read."""

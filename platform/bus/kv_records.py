@@ -13,12 +13,24 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
 M = TypeVar("M", bound=BaseModel)
 
 MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError, nats.js.errors.InvalidKeyError)
+
+
+async def open_bucket(js: JetStreamContext, name: str, ttl_s: float | None = None) -> KeyValue:
+    """A KV bucket of one value per key on disk (``ttl_s``: entries expire that long after their last write),
+    created on first use."""
+    try:
+        return await js.key_value(name)
+    except nats.js.errors.BucketNotFoundError:
+        config = KeyValueConfig(bucket=name, history=1, ttl=ttl_s, storage=StorageType.FILE)
+        return await js.create_key_value(config)
 
 
 @dataclass
@@ -29,6 +41,14 @@ class KvRecords(Generic[M]):
     async def get(self, key: str) -> M | None:
         found = await self.read(key)
         return found[0] if found else None
+
+    async def all(self) -> list[M]:
+        """Every record in the bucket, in no particular order."""
+        try:
+            keys = await self.kv.keys()
+        except nats.js.errors.NoKeysError:
+            return []
+        return [r for r in [await self.get(k) for k in keys] if r is not None]
 
     async def read(self, key: str) -> tuple[M, int] | None:
         """The record and its revision; None if there is none."""

@@ -19,11 +19,12 @@ from typing import Any, BinaryIO, ClassVar, Literal
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
+from nats.js.api import StorageType
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
 from ember.bus.blobs import BlobNotFound, BlobStore
+from ember.bus.kv_records import KvRecords, open_bucket
 
 RECORDS = "ember_files"
 DATA = "ember_file_data"
@@ -71,11 +72,7 @@ class FileStore:
 
     @classmethod
     async def open(cls, js: JetStreamContext, max_total_bytes: int = -1) -> FileStore:
-        try:
-            kv = await js.key_value(RECORDS)
-        except nats.js.errors.BucketNotFoundError:
-            config = KeyValueConfig(bucket=RECORDS, history=1, storage=StorageType.FILE)
-            kv = await js.create_key_value(config)
+        kv = await open_bucket(js, RECORDS)
         data = await BlobStore.open(js, DATA, ttl_s=0, max_bytes=max_total_bytes, storage=StorageType.FILE)
         return cls(kv, data)
 
@@ -92,11 +89,10 @@ class FileStore:
         given (a batch's output, written again by a runner that resumed its finalizing) replaces that file."""
         file_id = file_id or new_file_id()
         try:
-            await self.data.put(content, name=file_id)
+            info = await self.data.store_object(content, name=file_id)
         except nats.js.errors.APIError as e:
             # JetStream refuses a chunk past the bucket's max_bytes; the object store purges what it wrote.
             raise StorageFull(str(e)) from e
-        info = await self.data.store.get_info(file_id)
         record = FileRecord(
             id=file_id,
             bytes=info.size or 0,
@@ -110,20 +106,11 @@ class FileStore:
         return record
 
     async def get(self, file_id: str) -> FileRecord | None:
-        try:
-            entry = await self.records.get(file_id)
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError, nats.js.errors.InvalidKeyError):
-            return None
-        return FileRecord.model_validate_json(entry.value or b"{}")
+        return await KvRecords(self.records, FileRecord).get(file_id)
 
     async def list(self) -> list[FileRecord]:
         """Every file, oldest first."""
-        try:
-            keys = await self.records.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        found = [r for r in [await self.get(k) for k in keys] if r is not None]
-        return sorted(found, key=lambda r: (r.created_ns, r.id))
+        return sorted(await KvRecords(self.records, FileRecord).all(), key=lambda r: (r.created_ns, r.id))
 
     async def content(self, file_id: str) -> bytes:
         """The whole file; BlobNotFound if it is gone."""

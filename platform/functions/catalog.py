@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from ember.bus.kv_records import open_bucket
 from ember.bus.messages import FunctionInfo, WireVersionError, decode_function_info, encode
 
 BUCKET = "ember_functions"
@@ -25,11 +25,7 @@ class FunctionCatalog:
 
     @classmethod
     async def open(cls, js: JetStreamContext, bucket: str = BUCKET) -> FunctionCatalog:
-        try:
-            kv = await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            kv = await js.create_key_value(KeyValueConfig(bucket=bucket, history=1, storage=StorageType.FILE))
-        return cls(kv)
+        return cls(await open_bucket(js, bucket))
 
     async def publish(self, info: FunctionInfo) -> None:
         # Names are letters, digits, "_", "-" and "." (ember._functions.NAME_PATTERN): valid KV keys as they are.

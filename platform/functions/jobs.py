@@ -26,11 +26,10 @@ from typing import Any, ClassVar, Literal
 
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
-from ember.bus.kv_records import KvRecords
+from ember.bus.kv_records import KvRecords, open_bucket
 from ember.bus.messages import ErrorInfo
 
 BUCKET = "ember_function_jobs"
@@ -98,12 +97,7 @@ class JobStore:
 
     @classmethod
     async def open(cls, js: JetStreamContext, ttl_s: float, bucket: str = BUCKET) -> JobStore:
-        try:
-            kv = await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            config = KeyValueConfig(bucket=bucket, history=1, ttl=ttl_s, storage=StorageType.FILE)
-            kv = await js.create_key_value(config)
-        return cls(kv)
+        return cls(await open_bucket(js, bucket, ttl_s))
 
     async def create(self, record: FunctionJobRecord) -> FunctionJobRecord:
         """Write ``record`` unless its id has an entry already; returns whichever is stored."""

@@ -32,7 +32,7 @@ from ember.runtimes.audio.decoding import BatchDecoder
 from ember.runtimes.audio.loader import LoadedWhisper
 from ember.runtimes.audio.pipeline import Segment, Transcription
 from ember.runtimes.fair_queue import FairQueue
-from ember.runtimes.serving import EngineOverloaded, Withdrawn, request_events
+from ember.runtimes.serving import EngineOverloaded, Withdrawn, request_events, withdraw_waiting
 from ember.runtimes.step_clock import StepClock
 
 log = logging.getLogger("ember.audio.engine")
@@ -126,15 +126,8 @@ class AudioEngine:
                     r.emit(Aborted(r.transcription.text))
 
     def withdraw(self, request_id: str) -> bool:
-        """Take a request back if it is still waiting (none of its audio decoded): its events end with none more,
-        and its worker hands the job to another. False where it started, ended or is unknown."""
-        with self._lock:
-            r = self._waiting.withdraw(request_id, lambda r: not r.cancelled)
-            if r is None:
-                return False
-            r.cancelled = True
-        r.emit(Withdrawn())
-        return True
+        """Take a request back if it is still waiting (none of its audio decoded); see ``serving.withdraw_waiting``."""
+        return withdraw_waiting(self._lock, self._waiting, request_id)
 
     def stop(self) -> None:
         with self._lock:

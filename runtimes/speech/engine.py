@@ -26,7 +26,7 @@ from typing import TypeAlias
 import numpy as np
 
 from ember.runtimes.fair_queue import FairQueue
-from ember.runtimes.serving import EngineOverloaded, Withdrawn, request_events
+from ember.runtimes.serving import EngineOverloaded, Withdrawn, request_events, withdraw_waiting
 from ember.runtimes.speech.model import PiperModel, Voice
 from ember.runtimes.step_clock import StepClock
 
@@ -129,15 +129,8 @@ class SpeechEngine:
                     r.emit(Aborted())
 
     def withdraw(self, request_id: str) -> bool:
-        """Take a request back if it is still waiting (nothing of it spoken): its events end with none more, and
-        its worker hands the job to another. False where it started, ended or is unknown."""
-        with self._lock:
-            r = self._waiting.withdraw(request_id, lambda r: not r.cancelled)
-            if r is None:
-                return False
-            r.cancelled = True
-        r.emit(Withdrawn())
-        return True
+        """Take a request back if it is still waiting (nothing of it spoken); see ``serving.withdraw_waiting``."""
+        return withdraw_waiting(self._lock, self._waiting, request_id)
 
     def stop(self) -> None:
         with self._lock:
