@@ -252,7 +252,7 @@ class BatchRunner:
 
     async def _run_lines(self, record: BatchRecord, parsed: Parsed) -> None:
         """Run every line that has no result yet, until all have one, the batch is cancelled, or it expires."""
-        done = await self.results.all(record.id)
+        done = await self.results.all(record.id, len(parsed.lines))
         for result in done.values():  # a crash may have come between a result and its usage record
             await self._meter(record, result, parsed.model)
         key = await self.find_key(record.key_id)
@@ -407,7 +407,7 @@ class BatchRunner:
                 record.id, lambda r: r.moved("finalizing") if r.status == "in_progress" else None
             )
             record = moved or record
-        results = await self.results.all(record.id)
+        results = await self.results.all(record.id, len(parsed.lines))
         cancelled = record.status == "cancelling"
         expired = not cancelled and time.time() >= record.expires_at
         for line in parsed.lines:
