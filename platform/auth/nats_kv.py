@@ -9,7 +9,9 @@ folder) holds two kinds of entries::
 Nothing in it is the secret or can be turned back into it. Every instance watches ``h.>`` from start to stop
 and keeps a map from digest to key, so ``authenticate`` never leaves the process; a change made through any
 instance reaches every other one as fast as NATS delivers the watch (milliseconds on a LAN), and one made while
-an instance was disconnected reaches it within about a second of its reconnect (``_watch_reconnects``).
+an instance was disconnected reaches it within about a second of its reconnect (``_watch_reconnects``). What
+the bucket holds when a watch starts is loaded by ``ember.bus.kv_listing``, not taken from the watch: nats-py's
+watch can say its initial values are done before it has yielded any (see that module).
 
 Updates go through ``update(last=revision)`` (compare-and-set), so a revocation and a tier change that race
 cannot undo each other. The cache applies an entry only if its revision is newer than the one it holds,
@@ -44,6 +46,7 @@ from ember.auth.keys import (
     now,
     well_formed,
 )
+from ember.bus.kv_listing import latest_entries
 
 log = logging.getLogger("ember.auth")
 
@@ -100,19 +103,18 @@ class NatsKeyStore(KeyStore):
         js = self._nc.jetstream()
         try:
             self._kv = await self._open_bucket(js)
-            await self._rewatch()
+            await asyncio.wait_for(self._rewatch(), self._start_timeout_s)
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+            await self.stop()
             raise KeyStoreError(
                 f"cannot open the key bucket {self._bucket!r}: is JetStream enabled on this NATS (nats-server -js)?"
             ) from None
-        self._supervisor = asyncio.create_task(self._watch_reconnects(), name=f"keys-reconnects-{self._bucket}")
-        try:
-            await asyncio.wait_for(self._ready.wait(), self._start_timeout_s)
-        except TimeoutError:
+        except TimeoutError:  # asyncio's, from wait_for (nats-py's is a subclass, caught above)
             await self.stop()
             raise KeyStoreError(
                 f"the key bucket {self._bucket!r} did not load within {self._start_timeout_s}s"
             ) from None
+        self._supervisor = asyncio.create_task(self._watch_reconnects(), name=f"keys-reconnects-{self._bucket}")
 
     async def _open_bucket(self, js: Any) -> KeyValue:
         try:
@@ -133,13 +135,18 @@ class NatsKeyStore(KeyStore):
         return kv
 
     async def _rewatch(self) -> None:
-        """Start a fresh watch (the newest revision of every key, then changes) and drop the old one."""
+        """Start a fresh watch, drop the old one, and load every key; the store is ready after the first load."""
         kv = self._open()
+        # The watch starts before the listing, so a change the listing's snapshot misses comes through the
+        # watch; ``_apply`` keeps whichever of the two is newer, in whatever order they come.
         watcher = await kv.watch(f"{_HASH}>")
         task = asyncio.create_task(self._follow(watcher), name=f"keys-watch-{self._bucket}")
         old, self._watch = self._watch, (watcher, task)
         if old is not None:
             await self._end(*old)
+        for entry in await latest_entries(kv, f"{_HASH}>"):
+            self._apply_entry(entry)
+        self._ready.set()
 
     async def _watch_reconnects(self) -> None:
         """Re-watch after every reconnect, so that changes made while we were away arrive at once.
@@ -184,15 +191,18 @@ class NatsKeyStore(KeyStore):
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         """Feed the cache from one watch until it is stopped."""
         async for entry in watcher:
-            if entry is None:  # the end of what was in the bucket when the watch started
-                self._ready.set()
-                continue
-            try:
-                self._apply(entry.key, entry.revision, None if entry.operation else entry.value)
-            except (ValueError, TypeError, KeyError) as e:
-                # A record we cannot read (written by hand, or by a newer Ember): skip it, keep watching.
-                # NOTE: entry.key is "h." + a digest, never a secret, so it is safe to log.
-                log.warning("key store: skipping unreadable entry %s@%s: %s", entry.key, entry.revision, e)
+            # None marks the end of the initial values, which can come too early: _rewatch loads them instead.
+            if entry is not None:
+                self._apply_entry(entry)
+
+    def _apply_entry(self, entry: KeyValue.Entry) -> None:
+        """``_apply`` a watched or listed entry; one that cannot be read is logged and skipped."""
+        try:
+            self._apply(entry.key, entry.revision, None if entry.operation else entry.value)
+        except (ValueError, TypeError, KeyError) as e:
+            # A record we cannot read (written by hand, or by a newer Ember): skip it, keep watching.
+            # NOTE: entry.key is "h." + a digest, never a secret, so it is safe to log.
+            log.warning("key store: skipping unreadable entry %s@%s: %s", entry.key, entry.revision, e)
 
     def _apply(self, kv_key: str, revision: int | None, value: bytes | None) -> None:
         """Put one entry (``value`` None: deleted or purged) into the cache unless it holds a newer one."""

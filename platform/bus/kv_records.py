@@ -18,9 +18,9 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 from pydantic import BaseModel
 
-M = TypeVar("M", bound=BaseModel)
+from ember.bus.kv_listing import MISSING, latest_entries
 
-MISSING = (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError, nats.js.errors.InvalidKeyError)
+M = TypeVar("M", bound=BaseModel)
 
 
 async def open_bucket(js: JetStreamContext, name: str, ttl_s: float | None = None) -> KeyValue:
@@ -43,12 +43,9 @@ class KvRecords(Generic[M]):
         return found[0] if found else None
 
     async def all(self) -> list[M]:
-        """Every record in the bucket, in no particular order."""
-        try:
-            keys = await self.kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        return [r for r in [await self.get(k) for k in keys] if r is not None]
+        """Every record in the bucket, in no particular order (``latest_entries``: not ``kv.keys()``, which can
+        come back short)."""
+        return [self.model.model_validate_json(e.value or b"{}") for e in await latest_entries(self.kv)]
 
     async def read(self, key: str) -> tuple[M, int] | None:
         """The record and its revision; None if there is none."""

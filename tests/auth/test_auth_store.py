@@ -109,6 +109,15 @@ async def test_a_gateway_started_later_loads_every_key(stores: NewStore) -> None
     assert {k.id for k in await late.list()} == {live.id, dead.id}
 
 
+async def test_every_start_has_every_key_at_once(stores: NewStore) -> None:
+    # nats-py's watch could say "initial values done" before yielding any; start must not trust it (kv_listing).
+    a = await stores()
+    ids = {(await a.create("free"))[0].id for _ in range(60)}
+    for _ in range(15):
+        late = await stores()
+        assert {k.id for k in await late.list()} == ids
+
+
 async def test_authenticate_needs_no_round_trip_once_started(connections: OpenConnection, bucket: str) -> None:
     nc = await connections()
     store = NatsKeyStore(nc, bucket=bucket)
