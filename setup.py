@@ -17,6 +17,7 @@ from setuptools import setup
 
 SOURCES = [
     "csrc/torch_bindings.cpp",
+    "csrc/cpu/decode_stack.cpp",
     "csrc/cpu/isa.cpp",
     "csrc/cpu/layer_ops.cpp",
     "csrc/cpu/paged_attention.cpp",
@@ -25,9 +26,11 @@ SOURCES = [
 HEADERS = [
     "csrc/cpu/isa.h",
     "csrc/cpu/isa_variants.h",
+    "csrc/cpu/kernels.h",
     "csrc/cpu/layer_ops_impl.h",
     "csrc/cpu/ops.h",
     "csrc/cpu/paged_attention_impl.h",
+    "csrc/cpu/quant_input.h",
     "csrc/cpu/quant_linear_impl.h",
     "csrc/cpu/quant_linear_vnni_impl.h",
     "csrc/cpu/quant_view.h",

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "isa.h"
+#include "kernels.h"
 #include "ops.h"
 
 // One copy per instruction set (isa_variants.h).
@@ -51,6 +52,49 @@ void check_rows(const at::Tensor& t, const char* name) {
 }
 
 }  // namespace
+
+// The raw entry points (kernels.h), for the CPU's widest instruction set.
+#define EMBER_ISA_CALL(CALL)           \
+  switch (current_isa()) {             \
+    case Isa::kAvx512:                 \
+      return avx512::CALL;             \
+    case Isa::kAvx2:                   \
+      return avx2::CALL;               \
+    default:                           \
+      return baseline::CALL;           \
+  }
+
+template <typename T>
+void rms_norm_rows(T* out, const T* x, int64_t ld, const T* weight, int64_t rows, int64_t dim, float eps) {
+  EMBER_ISA_CALL(rms_norm_rows(out, x, ld, weight, rows, dim, eps));
+}
+
+template <typename T>
+void add_rms_norm_rows(T* x, T* residual, const T* weight, int64_t rows, int64_t dim, float eps) {
+  EMBER_ISA_CALL(add_rms_norm(x, residual, weight, rows, dim, eps));
+}
+
+template <typename T>
+void rotary_rows(T* x, int64_t ld, int64_t tokens, int64_t heads, int64_t hd, const T* cos, const T* sin,
+                 const int64_t* positions) {
+  EMBER_ISA_CALL(rotary(x, ld, tokens, heads, hd, cos, sin, positions));
+}
+
+template <typename T>
+void silu_mul_rows(T* out, const T* gate_up, int64_t rows, int64_t inner) {
+  EMBER_ISA_CALL(silu_mul(out, gate_up, rows, inner));
+}
+
+#undef EMBER_ISA_CALL
+
+#define EMBER_INSTANTIATE(T)                                                                                   \
+  template void rms_norm_rows<T>(T*, const T*, int64_t, const T*, int64_t, int64_t, float);                    \
+  template void add_rms_norm_rows<T>(T*, T*, const T*, int64_t, int64_t, float);                               \
+  template void rotary_rows<T>(T*, int64_t, int64_t, int64_t, int64_t, const T*, const T*, const int64_t*);    \
+  template void silu_mul_rows<T>(T*, const T*, int64_t, int64_t);
+EMBER_INSTANTIATE(float)
+EMBER_INSTANTIATE(uint16_t)
+#undef EMBER_INSTANTIATE
 
 void rms_norm(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight, double eps) {
   check_rows(x, "x");

@@ -5,6 +5,8 @@
 
 #include <optional>
 
+#include "quant_view.h"
+
 namespace ember::cpu {
 
 // out[b, h] = softmax(q[b, h] . K[b]^T * scale) V[b] over row b's context_lens[b] tokens, whose K/V live in the
@@ -17,6 +19,11 @@ void quant_linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweigh
                   const std::optional<at::Tensor>& mins, const std::optional<at::Tensor>& super_scales,
                   const std::optional<at::Tensor>& super_mins, const std::optional<at::Tensor>& bias, int64_t bits,
                   int64_t group_size);
+
+// The view the kernels read of a quantized weight's tensors for x with k columns, after checking them.
+QuantView quant_view(const at::Tensor& q, const at::Tensor& scales, const std::optional<at::Tensor>& mins,
+                     const std::optional<at::Tensor>& super_scales, const std::optional<at::Tensor>& super_mins,
+                     const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size, int64_t k);
 
 // out[N, K] = W, float32 or bfloat16.
 void dequantize(at::Tensor& out, const at::Tensor& qweight, const at::Tensor& scales,

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "isa.h"
+#include "kernels.h"
 #include "ops.h"
 
 // One copy of the kernel per instruction set; see paged_attention_impl.h.
@@ -21,26 +22,53 @@
 #include "isa_variants.h"
 
 namespace ember::cpu {
-namespace {
 
 template <typename T>
-void dispatch(T* out, const T* q, const T* k, const T* v, const int32_t* table, const int32_t* lens, int64_t batch,
-              int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t block_size, int64_t max_blocks,
-              float scale) {
+void paged_decode_rows(T* out, const T* q, int64_t q_stride, const T* k, const T* v, const int32_t* table,
+                       const int32_t* lens, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                       int64_t block_size, int64_t max_blocks, float scale) {
   switch (current_isa()) {
     case Isa::kAvx512:
-      return avx512::paged_decode(out, q, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
+      return avx512::paged_decode(out, q, q_stride, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
                                   max_blocks, scale);
     case Isa::kAvx2:
-      return avx2::paged_decode(out, q, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
+      return avx2::paged_decode(out, q, q_stride, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
                                 max_blocks, scale);
     default:
-      return baseline::paged_decode(out, q, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
-                                    max_blocks, scale);
+      return baseline::paged_decode(out, q, q_stride, k, v, table, lens, batch, heads, kv_heads, head_dim,
+                                    block_size, max_blocks, scale);
   }
 }
 
-}  // namespace
+template <typename T>
+void paged_decode_part_rows(T* out, const T* q, int64_t q_stride, const T* k, const T* v, const int32_t* table,
+                            const int32_t* lens, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                            int64_t block_size, int64_t max_blocks, float scale, int64_t task_begin,
+                            int64_t task_end) {
+  switch (current_isa()) {
+    case Isa::kAvx512:
+      return avx512::paged_decode_part(out, q, q_stride, k, v, table, lens, heads, kv_heads, head_dim, block_size,
+                                       max_blocks, scale, task_begin, task_end);
+    case Isa::kAvx2:
+      return avx2::paged_decode_part(out, q, q_stride, k, v, table, lens, heads, kv_heads, head_dim, block_size,
+                                     max_blocks, scale, task_begin, task_end);
+    default:
+      return baseline::paged_decode_part(out, q, q_stride, k, v, table, lens, heads, kv_heads, head_dim, block_size,
+                                         max_blocks, scale, task_begin, task_end);
+  }
+}
+
+template void paged_decode_part_rows<float>(float*, const float*, int64_t, const float*, const float*,
+                                            const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t,
+                                            int64_t, float, int64_t, int64_t);
+template void paged_decode_part_rows<uint16_t>(uint16_t*, const uint16_t*, int64_t, const uint16_t*,
+                                               const uint16_t*, const int32_t*, const int32_t*, int64_t, int64_t,
+                                               int64_t, int64_t, int64_t, float, int64_t, int64_t);
+template void paged_decode_rows<float>(float*, const float*, int64_t, const float*, const float*, const int32_t*,
+                                       const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, float);
+template void paged_decode_rows<uint16_t>(uint16_t*, const uint16_t*, int64_t, const uint16_t*, const uint16_t*,
+                                          const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                                          int64_t, float);
 
 void paged_decode(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                   const at::Tensor& block_table, const at::Tensor& context_lens, double scale) {
@@ -76,14 +104,16 @@ void paged_decode(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cach
   }
   const float s = static_cast<float>(scale);
   if (q.scalar_type() == at::kFloat) {
-    dispatch(out.data_ptr<float>(), q.data_ptr<float>(), k_cache.data_ptr<float>(), v_cache.data_ptr<float>(),
-             table, lens, batch, heads, kv_heads, head_dim, block_size, max_blocks, s);
+    paged_decode_rows(out.data_ptr<float>(), q.data_ptr<float>(), heads * head_dim, k_cache.data_ptr<float>(),
+                      v_cache.data_ptr<float>(), table, lens, batch, heads, kv_heads, head_dim, block_size,
+                      max_blocks, s);
   } else {
     TORCH_CHECK(q.scalar_type() == at::kBFloat16, "paged_decode supports float32 and bfloat16, not ",
                 q.scalar_type());
     auto raw = [](const at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); };
-    dispatch(raw(out), raw(q), raw(k_cache), raw(v_cache), table, lens, batch, heads, kv_heads, head_dim,
-             block_size, max_blocks, s);
+    paged_decode_rows(raw(out), static_cast<const uint16_t*>(raw(q)), heads * head_dim,
+                      static_cast<const uint16_t*>(raw(k_cache)), static_cast<const uint16_t*>(raw(v_cache)), table,
+                      lens, batch, heads, kv_heads, head_dim, block_size, max_blocks, s);
   }
 }
 

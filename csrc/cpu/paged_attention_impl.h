@@ -4,7 +4,7 @@
 // widest variant the CPU runs at call time, never at build time.
 //
 // Layouts (row-major):
-//   q, out        [B, H, hd]
+//   q, out        [B, H, hd] (q's rows may be q_stride apart)
 //   k/v cache     [num_blocks, block_size, KV, hd]
 //   block_table   [B, max_blocks] int32, context_lens [B] int32
 // Query head h reads KV head h / (H / KV) (grouped-query attention). Each task is one (row, KV head) pair, so a
@@ -168,39 +168,49 @@ void attend_any(const float* query, float* acc, float* inv_sum, float* scores, c
   }
 }
 
+// Tasks [task_begin, task_end) of paged_decode: task = row * kv_heads + KV head.
 template <typename T>
-void paged_decode(T* out, const T* q, const T* k_cache, const T* v_cache, const int32_t* block_table,
-                  const int32_t* context_lens, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
-                  int64_t block_size, int64_t max_blocks, float scale) {
+void paged_decode_part(T* out, const T* q, int64_t q_stride, const T* k_cache, const T* v_cache,
+                       const int32_t* block_table, const int32_t* context_lens, int64_t heads, int64_t kv_heads,
+                       int64_t head_dim, int64_t block_size, int64_t max_blocks, float scale, int64_t task_begin,
+                       int64_t task_end) {
   const int64_t group = heads / kv_heads;
   const int64_t row_stride = kv_heads * head_dim;  // between consecutive tokens in the cache
   const int64_t block_stride = block_size * row_stride;
-  at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> query(group * head_dim), acc(group * head_dim), inv_sum(group), scores;
-    std::vector<float> rows_buf(block_size * head_dim);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / kv_heads, g = task % kv_heads;
-      const int64_t length = context_lens[b];
-      const int32_t* table = block_table + b * max_blocks;
-      for (int64_t h = 0; h < group; ++h) {
-        const T* src = q + (b * heads + g * group + h) * head_dim;
-        for (int64_t i = 0; i < head_dim; ++i) query[h * head_dim + i] = load(src, i) * scale;
-      }
-      scores.resize(group * length);
-      if (head_dim == 64) {
-        attend_fixed<T, 64>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache, v_cache, table, length, group,
-                            block_size, row_stride, block_stride, g);
-      } else if (head_dim == 128) {
-        attend_fixed<T, 128>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache, v_cache, table, length, group,
-                             block_size, row_stride, block_stride, g);
-      } else {
-        attend_any(query.data(), acc.data(), inv_sum.data(), scores.data(), k_cache, v_cache, table, length, group, head_dim,
-                   block_size, row_stride, block_stride, g);
-      }
-      for (int64_t h = 0; h < group; ++h) {
-        T* dst = out + (b * heads + g * group + h) * head_dim;
-        for (int64_t i = 0; i < head_dim; ++i) store(dst, i, acc[h * head_dim + i] * inv_sum[h]);
-      }
+  std::vector<float> query(group * head_dim), acc(group * head_dim), inv_sum(group), scores;
+  std::vector<float> rows_buf(block_size * head_dim);
+  for (int64_t task = task_begin; task < task_end; ++task) {
+    const int64_t b = task / kv_heads, g = task % kv_heads;
+    const int64_t length = context_lens[b];
+    const int32_t* table = block_table + b * max_blocks;
+    for (int64_t h = 0; h < group; ++h) {
+      const T* src = q + b * q_stride + (g * group + h) * head_dim;
+      for (int64_t i = 0; i < head_dim; ++i) query[h * head_dim + i] = load(src, i) * scale;
     }
+    scores.resize(group * length);
+    if (head_dim == 64) {
+      attend_fixed<T, 64>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache,
+                          v_cache, table, length, group, block_size, row_stride, block_stride, g);
+    } else if (head_dim == 128) {
+      attend_fixed<T, 128>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache,
+                           v_cache, table, length, group, block_size, row_stride, block_stride, g);
+    } else {
+      attend_any(query.data(), acc.data(), inv_sum.data(), scores.data(), k_cache, v_cache, table, length, group,
+                 head_dim, block_size, row_stride, block_stride, g);
+    }
+    for (int64_t h = 0; h < group; ++h) {
+      T* dst = out + (b * heads + g * group + h) * head_dim;
+      for (int64_t i = 0; i < head_dim; ++i) store(dst, i, acc[h * head_dim + i] * inv_sum[h]);
+    }
+  }
+}
+
+template <typename T>
+void paged_decode(T* out, const T* q, int64_t q_stride, const T* k_cache, const T* v_cache,
+                  const int32_t* block_table, const int32_t* context_lens, int64_t batch, int64_t heads,
+                  int64_t kv_heads, int64_t head_dim, int64_t block_size, int64_t max_blocks, float scale) {
+  at::parallel_for(0, batch * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    paged_decode_part(out, q, q_stride, k_cache, v_cache, block_table, context_lens, heads, kv_heads, head_dim,
+                      block_size, max_blocks, scale, begin, end);
   });
 }

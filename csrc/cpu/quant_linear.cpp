@@ -15,7 +15,9 @@
 #include <optional>
 
 #include "isa.h"
+#include "kernels.h"
 #include "ops.h"
+#include "quant_input.h"
 #include "quant_view.h"
 
 // One copy per instruction set (isa_variants.h).
@@ -144,6 +146,54 @@ void dequantize_any(const QuantView& w, T* out) {
 }
 
 }  // namespace
+
+template <typename T>
+void quant_linear_rows(const QuantView& w, const T* x, T* out, int64_t rows) {
+  linear_any(w, x, out, rows);
+}
+
+template <int BITS, int GS, typename T>
+void part_isa(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_t rows, int64_t n_begin,
+              int64_t n_end) {
+  if (cpu_has_vnni()) return vnni::vnni_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
+  switch (current_isa()) {
+    case Isa::kAvx512:
+      return avx512::linear_part<BITS, GS, T>(w, x, out, rows, n_begin, n_end);
+    case Isa::kAvx2:
+      return avx2::linear_part<BITS, GS, T>(w, x, out, rows, n_begin, n_end);
+    default:
+      return baseline::linear_part<BITS, GS, T>(w, x, out, rows, n_begin, n_end);
+  }
+}
+
+template <typename T>
+void quant_linear_prepare(const QuantView& w, const T* x, int64_t rows, PreparedX& p) {
+  if (cpu_has_vnni()) vnni::prepare_x(w, x, rows, p);  // the float kernels read x as it is
+}
+
+template <typename T>
+void quant_linear_part(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_t rows, int64_t n_begin,
+                       int64_t n_end) {
+  if (w.bits == 4) return part_isa<4, 32, T>(w, p, x, out, rows, n_begin, n_end);
+  if (w.group_size == 32) return part_isa<8, 32, T>(w, p, x, out, rows, n_begin, n_end);
+  return part_isa<8, 16, T>(w, p, x, out, rows, n_begin, n_end);
+}
+
+#define EMBER_INSTANTIATE(T)                                                                                    \
+  template void quant_linear_prepare<T>(const QuantView&, const T*, int64_t, PreparedX&);                       \
+  template void quant_linear_part<T>(const QuantView&, const PreparedX&, const T*, T*, int64_t, int64_t, int64_t);
+EMBER_INSTANTIATE(float)
+EMBER_INSTANTIATE(uint16_t)
+#undef EMBER_INSTANTIATE
+
+template void quant_linear_rows<float>(const QuantView&, const float*, float*, int64_t);
+template void quant_linear_rows<uint16_t>(const QuantView&, const uint16_t*, uint16_t*, int64_t);
+
+QuantView quant_view(const at::Tensor& q, const at::Tensor& scales, const std::optional<at::Tensor>& mins,
+                     const std::optional<at::Tensor>& super_scales, const std::optional<at::Tensor>& super_mins,
+                     const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size, int64_t k) {
+  return view(q, scales, mins, super_scales, super_mins, bias, bits, group_size, k);
+}
 
 void quant_linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                   const std::optional<at::Tensor>& mins, const std::optional<at::Tensor>& super_scales,

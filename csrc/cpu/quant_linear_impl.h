@@ -152,23 +152,26 @@ void rows_block(const QuantView& w, const T* x, int64_t ldx, T* out, int64_t ldo
   for (; n < n_end; ++n) tile<BITS, GS, MB, 1, T>(w, x, ldx, out, ldo, n);
 }
 
+// Output rows [n_begin, n_end) for every row of x.
+template <int BITS, int GS, typename T>
+void linear_part(const QuantView& w, const T* x, T* out, int64_t rows, int64_t n_begin, int64_t n_end) {
+  int64_t r = 0;
+  for (; r + 8 <= rows; r += 8) rows_block<BITS, GS, 8, T>(w, x + r * w.k, w.k, out + r * w.n, w.n, n_begin, n_end);
+  if (rows - r >= 4) {
+    rows_block<BITS, GS, 4, T>(w, x + r * w.k, w.k, out + r * w.n, w.n, n_begin, n_end);
+    r += 4;
+  }
+  if (rows - r >= 2) {
+    rows_block<BITS, GS, 2, T>(w, x + r * w.k, w.k, out + r * w.n, w.n, n_begin, n_end);
+    r += 2;
+  }
+  if (rows - r >= 1) rows_block<BITS, GS, 1, T>(w, x + r * w.k, w.k, out + r * w.n, w.n, n_begin, n_end);
+}
+
 template <int BITS, int GS, typename T>
 void linear(const QuantView& w, const T* x, T* out, int64_t rows) {
   // Split N (never M) over threads: every thread reads its own weights once.
-  const int64_t grain = 64;
-  at::parallel_for(0, w.n, grain, [&](int64_t begin, int64_t end) {
-    int64_t r = 0;
-    for (; r + 8 <= rows; r += 8) rows_block<BITS, GS, 8, T>(w, x + r * w.k, w.k, out + r * w.n, w.n, begin, end);
-    if (rows - r >= 4) {
-      rows_block<BITS, GS, 4, T>(w, x + r * w.k, w.k, out + r * w.n, w.n, begin, end);
-      r += 4;
-    }
-    if (rows - r >= 2) {
-      rows_block<BITS, GS, 2, T>(w, x + r * w.k, w.k, out + r * w.n, w.n, begin, end);
-      r += 2;
-    }
-    if (rows - r >= 1) rows_block<BITS, GS, 1, T>(w, x + r * w.k, w.k, out + r * w.n, w.n, begin, end);
-  });
+  at::parallel_for(0, w.n, 64, [&](int64_t begin, int64_t end) { linear_part<BITS, GS, T>(w, x, out, rows, begin, end); });
 }
 
 // W itself, [N, K] in T: for steps with many rows, where a dense matmul on the dequantized weights beats the

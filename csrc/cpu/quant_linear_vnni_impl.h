@@ -16,16 +16,7 @@
 
 #include <vector>
 
-struct PreparedX {
-  int64_t rows = 0;
-  int64_t blocks = 0;      // 64-byte weight blocks per row of W
-  int64_t plane = 0;       // bytes per row of hi / lo: blocks * (128 for 4 bits, 64 for 8)
-  int64_t groups_pad = 0;  // weight groups per row, padded to a multiple of 16
-  std::vector<int8_t> hi, lo;
-  std::vector<float> lane_d;  // [rows][blocks][16]: the scale of the x group each int32 lane sums
-  std::vector<float> sums;    // [rows][groups_pad]: sum of x over each weight group (the mins' term)
-  std::vector<float> offset;  // [rows][groups_pad]: 128 d sum q over each weight group (8-bit weights)
-};
+// PreparedX (quant_input.h): x as this kernel reads it.
 
 // Where value v of a row of x goes in its planes: 4-bit weights pair byte b of a group's 16 with values b (low
 // nibble) and b + 16 (high), and a 64-byte block holds 4 groups; so the plane holds, per block, the low-nibble
@@ -229,17 +220,21 @@ void vnni_rows(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
   for (; n < n_end; ++n) vnni_tile<BITS, GS, MB, 1, T>(w, p, out, m0, n);
 }
 
+// Output rows [n_begin, n_end) for every row of x, prepared (prepare_x).
+template <int BITS, int GS, typename T>
+void vnni_part(const QuantView& w, const PreparedX& p, T* out, int64_t rows, int64_t n_begin, int64_t n_end) {
+  int64_t r = 0;
+  for (; r + 4 <= rows; r += 4) vnni_rows<BITS, GS, 4, T>(w, p, out, r, n_begin, n_end);
+  if (rows - r >= 2) {
+    vnni_rows<BITS, GS, 2, T>(w, p, out, r, n_begin, n_end);
+    r += 2;
+  }
+  if (rows - r >= 1) vnni_rows<BITS, GS, 1, T>(w, p, out, r, n_begin, n_end);
+}
+
 template <int BITS, int GS, typename T>
 void vnni_linear(const QuantView& w, const T* x, T* out, int64_t rows) {
   PreparedX p;
   prepare_x(w, x, rows, p);
-  at::parallel_for(0, w.n, 64, [&](int64_t begin, int64_t end) {
-    int64_t r = 0;
-    for (; r + 4 <= rows; r += 4) vnni_rows<BITS, GS, 4, T>(w, p, out, r, begin, end);
-    if (rows - r >= 2) {
-      vnni_rows<BITS, GS, 2, T>(w, p, out, r, begin, end);
-      r += 2;
-    }
-    if (rows - r >= 1) vnni_rows<BITS, GS, 1, T>(w, p, out, r, begin, end);
-  });
+  at::parallel_for(0, w.n, 64, [&](int64_t begin, int64_t end) { vnni_part<BITS, GS, T>(w, p, out, rows, begin, end); });
 }

@@ -103,6 +103,18 @@ def dequantize(w: QuantizedTensor, dtype: torch.dtype) -> Tensor:
 
 
 @functools.cache
+def has_decode_stack() -> bool:
+    """Whether ``ember._C`` has the native decode step (``torch.classes.ember.DecodeStack``)."""
+    if not available():
+        return False
+    try:
+        torch.classes.ember.DecodeStack  # noqa: B018 (the lookup is the check)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+@functools.cache
 def has_layer_ops() -> bool:
     """Whether ``ember._C`` has the fused layer ops (RMSNorm, rotary, SiLU-mul)."""
     return available() and hasattr(torch.ops.ember, "silu_mul")

@@ -22,6 +22,7 @@ from ember.runtimes.text import kernels
 from ember.runtimes.text.attention import AttentionBatch, PagedKVCache, PrefillSpan, decode_mask
 from ember.runtimes.text.block_pool import NULL_BLOCK
 from ember.runtimes.text.config import ModelConfig
+from ember.runtimes.text.decode_stack import NativeDecode
 from ember.runtimes.text.model import CausalLM
 from ember.runtimes.text.scheduler import SchedulerOutput
 
@@ -150,15 +151,23 @@ class ModelRunner:
         # shapes) where the prefill path gathers them and runs a masked SDPA (137 us). The torch reference of the
         # decode would gather the context once per row instead: there drafts go the prefill path.
         self.verify_as_decode = kernels.covers(torch.empty(0, dtype=dtype, device=device))
+        # Steps of decode rows only run through the layers in one native call where the model allows it.
+        self.native_decode = NativeDecode.build(model, dtype) if device.type == "cpu" else None
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> Tensor:
         """Run the step; float32 logits [S, V] for the chunks that sample (``chunk.samples``), in chunk order:
         ``chunk.num_sampled`` rows each (its last token's, or with drafts, its last token's and each draft's)."""
         batch, ids, positions, last_rows = self._prepare(out)
-        hidden = self.model(ids, positions, batch)  # [N_padded, D]
-        # Only the sampled rows' logits: lm_head over a 49k vocabulary dominates otherwise. Padded like the step.
         s = len(last_rows)
+        if self.native_decode is not None and self.native_decode.covers(batch, ids.shape[0]):
+            # Every row samples (the usual decode step): the logits come from the same native call.
+            hidden, logits = self.native_decode(ids, positions, batch, logits=s == out.num_tokens)  # [N, D], [N, V]
+            if logits is not None:
+                return logits
+        else:
+            hidden = self.model(ids, positions, batch)  # [N_padded, D]
+        # Only the sampled rows' logits: lm_head over a 49k vocabulary dominates otherwise. Padded like the step.
         rows = last_rows[torch.arange(padded_rows(s), device=last_rows.device).clamp_(max=s - 1)] if s else last_rows
         return self.model.logits(hidden[rows])[:s]  # [S, V]
 

@@ -1,0 +1,21 @@
+// x as the integer (AVX512-VNNI) quantized-linear kernel reads it, prepared once per call and shared by the threads
+// that split the call's output rows (quant_linear_vnni_impl.h: prepare_x says what each part holds).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace ember::cpu {
+
+struct PreparedX {
+  int64_t rows = 0;
+  int64_t blocks = 0;      // 64-byte weight blocks per row of W
+  int64_t plane = 0;       // bytes per row of hi / lo: blocks * (128 for 4 bits, 64 for 8)
+  int64_t groups_pad = 0;  // weight groups per row, padded to a multiple of 16
+  std::vector<int8_t> hi, lo;
+  std::vector<float> lane_d;  // [rows][blocks][16]: the scale of the x group each int32 lane sums
+  std::vector<float> sums;    // [rows][groups_pad]: sum of x over each weight group (the mins' term)
+  std::vector<float> offset;  // [rows][groups_pad]: 128 d sum q over each weight group (8-bit weights)
+};
+
+}  // namespace ember::cpu
