@@ -25,7 +25,12 @@ void rms_norm_rows(T* out, const T* x, int64_t ld, const T* weight, int64_t rows
       for (; i < dim; ++i) ss += load(xr, i) * load(xr, i);
       const float inv = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
       // As the reference: the normalized value is rounded to T before the weight multiplies it.
-      for (i = 0; i < dim; ++i) {
+      for (i = 0; i + kLanes <= dim; i += kLanes) {
+        T h[kLanes];
+        store_vec(h, load_vec(xr + i) * inv);
+        store_vec(o + i, load_vec(h) * load_vec(weight + i));
+      }
+      for (; i < dim; ++i) {
         T h;
         store(&h, 0, load(xr, i) * inv);
         store(o, i, load(&h, 0) * load(weight, i));
@@ -39,7 +44,11 @@ template <typename T>
 void add_rms_norm(T* x, T* residual, const T* weight, int64_t rows, int64_t dim, float eps) {
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      for (int64_t i = 0; i < dim; ++i) store(residual + r * dim, i, load(x + r * dim, i) + load(residual + r * dim, i));
+      T* res = residual + r * dim;
+      const T* xr = x + r * dim;
+      int64_t i = 0;
+      for (; i + kLanes <= dim; i += kLanes) store_vec(res + i, load_vec(xr + i) + load_vec(res + i));
+      for (; i < dim; ++i) store(res, i, load(xr, i) + load(res, i));
     }
   });
   rms_norm_rows(x, residual, dim, weight, rows, dim, eps);
