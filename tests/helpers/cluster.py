@@ -31,6 +31,8 @@ def toml_value(v: Any) -> str:
         return repr(v)
     if isinstance(v, dict):  # an inline table, e.g. a model's autoscale = { idle_s = 2.0 }
         return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list | tuple):  # e.g. a split model's parts
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
