@@ -49,15 +49,17 @@ bool is_power_of_two(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 QuantView view(const at::Tensor& q, const at::Tensor& scales, const std::optional<at::Tensor>& mins,
                const std::optional<at::Tensor>& super_scales, const std::optional<at::Tensor>& super_mins,
                const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size, int64_t k) {
-  TORCH_CHECK(bits == 4 || bits == 8, "bits must be 4 or 8, got ", bits);
-  TORCH_CHECK((bits == 4 && group_size == 32) || (bits == 8 && (group_size == 16 || group_size == 32)),
+  TORCH_CHECK(bits == 4 || bits == 6 || bits == 8, "bits must be 4, 6 or 8, got ", bits);
+  TORCH_CHECK((bits == 4 && group_size == 32) || (bits != 4 && (group_size == 16 || group_size == 32)),
               "unsupported group_size=", group_size, " for bits=", bits);
   TORCH_CHECK(q.dim() == 2 && q.is_contiguous(), "qweight must be a contiguous [N, K*bits/8] tensor");
-  TORCH_CHECK(q.scalar_type() == (bits == 4 ? at::kByte : at::kChar), "qweight must be ",
-              bits == 4 ? "uint8" : "int8", " for bits=", bits);
+  TORCH_CHECK(q.scalar_type() == (bits == 8 ? at::kChar : at::kByte), "qweight must be ",
+              bits == 8 ? "int8" : "uint8", " for bits=", bits);
   const int64_t n = q.size(0);
   TORCH_CHECK(k % group_size == 0 && q.size(1) * 8 == k * bits, "qweight [", n, ", ", q.size(1),
               "] does not hold K=", k, " values per row at ", bits, " bits");
+  // 6 bits: each 128 values' nibbles and top bits are read as one 64-byte block and its 32-byte partner.
+  TORCH_CHECK(bits != 6 || k % 128 == 0, "6-bit weights need K a multiple of 128, got K=", k);
   const int64_t groups = k / group_size;
   auto check_groups = [&](const at::Tensor& t, const char* name) {
     TORCH_CHECK(t.dim() == 2 && t.size(0) == n && t.size(1) == groups && t.is_contiguous(), name,
@@ -70,6 +72,7 @@ QuantView view(const at::Tensor& q, const at::Tensor& scales, const std::optiona
   w.groups = groups;
   w.bits = static_cast<int>(bits);
   w.group_size = static_cast<int>(group_size);
+  w.zero_point = bits == 6 && group_size == 16 ? 32 : 0;
   check_groups(scales, "scales");
   if (mins.has_value()) {
     check_groups(*mins, "mins");
@@ -122,6 +125,8 @@ void linear_isa(const QuantView& w, const T* x, T* out, int64_t rows) {
 template <typename T>
 void linear_any(const QuantView& w, const T* x, T* out, int64_t rows) {
   if (w.bits == 4) return linear_isa<4, 32, T>(w, x, out, rows);
+  if (w.bits == 6 && w.group_size == 32) return linear_isa<6, 32, T>(w, x, out, rows);
+  if (w.bits == 6) return linear_isa<6, 16, T>(w, x, out, rows);
   if (w.group_size == 32) return linear_isa<8, 32, T>(w, x, out, rows);
   return linear_isa<8, 16, T>(w, x, out, rows);
 }
@@ -141,6 +146,8 @@ void dequantize_isa(const QuantView& w, T* out) {
 template <typename T>
 void dequantize_any(const QuantView& w, T* out) {
   if (w.bits == 4) return dequantize_isa<4, 32, T>(w, out);
+  if (w.bits == 6 && w.group_size == 32) return dequantize_isa<6, 32, T>(w, out);
+  if (w.bits == 6) return dequantize_isa<6, 16, T>(w, out);
   if (w.group_size == 32) return dequantize_isa<8, 32, T>(w, out);
   return dequantize_isa<8, 16, T>(w, out);
 }
@@ -175,6 +182,8 @@ template <typename T>
 void quant_linear_part(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_t rows, int64_t n_begin,
                        int64_t n_end) {
   if (w.bits == 4) return part_isa<4, 32, T>(w, p, x, out, rows, n_begin, n_end);
+  if (w.bits == 6 && w.group_size == 32) return part_isa<6, 32, T>(w, p, x, out, rows, n_begin, n_end);
+  if (w.bits == 6) return part_isa<6, 16, T>(w, p, x, out, rows, n_begin, n_end);
   if (w.group_size == 32) return part_isa<8, 32, T>(w, p, x, out, rows, n_begin, n_end);
   return part_isa<8, 16, T>(w, p, x, out, rows, n_begin, n_end);
 }

@@ -30,8 +30,9 @@ constexpr int kGroupBlock = 16;
 
 inline float half_to_float(uint16_t h) { return c10::detail::fp16_ieee_to_fp32_value(h); }
 
-// s[i], m[i] for the groups g0 .. g0 + count - 1 of row n.
-__attribute__((always_inline)) inline void group_maps(const QuantView& w, int64_t n, int64_t g0, int count, float* s, float* m) {
+// s[i], m[i] for the groups g0 .. g0 + count - 1 of row n, as the scale tensors store them.
+__attribute__((always_inline)) inline void stored_maps(const QuantView& w, int64_t n, int64_t g0, int count, float* s,
+                                                       float* m) {
   const int64_t at = n * w.groups + g0;
   if (w.super_scales != nullptr) {
     const int64_t supers = w.groups >> w.super_shift;
@@ -59,19 +60,25 @@ __attribute__((always_inline)) inline void group_maps(const QuantView& w, int64_
   }
 }
 
+// s[i], m[i] for the groups g0 .. g0 + count - 1 of row n, a zero point z folded into the min as m - z s: exact,
+// since s (q - z) is a float32 (formats.group_maps).
+__attribute__((always_inline)) inline void group_maps(const QuantView& w, int64_t n, int64_t g0, int count, float* s,
+                                                      float* m) {
+  stored_maps(w, n, g0, count, s, m);
+  if (w.zero_point != 0) {
+    for (int i = 0; i < count; ++i) m[i] -= static_cast<float>(w.zero_point) * s[i];
+  }
+}
+
 // 16 bytes as 16 floats, zero- or sign-extended. Written with intrinsics where there are some: GCC turns
 // __builtin_convertvector of a byte vector into one scalar convert per lane.
-inline vec bytes_to_floats(const uint8_t* p, bool is_signed, int shift) {
+#if defined(EMBER_AVX512) || defined(EMBER_AVX2)
+// 16 bytes (signed or unsigned) widened to 16 floats.
+inline vec widen_bytes(__m128i b, bool is_signed) {
 #if defined(EMBER_AVX512)
-  __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  if (shift) b = _mm_and_si128(_mm_srli_epi16(b, shift), _mm_set1_epi8(0x0F));
-  else if (!is_signed) b = _mm_and_si128(b, _mm_set1_epi8(0x0F));
   const __m512i i = is_signed ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b);
   return reinterpret_cast<vec>(_mm512_cvtepi32_ps(i));
-#elif defined(EMBER_AVX2)
-  __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  if (shift) b = _mm_and_si128(_mm_srli_epi16(b, shift), _mm_set1_epi8(0x0F));
-  else if (!is_signed) b = _mm_and_si128(b, _mm_set1_epi8(0x0F));
+#else
   const __m128i hi = _mm_unpackhi_epi64(b, b);
   const __m256i i0 = is_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b);
   const __m256i i1 = is_signed ? _mm256_cvtepi8_epi32(hi) : _mm256_cvtepu8_epi32(hi);
@@ -79,6 +86,16 @@ inline vec bytes_to_floats(const uint8_t* p, bool is_signed, int shift) {
   vec v;
   std::memcpy(&v, f, sizeof v);
   return v;
+#endif
+}
+#endif
+
+inline vec bytes_to_floats(const uint8_t* p, bool is_signed, int shift) {
+#if defined(EMBER_AVX512) || defined(EMBER_AVX2)
+  __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if (shift) b = _mm_and_si128(_mm_srli_epi16(b, shift), _mm_set1_epi8(0x0F));
+  else if (!is_signed) b = _mm_and_si128(b, _mm_set1_epi8(0x0F));
+  return widen_bytes(b, is_signed);
 #else
   vec v;
   for (int i = 0; i < kLanes; ++i) {
@@ -88,12 +105,38 @@ inline vec bytes_to_floats(const uint8_t* p, bool is_signed, int shift) {
 #endif
 }
 
+// 16 6-bit values as floats: the nibbles at nib (>> nshift) with the 2 bits at top (>> tshift) above them.
+inline vec six_bits_to_floats(const uint8_t* nib, int nshift, const uint8_t* top, int tshift) {
+#if defined(EMBER_AVX512) || defined(EMBER_AVX2)
+  const __m128i b = _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(nib)), nshift),
+                                  _mm_set1_epi8(0x0F));
+  const __m128i t = _mm_and_si128(_mm_srli_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(top)), tshift),
+                                  _mm_set1_epi8(0x03));
+  return widen_bytes(_mm_or_si128(b, _mm_slli_epi16(t, 4)), false);
+#else
+  vec v;
+  for (int i = 0; i < kLanes; ++i) {
+    v[i] = static_cast<float>(((nib[i] >> nshift) & 15) | (((top[i] >> tshift) & 3) << 4));
+  }
+  return v;
+#endif
+}
+
 // The integers of chunk c (16 values) of group g in row n, as floats. 4 bits: the group's 16 bytes hold chunk 0
-// in their low nibbles and chunk 1 in their high ones.
+// in their low nibbles and chunk 1 in their high ones; 6 bits: the same, with the top bits from the second plane.
 template <int BITS, int GS>
 inline vec load_q(const QuantView& w, int64_t n, int64_t g, int c) {
   if constexpr (BITS == 4) {
     return bytes_to_floats(w.q + n * (w.k / 2) + g * 16, false, c == 0 ? 0 : 4);
+  } else if constexpr (BITS == 6) {
+    // The 16 values are the low (half 0) or high nibbles of group g32 of 32; a group of 16 is one such half.
+    const int64_t g32 = GS == 32 ? g : g / 2;
+    const int half = GS == 32 ? c : static_cast<int>(g % 2);
+    const uint8_t* row = w.q + n * (w.k / 4 * 3);
+    // Group g32 is nibble bytes 16 (g32 % 4) .. + 15 of its 64-byte block: its top bits are bytes 16 (g32 % 2) ..
+    // + 15 of the block's 32, in field (g32 % 4 / 2) + 2 half.
+    const uint8_t* top = row + w.k / 2 + (g32 / 4) * 32 + (g32 % 2) * 16;
+    return six_bits_to_floats(row + g32 * 16, 4 * half, top, 2 * static_cast<int>(g32 % 4 / 2) + 4 * half);
   } else {
     return bytes_to_floats(w.q + n * w.k + g * GS + c * kLanes, true, 0);
   }

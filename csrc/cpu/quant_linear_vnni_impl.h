@@ -12,7 +12,9 @@
 // affine map and e_i the integers the weights store:
 //     sum_i w_i x_i = s d sum_i e_i q_i + m sum_i x_i
 // 8-bit weights are signed and vpdpbusd takes one unsigned operand, so they enter as e_i + 128 (a flipped sign
-// bit), and 128 d sum_i q_i comes off per group.
+// bit), and 128 d sum_i q_i comes off per group. 6-bit weights enter as stored, 0-63, and a zero point z (Q6_K's
+// 32) comes off the same way, z d sum_i q_i: exact integers until the final float products, unlike folding -z s
+// into the min, whose m sum_i x_i is in unrounded x while the dot products are in rounded x.
 
 #include <vector>
 
@@ -20,7 +22,8 @@
 
 // Where value v of a row of x goes in its planes: 4-bit weights pair byte b of a group's 16 with values b (low
 // nibble) and b + 16 (high), and a 64-byte block holds 4 groups; so the plane holds, per block, the low-nibble
-// partners of the 4 groups, then their high-nibble partners. 8-bit weights: values in order.
+// partners of the 4 groups, then their high-nibble partners. 6-bit weights: the same (their nibbles are laid out
+// as 4-bit ones). 8-bit weights: values in order.
 inline int64_t plane_position(int bits, int64_t v) {
   if (bits == 8) return v;
   const int64_t block = v / 128, group = (v % 128) / 32, j = v % 32;
@@ -29,7 +32,7 @@ inline int64_t plane_position(int bits, int64_t v) {
 
 // The x group (of 32 values) that int32 lane l of block B sums.
 inline int64_t lane_x_group(int bits, int group_size, int64_t block, int lane) {
-  if (bits == 4) return block * 4 + lane / 4;
+  if (bits != 8) return block * 4 + lane / 4;
   if (group_size == 32) return block * 2 + lane / 8;
   return (block * 4 + lane / 4) / 2;
 }
@@ -44,10 +47,10 @@ inline __m512 load16(const uint16_t* p) {  // bfloat16: the top half of a float3
 template <typename T>
 void prepare_x(const QuantView& w, const T* x, int64_t rows, PreparedX& p) {
   const int64_t k = w.k;
-  const int64_t row_bytes = w.bits == 4 ? k / 2 : k;
+  const int64_t block_bytes = w.bits == 8 ? k : k / 2;  // 6 bits: the nibbles (the top bits ride along)
   p.rows = rows;
-  p.blocks = (row_bytes + 63) / 64;
-  p.plane = p.blocks * (w.bits == 4 ? 128 : 64);
+  p.blocks = (block_bytes + 63) / 64;
+  p.plane = p.blocks * (w.bits == 8 ? 64 : 128);
   p.groups_pad = (w.groups + 15) / 16 * 16;
   p.hi.assign(rows * p.plane, 0);
   p.lo.assign(rows * p.plane, 0);
@@ -56,6 +59,8 @@ void prepare_x(const QuantView& w, const T* x, int64_t rows, PreparedX& p) {
   p.offset.assign(rows * p.groups_pad, 0.0f);
   const int64_t xgroups = k / 32;
   std::vector<float> d(xgroups);
+  // The integer the weights are offset by: 128 for 8-bit (the flipped sign bit), else the zero point.
+  const float z = w.bits == 8 ? 128.0f : static_cast<float>(w.zero_point);
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * k;
     int8_t* hi = p.hi.data() + r * p.plane;
@@ -85,8 +90,8 @@ void prepare_x(const QuantView& w, const T* x, int64_t rows, PreparedX& p) {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(lo + at0), _mm512_cvtepi32_epi8(l0));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(lo + at1), _mm512_cvtepi32_epi8(l1));
       const float s0 = _mm512_reduce_add_ps(v0), s1 = _mm512_reduce_add_ps(v1);
-      const float o0 = 128.0f * d[xg] * static_cast<float>(_mm512_reduce_add_epi32(q0));
-      const float o1 = 128.0f * d[xg] * static_cast<float>(_mm512_reduce_add_epi32(q1));
+      const float o0 = z * d[xg] * static_cast<float>(_mm512_reduce_add_epi32(q0));
+      const float o1 = z * d[xg] * static_cast<float>(_mm512_reduce_add_epi32(q1));
       if (w.group_size == 32) {
         sums[xg] += s0 + s1;
         offset[xg] += o0 + o1;
@@ -148,7 +153,7 @@ constexpr int kPrefetchTiles = 12;
 
 inline void prefetch_rows(const QuantView& w, int64_t n, int64_t count) {
   if (n + count > w.n) return;
-  const int64_t row_bytes = w.bits == 4 ? w.k / 2 : w.k;
+  const int64_t row_bytes = w.k * w.bits / 8;
   const char* q = reinterpret_cast<const char*>(w.q) + n * row_bytes;
   for (int64_t b = 0; b < count * row_bytes; b += 64) _mm_prefetch(q + b, _MM_HINT_T0);
   const int64_t scale_bytes = w.groups * (w.scales16 != nullptr ? 2 : 1);
@@ -162,13 +167,32 @@ inline void prefetch_rows(const QuantView& w, int64_t n, int64_t count) {
   }
 }
 
+// The 6-bit weights of a 64-byte nibble block `raw` and its 32 bytes of top bits as the 4-bit path's two vectors
+// (low nibbles, high nibbles), each byte now 0-63. Byte c of the top bits holds the top bits of lo[c], lo[c + 32],
+// hi[c], hi[c + 32] (quant_view.h): broadcast to both 256-bit halves, the upper half shifted right by 2 puts each
+// lo byte's bits at 0-1 and each hi byte's at 4-5. The 16-bit shifts carry bits across bytes only into the bits
+// the masks drop.
+inline void expand6(__m512i raw, const uint8_t* top_bytes, __m512i& wl, __m512i& wh) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i bits45 = _mm512_set1_epi8(0x30);
+  const __m512i upper_by_2 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+  const __m512i top = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(top_bytes)));
+  const __m512i t = _mm512_srlv_epi16(top, upper_by_2);
+  wl = _mm512_or_si512(_mm512_and_si512(raw, low4), _mm512_and_si512(_mm512_slli_epi16(t, 4), bits45));
+  wh = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(raw, 4), low4), _mm512_and_si512(t, bits45));
+}
+
 // out[m0 : m0 + MB, n0 : n0 + NB].
 template <int BITS, int GS, int MB, int NB, typename T>
 void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64_t n0) {
-  const int64_t row_bytes = BITS == 4 ? w.k / 2 : w.k;
+  const int64_t row_bytes = w.k * BITS / 8;
+  const int64_t nibble_bytes = BITS == 8 ? w.k : w.k / 2;  // 6 bits: the top bits follow, a quarter as many
+  // 6-bit groups of 16 split a block's 4 groups of 32 in halves: the low nibbles' lanes sum the even groups and
+  // the high nibbles' the odd ones, so the two dot products take different scales.
+  constexpr bool kSplit = BITS == 6 && GS == 16;
   // Groups per 64-byte block, and the permutation that spreads 16 groups' scales over a block's lanes.
-  constexpr int kGroupsPerBlock = BITS == 4 || GS == 16 ? 4 : 2;
-  constexpr int kLanesPerGroup = 16 / kGroupsPerBlock;
+  constexpr int kGroupsPerBlock = kSplit ? 8 : BITS != 8 || GS == 16 ? 4 : 2;
+  constexpr int kLaneShift = kGroupsPerBlock == 2 ? 3 : 2;  // lane >> kLaneShift: the lane's group in the block
   const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
@@ -177,11 +201,12 @@ void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
     for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
   alignas(64) float s[NB][16], m[NB][16];
   const bool has_mins = w.mins16 != nullptr || w.mins8 != nullptr;
+  const bool has_offset = BITS == 8 || w.zero_point != 0;
   prefetch_rows(w, n0 + kPrefetchTiles * NB, NB);
   for (int64_t g0 = 0; g0 < w.groups; g0 += 16) {
     const int count = w.groups - g0 < 16 ? static_cast<int>(w.groups - g0) : 16;
     for (int j = 0; j < NB; ++j) maps16(w, n0 + j, g0, count, s[j], m[j]);
-    // The per-group terms: + m sum(x), and for 8-bit weights - s 128 d sum(q).
+    // The per-group terms: + m sum(x), and for 8-bit weights or a zero point z, - s z d sum(q) (prepare_x).
 #pragma GCC unroll 4
     for (int i = 0; i < MB; ++i) {
       const float* sums = p.sums.data() + (m0 + i) * p.groups_pad + g0;
@@ -189,39 +214,60 @@ void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
 #pragma GCC unroll 8
       for (int j = 0; j < NB; ++j) {
         if (has_mins) acc[i][j] = _mm512_fmadd_ps(_mm512_load_ps(m[j]), _mm512_loadu_ps(sums), acc[i][j]);
-        if (BITS == 8) acc[i][j] = _mm512_fnmadd_ps(_mm512_load_ps(s[j]), _mm512_loadu_ps(offset), acc[i][j]);
+        if (has_offset) acc[i][j] = _mm512_fnmadd_ps(_mm512_load_ps(s[j]), _mm512_loadu_ps(offset), acc[i][j]);
       }
     }
     const int blocks = (count + kGroupsPerBlock - 1) / kGroupsPerBlock;
     for (int bi = 0; bi < blocks; ++bi) {
       const int64_t block = g0 / kGroupsPerBlock + bi;
-      const int64_t valid = row_bytes - block * 64;
+      const int64_t valid = nibble_bytes - block * 64;
       const __mmask64 mask = valid >= 64 ? ~0ULL : (1ULL << valid) - 1;
+      // Split: lane l's low-nibble products are group 2 (l / 4) of the block's 8, its high-nibble ones the next.
       const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(bi * kGroupsPerBlock),
-                                           _mm512_srli_epi32(lane, kLanesPerGroup == 4 ? 2 : 3));
+                                           kSplit ? _mm512_slli_epi32(_mm512_srli_epi32(lane, 2), 1)
+                                                  : _mm512_srli_epi32(lane, kLaneShift));
+      const __m512i idx_odd = _mm512_add_epi32(idx, _mm512_set1_epi32(1));
 #pragma GCC unroll 8
       for (int j = 0; j < NB; ++j) {
-        const __m512i raw = _mm512_maskz_loadu_epi8(mask, w.q + (n0 + j) * row_bytes + block * 64);
+        const uint8_t* row = w.q + (n0 + j) * row_bytes;
+        const __m512i raw = _mm512_maskz_loadu_epi8(mask, row + block * 64);
+        __m512i wl, wh;
+        if constexpr (BITS == 4) {
+          wl = _mm512_and_si512(raw, low4);
+          wh = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+        } else if constexpr (BITS == 6) {
+          expand6(raw, row + nibble_bytes + block * 32, wl, wh);  // K % 128 == 0: whole blocks
+        } else {
+          wl = _mm512_xor_si512(raw, flip);
+          wh = wl;
+        }
         const __m512 sv = _mm512_permutexvar_ps(idx, _mm512_load_ps(s[j]));
+        const __m512 sv_odd = kSplit ? _mm512_permutexvar_ps(idx_odd, _mm512_load_ps(s[j])) : sv;
 #pragma GCC unroll 4
         for (int i = 0; i < MB; ++i) {
-          const int8_t* xh = p.hi.data() + (m0 + i) * p.plane + block * (BITS == 4 ? 128 : 64);
-          const int8_t* xl = p.lo.data() + (m0 + i) * p.plane + block * (BITS == 4 ? 128 : 64);
+          const int8_t* xh = p.hi.data() + (m0 + i) * p.plane + block * (BITS == 8 ? 64 : 128);
+          const int8_t* xl = p.lo.data() + (m0 + i) * p.plane + block * (BITS == 8 ? 64 : 128);
+          const __m512 xd = _mm512_loadu_ps(p.lane_d.data() + ((m0 + i) * p.blocks + block) * 16);
+          if constexpr (kSplit) {
+            __m512i ve = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, _mm512_loadu_si512(xh));
+            __m512i vo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wh, _mm512_loadu_si512(xh + 64));
+            ve = _mm512_dpbusd_epi32(_mm512_slli_epi32(ve, 8), wl, _mm512_loadu_si512(xl));
+            vo = _mm512_dpbusd_epi32(_mm512_slli_epi32(vo, 8), wh, _mm512_loadu_si512(xl + 64));
+            acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ve), _mm512_mul_ps(sv, xd), acc[i][j]);
+            acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(vo), _mm512_mul_ps(sv_odd, xd), acc[i][j]);
+            continue;
+          }
           __m512i v;
-          if constexpr (BITS == 4) {
-            const __m512i wl = _mm512_and_si512(raw, low4);
-            const __m512i wh = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+          if constexpr (BITS != 8) {
             __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, _mm512_loadu_si512(xh));
             dh = _mm512_dpbusd_epi32(dh, wh, _mm512_loadu_si512(xh + 64));
             v = _mm512_dpbusd_epi32(_mm512_slli_epi32(dh, 8), wl, _mm512_loadu_si512(xl));
             v = _mm512_dpbusd_epi32(v, wh, _mm512_loadu_si512(xl + 64));
           } else {
-            const __m512i wu = _mm512_xor_si512(raw, flip);
-            const __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wu, _mm512_loadu_si512(xh));
-            v = _mm512_dpbusd_epi32(_mm512_slli_epi32(dh, 8), wu, _mm512_loadu_si512(xl));
+            const __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, _mm512_loadu_si512(xh));
+            v = _mm512_dpbusd_epi32(_mm512_slli_epi32(dh, 8), wl, _mm512_loadu_si512(xl));
           }
-          const __m512 sd = _mm512_mul_ps(sv, _mm512_loadu_ps(p.lane_d.data() + ((m0 + i) * p.blocks + block) * 16));
-          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), sd, acc[i][j]);
+          acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(sv, xd), acc[i][j]);
         }
       }
     }

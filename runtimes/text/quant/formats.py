@@ -6,7 +6,15 @@ map w = s * q + m:
 
 - 4 bits: ``q`` is uint8 [N, K/2]; a group of 32 takes 16 bytes, byte j holding value j in its low nibble and
   value j + 16 in its high one (GGUF's own Q4_0/Q4_1 order, so those repack without shuffling).
-- 8 bits: ``q`` is int8 [N, K] (GGUF's 5- and 6-bit values fit, and are stored here as they are).
+- 6 bits (GGUF's Q6_K, and Q5_0, Q5_1, Q5_K, whose 5-bit values fit too): ``q`` is uint8 [N, 3K/4], values 0-63. A row
+  holds the low nibbles of its K values first (K/2 bytes, exactly the 4-bit layout), then their top 2 bits (K/4
+  bytes): per 128 values (64 nibble bytes, byte p holding value lo(p) = 32 (p // 16) + p % 16 low and lo(p) + 16
+  high), 32 bytes whose byte c holds in bits 0-1, 2-3, 4-5, 6-7 the top bits of values lo(c), lo(c + 32),
+  lo(c) + 16, lo(c + 32) + 16. The integer kernel turns 64 nibble bytes and their 32 top-bit bytes into two
+  vectors of 6-bit bytes with a few shifts and masks (quant_linear_vnni_impl.h). K must be a multiple of 128.
+  Groups of 16 (Q6_K) are centred at 32, Q6_K's own convention: w = s (q - 32), the implicit ``zero_point``,
+  since the min -32 s does not fit the int8 sub-scales.
+- 8 bits: ``q`` is int8 [N, K] (Q8_0, and Q5_0/Q5_1 when K is no multiple of 128).
 - One level of scales: ``scales`` and ``mins`` are float16 [N, G], as in Q4_0, Q4_1, Q5_0, Q5_1, Q8_0.
 - Two levels (the K-quants): ``scales``/``mins`` are int8 [N, G] and each is multiplied by a float32
   ``super_scales``/``super_mins`` [N, S] shared by G / S consecutive groups (a 256-value super-block).
@@ -26,7 +34,7 @@ from torch import Tensor
 @dataclass
 class QuantizedTensor:
     shape: tuple[int, int]  # (N, K): out_features, in_features
-    bits: int  # 4 or 8
+    bits: int  # 4, 6 or 8
     group_size: int  # 32, or 16 (Q6_K)
     q: Tensor
     scales: Tensor  # float16 [N, G], or int8 [N, G] with super_scales
@@ -38,15 +46,20 @@ class QuantizedTensor:
 
     def __post_init__(self) -> None:
         n, k = self.shape
-        if self.bits not in (4, 8) or k % self.group_size:
+        if self.bits not in (4, 6, 8) or k % self.group_size or (self.bits == 6 and k % 128):
             raise ValueError(f"unsupported layout: {self.bits} bits, groups of {self.group_size}, K={k}")
-        want = (n, k // 2) if self.bits == 4 else (n, k)
+        want = (n, k * self.bits // 8)
         if tuple(self.q.shape) != want:
             raise ValueError(f"q has shape {tuple(self.q.shape)}, expected {want}")
 
     @property
     def groups(self) -> int:
         return self.shape[1] // self.group_size
+
+    @property
+    def zero_point(self) -> int:
+        """The integer every group is centred at (w = s (q - zero_point) + m): 32 for 6-bit groups of 16 (Q6_K)."""
+        return 32 if (self.bits, self.group_size) == (6, 16) else 0
 
     @property
     def nbytes(self) -> int:
@@ -131,22 +144,57 @@ def pack_int4(values: Tensor) -> Tensor:
     return (grouped[:, :, :16] | (grouped[:, :, 16:] << 4)).reshape(n, k // 2).contiguous()
 
 
+# The value each top-bit field of a 128-value block holds, at [32 f + c] for field f (bits 2f, 2f + 1) of byte c:
+# fields 0 and 1 belong to nibble bytes c and c + 32, low nibbles; fields 2 and 3 to the same bytes' high nibbles.
+_NIBBLE_BYTE = torch.arange(64).repeat(2)
+_TOP_ORDER = 32 * (_NIBBLE_BYTE // 16) + _NIBBLE_BYTE % 16 + 16 * (torch.arange(128) >= 64)
+_FIELD_SHIFTS = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
+
+
+def unpack_int6(q: Tensor, shape: tuple[int, int]) -> Tensor:
+    """uint8 [N, 3K/4] -> uint8 [N, K] of values 0-63 (the 6-bit layout)."""
+    n, k = shape
+    low = unpack_int4(q[:, : k // 2].contiguous(), shape)
+    plane = q[:, k // 2 :].reshape(n, k // 128, 1, 32)
+    fields = (plane >> _FIELD_SHIFTS.to(q.device)[:, None]) & 3  # [N, B, 4, 32]
+    top = torch.empty(n, k // 128, 128, dtype=torch.uint8, device=q.device)
+    top[..., _TOP_ORDER.to(q.device)] = fields.reshape(n, k // 128, 128)
+    return low | (top.view(n, k) << 4)
+
+
+def pack_int6(values: Tensor) -> Tensor:
+    """uint8 [N, K] of values 0-63 -> the packed uint8 [N, 3K/4] (the inverse of unpack_int6)."""
+    n, k = values.shape
+    fields = (values.view(n, k // 128, 128) >> 4)[..., _TOP_ORDER.to(values.device)].view(n, k // 128, 4, 32)
+    plane = fields[:, :, 0] | (fields[:, :, 1] << 2) | (fields[:, :, 2] << 4) | (fields[:, :, 3] << 6)
+    return torch.cat((pack_int4(values & 15), plane.reshape(n, k // 4)), dim=1)
+
+
 def group_maps(t: QuantizedTensor) -> tuple[Tensor, Tensor | None]:
-    """Each group's scale and min, float32 [N, G] (mins None when every group's min is 0)."""
+    """Each group's scale and min, float32 [N, G] (mins None when every group's min is 0).
+
+    A zero point z enters as the min -z s: exact in float32 (z is a power of two), and so is s q - z s, since both
+    products are exact and their sum s (q - z) is a float32 too.
+    """
     if t.super_scales is None:
-        return t.scales.float(), None if t.mins is None else t.mins.float()
-    per_super = t.groups // t.super_scales.shape[1]
-    scales = t.super_scales.repeat_interleave(per_super, dim=1) * t.scales.float()
-    if t.mins is None:
-        return scales, None
-    assert t.super_mins is not None
-    return scales, t.super_mins.repeat_interleave(per_super, dim=1) * t.mins.float()
+        scales, mins = t.scales.float(), None if t.mins is None else t.mins.float()
+    else:
+        per_super = t.groups // t.super_scales.shape[1]
+        scales = t.super_scales.repeat_interleave(per_super, dim=1) * t.scales.float()
+        mins = None
+        if t.mins is not None:
+            assert t.super_mins is not None
+            mins = t.super_mins.repeat_interleave(per_super, dim=1) * t.mins.float()
+    if t.zero_point:
+        offset = scales * -t.zero_point
+        mins = offset if mins is None else mins + offset
+    return scales, mins
 
 
 def dequantize(t: QuantizedTensor, dtype: torch.dtype = torch.float32) -> Tensor:
     """W [N, K] in dtype: the reference the native kernels are tested against."""
     n, k = t.shape
-    q = unpack_int4(t.q, t.shape) if t.bits == 4 else t.q
+    q = unpack_int4(t.q, t.shape) if t.bits == 4 else unpack_int6(t.q, t.shape) if t.bits == 6 else t.q
     scales, mins = group_maps(t)
     w = q.view(n, t.groups, t.group_size).float() * scales[..., None]
     if mins is not None:

@@ -1,9 +1,10 @@
 """GGUF quantized tensors repacked into ``QuantizedTensor``s, value for value.
 
 Each function takes a tensor's raw rows (numpy uint8 [N, bytes per row], as ``gguf.GGUFReader`` maps them) and
-returns the integers and scales the file holds, moved into the layout of ``formats``. No value is recomputed: a
-K-quant's 6-bit sub-scales stay integers under their float16 super-scale, so dequantizing gives what llama.cpp's
-reference dequantization gives (``tests/runtimes/text/test_quant.py`` checks that against the ``gguf`` package).
+returns the integers and scales the file holds, moved into the layout of ``formats``: 5- and 6-bit values in its
+6-bit layout, so a worker holds about the bytes the file does. No value is recomputed: a K-quant's 6-bit sub-scales
+stay integers under their float16 super-scale, so dequantizing gives what llama.cpp's reference dequantization gives
+(``tests/runtimes/text/test_quant.py`` checks that against the ``gguf`` package).
 
 Block layouts, from ggml's ggml-common.h (QK = values per block):
     Q4_0  QK 32   f16 d, 16 B nibbles                   w = d (q - 8)
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as GT
 
-from ember.runtimes.text.quant.formats import QuantizedTensor, concat_rows, pack_int4
+from ember.runtimes.text.quant.formats import QuantizedTensor, concat_rows, pack_int4, pack_int6
 
 QK_K = 256
 
@@ -85,15 +86,23 @@ def _q4_1(raw: np.ndarray, n: int, k: int) -> QuantizedTensor:
 def _q5(raw: np.ndarray, n: int, k: int, with_min: bool) -> QuantizedTensor:
     b = _blocks(raw, 24 if with_min else 22)
     at = 4 if with_min else 2
-    values = _nibbles_low_high(b[..., at + 4 : at + 20]) | _high_bits(b[..., at : at + 4])
-    q = values.astype(np.int8) if with_min else (values.astype(np.int16) - 16).astype(np.int8)
+    values = _nibbles_low_high(b[..., at + 4 : at + 20]) | _high_bits(b[..., at : at + 4])  # 0-31
+    d = _f16(b[..., 0:2])
+    # Q5_0's w = d (q - 16) as the affine map w = d q + (-16 d): -16 d is exact in float16, as Q4_0's -8 d.
+    mins = _f16(b[..., 2:4]) if with_min else (d.astype(np.float32) * -16).astype(np.float16)
+    if k % 128 == 0:
+        q = pack_int6(_t(values.reshape(n, k)))
+        bits = 6
+    else:  # the 6-bit layout needs whole 128-value blocks; int8 takes any K/32
+        q = _t(values.reshape(n, k).astype(np.int8))
+        bits = 8
     return QuantizedTensor(
         shape=(n, k),
-        bits=8,
+        bits=bits,
         group_size=32,
-        q=_t(q.reshape(n, k)),
-        scales=_t(_f16(b[..., 0:2])),
-        mins=_t(_f16(b[..., 2:4])) if with_min else None,
+        q=q,
+        scales=_t(d),
+        mins=_t(mins),
         kind="Q5_1" if with_min else "Q5_0",
     )
 
@@ -155,9 +164,9 @@ def _q5_k(raw: np.ndarray, n: int, k: int) -> QuantizedTensor:
     values = _k_nibbles(b[..., 48:176]) | (fifth << 4)
     return QuantizedTensor(
         shape=(n, k),
-        bits=8,
+        bits=6,  # values 0-31; K is a multiple of 256
         group_size=32,
-        q=_t(values.reshape(n, k).astype(np.int8)),
+        q=pack_int6(_t(values.reshape(n, k))),
         scales=_t(scales.reshape(n, -1).view(np.int8)),
         mins=_t(mins.reshape(n, -1).view(np.int8)),
         super_scales=_t(_f16(b[..., 0:2]).astype(np.float32)),
@@ -172,12 +181,12 @@ def _q6_k(raw: np.ndarray, n: int, k: int) -> QuantizedTensor:
     qh = b[..., 128:192].reshape(*b.shape[:-1], 2, 32)
     lo = np.concatenate((ql[..., :32] & 15, ql[..., 32:] & 15, ql[..., :32] >> 4, ql[..., 32:] >> 4), axis=-1)
     hi = np.concatenate(((qh >> 0) & 3, (qh >> 2) & 3, (qh >> 4) & 3, (qh >> 6) & 3), axis=-1)
-    values = (lo | (hi << 4)).astype(np.int16) - 32  # [.., 2, 128]
+    values = lo | (hi << 4)  # [.., 2, 128], 0-63: w = d sc (q - 32), the 6-bit layout's zero point
     return QuantizedTensor(
         shape=(n, k),
-        bits=8,
+        bits=6,
         group_size=16,
-        q=_t(values.reshape(n, k).astype(np.int8)),
+        q=pack_int6(_t(values.reshape(n, k))),
         scales=_t(b[..., 192:208].view(np.int8).reshape(n, -1)),
         super_scales=_t(_f16(b[..., 208:210]).astype(np.float32)),
         kind="Q6_K",

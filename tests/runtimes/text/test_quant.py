@@ -39,12 +39,25 @@ def test_gguf_blocks_repack_to_the_values_llama_cpp_reads(kind: GT) -> None:
     assert np.array_equal(got, expected)
 
 
+@pytest.mark.parametrize("kind", [GT.Q6_K, GT.Q5_K, GT.Q5_0, GT.Q5_1], ids=lambda k: k.name)
+def test_five_and_six_bit_blocks_are_held_in_six_bits(kind: GT) -> None:
+    w = weights(kind, 3, 256)
+    assert w.bits == 6 and w.q.dtype == torch.uint8 and tuple(w.q.shape) == (3, 192)
+    # At most 7 bits a value with the scales (int8 took over 8), and dequantized alike through any row subset.
+    assert w.nbytes <= 3 * 256 * 7 // 8
+    torch.testing.assert_close(dequantize(w.rows(torch.tensor([2, 0]))), dequantize(w)[[2, 0]], atol=0, rtol=0)
+    if kind not in K_QUANTS:  # a row that is no whole number of 128-value blocks keeps the int8 layout
+        assert weights(kind, 2, 160).bits == 8
+
+
 def weights(kind: GT, rows: int, cols: int, seed: int = 0) -> QuantizedTensor:
     return repack(kind, random_blocks(kind, rows, cols, seed=seed), rows, cols)
 
 
-# rows (M), out features (N), in features (K): odd N and M, K not a multiple of the kernels' 128-value blocks.
-SHAPES = [(1, 37, 512), (3, 9, 768), (8, 64, 256), (13, 5, 512), (33, 17, 256)]
+# rows (M), out features (N), in features (K): odd N and M; K = 384, a multiple of the 6-bit layout's 128-value
+# blocks but not of 256 (one block past the last pair); K = 160, a partial 64-byte block (Q5_0/Q5_1 stay 8-bit).
+SHAPES = [(1, 37, 512), (3, 9, 768), (8, 64, 256), (13, 5, 512), (33, 17, 256), (17, 11, 512)]
+SHAPES += [(m, 11, 384) for m in (1, 3, 5, 17)] + [(2, 6, 160)]
 
 
 @native
@@ -52,7 +65,7 @@ SHAPES = [(1, 37, 512), (3, 9, 768), (8, 64, 256), (13, 5, 512), (33, 17, 256)]
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_native_quant_linear_matches_the_reference(kind: GT, dtype: torch.dtype) -> None:
     for m, n, k in SHAPES:
-        if kind not in K_QUANTS and k % 256:  # K-quants need whole 256-value super-blocks; the rest take any K/32
+        if kind in K_QUANTS and k % 256:  # K-quants need whole 256-value super-blocks; the rest take any K/32
             continue
         w = weights(kind, n, k, seed=m)
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)).to(dtype)
