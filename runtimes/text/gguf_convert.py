@@ -28,6 +28,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 from ember.config.progress import Progress, track
 from ember.runtimes.text.config import ModelLoadError
 from ember.runtimes.text.quant import gguf_blocks
+from ember.runtimes.text.quant.file_rows import FileRows, own_mapping
 from ember.runtimes.text.quant.formats import QuantizedTensor
 from ember.runtimes.text.quant.quantize import quantizable, quantize
 from ember.runtimes.text.tokenizer import bytes_to_unicode
@@ -252,17 +253,18 @@ def build_config(meta: _Metadata) -> dict[str, Any]:
 
 def read_weights(
     tensors: Iterable[Any], config: dict[str, Any], source: Path, *, quantization: str, dtype: torch.dtype
-) -> dict[str, torch.Tensor | QuantizedTensor]:
+) -> dict[str, torch.Tensor | QuantizedTensor | FileRows]:
     """Every weight under its Hugging Face name, Q/K rows of `llama` models put back in HF's rotary order.
 
     quantization "auto": tensors of a format the kernels read (``gguf_blocks``) become QuantizedTensors holding the
-    file's own integers and scales; the rest (float tensors, other formats) are dequantized to dtype. "none":
+    file's own integers and scales (an input embedding that is not tied to the output: ``FileRows``, left in the
+    memory-mapped file); the rest (float tensors, other formats) are dequantized to dtype. "none":
     everything dequantized to dtype. "int8" / "int4": weight matrices quantized again to that, the rest in dtype.
     """
     if quantization not in QUANTIZATIONS:
         raise ModelLoadError(f"quantization={quantization!r}: one of {', '.join(QUANTIZATIONS)}")
     permute = config["model_type"] == "llama"
-    out: dict[str, torch.Tensor | QuantizedTensor] = {}
+    out: dict[str, torch.Tensor | QuantizedTensor | FileRows] = {}
     tensors = list(tensors)  # GGUFReader's ReaderTensors, or GGUFTensors from the index
     for tensor in track(tensors, f"loading {source.name}", len(tensors), "tensors"):
         name = tensor.name
@@ -277,6 +279,9 @@ def read_weights(
         kind = tensor.tensor_type
         if quantization == "auto" and len(tensor.shape) == 2 and gguf_blocks.supported(kind):
             n, k = int(tensor.shape[1]), int(tensor.shape[0])  # GGUF lists dimensions innermost first
+            if name == "token_embd.weight" and not config.get("tie_word_embeddings"):
+                out[hf_name] = FileRows(kind, own_mapping(tensor.data), (n, k))  # a few rows a token, from the file
+                continue
             qt = gguf_blocks.repack(kind, tensor.data, n, k)
             out[hf_name] = qt if order is None else qt.permute_rows(torch.from_numpy(order))
             continue

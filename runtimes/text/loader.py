@@ -24,6 +24,7 @@ from safetensors import safe_open
 
 from ember.runtimes.text.config import ModelConfig, ModelLoadError
 from ember.runtimes.text.model import CausalLM, choose_linear_paths, fuse_projections
+from ember.runtimes.text.quant.file_rows import FileEmbedding, FileRows
 from ember.runtimes.text.quant.formats import QuantizedTensor
 from ember.runtimes.text.quant.layers import QuantEmbedding, QuantLinear, choose_dense_rows
 from ember.runtimes.text.quant.quantize import quantizable, quantize
@@ -37,7 +38,7 @@ CONVERTER_VERSION = "3"
 
 log = logging.getLogger(__name__)
 
-Weights = dict[str, "torch.Tensor | QuantizedTensor"]
+Weights = dict[str, "torch.Tensor | QuantizedTensor | FileRows"]
 
 
 @dataclass
@@ -175,6 +176,8 @@ def weight_summary(model: CausalLM) -> tuple[dict[str, int], int]:
     seen: set[int] = set()
     nbytes = 0
     for module in model.modules():
+        if isinstance(module, FileEmbedding):  # left in the file: resident only as far as it is read
+            formats[module.kind] = formats.get(module.kind, 0) + module.num_embeddings * module.embedding_dim
         if isinstance(module, (QuantLinear, QuantEmbedding)):
             n, k = module.shape
             key = module.qweight.data_ptr()
@@ -230,14 +233,18 @@ def install_quantized(model: CausalLM, state_dict: Weights, dtype: torch.dtype) 
     """Swap in quantized layers for state_dict's QuantizedTensors (their biases go with them); returns the rest."""
     dense = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
     for key, value in state_dict.items():
-        if not isinstance(value, QuantizedTensor):
+        if not isinstance(value, QuantizedTensor | FileRows):
             continue
         path = key.removesuffix(".weight")
         parent_name, _, attr = path.rpartition(".")
         parent = model.get_submodule(parent_name)
         old = getattr(parent, attr)
-        layer: QuantLinear | QuantEmbedding
-        if isinstance(old, torch.nn.Embedding):
+        layer: QuantLinear | QuantEmbedding | FileEmbedding
+        if isinstance(value, FileRows):
+            if not isinstance(old, torch.nn.Embedding):
+                raise ModelLoadError(f"{key}: only an embedding is read from the file as it is")
+            layer = FileEmbedding(value, dtype)
+        elif isinstance(old, torch.nn.Embedding):
             layer = QuantEmbedding(value, dtype)
         else:
             layer = QuantLinear(value, dense.pop(f"{path}.bias", None))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gguf import GGUFReader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ember.bus.messages import SamplingParams
@@ -20,6 +21,9 @@ from ember.runtimes.text.engine import EngineConfig, GenerateRequest, TextEngine
 from ember.runtimes.text.gguf_convert import llama3_scaling_from_factors, unpermute_rotary
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.model import rope_inv_freq
+from ember.runtimes.text.quant import gguf_blocks
+from ember.runtimes.text.quant.file_rows import FileEmbedding
+from ember.runtimes.text.quant.layers import QuantEmbedding
 from tests.helpers.text_runner import new_runner
 from tests.helpers.tiny_checkpoint import write_tiny_gguf, write_tiny_llama
 
@@ -112,6 +116,23 @@ def test_quantized_gguf_equals_transformers(tmp_path: Path, quantization: str, t
     with torch.inference_mode():
         expected = reference.eval()(torch.tensor([ids])).logits
     torch.testing.assert_close(logits_of(ours, ids), expected[0], atol=tolerance, rtol=tolerance)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_an_untied_quantized_embedding_is_read_from_the_file(tmp_path: Path, tie: bool) -> None:
+    gguf_file = write_tiny_gguf(tmp_path / "tiny-q8.gguf", quantize=True, tie_embeddings=tie)
+    embed = load_model(gguf_file, cache_dir=tmp_path / "cache").model.model.embed_tokens
+    if tie:  # the output projection reads the whole table every token: resident
+        assert isinstance(embed, QuantEmbedding)
+        return
+    assert isinstance(embed, FileEmbedding)
+    rows = embed.rows
+    [table] = [t for t in GGUFReader(gguf_file).tensors if t.name == "token_embd.weight"]
+    resident = QuantEmbedding(gguf_blocks.repack(table.tensor_type, table.data, *rows.shape), embed.dtype)
+    ids = torch.tensor([[0, 5, 511], [7, 7, 300]])
+    assert torch.equal(embed(ids), resident(ids))
+    with pytest.raises(IndexError, match="out of range"):
+        embed(torch.tensor([rows.shape[0]]))
 
 
 def test_conversion_is_cached(tmp_path: Path) -> None:
