@@ -1,39 +1,38 @@
-"""A worker's allocator policy: large temporaries go back to the operating system when they are freed.
+"""Handing a worker's freed memory back to the operating system: after loading, and whenever the engine goes idle.
 
-glibc serves allocations above its mmap threshold with mmap and unmaps them on free, but the threshold is dynamic:
-each time such a block is freed it rises to that block's size (up to 32 MiB), and from then on blocks of that size
-come from the heap, whose freed memory stays with the process. A text worker's prefill steps make exactly such
-temporaries (every quantized matrix dequantized for the step's dense matmul: 27.5 MiB each for Qwen2.5-Coder-1.5B's
-MLP), so its resident memory climbed after the first few prompts and stayed there: measured on that model, 1451
-MiB after load, 1667 MiB after three prompts, against 1494 MiB with the threshold fixed at 1 MiB. Setting it with
-mallopt turns the dynamic adjustment off.
+glibc keeps freed blocks for reuse, and its mmap threshold is dynamic: each time a block above it is freed it rises
+to that block's size (up to 32 MiB), so later blocks of that size come from the heap, whose freed pages stay with
+the process. A text worker's prefill steps make exactly such temporaries (each quantized matrix dequantized for the
+step's dense matmul: 27.5 MiB for Qwen2.5-Coder-1.5B's MLP), and they stay resident after the step: measured on that
+model, 1451 MiB after load and 1667 MiB after three prompts. Fixing the threshold low (mallopt) gives them back at
+once, but then every step faults in fresh zeroed pages for every such temporary: SmolLM2 at 16 streams ran at about
+0.6x. So while busy, the worker reuses them; going idle, it hands them back (``malloc_trim``: every arena, and
+free pages in the middle of the heap too, not only its top).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import logging
-
-log = logging.getLogger("ember.runtimes")
-
-# Blocks from this size up are mapped on their own and returned when freed.
-MMAP_THRESHOLD = 1 << 20
-_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+import functools
+from collections.abc import Callable
 
 
-def return_large_frees(threshold: int = MMAP_THRESHOLD) -> bool:
-    """Fix glibc's mmap threshold at ``threshold`` bytes for this process; False where the C library is not glibc
-    (nothing to do there: other allocators have no such ratchet, or their own settings)."""
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Give the pages of freed blocks back to the OS; False where the C library has no malloc_trim (not glibc)."""
+    trim = _malloc_trim()
+    if trim is None:
         return False
-    ok = bool(mallopt(_M_MMAP_THRESHOLD, threshold))
-    if not ok:
-        log.warning("mallopt(M_MMAP_THRESHOLD, %d) failed: freed temporaries may stay resident", threshold)
-    return ok
+    trim(0)
+    return True

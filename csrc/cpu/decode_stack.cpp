@@ -18,10 +18,13 @@
 
 #include <immintrin.h>
 #include <omp.h>
-#include <sched.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -62,9 +65,10 @@ T* ptr(const at::Tensor& t) {
   return reinterpret_cast<T*>(t.data_ptr());
 }
 
-// A barrier for the threads of one parallel region that spins (the stages between waits take microseconds), and
-// yields the CPU after a while so that a thread whose partner is descheduled (a shared machine) does not burn its
-// whole time slice waiting.
+// A barrier for the threads of one parallel region. It spins first: the stages between waits take microseconds
+// and a sleeping thread takes tens of them to wake. Past that it sleeps on a futex, so that when the machine has
+// more runnable threads than cores (a worker's event loop, the gateway and NATS beside its two compute threads on
+// a 2-core box) a thread whose partner was descheduled gives its core up instead of spinning through its slice.
 class SpinBarrier {
  public:
   void reset(int count) { count_ = count; }
@@ -73,23 +77,31 @@ class SpinBarrier {
     const int generation = generation_.load(std::memory_order_acquire);
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) == count_ - 1) {
       arrived_.store(0, std::memory_order_relaxed);
-      generation_.fetch_add(1, std::memory_order_release);
+      generation_.fetch_add(1, std::memory_order_seq_cst);
+      if (sleepers_.load(std::memory_order_seq_cst) > 0) futex(FUTEX_WAKE_PRIVATE, INT32_MAX);
       return;
     }
-    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
-      if (spins < kSpins) {
-        _mm_pause();
-      } else {
-        sched_yield();
-      }
+    for (int spins = 0; spins < kSpins; ++spins) {
+      if (generation_.load(std::memory_order_acquire) != generation) return;
+      _mm_pause();
     }
+    // Either the last thread sees this sleeper and wakes it, or this thread sees the new generation (both seq_cst);
+    // FUTEX_WAIT itself returns at once if the generation moved on before it sleeps.
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    while (generation_.load(std::memory_order_seq_cst) == generation) futex(FUTEX_WAIT_PRIVATE, generation);
+    sleepers_.fetch_sub(1, std::memory_order_relaxed);
   }
 
  private:
-  static constexpr int kSpins = 1 << 14;
+  void futex(int op, int value) {
+    syscall(SYS_futex, reinterpret_cast<int*>(&generation_), op, value, nullptr, nullptr, 0);
+  }
+
+  static constexpr int kSpins = 4096;  // about 0.1-0.2 ms of pause instructions
   int count_ = 1;
   std::atomic<int> arrived_{0};
   std::atomic<int> generation_{0};
+  std::atomic<int> sleepers_{0};
 };
 
 }  // namespace

@@ -135,9 +135,6 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         import torch
 
         torch.set_num_threads(spec.threads)
-    from ember.runtimes.process_memory import return_large_frees
-
-    return_large_frees()  # before the model loads: its temporaries are what must go back
     module, name = WORKER_RUNNERS[args.modality]
     run = getattr(importlib.import_module(module), name)
     asyncio.run(run(settings, args.model, url, worker_id=args.worker_id))

@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 
 from ember.bus.messages import ErrorInfo, JobStatus
+from ember.runtimes.process_memory import release_freed_memory
 from ember.runtimes.serving import EngineOverloaded
 from ember.runtimes.step_clock import StepClock
 from ember.runtimes.text.block_pool import BlockPool
@@ -285,6 +286,9 @@ class TextEngine:
                         self._finish(req, status)
             with self.clock.step():
                 self._step()
+            if not len(self.scheduler):
+                # Idle: hand the step temporaries' pages back (process_memory.py), off every request's path.
+                release_freed_memory()
         for req in [*self.scheduler.running, *self.scheduler.waiting_requests()]:
             self._finish(req, JobStatus.FINISHED_ABORTED)
         with self._lock:

@@ -8,7 +8,6 @@ written. A safetensors checkpoint can be quantized at load (``"int8"`` / ``"int4
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 
+from ember.runtimes.process_memory import release_freed_memory
 from ember.runtimes.text.config import ModelConfig, ModelLoadError
 from ember.runtimes.text.model import CausalLM, choose_linear_paths, fuse_projections
 from ember.runtimes.text.quant.file_rows import FileEmbedding, FileRows
@@ -132,15 +132,6 @@ def load_model(
         weight_bytes=nbytes,
         kernel_choices=choices,
     )
-
-
-def release_freed_memory() -> None:
-    """Hand the memory the load freed (the repacking's intermediates) back to the OS: glibc keeps freed blocks of
-    its heap for reuse, which counted 20-100 MiB of a fresh worker's resident memory. A no-op elsewhere."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def read_gguf(gguf_file: Path, folder: Path, *, quantization: str, dtype: torch.dtype) -> Weights:

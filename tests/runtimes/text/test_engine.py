@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ember.bus.messages import JobStatus, SamplingParams
+from ember.runtimes.text import engine as engine_module
 from ember.runtimes.text.engine import (
     EngineConfig,
     EngineOverloaded,
@@ -364,3 +365,25 @@ async def test_batched_greedy_on_cuda_equals_transformers(tiny_model: Path) -> N
     engine = TextEngine(runner, loaded.tokenizer, EngineConfig(max_batch=3, max_step_tokens=16))
     engine.start()
     await greedy_equals_transformers(engine, loaded, tiny_model)
+
+
+async def test_the_engine_hands_freed_memory_back_when_it_goes_idle(
+    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = make_engine(loaded, speculative="off")
+    idle_at: list[int] = []  # the scheduler's request count at each release
+
+    def release() -> bool:
+        idle_at.append(len(engine.scheduler))
+        return True
+
+    monkeypatch.setattr(engine_module, "release_freed_memory", release)
+    try:
+        await asyncio.gather(
+            run(engine, request(loaded, "a", "hello", max_tokens=6)),
+            run(engine, request(loaded, "b", "Once upon a time", max_tokens=12)),
+        )
+    finally:
+        engine.stop()
+    assert engine.steps >= 12
+    assert idle_at and set(idle_at) == {0} and len(idle_at) <= 2  # once idle, not at every step
