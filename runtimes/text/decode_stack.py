@@ -3,8 +3,9 @@
 A step whose rows are all decodes (one query token each: plain decodes and verified drafts) is where a CPU spends
 most of a request's time, and at batch 1 a fifth to a third of that went to the ~20 torch ops per layer around the
 matmuls, each a dispatch and an allocation. The native stack runs the same kernels in the same order over the
-model's own tensors, so its hidden states are bit-identical to ``CausalLM.forward``'s (tests/runtimes/text/
-test_decode_stack.py); the embedding lookup before it and the vocabulary projection after it stay in torch.
+model's own tensors, so its hidden states and logits are bit-identical to ``CausalLM.forward``'s and ``logits``'
+(tests/runtimes/text/test_decode_stack.py). A quantized vocabulary projection runs in the same call; the embedding
+lookup before it stays in torch.
 
 It covers models whose every decoder projection is quantized (``QuantLinear``, what a GGUF loads as), in float32
 or bfloat16 on the CPU, with the extension built; anything else, and steps with prefill rows or with rows from
