@@ -46,6 +46,17 @@ struct Projection {
   std::vector<at::Tensor> held;
 };
 
+// The checked view of a quantized matrix's tensors for inputs of k columns, holding every tensor it points into.
+Projection projection(const at::Tensor& q, const at::Tensor& scales, const std::optional<at::Tensor>& mins,
+                      const std::optional<at::Tensor>& super_scales, const std::optional<at::Tensor>& super_mins,
+                      const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size, int64_t k) {
+  Projection p{quant_view(q, scales, mins, super_scales, super_mins, bias, bits, group_size, k), {q, scales}};
+  for (const auto* t : {&mins, &super_scales, &super_mins, &bias}) {
+    if (t->has_value()) p.held.push_back(**t);
+  }
+  return p;
+}
+
 enum Part : int64_t { kAttnIn = 0, kAttnOut = 1, kMlpIn = 2, kMlpOut = 3 };
 
 struct Layer {
@@ -125,28 +136,22 @@ class DecodeStack : public torch::CustomClassHolder {
 
   // A projection of the last layer added: part 0 the attention's input (q, k, v: joined or in that order), 1 its
   // output, 2 the MLP's input (gate, up: joined or in that order), 3 its output.
-  void add_projection(int64_t part, const at::Tensor& q, const at::Tensor& scales, const std::optional<at::Tensor>& mins,
+  void add_projection(int64_t part, const at::Tensor& q, const at::Tensor& scales,
+                      const std::optional<at::Tensor>& mins,
                       const std::optional<at::Tensor>& super_scales, const std::optional<at::Tensor>& super_mins,
                       const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
     TORCH_CHECK(!layers_.empty(), "add_layer first");
     TORCH_CHECK(part >= kAttnIn && part <= kMlpOut, "part must be 0..3");
     const int64_t k = part == kAttnOut ? heads_ * head_dim_ : part == kMlpOut ? inner_ : hidden_;
-    Projection p{quant_view(q, scales, mins, super_scales, super_mins, bias, bits, group_size, k), {q, scales}};
-    for (const auto* t : {&mins, &super_scales, &super_mins, &bias}) {
-      if (t->has_value()) p.held.push_back(**t);
-    }
-    layers_.back().parts[part].push_back(std::move(p));
+    layers_.back().parts[part].push_back(
+        projection(q, scales, mins, super_scales, super_mins, bias, bits, group_size, k));
   }
 
   // The vocabulary projection, for run's logits.
   void set_head(const at::Tensor& q, const at::Tensor& scales, const std::optional<at::Tensor>& mins,
                 const std::optional<at::Tensor>& super_scales, const std::optional<at::Tensor>& super_mins,
                 const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
-    head_ = Projection{quant_view(q, scales, mins, super_scales, super_mins, bias, bits, group_size, hidden_),
-                       {q, scales}};
-    for (const auto* t : {&mins, &super_scales, &super_mins, &bias}) {
-      if (t->has_value()) head_->held.push_back(**t);
-    }
+    head_ = projection(q, scales, mins, super_scales, super_mins, bias, bits, group_size, hidden_);
   }
 
   // Checks that every layer has its four parts, of the widths the model's shapes call for.
@@ -212,13 +217,8 @@ class DecodeStack : public torch::CustomClassHolder {
     for (int64_t r = 0; r < rows; ++r) {
       TORCH_CHECK(pos[r] >= 0 && pos[r] < cos.size(0), "position ", pos[r], " is outside the rotary tables");
       TORCH_CHECK(slot[r] >= 0 && slot[r] < num_blocks * block_size, "slot ", slot[r], " is outside the cache");
-      TORCH_CHECK(lens[r] >= 1 && lens[r] <= max_blocks * block_size, "context_lens[", r, "]=", lens[r],
-                  " is outside 1..", max_blocks * block_size);
-      for (int64_t i = 0; i < (lens[r] + block_size - 1) / block_size; ++i) {
-        const int32_t b = table[r * max_blocks + i];
-        TORCH_CHECK(b >= 0 && b < num_blocks, "block_table[", r, "][", i, "]=", b, " is outside the cache");
-      }
     }
+    check_paged_context(table, lens, rows, max_blocks, block_size, num_blocks);
     at::Tensor out = x.clone();
     at::Tensor head_out = logits ? at::empty({rows, head_->w.n}, x.options().dtype(at::kFloat)) : at::Tensor();
     float* head_ptr = logits ? head_out.data_ptr<float>() : nullptr;

@@ -14,6 +14,11 @@ namespace ember::cpu {
 void paged_decode(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                   const at::Tensor& block_table, const at::Tensor& context_lens, double scale);
 
+// Checks that each of `rows` rows' context length is 1..max_blocks * block_size and that the blocks it covers in
+// its row of block_table [rows, max_blocks] lie in a cache of num_blocks; raises otherwise.
+void check_paged_context(const int32_t* table, const int32_t* lens, int64_t rows, int64_t max_blocks,
+                         int64_t block_size, int64_t num_blocks);
+
 // out[M, N] = x[M, K] W^T + bias for a weight-only quantized W (layout: quant_view.h); x, out float32 or bfloat16.
 void quant_linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
                   const std::optional<at::Tensor>& mins, const std::optional<at::Tensor>& super_scales,

@@ -70,6 +70,18 @@ template void paged_decode_rows<uint16_t>(uint16_t*, const uint16_t*, int64_t, c
                                           const int32_t*, const int32_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
                                           int64_t, float);
 
+void check_paged_context(const int32_t* table, const int32_t* lens, int64_t rows, int64_t max_blocks,
+                         int64_t block_size, int64_t num_blocks) {
+  for (int64_t b = 0; b < rows; ++b) {
+    TORCH_CHECK(lens[b] >= 1 && lens[b] <= max_blocks * block_size, "context_lens[", b, "]=", lens[b],
+                " is outside 1..", max_blocks * block_size);
+    for (int64_t i = 0; i < (lens[b] + block_size - 1) / block_size; ++i) {
+      const int32_t blk = table[b * max_blocks + i];
+      TORCH_CHECK(blk >= 0 && blk < num_blocks, "block_table[", b, "][", i, "]=", blk, " is outside the cache");
+    }
+  }
+}
+
 void paged_decode(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                   const at::Tensor& block_table, const at::Tensor& context_lens, double scale) {
   TORCH_CHECK(q.dim() == 3, "q must be [B, H, hd], got ", q.sizes());
@@ -93,15 +105,7 @@ void paged_decode(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cach
   const int64_t max_blocks = block_table.size(1);
   const int32_t* lens = context_lens.data_ptr<int32_t>();
   const int32_t* table = block_table.data_ptr<int32_t>();
-  const int64_t num_blocks = k_cache.size(0);
-  for (int64_t b = 0; b < batch; ++b) {
-    TORCH_CHECK(lens[b] >= 1 && lens[b] <= max_blocks * block_size, "context_lens[", b, "]=", lens[b],
-                " is outside 1..", max_blocks * block_size);
-    for (int64_t i = 0; i < (lens[b] + block_size - 1) / block_size; ++i) {
-      const int32_t blk = table[b * max_blocks + i];
-      TORCH_CHECK(blk >= 0 && blk < num_blocks, "block_table[", b, "][", i, "]=", blk, " is outside the cache");
-    }
-  }
+  check_paged_context(table, lens, batch, max_blocks, block_size, k_cache.size(0));
   const float s = static_cast<float>(scale);
   if (q.scalar_type() == at::kFloat) {
     paged_decode_rows(out.data_ptr<float>(), q.data_ptr<float>(), heads * head_dim, k_cache.data_ptr<float>(),

@@ -10,7 +10,6 @@ Results are read back by the runner that resumes a batch, and deleted once the b
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,14 +18,13 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from ember.batches.schemas import BatchRecord, LineResult
+from ember.bus.kv_listing import read_entries
 from ember.bus.kv_records import MISSING, KvRecords, open_bucket
 
 BATCHES = "ember_batches"
 RESULTS = "ember_batch_results"
 # Finished batches stay listed this long after their last change (OpenAI keeps them; a KV entry needs a bound).
 BATCH_TTL_S = 30 * 24 * 3600.0
-# Results read at once (one KV request each) when a runner resumes or finalizes a batch.
-READ_AT_ONCE = 64
 
 
 @dataclass
@@ -76,22 +74,9 @@ class ResultStore:
         on their way to the client it can end before yielding any, and a batch would be finalized as if none
         of its lines had run (seen in tests/faults/test_batch_faults.py, about one run in eight).
         """
-        found: dict[int, LineResult] = {}
-        for start in range(0, count, READ_AT_ONCE):
-            entries = await asyncio.gather(
-                *(self._get(f"{batch_id}.{i}") for i in range(start, min(start + READ_AT_ONCE, count)))
-            )
-            for value in entries:
-                if value:
-                    result = LineResult.model_validate_json(value)
-                    found[result.index] = result
-        return found
-
-    async def _get(self, key: str) -> bytes | None:
-        try:
-            return (await self.kv.get(key)).value
-        except MISSING:
-            return None
+        entries = await read_entries(self.kv, [f"{batch_id}.{i}" for i in range(count)])
+        results = (LineResult.model_validate_json(e.value) for e in entries if e.value)
+        return {r.index: r for r in results}
 
     async def drop(self, batch_id: str, indices: list[int]) -> None:
         for i in indices:

@@ -43,7 +43,11 @@ async def key_names(kv: KeyValue, pattern: str = ">") -> list[str]:
 
 async def latest_entries(kv: KeyValue, pattern: str = ">") -> list[KeyValue.Entry]:
     """The newest entry of every live key matching ``pattern`` (deleted and purged keys left out)."""
-    keys = await key_names(kv, pattern)
+    return await read_entries(kv, await key_names(kv, pattern))
+
+
+async def read_entries(kv: KeyValue, keys: list[str]) -> list[KeyValue.Entry]:
+    """The newest entry of each of ``keys`` that has a live one, ``READ_AT_ONCE`` requests at a time."""
     found: list[KeyValue.Entry] = []
     for start in range(0, len(keys), READ_AT_ONCE):
         entries = await asyncio.gather(*(_get(kv, k) for k in keys[start : start + READ_AT_ONCE]))
