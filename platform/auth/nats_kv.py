@@ -47,6 +47,7 @@ from ember.auth.keys import (
     well_formed,
 )
 from ember.bus.kv_listing import latest_entries
+from ember.bus.tasks import cancel_and_wait
 
 log = logging.getLogger("ember.auth")
 
@@ -56,6 +57,10 @@ _HASH = "h."
 _ID = "id."
 # Revisions of each entry the bucket keeps: the last few tier changes and the revocation, for an audit.
 _HISTORY = 5
+# How long the server keeps a watch's consumer that no one listens to (nats-py's default is 5 minutes). One
+# whose store went away without deleting it (a crash, a lost connection) lapses after this long; a store that
+# lost its connection for longer re-watches when it comes back anyway.
+_WATCH_IDLE_S = 30.0
 # Compare-and-set retries before giving up on a key that keeps changing under us.
 _CAS_TRIES = 16
 
@@ -101,6 +106,8 @@ class NatsKeyStore(KeyStore):
 
     async def start(self) -> None:
         js = self._nc.jetstream()
+        # Counted before the first watch, so that a reconnect during the load below is followed by a re-watch.
+        reconnects = self._nc.stats["reconnects"]
         try:
             self._kv = await self._open_bucket(js)
             await asyncio.wait_for(self._rewatch(), self._start_timeout_s)
@@ -114,7 +121,9 @@ class NatsKeyStore(KeyStore):
             raise KeyStoreError(
                 f"the key bucket {self._bucket!r} did not load within {self._start_timeout_s}s"
             ) from None
-        self._supervisor = asyncio.create_task(self._watch_reconnects(), name=f"keys-reconnects-{self._bucket}")
+        self._supervisor = asyncio.create_task(
+            self._watch_reconnects(reconnects), name=f"keys-reconnects-{self._bucket}"
+        )
 
     async def _open_bucket(self, js: Any) -> KeyValue:
         try:
@@ -139,7 +148,7 @@ class NatsKeyStore(KeyStore):
         kv = self._open()
         # The watch starts before the listing, so a change the listing's snapshot misses comes through the
         # watch; ``_apply`` keeps whichever of the two is newer, in whatever order they come.
-        watcher = await kv.watch(f"{_HASH}>")
+        watcher = await kv.watch(f"{_HASH}>", inactive_threshold=_WATCH_IDLE_S)
         task = asyncio.create_task(self._follow(watcher), name=f"keys-watch-{self._bucket}")
         old, self._watch = self._watch, (watcher, task)
         if old is not None:
@@ -148,7 +157,7 @@ class NatsKeyStore(KeyStore):
             self._apply_entry(entry)
         self._ready.set()
 
-    async def _watch_reconnects(self) -> None:
+    async def _watch_reconnects(self, seen: int) -> None:
         """Re-watch after every reconnect, so that changes made while we were away arrive at once.
 
         NOTE: nats-py's watch is an ordered push consumer. After a reconnect it resumes by itself only once it
@@ -156,7 +165,6 @@ class NatsKeyStore(KeyStore):
         revocation made during a restart reached the old watch about 20 s later. A new watch replays the newest
         revision of every key; ``_apply`` ignores what the cache already has.
         """
-        seen = self._nc.stats["reconnects"]
         while True:
             await asyncio.sleep(self._reconnect_check_s)
             reconnects = self._nc.stats["reconnects"]
@@ -172,21 +180,39 @@ class NatsKeyStore(KeyStore):
     async def stop(self) -> None:
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
+            await cancel_and_wait(supervisor)
         watch, self._watch = self._watch, None
         if watch is not None:
             await self._end(*watch)
         self._ready.clear()
 
-    @staticmethod
-    async def _end(watcher: KeyValue.KeyWatcher, task: asyncio.Task[None]) -> None:
+    async def _end(self, watcher: KeyValue.KeyWatcher, task: asyncio.Task[None]) -> None:
+        # Cancelled first, before anything awaits: if the caller is cancelled on the way (stop() during a
+        # re-watch), the old watch at least no longer writes into the cache.
+        task.cancel()
+        consumer = await self._consumer_of(watcher)
         with contextlib.suppress(Exception):  # the connection may already be closed
             await watcher.stop()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if consumer is not None:
+            # Unsubscribing leaves the consumer on the server until it has been idle _WATCH_IDLE_S, and a stream
+            # holds at most 1000 (measured): a store started and stopped that often could watch no more.
+            with contextlib.suppress(Exception):
+                await self._nc.jetstream().delete_consumer(f"KV_{self._bucket}", consumer)
+        await cancel_and_wait(task)
+
+    async def _consumer_of(self, watcher: KeyValue.KeyWatcher) -> str | None:
+        """The name of the consumer behind ``watcher`` now, if the server can be asked without waiting."""
+        # NOTE: nats-py keeps the watch's subscription private; it knows the consumer's current name (an ordered
+        # consumer is re-created under a new name after a gap). Disconnected, a request would wait its timeout.
+        sub = watcher._sub
+        if sub is None or not self._nc.is_connected:
+            return None
+        try:
+            info = await sub.consumer_info()
+        except Exception:  # gone already (a server restart), or the connection went away
+            return None
+        name: str = info.name
+        return name
 
     async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         """Feed the cache from one watch until it is stopped."""

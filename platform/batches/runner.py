@@ -44,6 +44,7 @@ from ember.batches.store import BatchStore, ResultStore
 from ember.bus import subjects
 from ember.bus.blobs import BlobNotFound
 from ember.bus.messages import Modality, UsageRecord
+from ember.bus.tasks import cancel_and_wait
 from ember.config.settings import BatchSettings
 from ember.files.store import FileStore
 from ember.usage import stream as usage_stream
@@ -280,9 +281,7 @@ class BatchRunner:
                 await asyncio.wait([acquired, stopped], return_when=asyncio.FIRST_COMPLETED)
                 stopped.cancel()
                 if not acquired.done():
-                    acquired.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await acquired
+                    await cancel_and_wait(acquired)
                     break
                 if stop.is_set():
                     self.gate.release(gate_key)

@@ -30,6 +30,7 @@ import uvicorn
 from ember.bus import children
 from ember.bus.connection import connect
 from ember.bus.nats_server import EmbeddedNats
+from ember.bus.tasks import cancel_and_wait
 from ember.cli.runners import FUNCTIONS_WORKER, WORKER_RUNNERS
 from ember.cli.scaler import Scaler
 from ember.config import ConfigError, Settings
@@ -250,9 +251,7 @@ async def _run(
     finally:
         supervisor.begin_stop()
         for t in tasks:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await cancel_and_wait(t)
         if scaler is not None:
             await scaler.close()
 
@@ -315,9 +314,7 @@ async def _scale(
     finally:
         supervisor.begin_stop()
         for t in tasks:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await cancel_and_wait(t)
         if scaler is not None:
             await scaler.close()
 

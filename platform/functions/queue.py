@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ember.bus import subjects
 from ember.bus.messages import JOB_MODALITY, WIRE_VERSION, Job, WireVersionError, encode
+from ember.bus.tasks import cancel_and_wait
 from ember.config.settings import FunctionsSettings
 
 log = logging.getLogger("ember.functions.queue")
@@ -157,10 +158,7 @@ class QueueConsumer:
 
     async def stop(self, grace_s: float) -> None:
         """Take no more jobs; let running ones finish for ``grace_s``, then stop them (they go back to the queue)."""
-        if self._pull is not None:
-            self._pull.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pull
+        await cancel_and_wait(self._pull)
         if self._running:
             _, pending = await asyncio.wait(set(self._running), timeout=grace_s)
             for task in pending:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import datetime
 import json
 import logging
@@ -45,6 +44,7 @@ from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
+from ember.bus.tasks import cancel_and_wait
 from ember.limits import gcra
 from ember.limits.gcra import NS_PER_S
 from ember.limits.interface import (
@@ -399,8 +399,5 @@ class NatsRateLimiter(RateLimiter):
             await self.renew()
 
     async def close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
+        heartbeat, self._heartbeat = self._heartbeat, None
+        await cancel_and_wait(heartbeat)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from ember.auth.keys import hash_secret
 from ember.auth.nats_kv import NatsKeyStore
@@ -78,4 +82,70 @@ async def test_a_revocation_made_during_a_restart_reaches_the_reconnected_gatewa
             await asyncio.sleep(0.05)
     finally:
         await closed(gateway)
+        await server.astop()
+
+
+def _suspended_at(task: asyncio.Task[None]) -> tuple[tuple[str, int], ...]:
+    """Where ``task`` waits: each coroutine of its await chain, by function and line."""
+    at = []
+    coro: Any = task.get_coro()
+    while (frame := getattr(coro, "cr_frame", None)) is not None:
+        at.append((frame.f_code.co_name, frame.f_lineno))
+        coro = coro.cr_await
+    return tuple(at)
+
+
+async def test_stop_returns_wherever_it_lands_in_a_rewatch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``stop()`` at each place in turn where the supervisor's re-watch waits returns, and the store restarts.
+
+    A cancel that landed while the re-watch ended the old watch used to be swallowed, so the supervisor went
+    back to its loop and ``stop()`` waited for it forever (a gateway shutdown that hung, seen once in CI).
+    """
+    server = EmbeddedNats(data_dir=tmp_path / "nats")
+    await asyncio.to_thread(server.start)
+    nc = await connect(server.url, name="sweep")
+    # Checking for a reconnect on every loop turn, so that the sweep below starts a re-watch at once.
+    store = NatsKeyStore(nc, reconnect_check_s=0)
+    caplog.set_level(logging.INFO, logger="ember.auth")
+    places: set[tuple[tuple[str, int], ...]] = set()
+    try:
+        await store.start()
+        key, secret = await store.create("free")
+        for target in range(200):
+            caplog.clear()
+            supervisor = store._supervisor
+            assert supervisor is not None
+            nc.stats["reconnects"] += 1  # what a reconnect looks like to it: it re-watches on its next turn
+            visited: list[tuple[tuple[str, int], ...]] = []
+            for _ in range(100_000):
+                if len(visited) > target or "re-watching" in caplog.text:
+                    break
+                await asyncio.sleep(0)
+                at = _suspended_at(supervisor)
+                if not visited or visited[-1] != at:
+                    visited.append(at)
+            else:
+                raise AssertionError(f"the re-watch stopped moving at {visited[-1:]} ({supervisor})")
+            places.update(visited)
+            await asyncio.wait_for(store.stop(), 10)
+            await store.start()
+            if "re-watching" in caplog.text:  # it finished before stop(): every place before was tried
+                break
+        else:
+            raise AssertionError("no re-watch finished within the sweep")
+        # It went through the places a re-watch waits in: the new watch, ending the old one, the listing.
+        waited_in = {name for place in places for name, _ in place}
+        assert {"_rewatch", "_end", "latest_entries"} <= waited_in, waited_in
+        assert await store.authenticate(secret) == key
+        revoked = await store.revoke(key.id)
+        assert revoked is not None and await store.authenticate(secret) is None
+        # A stopped store's watch leaves no consumer behind (the stream holds at most 1000).
+        consumers = (await nc.jetstream().stream_info("KV_ember_keys")).state.consumer_count
+        for _ in range(5):
+            await store.stop()
+            await store.start()
+        assert (await nc.jetstream().stream_info("KV_ember_keys")).state.consumer_count == consumers
+    finally:
+        await store.stop()
+        await nc.drain()
         await server.astop()
