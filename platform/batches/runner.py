@@ -282,6 +282,8 @@ class BatchRunner:
                 stopped.cancel()
                 if not acquired.done():
                     await cancel_and_wait(acquired)
+                    if not acquired.cancelled() and acquired.exception() is None:
+                        self.gate.release(gate_key)  # the slot came just as it was given up
                     break
                 if stop.is_set():
                     self.gate.release(gate_key)
