@@ -57,6 +57,7 @@ from ember.bus.messages import (
 )
 from ember.bus.metrics import worker_metrics_page
 from ember.bus.reply_log import ACCEPTED, ReplyLog
+from ember.bus.tasks import cancel_and_wait
 
 log = logging.getLogger("ember.worker")
 
@@ -244,8 +245,8 @@ class WorkerHost:
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Leave the queue group first so no new job arrives, then let running jobs finish."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
+        # Ended, not just cancelled: a beat still running could announce the worker after it said it was leaving.
+        await cancel_and_wait(self._heartbeat)
         with contextlib.suppress(Exception):
             await self.announce(leaving=True)
         await self._leave_rotation()
