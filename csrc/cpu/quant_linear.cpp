@@ -52,12 +52,17 @@ QuantView view(const at::Tensor& q, const at::Tensor& scales, const std::optiona
   TORCH_CHECK(bits == 4 || bits == 6 || bits == 8, "bits must be 4, 6 or 8, got ", bits);
   TORCH_CHECK((bits == 4 && group_size == 32) || (bits != 4 && (group_size == 16 || group_size == 32)),
               "unsupported group_size=", group_size, " for bits=", bits);
-  TORCH_CHECK(q.dim() == 2 && q.is_contiguous(), "qweight must be a contiguous [N, K*bits/8] tensor");
+  TORCH_CHECK(q.is_contiguous() && (q.dim() == 2 || q.dim() == 4),
+              "qweight must be a contiguous [N, K*bits/8] tensor, or [N/8, B, 8, U] tiled");
   TORCH_CHECK(q.scalar_type() == (bits == 8 ? at::kChar : at::kByte), "qweight must be ",
               bits == 8 ? "int8" : "uint8", " for bits=", bits);
-  const int64_t n = q.size(0);
-  TORCH_CHECK(k % group_size == 0 && q.size(1) * 8 == k * bits, "qweight [", n, ", ", q.size(1),
-              "] does not hold K=", k, " values per row at ", bits, " bits");
+  const bool tiled = q.dim() == 4;
+  const int64_t row_bytes = tiled ? q.size(1) * q.size(3) : q.size(1);
+  const int64_t n = tiled ? q.size(0) * kTileRows : q.size(0);
+  TORCH_CHECK(k % group_size == 0 && row_bytes * 8 == k * bits, "qweight ", q.sizes(), " does not hold K=", k,
+              " values per row at ", bits, " bits");
+  TORCH_CHECK(!tiled || (q.size(2) == kTileRows && q.size(3) == tiled_block_bytes(static_cast<int>(bits))),
+              "tiled qweight must be [N/8, B, 8, ", tiled_block_bytes(static_cast<int>(bits)), "], got ", q.sizes());
   // 6 bits: each 128 values' nibbles and top bits are read as one 64-byte block and its 32-byte partner.
   TORCH_CHECK(bits != 6 || k % 128 == 0, "6-bit weights need K a multiple of 128, got K=", k);
   const int64_t groups = k / group_size;
@@ -73,6 +78,11 @@ QuantView view(const at::Tensor& q, const at::Tensor& scales, const std::optiona
   w.bits = static_cast<int>(bits);
   w.group_size = static_cast<int>(group_size);
   w.zero_point = bits == 6 && group_size == 16 ? 32 : 0;
+  w.tiled = tiled;
+  w.row_bytes = row_bytes;
+  w.block_stride = tiled ? kTileRows * tiled_block_bytes(w.bits) : 64;
+  w.top_offset = tiled ? 64 : k / 2;
+  w.top_stride = tiled ? kTileRows * tiled_block_bytes(w.bits) : 32;
   check_groups(scales, "scales");
   if (mins.has_value()) {
     check_groups(*mins, "mins");

@@ -122,23 +122,25 @@ inline vec six_bits_to_floats(const uint8_t* nib, int nshift, const uint8_t* top
 #endif
 }
 
-// The integers of chunk c (16 values) of group g in row n, as floats. 4 bits: the group's 16 bytes hold chunk 0
-// in their low nibbles and chunk 1 in their high ones; 6 bits: the same, with the top bits from the second plane.
+// The integers of chunk c (16 values) of group g of the row at `row` (row_start), as floats. 4 bits: the group's
+// 16 bytes hold chunk 0 in their low nibbles and chunk 1 in their high ones; 6 bits: the same, with the top bits
+// from the second plane.
 template <int BITS, int GS>
-inline vec load_q(const QuantView& w, int64_t n, int64_t g, int c) {
+inline vec load_q(const QuantView& w, const uint8_t* row, int64_t g, int c) {
   if constexpr (BITS == 4) {
-    return bytes_to_floats(w.q + n * (w.k / 2) + g * 16, false, c == 0 ? 0 : 4);
+    return bytes_to_floats(row + (g / 4) * w.block_stride + (g % 4) * 16, false, c == 0 ? 0 : 4);
   } else if constexpr (BITS == 6) {
     // The 16 values are the low (half 0) or high nibbles of group g32 of 32; a group of 16 is one such half.
     const int64_t g32 = GS == 32 ? g : g / 2;
     const int half = GS == 32 ? c : static_cast<int>(g % 2);
-    const uint8_t* row = w.q + n * (w.k / 4 * 3);
     // Group g32 is nibble bytes 16 (g32 % 4) .. + 15 of its 64-byte block: its top bits are bytes 16 (g32 % 2) ..
     // + 15 of the block's 32, in field (g32 % 4 / 2) + 2 half.
-    const uint8_t* top = row + w.k / 2 + (g32 / 4) * 32 + (g32 % 2) * 16;
-    return six_bits_to_floats(row + g32 * 16, 4 * half, top, 2 * static_cast<int>(g32 % 4 / 2) + 4 * half);
+    const uint8_t* nib = row + (g32 / 4) * w.block_stride + (g32 % 4) * 16;
+    const uint8_t* top = row + w.top_offset + (g32 / 4) * w.top_stride + (g32 % 2) * 16;
+    return six_bits_to_floats(nib, 4 * half, top, 2 * static_cast<int>(g32 % 4 / 2) + 4 * half);
   } else {
-    return bytes_to_floats(w.q + n * w.k + g * GS + c * kLanes, true, 0);
+    const int64_t at = g * GS + c * kLanes;
+    return bytes_to_floats(row + (at / 64) * w.block_stride + at % 64, true, 0);
   }
 }
 
@@ -150,6 +152,8 @@ void tile(const QuantView& w, const T* x, int64_t ldx, T* out, int64_t ldo, int6
   for (int i = 0; i < MB; ++i)
     for (int j = 0; j < NB; ++j) acc[i][j] = vec{};
   float s[NB][kGroupBlock], m[NB][kGroupBlock];
+  const uint8_t* rows[NB];
+  for (int j = 0; j < NB; ++j) rows[j] = row_start(w, n0 + j);
   for (int64_t g0 = 0; g0 < w.groups; g0 += kGroupBlock) {
     const int count = w.groups - g0 < kGroupBlock ? static_cast<int>(w.groups - g0) : kGroupBlock;
     for (int j = 0; j < NB; ++j) group_maps(w, n0 + j, g0, count, s[j], m[j]);
@@ -163,7 +167,7 @@ void tile(const QuantView& w, const T* x, int64_t ldx, T* out, int64_t ldo, int6
         for (int i = 0; i < MB; ++i) xv[i] = load_vec(x + i * ldx + k0);
 #pragma GCC unroll 16
         for (int j = 0; j < NB; ++j) {
-          const vec wv = load_q<BITS, GS>(w, n0 + j, g, c) * s[j][gi] + m[j][gi];
+          const vec wv = load_q<BITS, GS>(w, rows[j], g, c) * s[j][gi] + m[j][gi];
 #pragma GCC unroll 8
           for (int i = 0; i < MB; ++i) acc[i][j] += wv * xv[i];
         }
@@ -225,13 +229,14 @@ void dequantize(const QuantView& w, T* out) {
   at::parallel_for(0, w.n, 16, [&](int64_t begin, int64_t end) {
     float s[kGroupBlock], m[kGroupBlock];
     for (int64_t n = begin; n < end; ++n) {
+      const uint8_t* row = row_start(w, n);
       for (int64_t g0 = 0; g0 < w.groups; g0 += kGroupBlock) {
         const int count = w.groups - g0 < kGroupBlock ? static_cast<int>(w.groups - g0) : kGroupBlock;
         group_maps(w, n, g0, count, s, m);
         for (int gi = 0; gi < count; ++gi) {
           for (int c = 0; c < kChunks; ++c) {
             const int64_t g = g0 + gi;
-            store_vec(out + n * w.k + g * GS + c * kLanes, load_q<BITS, GS>(w, n, g, c) * s[gi] + m[gi]);
+            store_vec(out + n * w.k + g * GS + c * kLanes, load_q<BITS, GS>(w, row, g, c) * s[gi] + m[gi]);
           }
         }
       }

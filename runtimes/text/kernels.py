@@ -72,6 +72,14 @@ def has_quant_linear() -> bool:
     return available() and hasattr(torch.ops.ember, "quant_linear")
 
 
+@functools.cache
+def reads_tiles() -> bool:
+    """Whether the quantized kernels here read 8 output rows at once (AVX-512: the integer kernel, and the float one
+    at batch 1), which the tiled layout of quant/formats.py serves. The AVX2 float kernel reads 2, for which a tile
+    of 8 is a strided walk again: unmeasured, so those CPUs keep rows one after another."""
+    return has_quant_linear() and str(torch.ops.ember.cpu_isa()).startswith("avx512")
+
+
 def quant_covers(x: Tensor) -> bool:
     """Whether the native quantized linear runs for inputs like ``x`` (built, on the CPU, float32 or bfloat16)."""
     return _cpu_float(x) and has_quant_linear()

@@ -26,7 +26,7 @@ from ember.runtimes.text.config import ModelConfig, ModelLoadError
 from ember.runtimes.text.model import CausalLM, choose_linear_paths, fuse_projections
 from ember.runtimes.text.quant.file_rows import FileEmbedding, FileRows
 from ember.runtimes.text.quant.formats import QuantizedTensor
-from ember.runtimes.text.quant.layers import QuantEmbedding, QuantLinear, choose_dense_rows
+from ember.runtimes.text.quant.layers import QuantEmbedding, QuantLinear, choose_dense_rows, tile_for_kernel
 from ember.runtimes.text.quant.quantize import quantizable, quantize
 from ember.runtimes.text.tokenizer import TextTokenizer
 
@@ -113,6 +113,7 @@ def load_model(
     model = build_model(config, state_dict, device=torch.device(device), source=folder, dtype=dtype)
     del state_dict
     fuse_projections(model)
+    tile_for_kernel(model)
     choices = [
         f"{c.kind} weights: the streaming kernel below {c.dense_from_rows} rows, dequantize + dense matmul from there"
         for c in choose_dense_rows(model, dtype)

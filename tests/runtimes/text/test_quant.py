@@ -58,6 +58,8 @@ def weights(kind: GT, rows: int, cols: int, seed: int = 0) -> QuantizedTensor:
 # blocks but not of 256 (one block past the last pair); K = 160, a partial 64-byte block (Q5_0/Q5_1 stay 8-bit).
 SHAPES = [(1, 37, 512), (3, 9, 768), (8, 64, 256), (13, 5, 512), (33, 17, 256), (17, 11, 512)]
 SHAPES += [(m, 11, 384) for m in (1, 3, 5, 17)] + [(2, 6, 160)]
+# N a multiple of 8 and rows of whole 64-byte (6 bits: 96-byte) blocks: these run tiled too.
+SHAPES += [(1, 24, 512), (2, 16, 768), (5, 32, 384), (4, 40, 256)]
 
 
 @native
@@ -77,6 +79,8 @@ def test_native_quant_linear_matches_the_reference(kind: GT, dtype: torch.dtype)
         tolerance = 2e-4 if dtype == torch.float32 else 1e-2
         scale = expected.abs().max()
         assert (got - expected).abs().max() <= tolerance * scale, (kind, m, n, k)
+        if w.tileable:  # the same bytes tiled: the same sums, in the same order
+            torch.testing.assert_close(kernels.quant_linear(x, w.tile(), bias).double(), got, atol=0, rtol=0)
 
 
 @native
@@ -85,6 +89,47 @@ def test_native_dequantize_is_exact(kind: GT) -> None:
     w = weights(kind, 7, 512)
     torch.testing.assert_close(kernels.dequantize(w, torch.float32), dequantize(w), atol=0, rtol=0)
     torch.testing.assert_close(kernels.dequantize(w, torch.bfloat16), dequantize(w, torch.bfloat16), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", list(REPACK), ids=lambda k: k.name)
+def test_tiled_layout_holds_the_same_matrix(kind: GT) -> None:
+    w = weights(kind, 24, 512, seed=3)
+    tiled = w.tile()
+    unit = 96 if w.bits == 6 else 64
+    assert tiled.tiled and tuple(tiled.q.shape) == (3, w.row_bytes // unit, 8, unit)
+    assert tiled.nbytes == w.nbytes and torch.equal(tiled.untile().q, w.q)
+    # Tile 1's rows 8..15 are one contiguous run: block 0 of each, then block 1 of each...
+    block = tiled.q[1, 0].reshape(-1)
+    assert torch.equal(block[unit : 2 * unit], tiled.q.view(-1)[w.row_bytes * 8 + unit : w.row_bytes * 8 + 2 * unit])
+    torch.testing.assert_close(dequantize(tiled), dequantize(w), atol=0, rtol=0)
+    ids = torch.tensor([23, 0, 9, 9, 16])
+    torch.testing.assert_close(dequantize(tiled.rows(ids)), dequantize(w)[ids], atol=0, rtol=0)
+    if BUILT:
+        torch.testing.assert_close(kernels.dequantize(tiled, torch.float32), dequantize(w), atol=0, rtol=0)
+    # Not a whole number of tiles (N = 9) or of blocks (4 bits, K = 160: 80 bytes a row): left as it is.
+    assert weights(kind, 9, 512).tile().tiled is False
+    assert weights(GT.Q4_1, 8, 160).tile().tiled is False
+
+
+@native
+def test_loader_tiles_what_the_kernel_multiplies_and_shares_a_tied_embedding(tmp_path: Path) -> None:
+    folder = write_tiny_llama(tmp_path / "tiny", seed=7, tie_embeddings=True)
+    loaded = load_model(folder, quantization="int8")
+    model = loaded.model
+    linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    # Tiled where the kernel reads 8 rows at once (AVX-512, as on CI's machines), else left as they are.
+    assert linears and all(m.quantized().tiled == kernels.reads_tiles() for m in linears)
+    embed = model.model.embed_tokens
+    assert isinstance(embed, QuantEmbedding) and embed.qweight is model.lm_head.qweight  # one copy
+    reference = load_model(folder, quantization="int8")
+    for m in reference.model.modules():
+        if isinstance(m, (QuantLinear, QuantEmbedding)):
+            m.qweight = m.quantized().untile().q
+    ids = torch.tensor(loaded.tokenizer.encode("Paris is the capital of France"))
+    with torch.inference_mode():
+        a = model.logits(model(ids, torch.arange(len(ids))))
+        b = reference.model.logits(reference.model(ids, torch.arange(len(ids))))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("bits", [8, 4])
