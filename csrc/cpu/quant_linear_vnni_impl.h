@@ -281,26 +281,37 @@ void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
   }
 }
 
-template <int BITS, int GS, int MB, typename T>
-void vnni_rows(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64_t n_begin, int64_t n_end) {
-  // 8 outputs a tile, a whole tile of the tiled layout, for 1 or 2 rows of x (2 x 8 accumulators still fit the
-  // registers; Qwen2.5-Coder-1.5B's gate/up at 2 rows: 763 us against 1134 with 4 outputs); 4 rows take 2.
-  constexpr int NB = MB == 4 ? 2 : 8;
-  int64_t n = n_begin;
-  for (; n + NB <= n_end; n += NB) vnni_tile<BITS, GS, MB, NB, T>(w, p, out, m0, n);
-  for (; n < n_end; ++n) vnni_tile<BITS, GS, MB, 1, T>(w, p, out, m0, n);
-}
-
-// Output rows [n_begin, n_end) for every row of x, prepared (prepare_x).
-template <int BITS, int GS, typename T>
-void vnni_part(const QuantView& w, const PreparedX& p, T* out, int64_t rows, int64_t n_begin, int64_t n_end) {
+// Outputs [n0, n0 + NB) for every row of x: 4 rows at a time against pairs of outputs, then 2 rows and 1 against
+// all NB. The tile's weights (NB rows of W: 6 KB for K = 1536 at 4 bits) stay in L1 from the first rows of x to
+// the last, so W streams from memory once per call whatever M is.
+template <int BITS, int GS, int NB, typename T>
+void vnni_outputs(const QuantView& w, const PreparedX& p, T* out, int64_t rows, int64_t n0) {
   int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) vnni_rows<BITS, GS, 4, T>(w, p, out, r, n_begin, n_end);
+  for (; r + 4 <= rows; r += 4) {
+    // 4 x 2 accumulators: 4 x 8 would take every register.
+    if constexpr (NB % 2 == 0) {
+      for (int j = 0; j < NB; j += 2) vnni_tile<BITS, GS, 4, 2, T>(w, p, out, r, n0 + j);
+    } else {
+      vnni_tile<BITS, GS, 4, NB, T>(w, p, out, r, n0);
+    }
+  }
   if (rows - r >= 2) {
-    vnni_rows<BITS, GS, 2, T>(w, p, out, r, n_begin, n_end);
+    vnni_tile<BITS, GS, 2, NB, T>(w, p, out, r, n0);
     r += 2;
   }
-  if (rows - r >= 1) vnni_rows<BITS, GS, 1, T>(w, p, out, r, n_begin, n_end);
+  if (rows - r >= 1) vnni_tile<BITS, GS, 1, NB, T>(w, p, out, r, n0);
+}
+
+// Output rows [n_begin, n_end) for every row of x, prepared (prepare_x): tiles of 8 outputs, a whole tile of the
+// tiled layout, and single outputs for the rest. With 2 rows of x, 8 outputs a tile beat 4 (Qwen2.5-Coder-1.5B's
+// gate/up, 2 threads: 763 us against 1134). From 3 rows on the kernel is bound by its dot products, not by
+// memory (gate/up: 1.4, 1.6, 2.6, 5.0 ms for 3, 4, 8, 16 rows), so reading W once per call rather than once per
+// 4 rows changed little here; it does where more cores share the memory.
+template <int BITS, int GS, typename T>
+void vnni_part(const QuantView& w, const PreparedX& p, T* out, int64_t rows, int64_t n_begin, int64_t n_end) {
+  int64_t n = n_begin;
+  for (; n + 8 <= n_end; n += 8) vnni_outputs<BITS, GS, 8, T>(w, p, out, rows, n);
+  for (; n < n_end; ++n) vnni_outputs<BITS, GS, 1, T>(w, p, out, rows, n);
 }
 
 template <int BITS, int GS, typename T>
