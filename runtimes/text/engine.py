@@ -32,6 +32,7 @@ from ember.runtimes.process_memory import release_freed_memory
 from ember.runtimes.serving import EngineOverloaded
 from ember.runtimes.step_clock import StepClock
 from ember.runtimes.text.block_pool import BlockPool
+from ember.runtimes.text.call_gate import CALL_NAME_TOKENS, NameWatch
 from ember.runtimes.text.detokenizer import IncrementalDetokenizer
 from ember.runtimes.text.grammar import TokenMasks
 from ember.runtimes.text.kv_manager import KVCacheManager
@@ -333,10 +334,12 @@ class TextEngine:
                         )
                 # Requests under a grammar never draft (Speculator._length): their rows are single.
                 self._gate_calls(logits, sampling)
+                confidence = self._call_confidence_before(logits, sampling, entries)
                 self.masks.apply(
                     logits,
                     [c.request.params.matcher if i == 0 else None for c in sampling for i in range(c.num_sampled)],
                 )
+                self._call_confidence_after(logits, confidence)
                 seqs = [e.out.sampling for e in entries if e.out.sampling is not None]
                 sampled = self.sampler.verify(logits, seqs, [c.draft_ids for c in sampling])
         except Exception as e:
@@ -347,6 +350,14 @@ class TextEngine:
             self.generated_tokens += len(emitted.token_ids)
             req = chunk.request
             entry = self._live_entry(req)
+            gate = req.params.call_gate
+            if gate is not None and gate.name_threshold > 0 and req.num_output_tokens == 0 and emitted.token_ids:
+                # A reply that begins with a call: measure how sure the model is of its function's name.
+                entry.out.name_watch = NameWatch() if gate.begins_call(emitted.token_ids[0]) else None
+            watch = entry.out.name_watch
+            if watch is not None and not watch.done:
+                for token in emitted.token_ids:
+                    watch.add(self.tokenizer.token_bytes(token))
             try:
                 status = self.outputs.accept(req, entry.out, emitted)
             except GrammarViolation as e:
@@ -371,6 +382,27 @@ class TextEngine:
             if gate is not None and c.request.num_output_tokens == 0 and not gate.apply(logits[row]):
                 log.debug("%s: no call (the model is not sure enough of one)", c.request.request_id)
             row += c.num_sampled
+
+    @staticmethod
+    def _call_confidence_before(
+        logits: torch.Tensor, sampling: list[ScheduledChunk], entries: list[_Entry]
+    ) -> list[tuple[int, NameWatch, torch.Tensor]]:
+        """The rows whose next token is part of a call's function name (call_gate.NameWatch), with the log of their
+        raw logits' total mass, before the grammar's mask."""
+        rows, row = [], 0
+        for c, e in zip(sampling, entries, strict=True):
+            watch = e.out.name_watch
+            if watch is not None and watch.measuring() and c.request.num_output_tokens < CALL_NAME_TOKENS:
+                rows.append((row, watch, torch.logsumexp(logits[row].float(), dim=-1)))
+            row += c.num_sampled
+        return rows
+
+    @staticmethod
+    def _call_confidence_after(logits: torch.Tensor, rows: list[tuple[int, NameWatch, torch.Tensor]]) -> None:
+        """Multiply in the raw probability of the tokens the grammar allowed: the masked row's mass over the raw one."""
+        for row, watch, raw in rows:
+            allowed = torch.logsumexp(logits[row].float(), dim=-1)
+            watch.confidence *= float(torch.exp(allowed - raw))
 
     @property
     def spec_drafted_tokens(self) -> int:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ember.bus.messages import ErrorInfo, JobStatus, TokenLogprob, Usage
+from ember.runtimes.text.call_gate import NameWatch
 from ember.runtimes.text.detokenizer import IncrementalDetokenizer
 from ember.runtimes.text.request import Request
 from ember.runtimes.text.sampling import SampleOutput, SequenceSampling
@@ -28,6 +29,9 @@ class StepOutput:
     logprobs: list[TokenLogprob] | None = None
     usage: Usage | None = None
     error: ErrorInfo | None = None
+    # Under tool_choice auto, a reply that began with a call: how sure the model was of its function's name so far
+    # (call_gate.NameWatch); None for other replies.
+    call_confidence: float | None = None
 
 
 @dataclass
@@ -41,6 +45,8 @@ class OutputState:
     pending_text: list[str] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    # Kept by the engine for a reply that began with a call, under auto (call_gate.py); None otherwise.
+    name_watch: NameWatch | None = None
 
 
 class GrammarViolation(RuntimeError):
@@ -123,6 +129,7 @@ class OutputProcessor:
             logprobs=state.pending_logprobs or None,
             usage=usage,
             error=error,
+            call_confidence=None if state.name_watch is None else state.name_watch.confidence,
         )
         state.pending_text, state.pending_ids, state.pending_logprobs = [], [], []
         return out

@@ -7,7 +7,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,8 @@ class PreparedJob:
     answer_grammar: str | None = None
     # Under tool_choice auto: whether the reply may begin with a call, decided on the model's first-token odds.
     call_gate: CallGate | None = None
+    # Whether the reply's first call name has been checked against the gate's name_threshold (call_gate.py).
+    name_checked: bool = False
 
 
 def sampling_defaults(spec: ModelSpec, model_dir: Path) -> SamplingDefaults:
@@ -114,6 +116,7 @@ class TextJobHandler(JobHandler):
         *,
         constrain: bool = True,
         tool_call_threshold: float = 0.5,
+        tool_name_threshold: float = 0.0,
     ) -> None:
         self.model = model_id
         self.loaded = loaded
@@ -134,7 +137,7 @@ class TextJobHandler(JobHandler):
         self.call_gate: CallGate | None = None
         if tool_call_threshold > 0:
             starts = call_start_tokens(loaded.tokenizer, engine.runner.vocab_size, (self.tool_format.open,))
-            self.call_gate = CallGate(starts, tool_call_threshold)
+            self.call_gate = CallGate(starts, tool_call_threshold, tool_name_threshold)
         # Each job's time from arriving here to its first output: queue wait + prefill, the scaler's latency signal.
         self.ttft = LatencyWindow()
 
@@ -256,6 +259,9 @@ class TextJobHandler(JobHandler):
         try:
             await sink.accepted(len(prepared.prompt_ids), prepared.max_tokens)
             first = True
+            # The tokens of a call's opening while its name is still to be checked (call_gate.py): sent with the
+            # name if the call stands, never if it is dropped (their logprobs would show it).
+            held: list[StepOutput] = []
             async for out in stream:
                 if first:
                     first = False
@@ -266,8 +272,24 @@ class TextJobHandler(JobHandler):
                 if prepared.parser is not None:
                     text, deltas, finish = split_output(out, prepared.parser)
                     if out.status.finished and _answers_instead(out, prepared):
-                        await self._answer(job, prepared, sink, out.usage)
+                        assert prepared.answer_grammar is not None
+                        await self._answer(job, prepared, sink, out.usage, prepared.answer_grammar)
                         return
+                    if _unsure_of_call(out, deltas, prepared):
+                        # Nothing of the call has been sent: its opening is held, its first delta is this one.
+                        log.debug("%s: call name forced (%.3f): text instead", job.request_id, out.call_confidence)
+                        spent = out.usage
+                        if not out.status.finished:
+                            self.engine.stop_request(job.request_id)
+                            async for rest in stream:  # to its end, so that the answer can take the request id
+                                spent = rest.usage or spent
+                        await self._answer(job, prepared, sink, spent, self.tool_format.text_grammar())
+                        return
+                    if _name_pending(out, prepared) and not (text or deltas or out.status.finished):
+                        held.append(out)
+                        continue
+                    if held:
+                        out, held = _joined([*held, out]), []
                     await send_with_tool_calls(sink, out, text, deltas, finish)
                     if prepared.parser.repeated and not out.status.finished:
                         self.engine.stop_request(job.request_id)  # idempotent: later outputs are ignored
@@ -302,14 +324,16 @@ class TextJobHandler(JobHandler):
             await sink.failed(ErrorInfo(status=503, type="server_error", code="overloaded", message=str(e)))
             return None
 
-    async def _answer(self, job: TextJob, prepared: PreparedJob, sink: ReplySink, spent: Usage | None) -> None:
-        """Decode the reply again as text only. The model began its reply by repeating a call of this turn whose
-        result the conversation already holds (small models do, and a client's tool loop would then never end):
-        the same prompt (its KV from the prefix cache) is answered under the text grammar instead."""
-        assert prepared.answer_grammar is not None  # _answers_instead checked it
+    async def _answer(
+        self, job: TextJob, prepared: PreparedJob, sink: ReplySink, spent: Usage | None, grammar: str
+    ) -> None:
+        """Decode the reply again as text only, from the same prompt (its KV from the prefix cache), under
+        ``grammar``. Either the model began its reply by repeating a call of this turn whose result the
+        conversation already holds (small models do, and a client's tool loop would then never end), or under auto
+        the grammar forced the name of a call the model was not sure of (call_gate.py)."""
         used = spent.completion_tokens if spent is not None else 0
         # Under the same request id: the first generation has ended, and a cancel reaches this one.
-        matcher = self._compile(prepared.answer_grammar, "tools")
+        matcher = self._compile(grammar, "tools")
         stream = await self._generate(job, prepared, sink, prepared.max_tokens - used, matcher)
         if stream is None:
             return
@@ -338,6 +362,35 @@ def _answers_instead(out: StepOutput, prepared: PreparedJob) -> bool:
         and out.status == JobStatus.FINISHED_STOPPED
         and spent < prepared.max_tokens
     )
+
+
+def _name_pending(out: StepOutput, prepared: PreparedJob) -> bool:
+    """Whether the reply began with a call whose name is still to be checked (_unsure_of_call)."""
+    gate = prepared.call_gate
+    return (
+        gate is not None and gate.name_threshold > 0 and not prepared.name_checked and out.call_confidence is not None
+    )
+
+
+def _joined(outs: list[StepOutput]) -> StepOutput:
+    """Consecutive outputs of one request as one: their text, tokens and logprobs in order, the last one's rest."""
+    logprobs = [lp for o in outs for lp in o.logprobs or ()]
+    return replace(
+        outs[-1],
+        text="".join(o.text for o in outs),
+        token_ids=[t for o in outs for t in o.token_ids],
+        logprobs=logprobs or None,
+    )
+
+
+def _unsure_of_call(out: StepOutput, deltas: list[ToolCallDelta], prepared: PreparedJob) -> bool:
+    """Whether this output names the reply's first call (under auto) and the model was not sure enough of writing
+    it: its call_confidence is below the gate's name_threshold (call_gate.py). Checked once per reply."""
+    gate = prepared.call_gate
+    if gate is None or gate.name_threshold <= 0 or prepared.name_checked or not any(d.name for d in deltas):
+        return False
+    prepared.name_checked = True
+    return out.call_confidence is not None and out.call_confidence < gate.name_threshold
 
 
 def _schema_constraint(tool: dict[str, Any]) -> OutputConstraint:
@@ -501,6 +554,7 @@ async def run_text_worker(
             sampling_defaults(spec, loaded.path),
             tool_format,
             tool_call_threshold=spec.tool_call_threshold,
+            tool_name_threshold=spec.tool_name_threshold,
         )
 
     await run_worker(settings, model_id, nats_url, handler, engine.stop, worker_id=worker_id, stop=stop)

@@ -11,13 +11,25 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import nats
 import pytest
 import torch
 from tokenizers import AddedToken, Tokenizer
 
-from ember.bus.messages import ChatMessage, JobStatus, OutputConstraint, SamplingParams, TextJob, ToolChoice
+from ember.bus.messages import (
+    ChatMessage,
+    JobStatus,
+    OutputConstraint,
+    SamplingParams,
+    TextChunk,
+    TextJob,
+    ToolChoice,
+    decode_reply,
+)
+from ember.bus.worker import ReplySink
 from ember.runtimes.text.call_gate import CallGate
 from ember.runtimes.text.engine import EngineConfig, GenerateRequest, TextEngine
+from ember.runtimes.text.grammar import TokenMasks
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.tool_format import HERMES
 from ember.runtimes.text.worker import RequestError, TextJobHandler, split_output
@@ -114,10 +126,11 @@ async def run_job(handler: TextJobHandler, j: TextJob, call_gate: CallGate | Non
         matcher=prepared.matcher,
         call_gate=call_gate,
     )
-    text, calls, finish, status, tokens, usage = [], {}, None, None, [], None
+    text, calls, finish, status, tokens, usage, confidence = [], {}, None, None, [], None, None
     async for out in handler.engine.generate(req):
         assert out.error is None, out.error
         status = out.status
+        confidence = out.call_confidence
         usage = out.usage or usage
         tokens += out.token_ids
         if prepared.parser is None:
@@ -141,6 +154,7 @@ async def run_job(handler: TextJobHandler, j: TextJob, call_gate: CallGate | Non
         "tokens": tokens,
         "repeated": repeated,
         "usage": usage,
+        "confidence": confidence,
     }
 
 
@@ -238,6 +252,101 @@ async def test_a_closed_call_gate_keeps_an_auto_reply_text(handler: TextJobHandl
     for r in closed:
         assert not r["calls"] and r["finish"] != "tool_calls"
         assert not r["tokens"] or not starts[r["tokens"][0]]
+
+
+async def test_call_confidence_is_the_share_of_the_models_odds_the_grammar_allowed_for_the_name(
+    handler: TextJobHandler, tiny_model: Path
+) -> None:
+    """The engine's call_confidence of a reply that began with a call, against the same product computed here: at
+    each token of the call's function name (after its key, up to the value's closing quote), the tiny model's raw
+    next-token distribution (a plain forward of the whole sequence) and the part of it that a fresh matcher of the
+    same grammar allows there."""
+    assert handler.call_gate is not None
+    gate = replace(handler.call_gate, threshold=1e-9, name_threshold=1e-300)
+    j = job("confident", tools=TOOLS, tool_choice=ToolChoice(mode="required"), sampling=_seeded(4))
+    r = await run_job(handler, j, gate)
+    tokens = r["tokens"]
+    assert gate.begins_call(tokens[0]) and r["calls"]
+    prepared = await asyncio.to_thread(handler.prepare, j)
+    matcher, model = prepared.matcher, load_model(tiny_model).model
+    model.setup_rope(1024)  # as the handler's runner: the prompt and its tools run past the tiny model's 512
+    masks = TokenMasks(handler.engine.runner.vocab_size)
+    tok = handler.loaded.tokenizer
+    assert matcher is not None
+    expected, measured, text = 1.0, 0, b""
+    with torch.inference_mode():
+        for t, token in enumerate(tokens):
+            key = text.find(b'"name":')
+            if key >= 0 and text.count(b'"', key + 7) >= 2:
+                break  # the name is written
+            if key >= 0:
+                ids = torch.tensor(prepared.prompt_ids + tokens[:t])
+                logits = model.logits(model(ids, torch.arange(len(ids)))[-1:]).float()
+                raw = torch.logsumexp(logits[0], -1)
+                masks.apply(logits, [matcher])
+                expected *= float(torch.exp(torch.logsumexp(logits[0], -1) - raw))
+                measured += 1
+            assert matcher.consume_token(token)
+            text += tok.token_bytes(token)
+    assert measured >= 2 and r["calls"][0]["name"].encode() in text
+    # Noise is sure of nothing: the grammar took much of its odds away.
+    assert 0 < expected < 0.5
+    assert r["confidence"] == pytest.approx(expected, rel=1e-3)
+    # A reply that began with text is not measured.
+    text_reply = await run_job(handler, job("words", tools=TOOLS, sampling=_seeded(4)), replace(gate, threshold=1.0))
+    assert not text_reply["calls"] and text_reply["confidence"] is None
+
+
+async def handle_job(handler: TextJobHandler, nats_url: str, j: TextJob) -> list[Any]:
+    """The job through the worker's own handle(), its replies sent over a real NATS server and read back."""
+    nc = await nats.connect(nats_url)
+    try:
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        await handler.handle(j, ReplySink(nc, inbox, j.request_id, "test-worker"))
+        await nc.flush()
+        replies = []
+        while not replies or not getattr(replies[-1], "status", JobStatus.RUNNING).finished:
+            replies.append(decode_reply((await sub.next_msg(timeout=10)).data))
+        return replies
+    finally:
+        await nc.close()
+
+
+async def test_a_call_whose_name_the_model_was_unsure_of_becomes_a_text_answer(
+    handler: TextJobHandler, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under auto the worker drops a call whose call_confidence is under the gate's name_threshold, before any of it
+    is sent, and answers in text from the same prompt. The tiny model's noise begins an auto reply with a call
+    about once in 130 tries, so a required call stands in for one here: the same reply, with the gate's check
+    attached as prepare() attaches it under auto."""
+    assert handler.call_gate is not None
+    prepare = handler.prepare
+
+    def gated(threshold: float) -> None:
+        def with_gate(j: TextJob) -> Any:
+            prepared = prepare(j)
+            prepared.call_gate = replace(handler.call_gate, threshold=1e-9, name_threshold=threshold)
+            return prepared
+
+        monkeypatch.setattr(handler, "prepare", with_gate)
+
+    def asked(rid: str) -> TextJob:
+        return job(rid, tools=TOOLS, tool_choice=ToolChoice(mode="required"), sampling=_seeded(4))
+
+    gated(1e-300)  # the model is sure enough of anything (noise: 1e-9 and less): the call stands
+    kept = await handle_job(handler, nats_url, asked("kept"))
+    chunks = [r for r in kept if isinstance(r, TextChunk)]
+    assert any(c.tool_calls for c in chunks)  # (the noise goes on calling until max_tokens)
+
+    gated(1.0)  # never sure enough: the same reply is answered in text
+    dropped = await handle_job(handler, nats_url, asked("dropped"))
+    chunks = [r for r in dropped if isinstance(r, TextChunk)]
+    assert not any(c.tool_calls for c in chunks) and chunks[-1].finish_reason != "tool_calls"
+    answer = "".join(c.text for c in chunks)
+    assert answer and not answer.lstrip().startswith(("{", "<", "`", "["))
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens > sum(len(c.token_ids) for c in chunks)  # the call's too
 
 
 PING = {
