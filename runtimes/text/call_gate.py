@@ -21,8 +21,9 @@ tells more. Under the grammar a call must name an offered function, and the gram
 wanted to write instead. So, second, over the tokens of the first call's function name (from its key ``"name":`` to
 the value's closing quote), the engine multiplies the raw probability the model puts on the tokens the grammar
 allows (``NameWatch.confidence``: the model's own probability of naming an offered function, and this one). Where a
-tool fits it is 0.99 or more: the model wanted that very name. Where none does it falls: "get_stock_quote" for the
-capital of Australia was 0.57 of what the model wanted after "get". Below ``name_threshold`` the worker drops the
+tool fits it is 0.99 or more (0.993 at the least on benchmarks/data/tool_gate_cases.py): the model wanted that very
+name. Where none does it falls: "get_stock_quote" for the capital of Australia had 0.958 of the model's odds, a code
+fence's call for "write a SQL query" 0.10. Below ``name_threshold`` the worker drops the
 call before anything of it reaches the client and answers in text instead (TextJobHandler._answer), from the
 prompt's cached KV. Only the name: the tokens before it are the call's layout, which the grammar fixes and the model
 often wanted otherwise (in a code fence it would break the line after ``{``), whether a tool fits or not.

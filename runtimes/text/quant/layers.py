@@ -129,17 +129,27 @@ def tile_for_kernel(model: nn.Module) -> int:
     untile the few tiles they read)."""
     if not kernels.reads_tiles():
         return 0
-    # The old tensors stay referenced here until the end, so no id is reused by another tensor meanwhile.
-    tiled: dict[int, tuple[Tensor, Tensor]] = {}
+    # The layers by the tensor they hold (a tied pair holds one), without holding the tensors here: each old one is
+    # freed as soon as its layers hold the tiled one, so loading never holds two copies of every matrix.
+    groups: list[list[_Quantized]] = []
     for module in model.modules():
-        if isinstance(module, QuantLinear) and module.qweight.device.type == "cpu":
-            w = module.quantized()
-            if not w.tiled and w.tileable and id(module.qweight) not in tiled:
-                tiled[id(module.qweight)] = (module.qweight, w.tile().q)
-    for module in model.modules():
-        if isinstance(module, _Quantized) and id(module.qweight) in tiled:
-            module.qweight = tiled[id(module.qweight)][1]
-    return len(tiled)
+        if isinstance(module, _Quantized) and module.qweight.device.type == "cpu":
+            group = next((g for g in groups if g[0].qweight is module.qweight), None)
+            if group is None:
+                groups.append([module])
+            else:
+                group.append(module)
+    tiled = 0
+    for group in groups:
+        w = group[0].quantized()
+        if w.tiled or not w.tileable or not any(isinstance(m, QuantLinear) for m in group):
+            continue
+        q = w.tile().q
+        del w
+        for module in group:
+            module.qweight = q
+        tiled += 1
+    return tiled
 
 
 @dataclass(frozen=True)
