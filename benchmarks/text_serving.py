@@ -412,13 +412,16 @@ def workloads(prompts: PromptMaker, max_tokens: int) -> dict[str, Workload]:
 # ---- the batch-1 floor --------------------------------------------------------------------------------------
 
 
-def token_bytes_models(gguf: Path, ember_dtype: str, vllm_dtype: str) -> dict[str, bandwidth.TokenBytes]:
+def token_bytes_models(
+    gguf: Path, ember_dtype: str, vllm_dtype: str, before_quantized: bool = False
+) -> dict[str, bandwidth.TokenBytes]:
     """Bytes one batch-1 decode step reads, per system, from how each holds the model.
 
     Ember reads the GGUF's tensors as the file stores them (a first version: the sizes in the file, not yet what
     the worker reports) with its KV cache in its activation dtype. The commits before it dequantized every tensor
-    to their text default dtype: "auto" at BEFORE_ISSUE_REF, float32 at OLD_ENGINE_REF. llama.cpp reads the file's
-    blocks with an f16 KV cache; vLLM the dense safetensors folder in --vllm-dtype.
+    to their text default dtype: "auto" at BEFORE_ISSUE_REF, float32 at OLD_ENGINE_REF; ``before_quantized``: the
+    ember-before commit is a later one (--before-ref), which reads the file's tensors as Ember does. llama.cpp
+    reads the file's blocks with an f16 KV cache; vLLM the dense safetensors folder in --vllm-dtype.
     """
 
     def dense(dtype: str) -> bandwidth.TokenBytes:
@@ -431,7 +434,7 @@ def token_bytes_models(gguf: Path, ember_dtype: str, vllm_dtype: str) -> dict[st
         "ember": quantized,
         "ember-nospec": quantized,
         "ember-nocache": quantized,
-        "ember-before": dense("auto"),
+        "ember-before": quantized if before_quantized else dense("auto"),
         "ember-old": dense("float32"),
         "llama.cpp": bandwidth.bytes_per_token(gguf, bandwidth.gguf_bytes, kv_bytes_per_value=2),
         "vllm": dense(vllm_dtype),
@@ -600,7 +603,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="every system's CPU threads")
-    p.add_argument("--before-ref", default=BEFORE_ISSUE_REF, help="the commit ember-before runs")
+    p.add_argument(
+        "--before-ref",
+        default=BEFORE_ISSUE_REF,
+        help="the commit ember-before runs (another than the default is taken to read the GGUF quantized)",
+    )
     p.add_argument("--old-ref", default=OLD_ENGINE_REF, help="the commit ember-old runs")
     p.add_argument(
         "--vllm-dtype",
@@ -617,7 +624,8 @@ def main() -> None:
     prompts = PromptMaker(gguf, settings.cache_dir)
     table = workloads(prompts, args.max_tokens)
     spec = settings.model(args.model)
-    models = token_bytes_models(gguf, spec.dtype, args.vllm_dtype) if "single" in names else {}
+    later_before = args.before_ref != BEFORE_ISSUE_REF  # a commit after the quantized weights landed
+    models = token_bytes_models(gguf, spec.dtype, args.vllm_dtype, later_before) if "single" in names else {}
     sizes = sorted({m.weights for s, m in models.items() if s in systems})
     results = Results()
     print(f"model {args.model} ({gguf.name}), {os.cpu_count()} CPU cores, {args.rounds} rounds", flush=True)
