@@ -7,8 +7,8 @@ call over the whole vocabulary (``p_call``). Then the engine decodes a call gree
 ``required`` would) up to the function's name, and reports its call_confidence there: the raw probability the model
 put on the tokens the grammar allowed (``confidence``, and the ``name`` it wrote). The tables give each category's
 spread, and the thresholds that separate them: what ``tool_call_threshold`` and ``tool_name_threshold`` in a model's
-config are chosen from. Choose it on the tuning set (the default,
-benchmarks/data/tool_gate_cases.py) and score it with benchmarks/tool_call_eval.py, whose prompts it was not
+config are chosen from. Choose them on the tuning set (the default,
+benchmarks/data/tool_gate_cases.py) and score them with benchmarks/tool_call_eval.py, whose prompts they were not
 chosen on; ``--cases eval`` probes those too, to see where a threshold lands on them.
 
     python benchmarks/tool_gate_probe.py --model qwen2.5-coder-1.5b-instruct

@@ -306,7 +306,7 @@ void vnni_outputs(const QuantView& w, const PreparedX& p, T* out, int64_t rows, 
 // tiled layout, and single outputs for the rest. With 2 rows of x, 8 outputs a tile beat 4 (Qwen2.5-Coder-1.5B's
 // gate/up, 2 threads: 763 us against 1134). From 3 rows on the kernel is bound by its dot products, not by
 // memory (gate/up: 1.4, 1.6, 2.6, 5.0 ms for 3, 4, 8, 16 rows), so reading W once per call rather than once per
-// 4 rows changed little here; it does where more cores share the memory.
+// 4 rows changed little on 2 cores; where more cores share the memory it should matter more (not measured).
 template <int BITS, int GS, typename T>
 void vnni_part(const QuantView& w, const PreparedX& p, T* out, int64_t rows, int64_t n_begin, int64_t n_end) {
   int64_t n = n_begin;

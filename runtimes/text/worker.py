@@ -364,12 +364,15 @@ def _answers_instead(out: StepOutput, prepared: PreparedJob) -> bool:
     )
 
 
+def _checking_name(prepared: PreparedJob) -> bool:
+    """Whether the reply's first call name is yet to be checked against the gate's name_threshold (call_gate.py)."""
+    gate = prepared.call_gate
+    return gate is not None and gate.name_threshold > 0 and not prepared.name_checked
+
+
 def _name_pending(out: StepOutput, prepared: PreparedJob) -> bool:
     """Whether the reply began with a call whose name is still to be checked (_unsure_of_call)."""
-    gate = prepared.call_gate
-    return (
-        gate is not None and gate.name_threshold > 0 and not prepared.name_checked and out.call_confidence is not None
-    )
+    return _checking_name(prepared) and out.call_confidence is not None
 
 
 def _joined(outs: list[StepOutput]) -> StepOutput:
@@ -386,11 +389,11 @@ def _joined(outs: list[StepOutput]) -> StepOutput:
 def _unsure_of_call(out: StepOutput, deltas: list[ToolCallDelta], prepared: PreparedJob) -> bool:
     """Whether this output names the reply's first call (under auto) and the model was not sure enough of writing
     it: its call_confidence is below the gate's name_threshold (call_gate.py). Checked once per reply."""
-    gate = prepared.call_gate
-    if gate is None or gate.name_threshold <= 0 or prepared.name_checked or not any(d.name for d in deltas):
+    if not _checking_name(prepared) or not any(d.name for d in deltas):
         return False
     prepared.name_checked = True
-    return out.call_confidence is not None and out.call_confidence < gate.name_threshold
+    assert prepared.call_gate is not None  # _checking_name
+    return out.call_confidence is not None and out.call_confidence < prepared.call_gate.name_threshold
 
 
 def _schema_constraint(tool: dict[str, Any]) -> OutputConstraint:

@@ -129,18 +129,15 @@ def tile_for_kernel(model: nn.Module) -> int:
     untile the few tiles they read)."""
     if not kernels.reads_tiles():
         return 0
-    # The layers by the tensor they hold (a tied pair holds one), without holding the tensors here: each old one is
-    # freed as soon as its layers hold the tiled one, so loading never holds two copies of every matrix.
-    groups: list[list[_Quantized]] = []
+    # The layers by the tensor they hold (a tied pair holds one). The ids stay apt while grouping, since the layers
+    # hold every tensor; then each old tensor is freed as soon as its layers hold the tiled one, so loading never
+    # holds two copies of every matrix.
+    groups: dict[int, list[_Quantized]] = {}
     for module in model.modules():
         if isinstance(module, _Quantized) and module.qweight.device.type == "cpu":
-            group = next((g for g in groups if g[0].qweight is module.qweight), None)
-            if group is None:
-                groups.append([module])
-            else:
-                group.append(module)
+            groups.setdefault(id(module.qweight), []).append(module)
     tiled = 0
-    for group in groups:
+    for group in groups.values():
         w = group[0].quantized()
         if w.tiled or not w.tileable or not any(isinstance(m, QuantLinear) for m in group):
             continue
