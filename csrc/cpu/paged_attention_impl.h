@@ -48,9 +48,15 @@ inline void softmax_numerators(float* scores, float* inv_sum, int64_t length, in
     float m = s[0];
 #pragma omp simd reduction(max : m)
     for (int64_t t = 0; t < length; ++t) m = s[t] > m ? s[t] : m;
-    float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-    for (int64_t t = 0; t < length; ++t) {
+    vec sums = {};
+    int64_t t = 0;
+    for (; t + kLanes <= length; t += kLanes) {
+      const vec e = exp_nonpositive(load_vec(s + t) - m);
+      store_vec(s + t, e);
+      sums += e;
+    }
+    float sum = hsum(sums);
+    for (; t < length; ++t) {
       s[t] = exp_nonpositive(s[t] - m);
       sum += s[t];
     }

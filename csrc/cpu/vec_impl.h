@@ -7,6 +7,7 @@ typedef float vec __attribute__((vector_size(kLanes * sizeof(float))));
 typedef float half_vec __attribute__((vector_size(kLanes / 2 * sizeof(float))));
 typedef uint16_t vec_u16 __attribute__((vector_size(kLanes * sizeof(uint16_t))));
 typedef uint32_t vec_u32 __attribute__((vector_size(kLanes * sizeof(uint32_t))));
+typedef int32_t vec_i32 __attribute__((vector_size(kLanes * sizeof(int32_t))));
 
 inline float load(const float* p, int64_t i) { return p[i]; }
 
@@ -99,4 +100,24 @@ inline float exp_nonpositive(float x) {
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
+}
+
+// exp_nonpositive on 16 lanes, step for step the same arithmetic (so the same results). Written on vectors rather
+// than left to `#pragma omp simd` over the scalar function: GCC kept that loop scalar, and SiLU over a prefill
+// step's [512, 1536] took 4.7 ms against torch's 0.5.
+inline vec exp_nonpositive(vec x) {
+  x = x < -87.0f ? vec{} - 87.0f : x;
+  const vec t = x * 1.4426950408889634f;
+  const vec_i32 n = __builtin_convertvector(t - 0.5f, vec_i32);
+  const vec r = x - __builtin_convertvector(n, vec) * 0.6931471805599453f;
+  vec p = vec{} + 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const vec_u32 bits = reinterpret_cast<vec_u32>((n + 127) << 23);
+  return p * reinterpret_cast<vec>(bits);
 }
