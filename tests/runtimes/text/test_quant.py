@@ -18,7 +18,7 @@ from ember.runtimes.text import kernels
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.quant.formats import QuantizedTensor, dequantize
 from ember.runtimes.text.quant.gguf_blocks import REPACK, repack
-from ember.runtimes.text.quant.layers import QuantEmbedding, QuantLinear
+from ember.runtimes.text.quant.layers import QuantEmbedding, QuantLinear, crossover
 from ember.runtimes.text.quant.quantize import quantize
 from tests.helpers.quant_blocks import random_blocks
 from tests.helpers.text_runner import Driver, new_runner
@@ -152,6 +152,36 @@ def test_quantized_layers_index_rows_like_the_dense_ones() -> None:
     layer.dense_from_rows = 0  # the dense path: dequantize, then F.linear
     x = torch.randn(4, 256)
     torch.testing.assert_close(layer(x), x @ dequantize(w).t(), atol=1e-5, rtol=1e-5)
+
+
+class ScriptedTimings:
+    """Timings a load-time trial would see: (streaming, dense) seconds by row count, with one-off bursts (a timing
+    that a neighbour's load made slow) consumed the first time their row count is measured."""
+
+    def __init__(self, crossing: int, bursts: dict[int, tuple[float, float]] | None = None) -> None:
+        self.crossing = crossing
+        self.bursts = dict(bursts or {})
+        self.calls: list[int] = []
+
+    def __call__(self, rows: int) -> tuple[float, float]:
+        self.calls.append(rows)
+        if rows in self.bursts:
+            return self.bursts.pop(rows)
+        return (1.0, 0.5) if rows >= self.crossing else (0.5, 1.0)
+
+
+def test_dense_path_taken_from_where_it_wins_when_timed_again() -> None:
+    quiet = ScriptedTimings(crossing=32)
+    assert crossover(quiet)[0] == 32
+    assert quiet.calls == [8, 16, 32, 32, 64]  # the win at 32 confirmed at 32 and at 64
+    # A burst slows the streaming kernel's first timing at 8 rows: the dense path seems to win, and does not again.
+    noisy = ScriptedTimings(crossing=32, bursts={8: (3.0, 1.0)})
+    chosen, timings = crossover(noisy)
+    assert chosen == 32 and timings[8] == (3.0, 1.0)
+    # A burst at the confirmation's next row count holds the choice back to where the dense path wins twice.
+    held = ScriptedTimings(crossing=32, bursts={64: (0.5, 1.0)})
+    assert crossover(held)[0] == 64
+    assert crossover(ScriptedTimings(crossing=10_000))[0] == 1024  # never: past the largest trial
 
 
 @pytest.mark.parametrize("quantization", ["int8", "int4"])
