@@ -20,6 +20,9 @@ TORCH_LIBRARY(ember, m) {
       "paged_decode(Tensor(a!) out, Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_table, "
       "Tensor context_lens, float scale) -> ()");
   m.def(
+      "paged_prefill(Tensor(a!) out, Tensor q, Tensor k_cache, Tensor v_cache, Tensor blocks, int start, "
+      "float scale) -> ()");
+  m.def(
       "quant_linear(Tensor(a!) out, Tensor x, Tensor qweight, Tensor scales, Tensor? mins, Tensor? super_scales, "
       "Tensor? super_mins, Tensor? bias, int bits, int group_size) -> ()");
   m.def(
@@ -34,6 +37,7 @@ TORCH_LIBRARY(ember, m) {
 
 TORCH_LIBRARY_IMPL(ember, CPU, m) {
   m.impl("paged_decode", &ember::cpu::paged_decode);
+  m.impl("paged_prefill", &ember::cpu::paged_prefill);
   m.impl("quant_linear", &ember::cpu::quant_linear);
   m.impl("dequantize", &ember::cpu::dequantize);
   m.impl("rms_norm", &ember::cpu::rms_norm);

@@ -14,6 +14,12 @@ namespace ember::cpu {
 void paged_decode(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                   const at::Tensor& block_table, const at::Tensor& context_lens, double scale);
 
+// out[r, h] = softmax(q[r, h] . K^T * scale) V over positions 0 .. start + r, for the S rows of a prefill chunk at
+// positions start .. start + S - 1: causal attention over the context, whose K/V (the chunk's own included) live in
+// the paged caches' blocks `blocks` [nb] int64, position t in blocks[t / block_size].
+void paged_prefill(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                   const at::Tensor& blocks, int64_t start, double scale);
+
 // Checks that each of `rows` rows' context length is 1..max_blocks * block_size and that the blocks it covers in
 // its row of block_table [rows, max_blocks] lie in a cache of num_blocks; raises otherwise.
 void check_paged_context(const int32_t* table, const int32_t* lens, int64_t rows, int64_t max_blocks,

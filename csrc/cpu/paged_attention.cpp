@@ -8,6 +8,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -118,6 +119,55 @@ void paged_decode(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cach
     paged_decode_rows(raw(out), static_cast<const uint16_t*>(raw(q)), heads * head_dim,
                       static_cast<const uint16_t*>(raw(k_cache)), static_cast<const uint16_t*>(raw(v_cache)), table,
                       lens, batch, heads, kv_heads, head_dim, block_size, max_blocks, s);
+  }
+}
+
+void paged_prefill(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                   const at::Tensor& blocks, int64_t start, double scale) {
+  TORCH_CHECK(q.dim() == 3 && q.stride(2) == 1 && q.stride(1) == q.size(2),
+              "q must be [S, H, hd] with each row's heads contiguous, got ", q.sizes(), " strides ", q.strides());
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes() && k_cache.is_contiguous() &&
+                  v_cache.is_contiguous(),
+              "k_cache and v_cache must both be contiguous [num_blocks, block_size, KV, hd]");
+  TORCH_CHECK(out.is_contiguous() && out.sizes() == q.sizes(), "out must be contiguous with q's shape");
+  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type() &&
+                  q.scalar_type() == out.scalar_type(),
+              "q, out and the caches must share one dtype");
+  TORCH_CHECK(blocks.scalar_type() == at::kLong && blocks.dim() == 1 && blocks.is_contiguous(),
+              "blocks must be a contiguous int64 [nb]");
+  const int64_t rows = q.size(0), heads = q.size(1), head_dim = q.size(2);
+  const int64_t block_size = k_cache.size(1), kv_heads = k_cache.size(2);
+  TORCH_CHECK(k_cache.size(3) == head_dim, "the caches' head_dim differs from q's");
+  TORCH_CHECK(heads % kv_heads == 0, "heads=", heads, " is not a multiple of kv_heads=", kv_heads);
+  TORCH_CHECK(start >= 0 && (start + rows) <= blocks.size(0) * block_size, "positions 0..", start + rows - 1,
+              " do not fit the ", blocks.size(0), " blocks given");
+  if (rows == 0) return;
+  const int64_t* table = blocks.data_ptr<int64_t>();
+  for (int64_t i = 0; i < (start + rows + block_size - 1) / block_size; ++i) {
+    TORCH_CHECK(table[i] >= 0 && table[i] < k_cache.size(0), "blocks[", i, "]=", table[i], " is outside the cache");
+  }
+  const float s = static_cast<float>(scale);
+  auto run = [&](auto* o, const auto* qp, const auto* kp, const auto* vp) {
+    switch (current_isa()) {
+      case Isa::kAvx512:
+        return avx512::paged_prefill(o, qp, q.stride(0), kp, vp, table, start, rows, heads, kv_heads, head_dim,
+                                     block_size, s);
+      case Isa::kAvx2:
+        return avx2::paged_prefill(o, qp, q.stride(0), kp, vp, table, start, rows, heads, kv_heads, head_dim,
+                                   block_size, s);
+      default:
+        return baseline::paged_prefill(o, qp, q.stride(0), kp, vp, table, start, rows, heads, kv_heads, head_dim,
+                                       block_size, s);
+    }
+  };
+  if (q.scalar_type() == at::kFloat) {
+    run(out.data_ptr<float>(), q.data_ptr<float>(), k_cache.data_ptr<float>(), v_cache.data_ptr<float>());
+  } else {
+    TORCH_CHECK(q.scalar_type() == at::kBFloat16, "paged_prefill supports float32 and bfloat16, not ",
+                q.scalar_type());
+    auto raw = [](const at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); };
+    run(raw(out), static_cast<const uint16_t*>(raw(q)), static_cast<const uint16_t*>(raw(k_cache)),
+        static_cast<const uint16_t*>(raw(v_cache)));
   }
 }
 

@@ -220,3 +220,115 @@ void paged_decode(T* out, const T* q, int64_t q_stride, const T* k_cache, const 
                       block_size, max_blocks, scale, begin, end);
   });
 }
+
+// ---- Prefill: a chunk of S query tokens at positions start .. start + S - 1 over the context 0 .. start + S - 1 (the
+// chunk's own K/V already in the cache), causal. Lanes run over 16 query positions of one head, not over head_dim:
+// a score is then one FMA per dimension with the key's value broadcast, a key's weight multiplies V the same way,
+// and the online softmax's max and sum are lane-wise, with no horizontal sums anywhere. A task is one head and 16
+// positions; it streams the keys in chunks of 16 (converted to float32 once per chunk).
+constexpr int kPrefillLanes = kLanes;
+
+// Keys [t0, t0 + count) of KV head g from the paged cache into rows [count, head_dim] of float32; zero past count
+// (a chunk's unwritten tail is never read: its slots may hold anything, NaN included).
+template <typename T>
+inline void gather_rows(float* dst, const T* cache, const int64_t* blocks, int64_t t0, int64_t count,
+                        int64_t head_dim, int64_t block_size, int64_t row_stride, int64_t block_stride, int64_t g) {
+  for (int64_t r = 0; r < kPrefillLanes; ++r) {
+    float* d = dst + r * head_dim;
+    if (r >= count) {
+      std::fill(d, d + head_dim, 0.0f);
+      continue;
+    }
+    const int64_t t = t0 + r;
+    const T* src = cache + blocks[t / block_size] * block_stride + (t % block_size) * row_stride + g * head_dim;
+    int64_t i = 0;
+    for (; i + kLanes <= head_dim; i += kLanes) store_vec(d + i, load_vec(src + i));
+    for (; i < head_dim; ++i) d[i] = load(src, i);
+  }
+}
+
+// One task: head h, query rows [r0, r0 + n) (n <= 16) of the chunk. qt/acc [head_dim][16], k/v [16][head_dim].
+template <typename T>
+void prefill_task(T* out, const T* q, int64_t q_stride, const T* k_cache, const T* v_cache, const int64_t* blocks,
+                  int64_t start, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t block_size, float scale,
+                  int64_t h, int64_t r0, int64_t n, float* qt, float* acc, float* k, float* v) {
+  const int64_t g = h / (heads / kv_heads);
+  const int64_t row_stride = kv_heads * head_dim, block_stride = block_size * row_stride;
+  // Lane l: query row r0 + l at position start + r0 + l (lanes past n repeat the last row; never stored).
+  alignas(64) float pos_f[kPrefillLanes];
+  for (int l = 0; l < kPrefillLanes; ++l) {
+    const int64_t r = r0 + std::min<int64_t>(l, n - 1);
+    pos_f[l] = static_cast<float>(start + r);
+    const T* src = q + r * q_stride + h * head_dim;
+    for (int64_t i = 0; i < head_dim; ++i) qt[i * kPrefillLanes + l] = load(src, i) * scale;
+  }
+  const vec pos = load_vec(pos_f);
+  std::fill(acc, acc + head_dim * kPrefillLanes, 0.0f);
+  vec m = vec{} - INFINITY, sum = {};
+  const int64_t keys = start + r0 + n;  // the last lane's context
+  for (int64_t t0 = 0; t0 < keys; t0 += kPrefillLanes) {
+    const int64_t count = std::min<int64_t>(kPrefillLanes, keys - t0);
+    gather_rows(k, k_cache, blocks, t0, count, head_dim, block_size, row_stride, block_stride, g);
+    gather_rows(v, v_cache, blocks, t0, count, head_dim, block_size, row_stride, block_stride, g);
+    // s[j] (lanes: queries) = q . key t0 + j.
+    vec s[kPrefillLanes];
+    for (int j = 0; j < kPrefillLanes; ++j) s[j] = vec{};
+    for (int64_t i = 0; i < head_dim; ++i) {
+      const vec qi = load_vec(qt + i * kPrefillLanes);
+#pragma GCC unroll 16
+      for (int j = 0; j < kPrefillLanes; ++j) s[j] += qi * k[j * head_dim + i];
+    }
+    // Causal: key t0 + j is seen by the lanes at positions >= t0 + j (and never past count).
+    vec chunk_max = m;
+    for (int j = 0; j < kPrefillLanes; ++j) {
+      const float key = static_cast<float>(t0 + j);
+      s[j] = j < count ? (pos >= key ? s[j] : vec{} - INFINITY) : vec{} - INFINITY;
+      chunk_max = chunk_max > s[j] ? chunk_max : s[j];
+    }
+    // Every lane sees key 0, so after the first chunk its max is finite: the rescale below never meets inf - inf.
+    const vec alpha = exp_nonpositive(m - chunk_max);
+    m = chunk_max;
+    sum *= alpha;
+    for (int j = 0; j < kPrefillLanes; ++j) {
+      const vec p = s[j] == vec{} - INFINITY ? vec{} : exp_nonpositive(s[j] - m);
+      s[j] = p;
+      sum += p;
+    }
+    // acc[i] (lanes: queries) = alpha acc[i] + sum_j p_j v[j][i].
+    for (int64_t i = 0; i < head_dim; ++i) {
+      vec a = load_vec(acc + i * kPrefillLanes) * alpha;
+#pragma GCC unroll 16
+      for (int j = 0; j < kPrefillLanes; ++j) a += s[j] * v[j * head_dim + i];
+      store_vec(acc + i * kPrefillLanes, a);
+    }
+  }
+  alignas(64) float inv[kPrefillLanes];
+  store_vec(inv, 1.0f / sum);
+  for (int64_t l = 0; l < n; ++l) {
+    T* dst = out + ((r0 + l) * heads + h) * head_dim;
+    for (int64_t i = 0; i < head_dim; ++i) store(dst, i, acc[i * kPrefillLanes + l] * inv[l]);
+  }
+}
+
+// out [S, H, hd] (contiguous) for q [S, H, hd] (rows q_stride apart): query row r at position start + r attends
+// positions 0 .. start + r, whose K/V are in the cache's blocks `blocks` (position t in blocks[t / block_size]).
+template <typename T>
+void paged_prefill(T* out, const T* q, int64_t q_stride, const T* k_cache, const T* v_cache, const int64_t* blocks,
+                   int64_t start, int64_t rows, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t block_size,
+                   float scale) {
+  const int64_t tiles = (rows + kPrefillLanes - 1) / kPrefillLanes;
+  // Later tiles see more keys: tasks in the order first tile, last tile, second, second to last, ... so that the
+  // contiguous ranges parallel_for hands each thread cost about the same.
+  const int64_t tasks = tiles * heads;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qt(head_dim * kPrefillLanes), acc(head_dim * kPrefillLanes);
+    std::vector<float> k(kPrefillLanes * head_dim), v(kPrefillLanes * head_dim);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t order = task / heads, h = task % heads;
+      const int64_t tile = order % 2 == 0 ? order / 2 : tiles - 1 - order / 2;
+      const int64_t r0 = tile * kPrefillLanes;
+      prefill_task(out, q, q_stride, k_cache, v_cache, blocks, start, heads, kv_heads, head_dim, block_size, scale,
+                   h, r0, std::min<int64_t>(kPrefillLanes, rows - r0), qt.data(), acc.data(), k.data(), v.data());
+    }
+  });
+}

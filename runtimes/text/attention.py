@@ -73,9 +73,12 @@ class PrefillSpan:
 
     rows: slice
     start: int
-    # start > 0: the blocks holding positions 0..start + len - 1 ([nb] int64), and the mask that lets query i see
-    # positions 0..start + i ([len, start + len] bool).
+    # Whether the native kernel attends the chunk (kernels.paged_prefill: it reads the context's blocks in place);
+    # else torch's SDPA does, on the chunk's own K/V (start 0) or on the context gathered from the blocks.
+    native: bool = False
+    # The blocks holding positions 0..start + len - 1 ([nb] int64): native, or start > 0.
     blocks: Tensor | None = None
+    # Not native, start > 0: the mask that lets query i see positions 0..start + i ([len, start + len] bool).
     mask: Tensor | None = None
 
 
@@ -139,6 +142,9 @@ def causal(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 def _prefill(q: Tensor, k: Tensor, v: Tensor, span: PrefillSpan, cache: PagedKVCache, layer: int) -> Tensor:
     """q [S, H, hd], k/v [S, KV, hd] of one chunk -> [S, H, hd]."""
+    if span.native:
+        assert span.blocks is not None
+        return kernels.paged_prefill(q, cache.k[layer], cache.v[layer], span.blocks, span.start)
     if span.start == 0:
         return causal(q, k, v)
     assert span.blocks is not None and span.mask is not None

@@ -53,6 +53,25 @@ def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tenso
     return out
 
 
+@functools.cache
+def has_paged_prefill() -> bool:
+    """Whether ``ember._C`` has the prefill attention (an older build may lack it)."""
+    return available() and hasattr(torch.ops.ember, "paged_prefill")
+
+
+def prefill_covers(q: Tensor) -> bool:
+    """Whether the native prefill attention runs for queries like ``q`` (built, on the CPU, float32 or bfloat16)."""
+    return _cpu_float(q) and has_paged_prefill()
+
+
+def paged_prefill(q: Tensor, k_cache: Tensor, v_cache: Tensor, blocks: Tensor, start: int) -> Tensor:
+    """Causal attention of a prefill chunk (``attention._prefill``) reading the context's blocks in place: q [S, H, hd]
+    at positions start .. start + S - 1, whose K/V are already in the caches' ``blocks`` [nb] int64."""
+    out = q.new_empty(q.shape)
+    _ops().paged_prefill(out, q, k_cache, v_cache, blocks, start, q.shape[-1] ** -0.5)
+    return out
+
+
 def time_call(fn: Callable[[], object], budget: float = 0.02) -> float:
     """Seconds per call of fn: the fastest of the calls made in ``budget`` seconds, after one warm-up (what the
     load-time kernel choices compare; the fastest call is the one least disturbed by a shared machine)."""

@@ -151,6 +151,9 @@ class ModelRunner:
         # shapes) where the prefill path gathers them and runs a masked SDPA (137 us). The torch reference of the
         # decode would gather the context once per row instead: there drafts go the prefill path.
         self.verify_as_decode = kernels.covers(torch.empty(0, dtype=dtype, device=device))
+        # Prefill chunks attend in one native call per layer that reads the context where it is: torch's CPU SDPA
+        # (its flash kernel) took 31% of a 512-token SmolLM2-135M prefill.
+        self.native_prefill = kernels.prefill_covers(torch.empty(0, dtype=dtype, device=device))
         # Steps of decode rows only run through the layers in one native call where the model allows it.
         self.native_decode = NativeDecode.build(model, dtype) if device.type == "cpu" else None
 
@@ -245,9 +248,10 @@ class ModelRunner:
             if (buf.np["context_lens"][:d] != max_context).any():
                 batch.decode_mask = decode_mask(batch.context_lens, max_context)
         for row0, count, start, blocks in prefills:
-            span = PrefillSpan(rows=slice(row0, row0 + count), start=start)
-            if start > 0:
+            span = PrefillSpan(rows=slice(row0, row0 + count), start=start, native=self.native_prefill)
+            if span.native or start > 0:
                 span.blocks = torch.tensor(blocks, dtype=torch.int64, device=self.device)
+            if start > 0 and not span.native:
                 query_pos = torch.arange(start, start + count, device=self.device)
                 span.mask = torch.arange(start + count, device=self.device)[None, :] <= query_pos[:, None]
             batch.prefills.append(span)

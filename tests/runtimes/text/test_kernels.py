@@ -10,6 +10,7 @@ import os
 
 import pytest
 import torch
+from torch import Tensor
 
 from ember.runtimes.text import kernels
 from ember.runtimes.text.attention import paged_decode, paged_decode_native
@@ -65,6 +66,73 @@ def test_paged_decode_equals_the_reference(shape: tuple[int, ...], dtype: torch.
     assert got.dtype == dtype and got.shape == q.shape
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(got.float(), expected.float(), atol=tol, rtol=tol)
+
+
+PREFILL_SHAPES = [
+    # heads, kv_heads, head_dim, block_size, start, rows
+    (9, 3, 64, 16, 0, 37),  # SmolLM2-135M, a first chunk that ends inside a tile of 16 rows
+    (12, 2, 128, 16, 45, 20),  # Qwen2.5-1.5B, a later chunk: its context starts mid-block
+    (4, 4, 24, 3, 7, 16),  # no grouping, head_dim no multiple of a vector, odd block size, one whole tile
+    (2, 1, 8, 16, 0, 1),  # one token
+    (6, 2, 16, 4, 100, 3),  # a short chunk after a long context
+]
+
+
+def prefill_inputs(
+    heads: int, kv_heads: int, head_dim: int, block_size: int, start: int, rows: int, dtype: torch.dtype, seed: int
+) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(seed)
+    nb = -(-(start + rows) // block_size)
+    num_blocks = nb + 5
+    # NaN everywhere the chunk's context does not reach: the kernel must never read it.
+    k = torch.full((num_blocks, block_size, kv_heads, head_dim), float("nan")).to(dtype)
+    v = torch.full_like(k, float("nan"))
+    blocks = torch.randperm(num_blocks, generator=gen)[:nb]
+    flat_k = k[blocks].view(-1, kv_heads, head_dim)
+    flat_v = v[blocks].view(-1, kv_heads, head_dim)
+    flat_k[: start + rows] = torch.randn(start + rows, kv_heads, head_dim, generator=gen).to(dtype)
+    flat_v[: start + rows] = torch.randn(start + rows, kv_heads, head_dim, generator=gen).to(dtype)
+    k[blocks] = flat_k.view(nb, block_size, kv_heads, head_dim)
+    v[blocks] = flat_v.view(nb, block_size, kv_heads, head_dim)
+    # q as the model holds it: a view into a wider row (the fused qkv projection's output).
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * head_dim, generator=gen).to(dtype)
+    q = qkv[:, : heads * head_dim].view(rows, heads, head_dim)
+    return q, k, v, blocks
+
+
+def prefill_reference(q: Tensor, k: Tensor, v: Tensor, blocks: Tensor, start: int) -> Tensor:
+    rows, kv_heads, head_dim = q.shape[0], k.shape[2], k.shape[3]
+    keys = k[blocks].view(-1, kv_heads, head_dim)[: start + rows].float()
+    values = v[blocks].view(-1, kv_heads, head_dim)[: start + rows].float()
+    mask = torch.arange(start + rows)[None, :] <= torch.arange(start, start + rows)[:, None]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.float().transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1), attn_mask=mask, enable_gqa=True
+    )
+    return out.transpose(0, 1)
+
+
+@pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", PREFILL_SHAPES)
+def test_paged_prefill_equals_the_reference(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    start = shape[4]
+    q, k, v, blocks = prefill_inputs(*shape, dtype=dtype, seed=sum(shape))
+    got = kernels.paged_prefill(q, k, v, blocks, start)
+    assert got.dtype == dtype and got.shape == q.shape
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got.float(), prefill_reference(q, k, v, blocks, start), atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
+def test_paged_prefill_passes_opcheck_and_refuses_a_short_block_list() -> None:
+    q, k, v, blocks = prefill_inputs(4, 2, 16, 4, 5, 6, torch.float32, seed=3)
+    out = torch.empty(q.shape)
+    torch.library.opcheck(torch.ops.ember.paged_prefill, (out, q, k, v, blocks, 5, 0.25))
+    with pytest.raises(RuntimeError, match="do not fit"):
+        torch.ops.ember.paged_prefill(out, q, k, v, blocks[:2], 5, 0.25)
+    blocks[0] = k.shape[0]
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        torch.ops.ember.paged_prefill(out, q, k, v, blocks, 5, 0.25)
 
 
 @pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
