@@ -10,6 +10,8 @@ ember-before, llama.cpp, vllm; a workload's baseline system is added for that wo
   ember           this checkout at its defaults (`ember worker text` + `ember gateway` + nats-server)
   ember-nospec    the same with speculative decoding off (the baseline of the code-edit workload)
   ember-nocache   the same with prefix_cache = "off" (the baseline of the prefix-caching workload)
+  ember-1t        the same with threads = 1 (the model's compute on one core, the other left to the gateway, NATS
+                  and the worker's event loop)
   ember-before    Ember before the quantized-weights issue: a git worktree of --before-ref, at its defaults
   ember-old       the engine before v2: a git worktree of --old-ref, at its defaults
   llama.cpp       llama-server built from the source llama-cpp-python vendors (benchmarks/peers/llama_server.py),
@@ -74,7 +76,7 @@ from ember.runtimes.dtypes import resolve_dtype
 BEFORE_ISSUE_REF = "63ba72a"
 # The last commit with the slot-cache engine (engine v2 replaced it).
 OLD_ENGINE_REF = "fc140c6"
-SYSTEMS = ("ember", "ember-nospec", "ember-nocache", "ember-before", "ember-old", "llama.cpp", "vllm")
+SYSTEMS = ("ember", "ember-nospec", "ember-nocache", "ember-1t", "ember-before", "ember-old", "llama.cpp", "vllm")
 DEFAULT_SYSTEMS = ("ember", "ember-before", "llama.cpp", "vllm")
 WORKLOADS = ("single", "random8", "random16", "shared16", "long", "code-edit")
 # A workload's own baseline, beside llama.cpp: the same Ember with the feature the workload measures turned off.
@@ -82,7 +84,11 @@ WORKLOADS = ("single", "random8", "random16", "shared16", "long", "code-edit")
 BASELINES = {"code-edit": "ember-nospec", "shared16": "ember-nocache"}
 # ModelSpec fields per Ember variant (ember.config.settings.ModelSpec), in one place should their names change.
 SPECULATION_OFF = {"speculative": "off"}
-SPEC_OVERRIDES: dict[str, dict[str, Any]] = {"ember-nospec": SPECULATION_OFF, "ember-nocache": {"prefix_cache": "off"}}
+SPEC_OVERRIDES: dict[str, dict[str, Any]] = {
+    "ember-nospec": SPECULATION_OFF,
+    "ember-nocache": {"prefix_cache": "off"},
+    "ember-1t": {"threads": 1},
+}
 QUESTIONS = [
     "Which city should I visit first?",
     "Do I need a visa?",
@@ -434,6 +440,7 @@ def token_bytes_models(
         "ember": quantized,
         "ember-nospec": quantized,
         "ember-nocache": quantized,
+        "ember-1t": quantized,
         "ember-before": quantized if before_quantized else dense("auto"),
         "ember-old": dense("float32"),
         "llama.cpp": bandwidth.bytes_per_token(gguf, bandwidth.gguf_bytes, kv_bytes_per_value=2),

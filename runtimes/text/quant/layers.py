@@ -178,15 +178,10 @@ def crossover(measure: Measure, trial_rows: Sequence[int] = _TRIAL_ROWS) -> tupl
         stream, dense = timings[rows] = measure(rows)
         if dense >= stream:
             continue
-        confirm = [rows, *trial_rows[i + 1 : i + 2]]
-        if all(_dense_faster(measure(r)) for r in confirm):
+        again = map(measure, (rows, *trial_rows[i + 1 : i + 2]))  # lazy: stops at the first loss
+        if all(dense < stream for stream, dense in again):
             return rows, timings
     return trial_rows[-1] * 2, timings
-
-
-def _dense_faster(timing: tuple[float, float]) -> bool:
-    stream, dense = timing
-    return dense < stream
 
 
 def choose_dense_rows(model: nn.Module, dtype: torch.dtype) -> list[DenseChoice]:
