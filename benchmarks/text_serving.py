@@ -33,7 +33,10 @@ Workloads (greedy, ignore_eos, so every request generates exactly its max_tokens
 
 The machine's speed drifts by tens of percent within minutes, so systems are never measured in blocks: every
 round runs every workload on every system, the systems' order rotating from round to round, and the table gives
-medians over rounds. Per system and workload: output tok/s (all streams' tokens / wall time), TTFT p50 and p99,
+medians over rounds. Each turn starts once the machine has gone quiet after the last (a peer's threads can keep a
+core busy for a second after it answers).
+
+Per system and workload: output tok/s (all streams' tokens / wall time), TTFT p50 and p99,
 TPOT p50 (time per output token after the first), the peak RSS of the process that holds the model while the
 workload ran, and the ratio of tok/s and TTFT p50 to llama.cpp's (to ember-nospec's for code-edit).
 
@@ -235,6 +238,35 @@ def start_system(name: str, args: argparse.Namespace, gguf: Path) -> Iterator[Sy
     ref = {"ember-old": args.old_ref, "ember-before": args.before_ref}.get(name)
     with EmberStack(args.model, spec, ref=ref) as stack:
         yield System(name, stack.url, stack.worker_pid, args.model)
+
+
+def busy_cores(interval: float) -> float:
+    """The machine's busy CPU over ``interval`` seconds, in cores (Linux /proc/stat: all but idle and iowait)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        return sum(ticks), ticks[3] + ticks[4]
+
+    total0, idle0 = sample()
+    time.sleep(interval)
+    total1, idle1 = sample()
+    cores = os.cpu_count() or 1
+    return cores * (1 - (idle1 - idle0) / max(total1 - total0, 1))
+
+
+def wait_until_quiet(limit: float = 0.25, interval: float = 0.25, timeout: float = 15.0) -> float:
+    """Seconds spent waiting until the machine's busy CPU stays under ``limit`` cores for one ``interval``.
+
+    A system's turn starts only once the last one's has died down: vLLM's worker keeps a core busy for about a
+    second after it answers (measured: 100 % of a core in the second after a request, 1-2 % after), and Ember's
+    decode, two threads between spin barriers on a 2-core machine, halved its single-stream speed when it ran into
+    that second (60 against 103-127 tok/s, the same checkout with and without vLLM up).
+    """
+    started = time.monotonic()
+    while busy_cores(interval) >= limit and time.monotonic() - started < timeout:
+        pass
+    return time.monotonic() - started
 
 
 def rss_mib(pid: int, field_name: str = "VmRSS") -> float:
@@ -661,6 +693,9 @@ def main() -> None:
                 for system in order:
                     if w not in jobs[system.name]:
                         continue
+                    waited = wait_until_quiet()
+                    if waited > 1.0:
+                        print(f"  (waited {waited:.1f} s for the machine to go quiet before {system.name})", flush=True)
                     with PeakRss(system.pid) as rss:
                         streams, wall = asyncio.run(run_requests(system, reqs))
                     run = Run(streams, wall, rss.peak)
