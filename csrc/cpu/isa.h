@@ -16,3 +16,15 @@ const char* isa_name();
 bool cpu_has_vnni();
 
 }  // namespace ember::cpu
+
+// Returns CALL from the kernel copy for the CPU's widest instruction set (isa_variants.h's namespaces avx512,
+// avx2, baseline), e.g. EMBER_ISA_CALL(rms_norm_rows(out, x, ...)) in a function of ember::cpu.
+#define EMBER_ISA_CALL(CALL)  \
+  switch (current_isa()) {    \
+    case Isa::kAvx512:        \
+      return avx512::CALL;    \
+    case Isa::kAvx2:          \
+      return avx2::CALL;      \
+    default:                  \
+      return baseline::CALL;  \
+  }

@@ -54,15 +54,6 @@ void check_rows(const at::Tensor& t, const char* name) {
 }  // namespace
 
 // The raw entry points (kernels.h), for the CPU's widest instruction set.
-#define EMBER_ISA_CALL(CALL)           \
-  switch (current_isa()) {             \
-    case Isa::kAvx512:                 \
-      return avx512::CALL;             \
-    case Isa::kAvx2:                   \
-      return avx2::CALL;               \
-    default:                           \
-      return baseline::CALL;           \
-  }
 
 template <typename T>
 void rms_norm_rows(T* out, const T* x, int64_t ld, const T* weight, int64_t rows, int64_t dim, float eps) {
@@ -84,8 +75,6 @@ template <typename T>
 void silu_mul_rows(T* out, const T* gate_up, int64_t rows, int64_t inner) {
   EMBER_ISA_CALL(silu_mul(out, gate_up, rows, inner));
 }
-
-#undef EMBER_ISA_CALL
 
 #define EMBER_INSTANTIATE(T)                                                                                   \
   template void rms_norm_rows<T>(T*, const T*, int64_t, const T*, int64_t, int64_t, float);                    \

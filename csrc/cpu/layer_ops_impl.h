@@ -76,6 +76,13 @@ void rotary(T* x, int64_t ld, int64_t tokens, int64_t heads, int64_t hd, const T
   });
 }
 
+// x sigmoid(x), the sigmoid from e^-|x| <= 1 (never overflows); for one float or a vector of them.
+template <typename V>
+inline V silu(V x) {
+  const V e = exp_nonpositive(x > 0 ? -x : x);
+  return x * (x > 0 ? 1.0f / (1.0f + e) : e / (1.0f + e));
+}
+
 // out[r] = silu(gate_up[r, :inner]) * gate_up[r, inner:].
 template <typename T>
 void silu_mul(T* out, const T* gate_up, int64_t rows, int64_t inner) {
@@ -86,20 +93,13 @@ void silu_mul(T* out, const T* gate_up, int64_t rows, int64_t inner) {
       T* o = out + r * inner;
       int64_t i = 0;
       for (; i + kLanes <= inner; i += kLanes) {
-        const vec x = load_vec(g + i);
-        // sigmoid from e^-|x| <= 1 (never overflows).
-        const vec e = exp_nonpositive(x > 0 ? -x : x);
-        const vec sig = x > 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
         T sx[kLanes];
-        store_vec(sx, x * sig);  // the reference rounds silu(gate) to T before the product
+        store_vec(sx, silu(load_vec(g + i)));  // the reference rounds silu(gate) to T before the product
         store_vec(o + i, load_vec(sx) * load_vec(u + i));
       }
       for (; i < inner; ++i) {
-        const float x = load(g, i);
-        const float e = exp_nonpositive(x > 0 ? -x : x);
-        const float sig = x > 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
         T sx;
-        store(&sx, 0, x * sig);
+        store(&sx, 0, silu(load(g, i)));
         store(o, i, load(&sx, 0) * load(u, i));
       }
     }

@@ -28,17 +28,8 @@ template <typename T>
 void paged_decode_rows(T* out, const T* q, int64_t q_stride, const T* k, const T* v, const int32_t* table,
                        const int32_t* lens, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
                        int64_t block_size, int64_t max_blocks, float scale) {
-  switch (current_isa()) {
-    case Isa::kAvx512:
-      return avx512::paged_decode(out, q, q_stride, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
-                                  max_blocks, scale);
-    case Isa::kAvx2:
-      return avx2::paged_decode(out, q, q_stride, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
-                                max_blocks, scale);
-    default:
-      return baseline::paged_decode(out, q, q_stride, k, v, table, lens, batch, heads, kv_heads, head_dim,
-                                    block_size, max_blocks, scale);
-  }
+  EMBER_ISA_CALL(paged_decode(out, q, q_stride, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
+                              max_blocks, scale));
 }
 
 template <typename T>
@@ -46,17 +37,16 @@ void paged_decode_part_rows(T* out, const T* q, int64_t q_stride, const T* k, co
                             const int32_t* lens, int64_t heads, int64_t kv_heads, int64_t head_dim,
                             int64_t block_size, int64_t max_blocks, float scale, int64_t task_begin,
                             int64_t task_end) {
-  switch (current_isa()) {
-    case Isa::kAvx512:
-      return avx512::paged_decode_part(out, q, q_stride, k, v, table, lens, heads, kv_heads, head_dim, block_size,
-                                       max_blocks, scale, task_begin, task_end);
-    case Isa::kAvx2:
-      return avx2::paged_decode_part(out, q, q_stride, k, v, table, lens, heads, kv_heads, head_dim, block_size,
-                                     max_blocks, scale, task_begin, task_end);
-    default:
-      return baseline::paged_decode_part(out, q, q_stride, k, v, table, lens, heads, kv_heads, head_dim, block_size,
-                                         max_blocks, scale, task_begin, task_end);
-  }
+  EMBER_ISA_CALL(paged_decode_part(out, q, q_stride, k, v, table, lens, heads, kv_heads, head_dim, block_size,
+                                   max_blocks, scale, task_begin, task_end));
+}
+
+template <typename T>
+void paged_prefill_rows(T* out, const T* q, int64_t q_stride, const T* k, const T* v, const int64_t* blocks,
+                        int64_t start, int64_t rows, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                        int64_t block_size, float scale) {
+  EMBER_ISA_CALL(paged_prefill(out, q, q_stride, k, v, blocks, start, rows, heads, kv_heads, head_dim, block_size,
+                               scale));
 }
 
 template void paged_decode_part_rows<float>(float*, const float*, int64_t, const float*, const float*,
@@ -147,27 +137,16 @@ void paged_prefill(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cac
     TORCH_CHECK(table[i] >= 0 && table[i] < k_cache.size(0), "blocks[", i, "]=", table[i], " is outside the cache");
   }
   const float s = static_cast<float>(scale);
-  auto run = [&](auto* o, const auto* qp, const auto* kp, const auto* vp) {
-    switch (current_isa()) {
-      case Isa::kAvx512:
-        return avx512::paged_prefill(o, qp, q.stride(0), kp, vp, table, start, rows, heads, kv_heads, head_dim,
-                                     block_size, s);
-      case Isa::kAvx2:
-        return avx2::paged_prefill(o, qp, q.stride(0), kp, vp, table, start, rows, heads, kv_heads, head_dim,
-                                   block_size, s);
-      default:
-        return baseline::paged_prefill(o, qp, q.stride(0), kp, vp, table, start, rows, heads, kv_heads, head_dim,
-                                       block_size, s);
-    }
-  };
   if (q.scalar_type() == at::kFloat) {
-    run(out.data_ptr<float>(), q.data_ptr<float>(), k_cache.data_ptr<float>(), v_cache.data_ptr<float>());
+    paged_prefill_rows(out.data_ptr<float>(), q.data_ptr<float>(), q.stride(0), k_cache.data_ptr<float>(),
+                       v_cache.data_ptr<float>(), table, start, rows, heads, kv_heads, head_dim, block_size, s);
   } else {
     TORCH_CHECK(q.scalar_type() == at::kBFloat16, "paged_prefill supports float32 and bfloat16, not ",
                 q.scalar_type());
     auto raw = [](const at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); };
-    run(raw(out), static_cast<const uint16_t*>(raw(q)), static_cast<const uint16_t*>(raw(k_cache)),
-        static_cast<const uint16_t*>(raw(v_cache)));
+    paged_prefill_rows(raw(out), static_cast<const uint16_t*>(raw(q)), q.stride(0),
+                       static_cast<const uint16_t*>(raw(k_cache)), static_cast<const uint16_t*>(raw(v_cache)), table,
+                       start, rows, heads, kv_heads, head_dim, block_size, s);
   }
 }
 

@@ -81,14 +81,10 @@ inline void store_vec(uint16_t* p, vec v) {
   std::memcpy(p, &h, sizeof h);
 }
 
-// e^x for x <= 0 (scores minus their maximum), to about 2e-7 relative: x = n ln2 + r with |r| <= ln2 / 2,
-// e^r by its Taylor polynomial, 2^n from the exponent bits. Branch-free, so a loop over it vectorizes.
-inline float exp_nonpositive(float x) {
-  x = x < -87.0f ? -87.0f : x;
-  const float t = x * 1.4426950408889634f;
-  const int n = static_cast<int>(t - 0.5f);  // truncation toward zero of t - 0.5: nearest integer for t <= 0
-  const float r = x - static_cast<float>(n) * 0.6931471805599453f;
-  float p = 1.0f / 5040.0f;
+// e^r for |r| <= ln2 / 2 by its Taylor polynomial to r^7, for one float or a vector of them.
+template <typename V>
+inline V exp_taylor(V r) {
+  V p = V{} + 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
@@ -96,6 +92,16 @@ inline float exp_nonpositive(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
+  return p;
+}
+
+// e^x for x <= 0 (scores minus their maximum), to about 2e-7 relative: x = n ln2 + r with |r| <= ln2 / 2,
+// e^r by its Taylor polynomial, 2^n from the exponent bits. Branch-free, so a loop over it vectorizes.
+inline float exp_nonpositive(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float t = x * 1.4426950408889634f;
+  const int n = static_cast<int>(t - 0.5f);  // truncation toward zero of t - 0.5: nearest integer for t <= 0
+  const float p = exp_taylor(x - static_cast<float>(n) * 0.6931471805599453f);
   const uint32_t bits = static_cast<uint32_t>(n + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
@@ -109,15 +115,7 @@ inline vec exp_nonpositive(vec x) {
   x = x < -87.0f ? vec{} - 87.0f : x;
   const vec t = x * 1.4426950408889634f;
   const vec_i32 n = __builtin_convertvector(t - 0.5f, vec_i32);
-  const vec r = x - __builtin_convertvector(n, vec) * 0.6931471805599453f;
-  vec p = vec{} + 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  const vec p = exp_taylor(x - __builtin_convertvector(n, vec) * 0.6931471805599453f);
   const vec_u32 bits = reinterpret_cast<vec_u32>((n + 127) << 23);
   return p * reinterpret_cast<vec>(bits);
 }
