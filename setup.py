@@ -31,6 +31,7 @@ HEADERS = [
     "csrc/cpu/ops.h",
     "csrc/cpu/paged_attention_impl.h",
     "csrc/cpu/quant_input.h",
+    "csrc/cpu/quant_linear_bf16_impl.h",
     "csrc/cpu/quant_linear_impl.h",
     "csrc/cpu/quant_linear_vnni_impl.h",
     "csrc/cpu/quant_view.h",

@@ -12,6 +12,8 @@ ember-before, llama.cpp, vllm; a workload's baseline system is added for that wo
   ember-nocache   the same with prefix_cache = "off" (the baseline of the prefix-caching workload)
   ember-1t        the same with threads = 1 (the model's compute on one core, the other left to the gateway, NATS
                   and the worker's event loop)
+  ember-int       the same with bfloat16 activations on the integer kernel (EMBER_QUANT_KERNEL=int) where the CPU
+                  would take the bfloat16-dot one (AVX512-BF16)
   ember-before    Ember before the quantized-weights issue: a git worktree of --before-ref, at its defaults
   ember-old       the engine before v2: a git worktree of --old-ref, at its defaults
   llama.cpp       llama-server built from the source llama-cpp-python vendors (benchmarks/peers/llama_server.py),
@@ -79,7 +81,17 @@ from ember.runtimes.dtypes import resolve_dtype
 BEFORE_ISSUE_REF = "63ba72a"
 # The last commit with the slot-cache engine (engine v2 replaced it).
 OLD_ENGINE_REF = "fc140c6"
-SYSTEMS = ("ember", "ember-nospec", "ember-nocache", "ember-1t", "ember-before", "ember-old", "llama.cpp", "vllm")
+SYSTEMS = (
+    "ember",
+    "ember-nospec",
+    "ember-nocache",
+    "ember-1t",
+    "ember-int",
+    "ember-before",
+    "ember-old",
+    "llama.cpp",
+    "vllm",
+)
 DEFAULT_SYSTEMS = ("ember", "ember-before", "llama.cpp", "vllm")
 WORKLOADS = ("single", "random8", "random16", "shared16", "long", "code-edit")
 # A workload's own baseline, beside llama.cpp: the same Ember with the feature the workload measures turned off.
@@ -92,6 +104,8 @@ SPEC_OVERRIDES: dict[str, dict[str, Any]] = {
     "ember-nocache": {"prefix_cache": "off"},
     "ember-1t": {"threads": 1},
 }
+# Environment per Ember variant, for what is chosen per process rather than per model.
+ENV_OVERRIDES: dict[str, dict[str, str]] = {"ember-int": {"EMBER_QUANT_KERNEL": "int"}}
 QUESTIONS = [
     "Which city should I visit first?",
     "Do I need a visa?",
@@ -236,7 +250,7 @@ def start_system(name: str, args: argparse.Namespace, gguf: Path) -> Iterator[Sy
     spec: dict[str, Any] = {k: v for k, v in where.items() if v is not None} | {"threads": args.threads}
     spec |= SPEC_OVERRIDES.get(name, {})
     ref = {"ember-old": args.old_ref, "ember-before": args.before_ref}.get(name)
-    with EmberStack(args.model, spec, ref=ref) as stack:
+    with EmberStack(args.model, spec, ref=ref, env=ENV_OVERRIDES.get(name)) as stack:
         yield System(name, stack.url, stack.worker_pid, args.model)
 
 
@@ -473,6 +487,7 @@ def token_bytes_models(
         "ember-nospec": quantized,
         "ember-nocache": quantized,
         "ember-1t": quantized,
+        "ember-int": quantized,
         "ember-before": quantized if before_quantized else dense("auto"),
         "ember-old": dense("float32"),
         "llama.cpp": bandwidth.bytes_per_token(gguf, bandwidth.gguf_bytes, kv_bytes_per_value=2),

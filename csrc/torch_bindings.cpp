@@ -33,6 +33,7 @@ TORCH_LIBRARY(ember, m) {
   m.def("rotary(Tensor(a!) q, Tensor(b!) k, Tensor cos, Tensor sin, Tensor positions) -> ()");
   m.def("silu_mul(Tensor(a!) out, Tensor gate_up) -> ()");
   m.def("cpu_isa() -> str", &cpu_isa);
+  m.def("quant_kernel(str choice='') -> str", &ember::cpu::quant_kernel);
 }
 
 TORCH_LIBRARY_IMPL(ember, CPU, m) {

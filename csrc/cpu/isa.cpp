@@ -25,10 +25,15 @@ bool cpu_has_vnni() {
   return vnni;
 }
 
+bool cpu_has_bf16() {
+  static const bool bf16 = cpu_has_vnni() && __builtin_cpu_supports("avx512bf16");
+  return bf16;
+}
+
 const char* isa_name() {
   switch (current_isa()) {
     case Isa::kAvx512:
-      return cpu_has_vnni() ? "avx512+vnni" : "avx512";
+      return cpu_has_bf16() ? "avx512+vnni+bf16" : cpu_has_vnni() ? "avx512+vnni" : "avx512";
     case Isa::kAvx2:
       return "avx2";
     default:

@@ -9,11 +9,15 @@ enum class Isa { kBaseline, kAvx2, kAvx512 };
 // The widest variant this CPU runs: AVX-512 (F, BW, VL, DQ), else AVX2 with FMA, else the portable build.
 Isa current_isa();
 
-// "avx512", "avx2" or "baseline", with "+vnni" where the integer dot products of AVX512-VNNI run too.
+// "avx512", "avx2" or "baseline", with "+vnni" where the integer dot products of AVX512-VNNI run too and "+bf16"
+// where AVX512-BF16's do as well.
 const char* isa_name();
 
 // Whether the CPU has AVX512-VNNI (with the AVX-512 above): the quantized linear's integer kernel.
 bool cpu_has_vnni();
+
+// Whether the CPU has AVX512-BF16 (with AVX512-VNNI): the quantized linear's bfloat16-dot kernel.
+bool cpu_has_bf16();
 
 }  // namespace ember::cpu
 

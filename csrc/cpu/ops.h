@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <string>
 
 #include "quant_view.h"
 
@@ -30,6 +31,11 @@ void quant_linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweigh
                   const std::optional<at::Tensor>& mins, const std::optional<at::Tensor>& super_scales,
                   const std::optional<at::Tensor>& super_mins, const std::optional<at::Tensor>& bias, int64_t bits,
                   int64_t group_size);
+
+// Which kernel bfloat16 x on 4- and 6-bit weights takes: "bf16" (AVX512-BF16 dot products, the default where the
+// CPU has them) or "int" (x rounded to 16-bit integers: AVX512-VNNI, else the float kernel). `choice` "auto",
+// "bf16" or "int" sets it for the process, "" leaves it; returns the one in effect.
+std::string quant_kernel(const std::string& choice);
 
 // The view the kernels read of a quantized weight's tensors for x with k columns, after checking them.
 QuantView quant_view(const at::Tensor& q, const at::Tensor& scales, const std::optional<at::Tensor>& mins,

@@ -9,10 +9,13 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
 #include <optional>
+#include <type_traits>
 
 #include "isa.h"
 #include "kernels.h"
@@ -31,6 +34,19 @@
 namespace ember::cpu::vnni {
 #include "quant_linear_impl.h"
 #include "quant_linear_vnni_impl.h"
+}
+#undef EMBER_AVX512
+#pragma GCC pop_options
+
+// The bfloat16-dot kernel, with the integer kernel's helpers built for its own target: kept out of the region above
+// so that no instruction of AVX512-BF16 reaches code that runs on CPUs with VNNI alone.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,fma,f16c")
+#define EMBER_AVX512 1
+namespace ember::cpu::bf16dot {
+#include "quant_linear_impl.h"
+#include "quant_linear_vnni_impl.h"
+#include "quant_linear_bf16_impl.h"
 }
 #undef EMBER_AVX512
 #pragma GCC pop_options
@@ -119,8 +135,37 @@ QuantView view(const at::Tensor& q, const at::Tensor& scales, const std::optiona
   return w;
 }
 
+// Whether bfloat16 x takes the bfloat16-dot kernel where it can (set_quant_kernel): by default wherever the CPU has
+// AVX512-BF16, or as EMBER_QUANT_KERNEL ("bf16" or "int") says at load.
+std::atomic<bool> prefer_bf16_dot{[] {
+  const char* env = std::getenv("EMBER_QUANT_KERNEL");
+  return env == nullptr || std::strcmp(env, "int") != 0;
+}()};
+
+// Whether x of type T against w runs on the bfloat16-dot kernel: bfloat16 x, 4- or 6-bit weights, a CPU with
+// AVX512-BF16, and not set aside. One kernel for every row count, so that a row's output does not depend on how
+// many rows share its call (speculative decoding's verification step against a plain decode step).
+template <typename T>
+bool takes_bf16_dot(const QuantView& w) {
+  if constexpr (!std::is_same_v<T, uint16_t>) {
+    return false;
+  } else {
+    return w.bits != 8 && cpu_has_bf16() && prefer_bf16_dot.load(std::memory_order_relaxed);
+  }
+}
+
 template <int BITS, int GS, typename T>
 void linear_isa(const QuantView& w, const T* x, T* out, int64_t rows) {
+  if constexpr (BITS != 8 && std::is_same_v<T, uint16_t>) {
+    if (takes_bf16_dot<T>(w)) {
+      PreparedX p;
+      bf16dot::prepare_x_bf16(w, x, rows, p);
+      at::parallel_for(0, w.n, 64, [&](int64_t begin, int64_t end) {
+        bf16dot::bf16_part<BITS, GS, T>(w, p, out, rows, begin, end);
+      });
+      return;
+    }
+  }
   if (cpu_has_vnni()) return vnni::vnni_linear<BITS, GS, T>(w, x, out, rows);
   switch (current_isa()) {
     case Isa::kAvx512:
@@ -172,6 +217,9 @@ void quant_linear_rows(const QuantView& w, const T* x, T* out, int64_t rows) {
 template <int BITS, int GS, typename T>
 void part_isa(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_t rows, int64_t n_begin,
               int64_t n_end) {
+  if constexpr (BITS != 8 && std::is_same_v<T, uint16_t>) {
+    if (p.bf16) return bf16dot::bf16_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
+  }
   if (cpu_has_vnni()) return vnni::vnni_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
   switch (current_isa()) {
     case Isa::kAvx512:
@@ -185,6 +233,10 @@ void part_isa(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_
 
 template <typename T>
 void quant_linear_prepare(const QuantView& w, const T* x, int64_t rows, PreparedX& p) {
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    if (takes_bf16_dot<T>(w)) return bf16dot::prepare_x_bf16(w, x, rows, p);
+  }
+  p.bf16 = false;
   if (cpu_has_vnni()) vnni::prepare_x(w, x, rows, p);  // the float kernels read x as it is
 }
 
@@ -207,6 +259,14 @@ EMBER_INSTANTIATE(uint16_t)
 
 template void quant_linear_rows<float>(const QuantView&, const float*, float*, int64_t);
 template void quant_linear_rows<uint16_t>(const QuantView&, const uint16_t*, uint16_t*, int64_t);
+
+std::string quant_kernel(const std::string& choice) {
+  TORCH_CHECK(choice.empty() || choice == "auto" || choice == "bf16" || choice == "int",
+              "quant_kernel takes '', 'auto', 'bf16' or 'int', got '", choice, "'");
+  TORCH_CHECK(choice != "bf16" || cpu_has_bf16(), "this CPU has no AVX512-BF16 for the bfloat16-dot kernel");
+  if (!choice.empty()) prefer_bf16_dot.store(choice != "int", std::memory_order_relaxed);
+  return cpu_has_bf16() && prefer_bf16_dot.load(std::memory_order_relaxed) ? "bf16" : "int";
+}
 
 QuantView quant_view(const at::Tensor& q, const at::Tensor& scales, const std::optional<at::Tensor>& mins,
                      const std::optional<at::Tensor>& super_scales, const std::optional<at::Tensor>& super_mins,

@@ -16,6 +16,7 @@
 // 32) comes off the same way, z d sum_i q_i: exact integers until the final float products, unlike folding -z s
 // into the min, whose m sum_i x_i is in unrounded x while the dot products are in rounded x.
 
+#include <type_traits>
 #include <vector>
 
 // PreparedX (quant_input.h): x as this kernel reads it.
@@ -189,6 +190,29 @@ inline void expand6(__m512i raw, const uint8_t* top_bytes, __m512i& wl, __m512i&
   wh = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(raw, 4), low4), _mm512_and_si512(t, bits45));
 }
 
+// Block bi of the 16 groups from g0, for a kernel whose int32 or float32 lane l sums bytes 4l .. 4l + 3 of a 64-byte
+// block: the block's index in the row, the mask of its bytes inside the row (`nibble_bytes` of them), and where
+// each lane's group scale sits among the 16 groups' (idx; idx_odd for split 6-bit groups of 16, whose lane l holds
+// group 2 (l / 4) of the block's 8 in its low-nibble products and the next in its high-nibble ones).
+struct BlockLanes {
+  int64_t block;
+  __mmask64 mask;
+  __m512i idx, idx_odd;
+};
+
+template <bool kSplit, int kGroupsPerBlock>
+__attribute__((always_inline)) inline BlockLanes block_lanes(int64_t g0, int bi, int64_t nibble_bytes) {
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  constexpr int kLaneShift = kGroupsPerBlock == 2 ? 3 : 2;  // lane >> kLaneShift: the lane's group in the block
+  const int64_t block = g0 / kGroupsPerBlock + bi;
+  const int64_t valid = nibble_bytes - block * 64;
+  const __mmask64 mask = valid >= 64 ? ~0ULL : (1ULL << valid) - 1;
+  const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(bi * kGroupsPerBlock),
+                                       kSplit ? _mm512_slli_epi32(_mm512_srli_epi32(lane, 2), 1)
+                                              : _mm512_srli_epi32(lane, kLaneShift));
+  return {block, mask, idx, _mm512_add_epi32(idx, _mm512_set1_epi32(1))};
+}
+
 // out[m0 : m0 + MB, n0 : n0 + NB].
 template <int BITS, int GS, int MB, int NB, typename T>
 void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64_t n0) {
@@ -196,10 +220,8 @@ void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
   // 6-bit groups of 16 split a block's 4 groups of 32 in halves: the low nibbles' lanes sum the even groups and
   // the high nibbles' the odd ones, so the two dot products take different scales.
   constexpr bool kSplit = BITS == 6 && GS == 16;
-  // Groups per 64-byte block, and the permutation that spreads 16 groups' scales over a block's lanes.
+  // Groups per 64-byte block (block_lanes spreads 16 groups' scales over a block's lanes).
   constexpr int kGroupsPerBlock = kSplit ? 8 : BITS != 8 || GS == 16 ? 4 : 2;
-  constexpr int kLaneShift = kGroupsPerBlock == 2 ? 3 : 2;  // lane >> kLaneShift: the lane's group in the block
-  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   __m512 acc[MB][NB];
@@ -227,14 +249,7 @@ void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
     }
     const int blocks = (count + kGroupsPerBlock - 1) / kGroupsPerBlock;
     for (int bi = 0; bi < blocks; ++bi) {
-      const int64_t block = g0 / kGroupsPerBlock + bi;
-      const int64_t valid = nibble_bytes - block * 64;
-      const __mmask64 mask = valid >= 64 ? ~0ULL : (1ULL << valid) - 1;
-      // Split: lane l's low-nibble products are group 2 (l / 4) of the block's 8, its high-nibble ones the next.
-      const __m512i idx = _mm512_add_epi32(_mm512_set1_epi32(bi * kGroupsPerBlock),
-                                           kSplit ? _mm512_slli_epi32(_mm512_srli_epi32(lane, 2), 1)
-                                                  : _mm512_srli_epi32(lane, kLaneShift));
-      const __m512i idx_odd = _mm512_add_epi32(idx, _mm512_set1_epi32(1));
+      const auto [block, mask, idx, idx_odd] = block_lanes<kSplit, kGroupsPerBlock>(g0, bi, nibble_bytes);
 #pragma GCC unroll 8
       for (int j = 0; j < NB; ++j) {
         const __m512i raw = _mm512_maskz_loadu_epi8(mask, rows[j] + block * w.block_stride);
@@ -287,37 +302,46 @@ void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
   }
 }
 
-// Outputs [n0, n0 + NB) for every row of x: 4 rows at a time against pairs of outputs, then 2 rows and 1 against
-// all NB. The tile's weights (NB rows of W: 6 KB for K = 1536 at 4 bits) stay in L1 from the first rows of x to
-// the last, so W streams from memory once per call whatever M is.
-template <int BITS, int GS, int NB, typename T>
-void vnni_outputs(const QuantView& w, const PreparedX& p, T* out, int64_t rows, int64_t n0) {
-  int64_t r = 0;
-  for (; r + 4 <= rows; r += 4) {
-    // 4 x 2 accumulators: 4 x 8 would take every register.
-    if constexpr (NB % 2 == 0) {
-      for (int j = 0; j < NB; j += 2) vnni_tile<BITS, GS, 4, 2, T>(w, p, out, r, n0 + j);
-    } else {
-      vnni_tile<BITS, GS, 4, NB, T>(w, p, out, r, n0);
+// The tiles that cover output rows [n_begin, n_end) for every row of x, as tile(MB, NB, r, n) calls for rows
+// [r, r + MB) and outputs [n, n + NB), MB and NB as std::integral_constant: runs of 8 outputs (a whole tile of the
+// tiled layout), single outputs for the rest; within 8 outputs, 4 rows at a time against pairs of them (4 x 8
+// accumulators would take every register), then 2 rows and 1 against all 8. The 8 outputs' weights (6 KB for
+// K = 1536 at 4 bits) stay in L1 from the first rows of x to the last, so W streams from memory once per call
+// whatever M is. With 2 rows of x, 8 outputs a tile beat 4 (Qwen2.5-Coder-1.5B's gate/up, 2 threads: 763 us
+// against 1134). From 3 rows on the integer kernel is bound by its dot products, not by memory (gate/up: 1.4, 1.6,
+// 2.6, 5.0 ms for 3, 4, 8, 16 rows), so reading W once per call rather than once per 4 rows changed little on 2
+// cores; where more cores share the memory it should matter more (not measured). The bfloat16-dot kernel
+// measured no faster with 2 rows x 4 outputs, 3 x 4 or 2 x 8 (Zen 4, 2 cores, 4 and 16 rows).
+template <typename Tile>
+void tile_schedule(int64_t rows, int64_t n_begin, int64_t n_end, Tile&& tile) {
+  using std::integral_constant;
+  auto outputs = [&](auto nb, int64_t n0) {
+    constexpr int NB = decltype(nb)::value;
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+      if constexpr (NB % 2 == 0) {
+        for (int j = 0; j < NB; j += 2) tile(integral_constant<int, 4>{}, integral_constant<int, 2>{}, r, n0 + j);
+      } else {
+        tile(integral_constant<int, 4>{}, nb, r, n0);
+      }
     }
-  }
-  if (rows - r >= 2) {
-    vnni_tile<BITS, GS, 2, NB, T>(w, p, out, r, n0);
-    r += 2;
-  }
-  if (rows - r >= 1) vnni_tile<BITS, GS, 1, NB, T>(w, p, out, r, n0);
+    if (rows - r >= 2) {
+      tile(integral_constant<int, 2>{}, nb, r, n0);
+      r += 2;
+    }
+    if (rows - r >= 1) tile(integral_constant<int, 1>{}, nb, r, n0);
+  };
+  int64_t n = n_begin;
+  for (; n + 8 <= n_end; n += 8) outputs(integral_constant<int, 8>{}, n);
+  for (; n < n_end; ++n) outputs(integral_constant<int, 1>{}, n);
 }
 
-// Output rows [n_begin, n_end) for every row of x, prepared (prepare_x): tiles of 8 outputs, a whole tile of the
-// tiled layout, and single outputs for the rest. With 2 rows of x, 8 outputs a tile beat 4 (Qwen2.5-Coder-1.5B's
-// gate/up, 2 threads: 763 us against 1134). From 3 rows on the kernel is bound by its dot products, not by
-// memory (gate/up: 1.4, 1.6, 2.6, 5.0 ms for 3, 4, 8, 16 rows), so reading W once per call rather than once per
-// 4 rows changed little on 2 cores; where more cores share the memory it should matter more (not measured).
+// Output rows [n_begin, n_end) for every row of x, prepared (prepare_x).
 template <int BITS, int GS, typename T>
 void vnni_part(const QuantView& w, const PreparedX& p, T* out, int64_t rows, int64_t n_begin, int64_t n_end) {
-  int64_t n = n_begin;
-  for (; n + 8 <= n_end; n += 8) vnni_outputs<BITS, GS, 8, T>(w, p, out, rows, n);
-  for (; n < n_end; ++n) vnni_outputs<BITS, GS, 1, T>(w, p, out, rows, n);
+  tile_schedule(rows, n_begin, n_end, [&](auto mb, auto nb, int64_t r, int64_t n) {
+    vnni_tile<BITS, GS, decltype(mb)::value, decltype(nb)::value, T>(w, p, out, r, n);
+  });
 }
 
 template <int BITS, int GS, typename T>

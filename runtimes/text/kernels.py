@@ -99,6 +99,16 @@ def reads_tiles() -> bool:
     return has_quant_linear() and str(torch.ops.ember.cpu_isa()).startswith("avx512")
 
 
+def quant_kernel(choice: str = "") -> str:
+    """Which kernel bfloat16 x on 4- and 6-bit weights takes, "bf16" (AVX512-BF16 dot products: x enters as it is,
+    the default where the CPU has them) or "int" (x rounded to 16-bit integers, AVX512-VNNI's dot products, else the
+    float kernel); ``choice`` "auto", "bf16" or "int" sets it for the process first. Float32 x always takes "int".
+    "" where the extension is not built or predates the choice."""
+    if not has_quant_linear() or not hasattr(torch.ops.ember, "quant_kernel"):
+        return ""
+    return str(_ops().quant_kernel(choice))
+
+
 def quant_covers(x: Tensor) -> bool:
     """Whether the native quantized linear runs for inputs like ``x`` (built, on the CPU, float32 or bfloat16)."""
     return _cpu_float(x) and has_quant_linear()

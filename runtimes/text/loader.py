@@ -22,6 +22,7 @@ import torch
 from safetensors import safe_open
 
 from ember.runtimes.process_memory import release_freed_memory
+from ember.runtimes.text import kernels
 from ember.runtimes.text.config import ModelConfig, ModelLoadError
 from ember.runtimes.text.model import CausalLM, choose_linear_paths, fuse_projections
 from ember.runtimes.text.quant.file_rows import FileEmbedding, FileRows
@@ -119,6 +120,9 @@ def load_model(
         for c in choose_dense_rows(model, dtype)
     ]
     choices += choose_linear_paths(model, dtype)
+    four_or_six = any(isinstance(m, QuantLinear) and m.quantized().bits in (4, 6) for m in model.modules())
+    if four_or_six and dtype == torch.bfloat16 and kernels.quant_kernel() == "bf16":
+        choices.append("4- and 6-bit weights: bfloat16 dot products (AVX512-BF16) on the model's bfloat16 activations")
     formats, nbytes = weight_summary(model)
     release_freed_memory()
     return LoadedModel(

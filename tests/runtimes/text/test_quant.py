@@ -4,6 +4,7 @@ quantization at load, and the real SmolLM2 against its own dequantized weights (
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +63,33 @@ SHAPES += [(m, 11, 384) for m in (1, 3, 5, 17)] + [(2, 6, 160)]
 SHAPES += [(1, 24, 512), (2, 16, 768), (5, 32, 384), (4, 40, 256)]
 
 
+# The kernels bfloat16 x can take: bf16 (AVX512-BF16 dot products) where this CPU has them, and int everywhere.
+BF16_DOT = BUILT and kernels.quant_kernel() == "bf16"
+BF16_KERNELS = ["bf16", "int"] if BF16_DOT else ["int"]
+
+
+# float32 x on the integer kernel, bfloat16 x on each kernel it can take (the quant_kernel fixture sets it).
+EVERY_KERNEL = pytest.mark.parametrize(
+    ("dtype", "quant_kernel"),
+    [(torch.float32, "int")] + [(torch.bfloat16, k) for k in BF16_KERNELS],
+    ids=lambda v: str(v).replace("torch.", ""),
+    indirect=["quant_kernel"],
+)
+
+
+@pytest.fixture
+def quant_kernel(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs the test with bfloat16 x on the kernel named by the parameter, then puts the default back."""
+    previous = kernels.quant_kernel()
+    kernels.quant_kernel(request.param)
+    yield request.param
+    kernels.quant_kernel("auto" if previous == "bf16" else previous)
+
+
 @native
 @pytest.mark.parametrize("kind", list(REPACK), ids=lambda k: k.name)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_native_quant_linear_matches_the_reference(kind: GT, dtype: torch.dtype) -> None:
+@EVERY_KERNEL
+def test_native_quant_linear_matches_the_reference(kind: GT, dtype: torch.dtype, quant_kernel: str) -> None:
     for m, n, k in SHAPES:
         if kind in K_QUANTS and k % 256:  # K-quants need whole 256-value super-blocks; the rest take any K/32
             continue
@@ -75,12 +99,52 @@ def test_native_quant_linear_matches_the_reference(kind: GT, dtype: torch.dtype)
         expected = x.double() @ dequantize(w).double().t() + bias.double()
         got = kernels.quant_linear(x, w, bias).double()
         # The integer kernel rounds x to 16 bits per group of 32 (~2e-5 of the group's largest value); bfloat16
-        # output rounds to 8 bits of mantissa.
+        # output rounds to 8 bits of mantissa (the bf16 kernel's products are exact, its sums float32).
         tolerance = 2e-4 if dtype == torch.float32 else 1e-2
         scale = expected.abs().max()
         assert (got - expected).abs().max() <= tolerance * scale, (kind, m, n, k)
         if w.tileable:  # the same bytes tiled: the same sums, in the same order
             torch.testing.assert_close(kernels.quant_linear(x, w.tile(), bias).double(), got, atol=0, rtol=0)
+
+
+@native
+@pytest.mark.parametrize("kind", list(REPACK), ids=lambda k: k.name)
+@EVERY_KERNEL
+def test_a_rows_output_does_not_depend_on_the_rows_beside_it(kind: GT, dtype: torch.dtype, quant_kernel: str) -> None:
+    # Speculative decoding verifies k drafted tokens as k + 1 rows of one call, where a plain decode step has one
+    # row: greedy output stays identical only if each row's sums are the same, bit for bit, in either call.
+    n, k = 24, 512
+    w = weights(kind, n, k, seed=5)
+    x = torch.randn(9, k, generator=torch.Generator().manual_seed(9)).to(dtype)
+    bias = torch.randn(n)
+    for layout in (w, w.tile()):
+        together = kernels.quant_linear(x, layout, bias)
+        for rows in (slice(0, 1), slice(3, 5), slice(1, 8), slice(8, 9)):
+            alone = kernels.quant_linear(x[rows], layout, bias)
+            torch.testing.assert_close(alone, together[rows], atol=0, rtol=0)
+
+
+@native
+@pytest.mark.skipif(not BF16_DOT, reason="this CPU has no AVX512-BF16: bfloat16 x takes the integer kernel")
+def test_the_bf16_kernel_sums_what_the_int_kernel_sums() -> None:
+    # Both compute with the file's own weights and differ only in how x enters (bfloat16 as it comes, or rounded to
+    # 16-bit integers) and in the order of the sums: apart from that, the same numbers up to the bfloat16 output's
+    # rounding.
+    for kind in (GT.Q4_K, GT.Q6_K, GT.Q4_1):
+        w = weights(kind, 40, 768 if kind == GT.Q4_1 else 512, seed=2).tile()
+        x = torch.randn(6, w.shape[1], generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+        expected = x.double() @ dequantize(w).double().t()
+        assert kernels.quant_kernel() == "bf16"
+        by_bf16 = kernels.quant_linear(x, w, None).double()
+        kernels.quant_kernel("int")
+        try:
+            by_int = kernels.quant_linear(x, w, None).double()
+        finally:
+            kernels.quant_kernel("auto")
+        scale = expected.abs().max()
+        assert (by_bf16 - expected).abs().max() <= 4e-3 * scale
+        assert (by_bf16 - by_int).abs().max() <= 8e-3 * scale
+        assert not torch.equal(by_bf16, by_int)  # the choice took effect: two kernels, not one twice
 
 
 @native
