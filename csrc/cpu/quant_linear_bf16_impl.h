@@ -107,8 +107,7 @@ void bf16_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
   constexpr int kGroupsPerBlock = kSplit ? 8 : 4;
   const __m512 offset = _mm512_set1_ps(128.0f + static_cast<float>(w.zero_point));
   __m512 acc[MB][NB];
-  for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+  static_for<MB>([&](auto i) { static_for<NB>([&](auto j) { acc[i][j] = _mm512_setzero_ps(); }); });
   alignas(64) float s[NB][16], m[NB][16];
   const uint8_t* rows[NB];
   for (int j = 0; j < NB; ++j) rows[j] = row_start(w, n0 + j);
@@ -120,24 +119,20 @@ void bf16_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
       // m - (128 + z) s: the weights entered as 128 + q (zero past count: s and m are).
       _mm512_store_ps(m[j], _mm512_fnmadd_ps(offset, _mm512_load_ps(s[j]), _mm512_load_ps(m[j])));
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < MB; ++i) {
+    static_for<MB>([&](auto i) {
       const __m512 sums = _mm512_loadu_ps(p.sums.data() + (m0 + i) * p.groups_pad + g0);
-#pragma GCC unroll 8
-      for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_fmadd_ps(_mm512_load_ps(m[j]), sums, acc[i][j]);
-    }
+      static_for<NB>([&](auto j) { acc[i][j] = _mm512_fmadd_ps(_mm512_load_ps(m[j]), sums, acc[i][j]); });
+    });
     const int blocks = (count + kGroupsPerBlock - 1) / kGroupsPerBlock;
     for (int bi = 0; bi < blocks; ++bi) {
       const auto [block, mask, idx, idx_odd] = block_lanes<kSplit, kGroupsPerBlock>(g0, bi, nibble_bytes);
-#pragma GCC unroll 8
-      for (int j = 0; j < NB; ++j) {
+      static_for<NB>([&](auto j) {
         const __m512i raw = _mm512_maskz_loadu_epi8(mask, rows[j] + block * w.block_stride);
         __m512i wv[4];
         weights_bf16<BITS>(raw, rows[j] + w.top_offset + block * w.top_stride, wv);
         const __m512 sv = _mm512_permutexvar_ps(idx, _mm512_load_ps(s[j]));
         const __m512 sv_odd = kSplit ? _mm512_permutexvar_ps(idx_odd, _mm512_load_ps(s[j])) : sv;
-#pragma GCC unroll 4
-        for (int i = 0; i < MB; ++i) {
+        static_for<MB>([&](auto i) {
           const uint16_t* xb = p.xb.data() + (m0 + i) * p.plane + block * 128;
           const __m512bh x0 = (__m512bh)_mm512_loadu_si512(xb), x1 = (__m512bh)_mm512_loadu_si512(xb + 32);
           const __m512bh x2 = (__m512bh)_mm512_loadu_si512(xb + 64), x3 = (__m512bh)_mm512_loadu_si512(xb + 96);
@@ -153,16 +148,16 @@ void bf16_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
             lo = _mm512_dpbf16_ps(lo, (__m512bh)wv[3], x3);
             acc[i][j] = _mm512_fmadd_ps(lo, sv, acc[i][j]);
           }
-        }
-      }
+        });
+      });
     }
   }
-  for (int i = 0; i < MB; ++i) {
-    for (int j = 0; j < NB; ++j) {
+  static_for<MB>([&](auto i) {
+    static_for<NB>([&](auto j) {
       const float b = w.bias != nullptr ? w.bias[n0 + j] : 0.0f;
       store(out + (m0 + i) * w.n, n0 + j, _mm512_reduce_add_ps(acc[i][j]) + b);
-    }
-  }
+    });
+  });
 }
 
 // Output rows [n_begin, n_end) for every row of x, prepared (prepare_x_bf16), in the integer kernel's tiles.

@@ -17,6 +17,7 @@
 // into the min, whose m sum_i x_i is in unrounded x while the dot products are in rounded x.
 
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 // PreparedX (quant_input.h): x as this kernel reads it.
@@ -190,6 +191,19 @@ inline void expand6(__m512i raw, const uint8_t* top_bytes, __m512i& wl, __m512i&
   wh = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(raw, 4), low4), _mm512_and_si512(t, bits45));
 }
 
+// f(std::integral_constant<int, 0>{}) ... f(std::integral_constant<int, N - 1>{}): indices known at compile time,
+// so that an array of accumulators indexed by them stays in registers (indexed by a loop variable, GCC kept it in
+// memory too and stored every accumulator back on each block: a 64-byte store per row, output and block).
+template <typename F, int... I>
+__attribute__((always_inline)) inline void static_for_impl(F&& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
+}
+
+template <int N, typename F>
+__attribute__((always_inline)) inline void static_for(F&& f) {
+  static_for_impl(f, std::make_integer_sequence<int, N>{});
+}
+
 // Block bi of the 16 groups from g0, for a kernel whose int32 or float32 lane l sums bytes 4l .. 4l + 3 of a 64-byte
 // block: the block's index in the row, the mask of its bytes inside the row (`nibble_bytes` of them), and where
 // each lane's group scale sits among the 16 groups' (idx; idx_odd for split 6-bit groups of 16, whose lane l holds
@@ -225,8 +239,7 @@ void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   __m512 acc[MB][NB];
-  for (int i = 0; i < MB; ++i)
-    for (int j = 0; j < NB; ++j) acc[i][j] = _mm512_setzero_ps();
+  static_for<MB>([&](auto i) { static_for<NB>([&](auto j) { acc[i][j] = _mm512_setzero_ps(); }); });
   alignas(64) float s[NB][16], m[NB][16];
   const bool has_mins = w.mins16 != nullptr || w.mins8 != nullptr;
   const bool has_offset = BITS == 8 || w.zero_point != 0;
@@ -237,21 +250,18 @@ void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
     const int count = w.groups - g0 < 16 ? static_cast<int>(w.groups - g0) : 16;
     for (int j = 0; j < NB; ++j) maps16(w, n0 + j, g0, count, s[j], m[j]);
     // The per-group terms: + m sum(x), and for 8-bit weights or a zero point z, - s z d sum(q) (prepare_x).
-#pragma GCC unroll 4
-    for (int i = 0; i < MB; ++i) {
+    static_for<MB>([&](auto i) {
       const float* sums = p.sums.data() + (m0 + i) * p.groups_pad + g0;
       const float* offset = p.offset.data() + (m0 + i) * p.groups_pad + g0;
-#pragma GCC unroll 8
-      for (int j = 0; j < NB; ++j) {
+      static_for<NB>([&](auto j) {
         if (has_mins) acc[i][j] = _mm512_fmadd_ps(_mm512_load_ps(m[j]), _mm512_loadu_ps(sums), acc[i][j]);
         if (has_offset) acc[i][j] = _mm512_fnmadd_ps(_mm512_load_ps(s[j]), _mm512_loadu_ps(offset), acc[i][j]);
-      }
-    }
+      });
+    });
     const int blocks = (count + kGroupsPerBlock - 1) / kGroupsPerBlock;
     for (int bi = 0; bi < blocks; ++bi) {
       const auto [block, mask, idx, idx_odd] = block_lanes<kSplit, kGroupsPerBlock>(g0, bi, nibble_bytes);
-#pragma GCC unroll 8
-      for (int j = 0; j < NB; ++j) {
+      static_for<NB>([&](auto j) {
         const __m512i raw = _mm512_maskz_loadu_epi8(mask, rows[j] + block * w.block_stride);
         __m512i wl, wh;
         if constexpr (BITS == 4) {
@@ -265,8 +275,7 @@ void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
         }
         const __m512 sv = _mm512_permutexvar_ps(idx, _mm512_load_ps(s[j]));
         const __m512 sv_odd = kSplit ? _mm512_permutexvar_ps(idx_odd, _mm512_load_ps(s[j])) : sv;
-#pragma GCC unroll 4
-        for (int i = 0; i < MB; ++i) {
+        static_for<MB>([&](auto i) {
           const int8_t* xh = p.hi.data() + (m0 + i) * p.plane + block * (BITS == 8 ? 64 : 128);
           const int8_t* xl = p.lo.data() + (m0 + i) * p.plane + block * (BITS == 8 ? 64 : 128);
           const __m512 xd = _mm512_loadu_ps(p.lane_d.data() + ((m0 + i) * p.blocks + block) * 16);
@@ -277,7 +286,7 @@ void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
             vo = _mm512_dpbusd_epi32(_mm512_slli_epi32(vo, 8), wh, _mm512_loadu_si512(xl + 64));
             acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ve), _mm512_mul_ps(sv, xd), acc[i][j]);
             acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(vo), _mm512_mul_ps(sv_odd, xd), acc[i][j]);
-            continue;
+            return;
           }
           __m512i v;
           if constexpr (BITS != 8) {
@@ -290,16 +299,16 @@ void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
             v = _mm512_dpbusd_epi32(_mm512_slli_epi32(dh, 8), wl, _mm512_loadu_si512(xl));
           }
           acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(sv, xd), acc[i][j]);
-        }
-      }
+        });
+      });
     }
   }
-  for (int i = 0; i < MB; ++i) {
-    for (int j = 0; j < NB; ++j) {
+  static_for<MB>([&](auto i) {
+    static_for<NB>([&](auto j) {
       const float b = w.bias != nullptr ? w.bias[n0 + j] : 0.0f;
       store(out + (m0 + i) * w.n, n0 + j, _mm512_reduce_add_ps(acc[i][j]) + b);
-    }
-  }
+    });
+  });
 }
 
 // The tiles that cover output rows [n_begin, n_end) for every row of x, as tile(MB, NB, r, n) calls for rows
