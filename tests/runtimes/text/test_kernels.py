@@ -139,6 +139,27 @@ def test_paged_prefill_passes_opcheck_and_refuses_a_short_block_list() -> None:
 
 
 @pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_paged_decode_does_not_depend_on_how_its_tasks_are_cut(head_dim: int, dtype: torch.dtype) -> None:
+    # A task is one (row, KV head); a range that holds all of a row's KV heads reads the row's blocks whole instead.
+    # One thread takes every row whole; two cut 5 rows x 3 KV heads (15 tasks) inside row 2. Same numbers either way.
+    q, k, v, table, lens = paged_inputs(5, 6, 3, head_dim, 4, 23, dtype, seed=7)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        whole = kernels.paged_decode(q, k, v, table, lens)
+        torch.set_num_threads(2)
+        cut = kernels.paged_decode(q, k, v, table, lens)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(cut, whole, atol=0, rtol=0)
+    expected = paged_decode_native(q, k, v, table, lens, int(lens.max()))
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(whole.float(), expected.float(), atol=tol, rtol=tol)
+
+
+@pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
 def test_paged_decode_passes_opcheck() -> None:
     q, k, v, table, lens = paged_inputs(4, 6, 2, 32, 8, 40, torch.float32, seed=1)
     out = torch.empty_like(q)
