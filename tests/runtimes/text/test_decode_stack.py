@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -51,6 +52,10 @@ class Counted:
     def __init__(self, native: NativeDecode) -> None:
         self.native, self.calls = native, 0
 
+    @property
+    def max_rows(self) -> int:
+        return self.native.max_rows
+
     def covers(self, batch: object, rows: int) -> bool:
         return self.native.covers(batch, rows)  # type: ignore[arg-type]
 
@@ -63,8 +68,8 @@ class Twin:
     """Two drivers over one model, each with its own KV cache: one runs decode steps natively, one the torch
     model. Every step runs on both and their logits must be identical."""
 
-    def __init__(self, loaded: LoadedModel, dtype: torch.dtype) -> None:
-        native, plain = new_runner(loaded, dtype=dtype), new_runner(loaded, dtype=dtype)
+    def __init__(self, loaded: LoadedModel, dtype: torch.dtype, **runner: Any) -> None:
+        native, plain = new_runner(loaded, dtype=dtype, **runner), new_runner(loaded, dtype=dtype, **runner)
         assert native.native_decode is not None
         self.counted = Counted(native.native_decode)
         native.native_decode = self.counted  # type: ignore[assignment]
@@ -154,6 +159,24 @@ def test_verified_drafts_and_plain_decodes_in_one_native_step(checkpoints: dict[
     assert results[0].shape[0] == 5
     assert torch.equal(results[0], results[1])
     assert twin.counted.calls == 1
+
+
+def test_decode_steps_past_16_rows_run_natively_at_their_own_size(checkpoints: dict[str, Path]) -> None:
+    """The torch model pads a step of 17-64 rows to a multiple of 16; a step of decodes alone, which the native step
+    takes, is not padded, so 16 decodes and a draft (17 rows) do not fall back to the torch model."""
+    loaded = load(checkpoints["llama"], "int4", torch.bfloat16)
+    for module in loaded.model.modules():
+        if isinstance(module, QuantLinear):
+            module.dense_from_rows = 1000  # the streaming kernel at every row count here, timed or not
+    twin = Twin(loaded, torch.bfloat16, max_batch=24, num_blocks=256)
+    ids = [twin.sequence([3 + i, 7, 11 + i]) for i in range(18)]
+    logits = twin.step(*[(i, 3) for i in ids])  # prefill: the torch model
+    assert twin.counted.calls == 0
+    for _ in range(2):
+        for i, token in zip(ids, logits.argmax(-1).tolist(), strict=True):
+            twin.append(i, token)
+        logits = twin.step(*[(i, 1) for i in ids])  # 18 rows: padded to 32 before
+    assert twin.counted.calls == 2
 
 
 def test_steps_it_does_not_cover_take_the_torch_model(checkpoints: dict[str, Path]) -> None:
