@@ -145,7 +145,7 @@ inline void accumulate_block(float* acc, FloatRows v, int64_t rows, int64_t grou
 // scores [heads][length], rows_buf [block_size][kv_heads * HD]). A block's K (then V) rows of all heads are one
 // contiguous run of the cache, read front to back and converted once, where one KV head's rows are 2-4 cache lines
 // every kv_heads * HD values. Measured on a 2-core Zen 4, SmolLM2's shapes (9 heads, 3 KV heads, head_dim 64),
-// 16 rows x 600 tokens, 30 layers, bfloat16: 24-30 ms a step with a task per (row, KV head), 20-22 ms so. Still
+// 16 rows x 600 tokens, 30 layers, bfloat16: 24-30 ms a step with a task per (row, KV head), 20-22 ms by rows. Still
 // far under the memory's bandwidth (10-11 GB/s of 33): the loads of each block stall (perf). Asking for the next
 // blocks ahead (into L1 or L2, 1 to 8 blocks ahead) and 2 MB pages for the cache changed it by under 10 %: not
 // kept.

@@ -6,7 +6,9 @@
 // of x 4 vpdpbusd, a shift, an int-to-float conversion, a multiply by x's scale and an FMA, plus x's 5 vector loads
 // (high and low bytes, the lane scales): from 2 rows of x on, that work, not memory, bounds it (Qwen2.5-Coder-1.5B's
 // gate/up: 9.6x a single row's time at 16 rows). Here x is bfloat16 already (the model's activations), so it enters
-// as it is: each row costs 4 vdpbf16ps and one FMA per 128 weights, and 4 loads.
+// as it is: each row costs 4 vdpbf16ps and one FMA per 128 weights, and 4 loads. On a Zen 4 vdpbf16ps issues once a
+// cycle where vpdpbusd issues twice, so the dot products cost about the same and the gain is the rest: 1.2-1.7x per
+// matrix at 4-16 rows (Qwen2.5-Coder-1.5B), parity at 1 row, where memory bounds both.
 //
 // The weights enter as exact bfloat16 integers with no conversion: a bfloat16 whose high byte is 0x43 is 2^7 (1 +
 // f / 128) = 128 + f for its 7 fraction bits f, so OR-ing 0x4300 onto a 16-bit lane that holds a value q of 0-127
@@ -39,8 +41,8 @@ inline void prepare_x_bf16(const QuantView& w, const uint16_t* x, int64_t rows, 
   p.groups_pad = (w.groups + 15) / 16 * 16;
   p.xb.assign(rows * p.plane, 0);
   p.sums.assign(rows * p.groups_pad, 0.0f);
-  // The word-index vectors of permutex2var: word u of vector r draws from value source[u] of the block's groups 2h
-  // and 2h + 1 (h = u / 16: the first 16 words hold groups 0-1, the last 16 groups 2-3), as bf16_plane_slot places.
+  // permutex2var's word indices: word u of vector r is value index[r][u] of a pair of groups (0-63): groups 0-1 for
+  // u < 16, groups 2-3 for the rest (a blend joins the two), as bf16_plane_slot places each value.
   alignas(64) uint16_t index[4][32];
   for (int v = 0; v < 128; ++v) {
     const int slot = bf16_plane_slot(v), r = slot / 32, u = slot % 32;
