@@ -154,19 +154,35 @@ bool takes_bf16_dot(const QuantView& w) {
   }
 }
 
+// Output rows [n_begin, n_end) of x prepared in p (quant_linear_prepare), on the kernel p was prepared for.
+template <int BITS, int GS, typename T>
+void part_isa(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_t rows, int64_t n_begin,
+              int64_t n_end) {
+  if constexpr (BITS != 8 && std::is_same_v<T, uint16_t>) {
+    if (p.bf16) return bf16dot::bf16_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
+  }
+  if (cpu_has_vnni()) return vnni::vnni_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
+  switch (current_isa()) {
+    case Isa::kAvx512:
+      return avx512::linear_part<BITS, GS, T>(w, x, out, rows, n_begin, n_end);
+    case Isa::kAvx2:
+      return avx2::linear_part<BITS, GS, T>(w, x, out, rows, n_begin, n_end);
+    default:
+      return baseline::linear_part<BITS, GS, T>(w, x, out, rows, n_begin, n_end);
+  }
+}
+
 template <int BITS, int GS, typename T>
 void linear_isa(const QuantView& w, const T* x, T* out, int64_t rows) {
-  if constexpr (BITS != 8 && std::is_same_v<T, uint16_t>) {
-    if (takes_bf16_dot<T>(w)) {
-      PreparedX p;
-      bf16dot::prepare_x_bf16(w, x, rows, p);
-      at::parallel_for(0, w.n, 64, [&](int64_t begin, int64_t end) {
-        bf16dot::bf16_part<BITS, GS, T>(w, p, out, rows, begin, end);
-      });
-      return;
-    }
+  if (cpu_has_vnni()) {
+    // x prepared once for the integer or the bfloat16-dot kernel; part_isa takes the one it was prepared for.
+    PreparedX p;
+    quant_linear_prepare(w, x, rows, p);
+    at::parallel_for(0, w.n, 64, [&](int64_t begin, int64_t end) {
+      part_isa<BITS, GS, T>(w, p, x, out, rows, begin, end);
+    });
+    return;
   }
-  if (cpu_has_vnni()) return vnni::vnni_linear<BITS, GS, T>(w, x, out, rows);
   switch (current_isa()) {
     case Isa::kAvx512:
       return avx512::linear<BITS, GS, T>(w, x, out, rows);
@@ -212,23 +228,6 @@ void dequantize_any(const QuantView& w, T* out) {
 template <typename T>
 void quant_linear_rows(const QuantView& w, const T* x, T* out, int64_t rows) {
   linear_any(w, x, out, rows);
-}
-
-template <int BITS, int GS, typename T>
-void part_isa(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_t rows, int64_t n_begin,
-              int64_t n_end) {
-  if constexpr (BITS != 8 && std::is_same_v<T, uint16_t>) {
-    if (p.bf16) return bf16dot::bf16_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
-  }
-  if (cpu_has_vnni()) return vnni::vnni_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
-  switch (current_isa()) {
-    case Isa::kAvx512:
-      return avx512::linear_part<BITS, GS, T>(w, x, out, rows, n_begin, n_end);
-    case Isa::kAvx2:
-      return avx2::linear_part<BITS, GS, T>(w, x, out, rows, n_begin, n_end);
-    default:
-      return baseline::linear_part<BITS, GS, T>(w, x, out, rows, n_begin, n_end);
-  }
 }
 
 template <typename T>

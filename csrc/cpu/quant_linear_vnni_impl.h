@@ -352,10 +352,3 @@ void vnni_part(const QuantView& w, const PreparedX& p, T* out, int64_t rows, int
     vnni_tile<BITS, GS, decltype(mb)::value, decltype(nb)::value, T>(w, p, out, r, n);
   });
 }
-
-template <int BITS, int GS, typename T>
-void vnni_linear(const QuantView& w, const T* x, T* out, int64_t rows) {
-  PreparedX p;
-  prepare_x(w, x, rows, p);
-  at::parallel_for(0, w.n, 64, [&](int64_t begin, int64_t end) { vnni_part<BITS, GS, T>(w, p, out, rows, begin, end); });
-}
