@@ -6,9 +6,12 @@
 // of x 4 vpdpbusd, a shift, an int-to-float conversion, a multiply by x's scale and an FMA, plus x's 5 vector loads
 // (high and low bytes, the lane scales): from 2 rows of x on, that work, not memory, bounds it (Qwen2.5-Coder-1.5B's
 // gate/up: 9.6x a single row's time at 16 rows). Here x is bfloat16 already (the model's activations), so it enters
-// as it is: each row costs 4 vdpbf16ps and one FMA per 128 weights, and 4 loads. On a Zen 4 vdpbf16ps issues once a
-// cycle where vpdpbusd issues twice, so the dot products cost about the same and the gain is the rest: 1.2-1.7x per
-// matrix at 4-16 rows (Qwen2.5-Coder-1.5B), parity at 1 row, where memory bounds both.
+// as it is: each row costs 4 vdpbf16ps and one FMA per 128 weights, and 4 loads. On a Zen 4 both vdpbf16ps and
+// vpdpbusd issue once a cycle on 512-bit vectors (measured in a loop of independent ones at 3.64 GHz; vpdpbusd on
+// 256-bit vectors twice), so the 4 dot products cost the same in both kernels and the gain is the rest: 1.2-1.7x
+// per matrix at 4-16 rows (Qwen2.5-Coder-1.5B), parity at 1 row, where memory bounds both. The same count says why
+// no integer matrix product for prefill chunks beats the dense bfloat16 one (oneDNN, 26-30 of the 32 products a
+// cycle): with x in 16 bits, two vpdpbusd take 64 products, as two vdpbf16ps do; a prototype ran at 20-23.
 //
 // The weights enter as exact bfloat16 integers with no conversion: a bfloat16 whose high byte is 0x43 is 2^7 (1 +
 // f / 128) = 128 + f for its 7 fraction bits f, so OR-ing 0x4300 onto a 16-bit lane that holds a value q of 0-127
