@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "isa.h"
@@ -21,6 +22,19 @@
 // One copy per instruction set (isa_variants.h).
 #define EMBER_KERNEL_IMPL "paged_attention_impl.h"
 #include "isa_variants.h"
+
+// A fourth copy for CPUs with AVX512-BF16, whose prefill takes its scores as bfloat16 dot products; in its own
+// region, so that no instruction of AVX512-BF16 reaches the copy that runs where the CPU lacks it.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,fma,f16c")
+#define EMBER_AVX512 1
+#define EMBER_BF16 1
+namespace ember::cpu::bf16dot {
+#include "paged_attention_impl.h"
+}
+#undef EMBER_BF16
+#undef EMBER_AVX512
+#pragma GCC pop_options
 
 namespace ember::cpu {
 
@@ -45,6 +59,12 @@ template <typename T>
 void paged_prefill_rows(T* out, const T* q, int64_t q_stride, const T* k, const T* v, const int64_t* blocks,
                         int64_t start, int64_t rows, int64_t heads, int64_t kv_heads, int64_t head_dim,
                         int64_t block_size, float scale) {
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    if (cpu_has_bf16()) {
+      return bf16dot::paged_prefill(out, q, q_stride, k, v, blocks, start, rows, heads, kv_heads, head_dim,
+                                    block_size, scale);
+    }
+  }
   EMBER_ISA_CALL(paged_prefill(out, q, q_stride, k, v, blocks, start, rows, heads, kv_heads, head_dim, block_size,
                                scale));
 }

@@ -309,6 +309,36 @@ inline void gather_rows(float* dst, const T* cache, const int64_t* blocks, int64
   }
 }
 
+#if defined(EMBER_BF16)
+// s[j] = scale * (q . key t0 + j) for the 16 query lanes of qp ([head_dim / 2][16] pairs of bfloat16 q), keys read
+// in place from the bfloat16 cache; keys past count get the last key's score (the caller masks them).
+inline void prefill_scores_bf16(vec* s, const uint32_t* qp, const uint16_t* k_cache, const int64_t* blocks, int64_t t0,
+                                int64_t count, int64_t head_dim, int64_t block_size, int64_t row_stride,
+                                int64_t block_stride, int64_t g, float scale) {
+  const uint16_t* key[kPrefillLanes];
+  for (int j = 0; j < kPrefillLanes; ++j) {
+    const int64_t t = t0 + std::min<int64_t>(j, count - 1);
+    key[j] = k_cache + blocks[t / block_size] * block_stride + (t % block_size) * row_stride + g * head_dim;
+  }
+  __m512 a[kPrefillLanes];
+  for (int j = 0; j < kPrefillLanes; ++j) a[j] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < head_dim / 2; ++p) {
+    const __m512bh qv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(qp + p * kPrefillLanes));
+#pragma GCC unroll 16
+    for (int j = 0; j < kPrefillLanes; ++j) {
+      int32_t pair;
+      std::memcpy(&pair, key[j] + 2 * p, 4);
+      a[j] = _mm512_dpbf16_ps(a[j], qv, reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair)));
+    }
+  }
+  const __m512 sc = _mm512_set1_ps(scale);
+  for (int j = 0; j < kPrefillLanes; ++j) {
+    const __m512 v = _mm512_mul_ps(a[j], sc);
+    std::memcpy(&s[j], &v, sizeof v);
+  }
+}
+#endif
+
 // One task: the query heads of KV head g (g * group .. g * group + group - 1), query rows [r0, r0 + n) (n <= 16) of
 // the chunk. qt/acc [group][head_dim][16], k/v [16][head_dim]. Each chunk of 16 keys is gathered and converted
 // once for the group's heads: per head and chunk the scores and the weighted values take 2 x 16 x head_dim FMAs,
@@ -332,6 +362,27 @@ void prefill_task(T* out, const T* q, int64_t q_stride, const T* k_cache, const 
     }
   }
   const vec pos = load_vec(pos_f);
+#if defined(EMBER_BF16)
+  // bfloat16 q and K with an even head_dim: the scores are bfloat16 dot products (vdpbf16ps: per 16 query lanes, a
+  // pair of dimensions of each against the same pair of one key's, broadcast straight from the cache), 16 lanes x 2
+  // products an instruction where the float32 FMA does 16, and no conversion of K at all. The products of two
+  // bfloat16 are exact in float32; q enters unscaled (q * scale would round again) and the scale multiplies the sums.
+  constexpr bool kPairs = std::is_same_v<T, uint16_t>;
+  const bool pairs = kPairs && head_dim % 2 == 0;
+  if (pairs) {
+    const int64_t half = head_dim / 2;
+    uint32_t* qp = reinterpret_cast<uint32_t*>(qt);  // [group][half][16]: lane l = q row r0 + l's pair p
+    for (int l = 0; l < kPrefillLanes; ++l) {
+      const int64_t r = r0 + std::min<int64_t>(l, n - 1);
+      for (int64_t hg = 0; hg < group; ++hg) {
+        const T* src = q + r * q_stride + (g * group + hg) * head_dim;
+        for (int64_t p = 0; p < half; ++p) std::memcpy(qp + (hg * half + p) * kPrefillLanes + l, src + 2 * p, 4);
+      }
+    }
+  }
+#else
+  constexpr bool pairs = false;
+#endif
   std::fill(acc, acc + group * tile, 0.0f);
   // The online softmax's running max and sum per head, [group][16] (lanes: queries).
   std::fill(m, m + group * kPrefillLanes, -INFINITY);
@@ -339,18 +390,28 @@ void prefill_task(T* out, const T* q, int64_t q_stride, const T* k_cache, const 
   const int64_t keys = start + r0 + n;  // the last lane's context
   for (int64_t t0 = 0; t0 < keys; t0 += kPrefillLanes) {
     const int64_t count = std::min<int64_t>(kPrefillLanes, keys - t0);
-    gather_rows(k, k_cache, blocks, t0, count, head_dim, block_size, row_stride, block_stride, g);
+    if (!pairs) gather_rows(k, k_cache, blocks, t0, count, head_dim, block_size, row_stride, block_stride, g);
     gather_rows(v, v_cache, blocks, t0, count, head_dim, block_size, row_stride, block_stride, g);
     for (int64_t hg = 0; hg < group; ++hg) {
-      const float* qh = qt + hg * tile;
       float* ah = acc + hg * tile;
       // s[j] (lanes: queries) = q . key t0 + j.
       vec s[kPrefillLanes];
-      for (int j = 0; j < kPrefillLanes; ++j) s[j] = vec{};
-      for (int64_t i = 0; i < head_dim; ++i) {
-        const vec qi = load_vec(qh + i * kPrefillLanes);
+#if defined(EMBER_BF16)
+      if constexpr (kPairs) {
+        if (pairs) {
+          prefill_scores_bf16(s, reinterpret_cast<const uint32_t*>(qt) + hg * (head_dim / 2) * kPrefillLanes,
+                              k_cache, blocks, t0, count, head_dim, block_size, row_stride, block_stride, g, scale);
+        }
+      }
+#endif
+      if (!pairs) {
+        const float* qh = qt + hg * tile;
+        for (int j = 0; j < kPrefillLanes; ++j) s[j] = vec{};
+        for (int64_t i = 0; i < head_dim; ++i) {
+          const vec qi = load_vec(qh + i * kPrefillLanes);
 #pragma GCC unroll 16
-        for (int j = 0; j < kPrefillLanes; ++j) s[j] += qi * k[j * head_dim + i];
+          for (int j = 0; j < kPrefillLanes; ++j) s[j] += qi * k[j * head_dim + i];
+        }
       }
       // Causal: key t0 + j is seen by the lanes at positions >= t0 + j (and never past count).
       vec chunk_max = load_vec(m + hg * kPrefillLanes);
