@@ -121,7 +121,8 @@ class TextEngine:
     ) -> None:
         if config.max_batch > runner.max_batch:
             raise ValueError(f"max_batch={config.max_batch} exceeds the runner's {runner.max_batch} rows")
-        scheduling = SchedulerConfig(config.max_batch, config.max_step_tokens)
+        # Steps with a prompt chunk run padded: the scheduler fills the padding with prompt tokens that wait.
+        scheduling = SchedulerConfig(config.max_batch, config.max_step_tokens, step_rows=runner.step_rows)
         if scheduling.step_capacity > runner.max_step_tokens:
             raise ValueError(
                 f"a step of up to {scheduling.step_capacity} tokens exceeds the runner's {runner.max_step_tokens}"

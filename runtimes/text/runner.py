@@ -157,6 +157,11 @@ class ModelRunner:
         # Steps of decode rows only run through the layers in one native call where the model allows it.
         self.native_decode = NativeDecode.build(model, dtype) if device.type == "cpu" else None
 
+    def step_rows(self, n: int) -> int:
+        """The rows a step of ``n`` tokens with a prompt chunk runs at (padded_rows), where a step may hold that many
+        tokens; the scheduler gives the padding to prompt tokens that wait."""
+        return min(padded_rows(n), self.max_step_tokens)
+
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> Tensor:
         """Run the step; float32 logits [S, V] for the chunks that sample (``chunk.samples``), in chunk order:

@@ -12,6 +12,8 @@ Every step is one forward over a flattened batch. ``schedule()`` fills it under 
                prefix and prefills the rest in chunks. A request whose next block another running request is
                prefilling right now (n > 1 choices of one prompt) waits a step and takes it from the cache.
 
+    padding    a step with a prompt chunk runs at a padded size (``step_rows``: the runner's matmul shapes);
+               the rows past its tokens go to prompt tokens that wait, running prompts' first, then new requests'.
     drafts     with a Speculator, decodes may then draft tokens into the budget left over (spec_decode/): such
                a decode is a chunk of 1 + k tokens, its last token and the drafts, verified in the same forward.
 
@@ -22,7 +24,7 @@ appended (the rest is rolled back), and ``finish()`` for a request that is done.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ember.bus.messages import JobStatus
@@ -40,6 +42,10 @@ class SchedulerConfig:
     # Prompt tokens computed per step (prefill chunks): a long prompt delays the running decodes by at most one such
     # step. Decodes ride along outside it, one token per running request.
     max_step_tokens: int = 512
+    # The rows the model computes for a step of n tokens that holds a prompt chunk, at most as many as a step may
+    # hold (ModelRunner.step_rows: such steps are padded to a few matmul shapes), or None where it computes n. Rows
+    # past n are filled with prompt tokens that wait, rather than computed as padding (_fill_padding).
+    step_rows: Callable[[int], int] | None = None
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -74,6 +80,12 @@ class ScheduledChunk:
     draft_ids: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.samples = self.start + self.num_tokens == self.request.num_tokens
+
+    def grow(self, count: int) -> None:
+        """Compute ``count`` more of the request's own tokens (a prompt chunk, before any drafts)."""
+        assert not self.draft_ids and self.start + self.num_tokens + count <= self.request.num_tokens
+        self.num_tokens += count
         self.samples = self.start + self.num_tokens == self.request.num_tokens
 
     def add_drafts(self, draft_ids: list[int]) -> None:
@@ -178,6 +190,7 @@ class Scheduler:
         if not out.preempted:
             # Admitting while requests are being preempted would only thrash.
             budget = self._admit(scheduled, budget)
+            self._fill_padding(scheduled)
         scheduled = self._background_yields(scheduled)
         if not out.preempted:
             self._draft(scheduled, budget)
@@ -194,15 +207,44 @@ class Scheduler:
             return scheduled
         return [c for c in scheduled if c.request.params.priority >= 0]
 
-    def _chunk(self, remaining: int, budget: int) -> int:
+    def _chunk(self, remaining: int, budget: int, slack: int | None = None) -> int:
         """How many of a request's ``remaining`` tokens to compute now, with ``budget`` prompt tokens left."""
         if remaining == 1:
             return 1  # a decode, or a prompt's last token: outside the budget
-        if remaining <= budget + self.config.slack:
+        if remaining <= budget + (self.config.slack if slack is None else slack):
             return remaining
         return max(budget, 0)
 
-    def _admit(self, scheduled: list[ScheduledChunk], budget: int) -> int:
+    def _fill_padding(self, scheduled: list[ScheduledChunk]) -> None:
+        """Give the rows a step with a prompt chunk would compute as padding to prompt tokens that wait: first to the
+        running requests' prompts (highest priority, then oldest), then to waiting requests. Such a step costs its
+        padded size whatever fills it: 16 SmolLM2-135M decodes beside a 512-token prompt make 528 tokens, which
+        run as 576 rows (runner.padded_rows), 48 of them computing nothing."""
+        rows = self.config.step_rows
+        if rows is None or not any(c.num_tokens > 1 and not c.draft_ids for c in scheduled):
+            return
+        total = sum(c.num_tokens for c in scheduled)
+        spare = rows(total) - total
+        chunks = {id(c.request): c for c in scheduled}
+        for req in sorted(self.running, key=lambda r: (-r.params.priority, r.arrival)):
+            if spare <= 0:
+                return
+            chunk = chunks.get(id(req))
+            if chunk is not None and chunk.samples:
+                continue  # a decode, or a chunk that ends its prompt already
+            have = chunk.num_tokens if chunk is not None else 0
+            grow = min(spare, req.num_tokens - req.num_computed - have)
+            if grow <= 0 or not self.kv.allocate(req, have + grow, reserve=len(self.running)):
+                continue
+            if chunk is None:
+                scheduled.append(ScheduledChunk(req, req.num_computed, grow))
+            else:
+                chunk.grow(grow)
+            spare -= grow
+        if spare > 0:
+            self._admit(scheduled, spare, slack=0)
+
+    def _admit(self, scheduled: list[ScheduledChunk], budget: int, slack: int | None = None) -> int:
         """Admit waiting requests into the step; returns the budget they left."""
         prefilling = {k for c in scheduled if (k := self.kv.next_key(c.request)) is not None and c.num_tokens > 1}
         hits: dict[int, PrefixHit] = {}
@@ -221,7 +263,7 @@ class Scheduler:
                 break
             # Looked up again: blocks admitted before it in this step may have evicted what the filter saw.
             hit = self.kv.lookup(req)
-            num_new = self._chunk(req.num_tokens - hit.num_tokens(self.kv.block_size), budget)
+            num_new = self._chunk(req.num_tokens - hit.num_tokens(self.kv.block_size), budget, slack)
             if num_new == 0:
                 break
             # Keep a block per running request in hand, so the running ones can grow without a preemption.

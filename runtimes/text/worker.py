@@ -47,7 +47,7 @@ from ember.runtimes.text.engine import (
 from ember.runtimes.text.engine_metrics import text_metrics
 from ember.runtimes.text.grammar import GrammarCompiler, GrammarError, response_grammar
 from ember.runtimes.text.loader import LoadedModel, load_model
-from ember.runtimes.text.runner import CacheConfig, ModelRunner
+from ember.runtimes.text.runner import CacheConfig, ModelRunner, padded_rows
 from ember.runtimes.text.scheduler import SchedulerConfig
 from ember.runtimes.text.spec_decode import Drafter
 from ember.runtimes.text.spec_decode.draft_model import DRAFT_PREFILL_BUDGET, DraftModelDrafter
@@ -446,7 +446,8 @@ def build_engine(
         loaded.config,
         cache=cache,
         max_context=min(loaded.context_length, spec.max_context or loaded.context_length),
-        max_step_tokens=SchedulerConfig(spec.max_batch, spec.max_step_tokens).step_capacity,
+        # Up to the matmul shape the largest step runs at anyway, so the scheduler may fill all its padding.
+        max_step_tokens=padded_rows(SchedulerConfig(spec.max_batch, spec.max_step_tokens).step_capacity),
         max_batch=spec.max_batch,
         device=device,
         dtype=dtype,

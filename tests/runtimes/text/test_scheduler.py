@@ -6,14 +6,27 @@ from ember.bus.messages import JobStatus, SamplingParams
 from ember.runtimes.text.block_pool import BlockPool
 from ember.runtimes.text.kv_manager import KVCacheManager
 from ember.runtimes.text.request import GenerateRequest, Request
+from ember.runtimes.text.runner import padded_rows
 from ember.runtimes.text.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 
 
 def scheduler(
-    *, blocks: int = 64, block_size: int = 4, max_batch: int = 8, step_tokens: int = 16, caching: bool = True
+    *,
+    blocks: int = 64,
+    block_size: int = 4,
+    max_batch: int = 8,
+    step_tokens: int = 16,
+    caching: bool = True,
+    padded: bool = False,
 ) -> Scheduler:
+    """``padded``: steps with a prompt chunk run at the runner's padded sizes, up to the largest step's (as the
+    worker sets them up)."""
     kv = KVCacheManager(BlockPool(blocks, block_size), caching=caching)
-    return Scheduler(SchedulerConfig(max_batch=max_batch, max_step_tokens=step_tokens), kv)
+    config = SchedulerConfig(max_batch=max_batch, max_step_tokens=step_tokens)
+    if padded:
+        largest = padded_rows(config.step_capacity)
+        config = SchedulerConfig(max_batch, step_tokens, step_rows=lambda n: min(padded_rows(n), largest))
+    return Scheduler(config, kv)
 
 
 def request(rid: str, prompt: list[int], max_tokens: int = 4, *, priority: int = 0, key: str = "") -> Request:
@@ -25,9 +38,11 @@ def step(s: Scheduler) -> SchedulerOutput:
     """One step: schedule, 'run', sample 7 for every chunk that reaches its end, finish requests at max_tokens."""
     out = s.schedule()
     prompt_tokens = sum(c.num_tokens for c in out.chunks if c.num_tokens > 1)
-    assert prompt_tokens <= s.config.max_step_tokens + s.config.slack
-    assert out.num_tokens <= s.config.step_capacity
-    assert len(out.chunks) <= s.config.max_batch
+    if s.config.step_rows is None:
+        assert prompt_tokens <= s.config.max_step_tokens + s.config.slack
+        assert out.num_tokens <= s.config.step_capacity
+    else:  # padding filled: never past the rows the largest step runs at anyway
+        assert out.num_tokens <= s.config.step_rows(s.config.step_capacity)
     s.update(out)
     for chunk in out.chunks:
         req = chunk.request
@@ -193,3 +208,36 @@ def test_background_rows_sit_out_the_step_that_prefills_a_foreground_request() -
     assert sorted(c.request.request_id for c in out.chunks) == ["chat", "line"]  # both decode again
     run_all(s)
     assert line.num_output_tokens == 8
+
+
+def test_the_rows_a_step_would_pad_go_to_the_prompts_that_wait() -> None:
+    """A step with a prompt chunk runs at a padded size (64 tokens and a decode: 128 rows); the rows past its
+    tokens compute prompt tokens that wait, the running prompts' first, rather than nothing."""
+    s = scheduler(blocks=256, step_tokens=64, padded=True)
+    reqs = [request("first", list(range(1, 65))), request("second", list(range(100, 164)))]
+    reqs += [request("third", list(range(200, 300))), request("long", list(range(300, 500)))]
+    s.add(reqs[0])
+    assert step(s).num_scheduled_tokens == {"first": 64}  # 64 rows: nothing to pad
+    s.add(reqs[1])
+    s.add(reqs[2])
+    out = step(s)
+    # first decodes, second's whole prompt (the budget), and third's first 63 tokens where 63 rows would pad.
+    assert out.num_scheduled_tokens == {"first": 1, "second": 64, "third": 63} and out.num_tokens == 128
+    out = step(s)
+    # third's last 37 tokens end its prompt: 39 tokens, padded to 48 with nothing left to fill them.
+    assert out.num_scheduled_tokens == {"first": 1, "second": 1, "third": 37} and out.chunks[2].samples
+    s.add(reqs[3])
+    out = step(s)
+    # A prompt the budget cuts grows into the padding itself: 64 of its 200 tokens, then 61 more to fill 128 rows.
+    assert out.num_scheduled_tokens == {"first": 1, "second": 1, "third": 1, "long": 125}
+    run_all(s)
+    assert all(r.output_ids == [7] * 4 for r in reqs)
+
+
+def test_without_padding_to_fill_the_budget_stands() -> None:
+    s = scheduler(blocks=256, step_tokens=64, padded=False)
+    s.add(request("first", list(range(1, 65))))
+    step(s)
+    s.add(request("second", list(range(100, 164))))
+    s.add(request("third", list(range(200, 300))))
+    assert step(s).num_scheduled_tokens == {"first": 1, "second": 64}
