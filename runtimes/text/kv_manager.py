@@ -104,11 +104,13 @@ class KVCacheManager:
             req.block_ids += self.pool.allocate(missing)
         return True
 
-    def commit(self, req: Request) -> None:
-        """Index the request's blocks that are full and computed, so later requests can hit them."""
+    def commit(self, req: Request, upto: int | None = None) -> None:
+        """Index the request's blocks that are full and computed (and lie within its first ``upto`` tokens, if
+        given), so later requests can hit them."""
         if not self._caches(req):
             return
-        for j in range(len(req.prefix_entries), req.num_computed // self.block_size):
+        computed = req.num_computed if upto is None else min(req.num_computed, upto)
+        for j in range(len(req.prefix_entries), computed // self.block_size):
             entry = self.pool.index(req.block_ids[j], self._key(req, j, req.prefix_entries))
             req.prefix_entries.append(entry)
 

@@ -7,7 +7,11 @@ k one-token steps for every drafting request at once, each picking its argmax. A
 ``Sampler.verify``'s rule expects, so sampled requests stay exact too.
 
 A shadow's catch-up (at first: the whole prompt) is computed in chunks of at most ``prefill_budget`` tokens a
-step, shared by the step's requests; a request whose shadow is still behind does not draft in that step.
+step, shared by the step's requests; a request whose shadow is still behind does not draft in that step. A new
+shadow starts from the longest prompt prefix the draft pool has cached (under its request's cache salt, so tenants
+stay apart as in the target's cache): a prompt sent again, or a shared system prompt, does not enter the draft model
+again (Qwen2.5-Coder-0.5B drafting for 1.5B: an 800-token prompt is ~2 s of catch-up on 2 cores, over the first
+steps of the reply).
 """
 
 from __future__ import annotations
@@ -47,9 +51,9 @@ class DraftModelDrafter(Drafter):
         self.runner = runner
         self.vocab_size = min(vocab_size, runner.vocab_size)
         self.prefill_budget = prefill_budget
-        # No prefix caching: a shadow's computed mark moves back over rejected drafts, and a block indexed while it
-        # held them would keep its old key while its K/V is rewritten.
-        self.kv = KVCacheManager(BlockPool(runner.cache.num_blocks, runner.block_size), caching=False)
+        # Prefix caching of prompt blocks only: a shadow's computed mark moves back over rejected drafts, and a block
+        # indexed while it held them would keep its old key while its K/V is rewritten; prompt tokens never change.
+        self.kv = KVCacheManager(BlockPool(runner.cache.num_blocks, runner.block_size), caching=True)
         self._shadows: dict[str, _Shadow] = {}
         # A running average of one draft forward's seconds (0: not measured yet).
         self.forward_seconds = 0.0
@@ -99,7 +103,10 @@ class DraftModelDrafter(Drafter):
         shadow = self._shadows.get(req.request_id)
         if shadow is None:
             params = GenerateRequest(req.request_id, list(req.params.prompt_ids), req.params.sampling, 1)
-            shadow = self._shadows[req.request_id] = _Shadow(Request(params, cache_salt=None))
+            shadow = self._shadows[req.request_id] = _Shadow(Request(params, cache_salt=req.cache_salt))
+            hit = self.kv.lookup(shadow.seq)
+            if hit.block_ids:
+                self.kv.allocate(shadow.seq, 0, hit)  # where the pool has no room even for these, none are taken
         seq, target = shadow.seq, req.token_ids
         agree = shadow.synced
         mine = seq.token_ids
@@ -138,7 +145,7 @@ class DraftModelDrafter(Drafter):
             chunk = chunks[i]
             seq = chunk.request
             seq.num_computed = chunk.start + chunk.num_tokens
-            self.kv.commit(seq)
+            self.kv.commit(seq, upto=seq.num_prompt_tokens)  # drafts past the prompt may yet be rolled back
             if chunk.samples:
                 drafts[i].append(picks[row])
                 row += 1

@@ -17,6 +17,7 @@ from tests.helpers.text_runner import new_runner
 from tests.helpers.tiny_checkpoint import write_tiny_llama
 from tests.runtimes.text.test_engine import request, tokens
 from tests.runtimes.text.test_spec_engine import REPETITIVE, engine_for, replies
+from tests.runtimes.text.test_spec_engine import _collect as collect
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +119,24 @@ def test_the_worker_builds_a_drafter_from_the_model_spec(
     assert build_drafter(settings, off, loaded, cpu) is None
     with pytest.raises(ConfigError, match="does not share the tokenizer"):
         build_drafter(settings, settings.model("odd"), loaded, cpu)
+
+
+async def test_a_prompt_sent_again_enters_the_draft_model_from_its_cache(loaded: LoadedModel, tiny_model: Path) -> None:
+    """The draft pool caches prompt blocks as the target's cache does: the same prompt again starts its shadow from
+    every full block but the one holding its last token, and the replies are those of the target alone."""
+    prompt = " ".join([REPETITIVE[0]] * 3)
+    n = len(loaded.tokenizer.encode(prompt, add_special_tokens=False))
+    plain = await replies(engine_for(loaded, "off"), [request(loaded, "plain", prompt, max_tokens=16)])
+    drafter = drafter_from(load_model(tiny_model))
+    engine = engine_for(loaded, "always", drafter)
+    try:
+        first = await collect(engine, request(loaded, "first", prompt, max_tokens=16))
+        assert drafter.kv.hit_tokens == 0
+        again = await collect(engine, request(loaded, "again", prompt, max_tokens=16))
+    finally:
+        engine.stop()
+    assert drafter.kv.hit_tokens == (n - 1) // 4 * 4 > 0
+    assert tokens(first) == tokens(again) == tokens(plain[0])
+    assert engine.spec_accepted_tokens > 0
+    # Blocks past the prompt (which held drafts) were never indexed: only the prompt's full blocks are.
+    assert drafter.kv.pool.num_cached == n // 4
