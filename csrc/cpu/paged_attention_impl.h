@@ -286,8 +286,10 @@ void paged_decode(T* out, const T* q, int64_t q_stride, const T* k_cache, const 
 // ---- Prefill: a chunk of S query tokens at positions start .. start + S - 1 over the context 0 .. start + S - 1 (the
 // chunk's own K/V already in the cache), causal. Lanes run over 16 query positions of one head, not over head_dim:
 // a score is then one FMA per dimension with the key's value broadcast, a key's weight multiplies V the same way,
-// and the online softmax's max and sum are lane-wise, with no horizontal sums anywhere. A task is one head and 16
-// positions; it streams the keys in chunks of 16 (converted to float32 once per chunk).
+// and the online softmax's max and sum are lane-wise, with no horizontal sums anywhere. A task is the query heads of
+// one KV head and 16 positions; it streams the keys in chunks of 16, converted to float32 once per chunk for all of
+// those heads (where the CPU has AVX512-BF16 the scores are bfloat16 dot products on K as stored, and only V is
+// converted: prefill_scores_bf16).
 constexpr int kPrefillLanes = kLanes;
 
 // Keys [t0, t0 + count) of KV head g from the paged cache into rows [count, head_dim] of float32; zero past count
