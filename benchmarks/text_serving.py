@@ -254,6 +254,27 @@ def start_system(name: str, args: argparse.Namespace, gguf: Path) -> Iterator[Sy
         yield System(name, stack.url, stack.worker_pid, args.model)
 
 
+def spec_counters(system: System) -> tuple[float, float] | None:
+    """An Ember system's draft tokens verified and accepted so far (its workers' ember_text_spec_tokens counters,
+    from the gateway's /metrics), or None for another system or where speculation is off. Printed per round, they
+    tell a round that drafted less from one whose steps ran slower: one Ember process in a run of four once made
+    23 tok/s of code-edit where another made 31."""
+    if not system.name.startswith("ember"):
+        return None
+    try:
+        page = httpx.get(system.url + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    found: dict[str, float] = {}
+    for line in page.splitlines():
+        if line.startswith("ember_text_spec_tokens_total{"):
+            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
+            found[outcome] = found.get(outcome, 0.0) + float(line.rsplit(" ", 1)[1])
+    if "drafted" not in found:
+        return None
+    return found["drafted"], found.get("accepted", 0.0)
+
+
 def busy_cores(interval: float) -> float:
     """The machine's busy CPU over ``interval`` seconds, in cores (Linux /proc/stat: all but idle and iowait)."""
 
@@ -711,13 +732,18 @@ def main() -> None:
                     waited = wait_until_quiet()
                     if waited > 1.0:
                         print(f"  (waited {waited:.1f} s for the machine to go quiet before {system.name})", flush=True)
+                    before = spec_counters(system)
                     with PeakRss(system.pid) as rss:
                         streams, wall = asyncio.run(run_requests(system, reqs))
                     run = Run(streams, wall, rss.peak)
                     results.add(w, system.name, run)
                     ttft = 1000 * statistics.median(s.ttft_s for s in streams)
+                    after = spec_counters(system)
+                    drafts = ""
+                    if before is not None and after is not None and after[0] > before[0]:
+                        drafts = f"  drafts {after[1] - before[1]:.0f} of {after[0] - before[0]:.0f} accepted"
                     print(
-                        f"round {r} {w:9s} {system.name:14s} {run.tok_s:7.1f} tok/s  TTFT p50 {ttft:6.0f} ms",
+                        f"round {r} {w:9s} {system.name:14s} {run.tok_s:7.1f} tok/s  TTFT p50 {ttft:6.0f} ms{drafts}",
                         flush=True,
                     )
     print_table(results, systems, names)
