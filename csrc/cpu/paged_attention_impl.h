@@ -353,17 +353,6 @@ void prefill_task(T* out, const T* q, int64_t q_stride, const T* k_cache, const 
   const int64_t group = heads / kv_heads;
   const int64_t row_stride = kv_heads * head_dim, block_stride = block_size * row_stride;
   const int64_t tile = head_dim * kPrefillLanes;
-  // Lane l: query row r0 + l at position start + r0 + l (lanes past n repeat the last row; never stored).
-  alignas(64) float pos_f[kPrefillLanes];
-  for (int l = 0; l < kPrefillLanes; ++l) {
-    const int64_t r = r0 + std::min<int64_t>(l, n - 1);
-    pos_f[l] = static_cast<float>(start + r);
-    for (int64_t hg = 0; hg < group; ++hg) {
-      const T* src = q + r * q_stride + (g * group + hg) * head_dim;
-      for (int64_t i = 0; i < head_dim; ++i) qt[hg * tile + i * kPrefillLanes + l] = load(src, i) * scale;
-    }
-  }
-  const vec pos = load_vec(pos_f);
 #if defined(EMBER_BF16)
   // bfloat16 q and K with an even head_dim: the scores are bfloat16 dot products (vdpbf16ps: per 16 query lanes, a
   // pair of dimensions of each against the same pair of one key's, broadcast straight from the cache), 16 lanes x 2
@@ -371,20 +360,28 @@ void prefill_task(T* out, const T* q, int64_t q_stride, const T* k_cache, const 
   // bfloat16 are exact in float32; q enters unscaled (q * scale would round again) and the scale multiplies the sums.
   constexpr bool kPairs = std::is_same_v<T, uint16_t>;
   const bool pairs = kPairs && head_dim % 2 == 0;
-  if (pairs) {
-    const int64_t half = head_dim / 2;
-    uint32_t* qp = reinterpret_cast<uint32_t*>(qt);  // [group][half][16]: lane l = q row r0 + l's pair p
-    for (int l = 0; l < kPrefillLanes; ++l) {
-      const int64_t r = r0 + std::min<int64_t>(l, n - 1);
-      for (int64_t hg = 0; hg < group; ++hg) {
-        const T* src = q + r * q_stride + (g * group + hg) * head_dim;
-        for (int64_t p = 0; p < half; ++p) std::memcpy(qp + (hg * half + p) * kPrefillLanes + l, src + 2 * p, 4);
-      }
-    }
-  }
 #else
   constexpr bool pairs = false;
 #endif
+  // q per head, lanes over query rows: float32 q * scale in qt [group][head_dim][16], or for the pairs its bfloat16
+  // pairs as stored, [group][head_dim / 2][16] dwords in the same buffer.
+  uint32_t* qp = reinterpret_cast<uint32_t*>(qt);
+  // Lane l: query row r0 + l at position start + r0 + l (lanes past n repeat the last row; never stored).
+  alignas(64) float pos_f[kPrefillLanes];
+  for (int l = 0; l < kPrefillLanes; ++l) {
+    const int64_t r = r0 + std::min<int64_t>(l, n - 1);
+    pos_f[l] = static_cast<float>(start + r);
+    for (int64_t hg = 0; hg < group; ++hg) {
+      const T* src = q + r * q_stride + (g * group + hg) * head_dim;
+      if (pairs) {
+        const int64_t half = head_dim / 2;
+        for (int64_t p = 0; p < half; ++p) std::memcpy(qp + (hg * half + p) * kPrefillLanes + l, src + 2 * p, 4);
+      } else {
+        for (int64_t i = 0; i < head_dim; ++i) qt[hg * tile + i * kPrefillLanes + l] = load(src, i) * scale;
+      }
+    }
+  }
+  const vec pos = load_vec(pos_f);
   std::fill(acc, acc + group * tile, 0.0f);
   // The online softmax's running max and sum per head, [group][16] (lanes: queries).
   std::fill(m, m + group * kPrefillLanes, -INFINITY);
@@ -401,8 +398,8 @@ void prefill_task(T* out, const T* q, int64_t q_stride, const T* k_cache, const 
 #if defined(EMBER_BF16)
       if constexpr (kPairs) {
         if (pairs) {
-          prefill_scores_bf16(s, reinterpret_cast<const uint32_t*>(qt) + hg * (head_dim / 2) * kPrefillLanes,
-                              k_cache, blocks, t0, count, head_dim, block_size, row_stride, block_stride, g, scale);
+          prefill_scores_bf16(s, qp + hg * (head_dim / 2) * kPrefillLanes, k_cache, blocks, t0, count, head_dim,
+                              block_size, row_stride, block_stride, g, scale);
         }
       }
 #endif
