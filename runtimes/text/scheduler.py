@@ -173,7 +173,7 @@ class Scheduler:
         budget = self.config.max_step_tokens
         scheduled: list[ScheduledChunk] = []
         # Highest priority first, then oldest: preemption takes from the other end.
-        order = sorted(self.running, key=lambda r: (-r.params.priority, r.arrival))
+        order = self._by_priority()
         while order:
             req = order.pop(0)
             num_new = self._chunk(req.num_tokens - req.num_computed, budget)
@@ -198,6 +198,10 @@ class Scheduler:
         out.chunks = sorted(scheduled, key=lambda c: (c.num_tokens > 1) + (c.num_tokens > 1 and not c.draft_ids))
         return out
 
+    def _by_priority(self) -> list[Request]:
+        """The running requests, highest priority first, then oldest."""
+        return sorted(self.running, key=lambda r: (-r.params.priority, r.arrival))
+
     @staticmethod
     def _background_yields(scheduled: list[ScheduledChunk]) -> list[ScheduledChunk]:
         """Background requests (priority below 0: batch lines) sit out a step that computes a foreground
@@ -221,12 +225,12 @@ class Scheduler:
         padded size whatever fills it: 16 SmolLM2-135M decodes beside a 512-token prompt make 528 tokens, which
         run as 576 rows (runner.padded_rows), 48 of them computing nothing."""
         rows = self.config.step_rows
-        if rows is None or not any(c.num_tokens > 1 and not c.draft_ids for c in scheduled):
+        if rows is None or not any(c.num_tokens > 1 for c in scheduled):  # before drafts: these are prompt chunks
             return
         total = sum(c.num_tokens for c in scheduled)
         spare = rows(total) - total
         chunks = {id(c.request): c for c in scheduled}
-        for req in sorted(self.running, key=lambda r: (-r.params.priority, r.arrival)):
+        for req in self._by_priority():
             if spare <= 0:
                 return
             chunk = chunks.get(id(req))
