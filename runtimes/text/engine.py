@@ -21,7 +21,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,8 +64,8 @@ class EngineConfig:
     # channel between tenants); "off": no prefix caching.
     prefix_cache: PrefixCacheMode = "shared"
     # Speculative decoding (spec_decode/): "auto" drafts where it pays, "always" on every decode (that finds a match,
-    # with prompt lookup), "off" never; at most num_speculative_tokens drafts per request and step. The drafter is
-    # prompt lookup unless the engine is given another (a draft model).
+    # with prompt lookup), "off" never; at most num_speculative_tokens drafts per request and step. The drafters are
+    # the engine's (prompt lookup, then a draft model: build_engine), or prompt lookup alone.
     speculative: SpeculativeMode = "auto"
     num_speculative_tokens: int = 4
 
@@ -117,7 +117,11 @@ class TextEngine:
     """
 
     def __init__(
-        self, runner: ModelRunner, tokenizer: TextTokenizer, config: EngineConfig, drafter: Drafter | None = None
+        self,
+        runner: ModelRunner,
+        tokenizer: TextTokenizer,
+        config: EngineConfig,
+        drafters: Sequence[Drafter] = (),
     ) -> None:
         if config.max_batch > runner.max_batch:
             raise ValueError(f"max_batch={config.max_batch} exceeds the runner's {runner.max_batch} rows")
@@ -137,7 +141,7 @@ class TextEngine:
         self.speculator: Speculator | None = None
         if config.speculative != "off":
             spec = SpecConfig(config.speculative, config.num_speculative_tokens)
-            self.speculator = Speculator(spec, drafter or PromptLookupDrafter(), runner.max_context)
+            self.speculator = Speculator(spec, drafters or [PromptLookupDrafter()], runner.max_context)
         self.scheduler = Scheduler(scheduling, self.kv, self.speculator)
         self.outputs = OutputProcessor(tokenizer, runner.max_context)
         self.sampler = Sampler()

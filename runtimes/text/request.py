@@ -40,8 +40,11 @@ class DraftRecord:
     drafted: int = 0
     accepted: int = 0
     steps: int = 0
-    # The estimated chance that a draft token is accepted given the one before it was (None: not yet estimated).
-    rate: float | None = None
+    # By drafter (its name): the estimated chance that a draft token is accepted given the one before it was; a
+    # drafter absent here has not been estimated for this request yet.
+    rates: dict[str, float] = field(default_factory=dict)
+    # The drafter of the draft the request is verifying (observe credits its outcome to that drafter's rate).
+    source: str = ""
     # The drafter's own state for this request (the n-gram index of its tokens), made on first use; it dies with
     # the request, so that nothing keyed by request id can outlive it.
     state: Any = None

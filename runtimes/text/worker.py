@@ -49,7 +49,7 @@ from ember.runtimes.text.grammar import GrammarCompiler, GrammarError, response_
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.runner import CacheConfig, ModelRunner, padded_rows
 from ember.runtimes.text.scheduler import SchedulerConfig
-from ember.runtimes.text.spec_decode import Drafter
+from ember.runtimes.text.spec_decode import Drafter, PromptLookupDrafter
 from ember.runtimes.text.spec_decode.draft_model import DRAFT_PREFILL_BUDGET, DraftModelDrafter
 from ember.runtimes.text.tokenizer import TextTokenizer
 from ember.runtimes.text.tool_format import ToolFormat, answered_calls, choose_format
@@ -436,7 +436,9 @@ async def send_with_tool_calls(
 def build_engine(
     spec: ModelSpec, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, drafter: Drafter | None = None
 ) -> TextEngine:
-    """The engine for a loaded model: a KV pool of the configured budget, a runner sized for the largest step."""
+    """The engine for a loaded model: a KV pool of the configured budget, a runner sized for the largest step.
+    ``drafter``, a draft model's, drafts for the requests that prompt lookup finds nothing for (its drafts are free
+    and, where the text repeats, long and right: Qwen2.5-Coder-0.5B's forward costs ~40 % of the 1.5B's here)."""
     budget = spec.kv_cache_bytes
     if spec.kv_cache_fraction is not None:
         budget = int(free_memory(device) * spec.kv_cache_fraction)
@@ -471,7 +473,8 @@ def build_engine(
         spec.speculative,
         spec.num_speculative_tokens,
     )
-    return TextEngine(runner, loaded.tokenizer, config, drafter)
+    drafters = [PromptLookupDrafter(), drafter] if drafter is not None else []
+    return TextEngine(runner, loaded.tokenizer, config, drafters)
 
 
 def build_drafter(

@@ -43,6 +43,7 @@ class _Shadow:
 
 
 class DraftModelDrafter(Drafter):
+    name = "draft_model"
     # Its drafts cost forwards of the draft model: the speculator decides how deep to draft before asking.
     free = False
 
@@ -137,8 +138,13 @@ class DraftModelDrafter(Drafter):
         logits = self.runner.execute(out)  # [S, V]
         picks = logits[:, : self.vocab_size].argmax(dim=-1).tolist()
         elapsed = time.perf_counter() - started
-        old = self.forward_seconds
-        self.forward_seconds = elapsed if not old else old + _TIME_WEIGHT * (elapsed - old)
+        if all(c.num_tokens == 1 for c in chunks.values()):
+            # What one more token of depth costs. A forward that carries a catch-up (a prompt entering the draft
+            # model, up to prefill_budget tokens) is paid once whatever the depth: timed in, it priced every draft
+            # token as a prompt chunk, and `auto` stopped drafting (Qwen2.5-Coder-0.5B for 1.5B, code-edit: 1-4
+            # drafting steps a request, slower than no drafts at all).
+            old = self.forward_seconds
+            self.forward_seconds = elapsed if not old else old + _TIME_WEIGHT * (elapsed - old)
         grew = []
         row = 0
         for i in order:

@@ -19,6 +19,9 @@ from ember.runtimes.text.request import Request
 
 
 class Drafter(ABC):
+    # What the speculator keys a request's acceptance estimate by: a request drafted by two drafters keeps one for
+    # each, since their drafts fare differently (prompt lookup's are right or wrong in long runs).
+    name = "drafter"
     # Whether drafts cost next to nothing (a lookup): then the speculator looks at them before choosing which to
     # verify. A drafter that runs a model says what a draft of a given depth costs (``seconds``) instead, and is
     # asked only for the drafts expected to pay.

@@ -90,6 +90,8 @@ def _key(tokens: Sequence[int], start: int, end: int) -> int:
 class PromptLookupDrafter(Drafter):
     """Drafts from the request's own prompt and output (an ``NgramIndex`` per request, in ``req.draft.state``)."""
 
+    name = "prompt_lookup"
+
     def __init__(self, max_n: int = MAX_NGRAM, min_n: int = MIN_NGRAM) -> None:
         self.max_n, self.min_n = max_n, min_n
 

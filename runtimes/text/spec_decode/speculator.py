@@ -12,17 +12,26 @@ Modes::
     auto    the drafts that pay, by measurement: a draft token is worth what it is expected to add to the step's
             tokens, and costs what it adds to the step's time (and, drafted by a model, its forwards)
 
-How "auto" weighs them: each request keeps an estimate ``rate`` of the chance that a draft token is accepted given
-the one before it was (a running average of its verified drafts, from PRIOR_RATE), so its i-th draft token is
-expected to add ``rate ** i`` tokens. The step times come from the engine's own steps (``StepTimes``): what an
-extra row costs differs by orders of magnitude between kernels (a dense float32 forward of 1 to 16 rows reads the
-same weights in the same time; a quantized one may stream them once per few rows) and with the other load on the
-machine. Of all candidate draft tokens, best first, the step keeps the number D that maximizes
-``(tokens the step yields + expected accepted drafts) / time(step tokens + D)``. Prompt lookup's drafts are free,
-so they are looked up first and cut to what pays; a draft model's cost ``seconds(depth)`` joins the step's time,
-and it is asked only for the depths that pay. Estimates that keep a request or a step size from drafting would
-never be revised: a request that could draft and does not drifts back towards the prior, and every
-EXPLORE_EVERY-th step that could draft takes all its drafts (and so measures them).
+Drafters are asked in order, each for the requests that the ones before it left without a draft: prompt lookup
+first (free; where the text repeats, its drafts are long runs of right tokens), then a draft model if one is
+configured (its forwards cost time, so it drafts only where lookup found nothing, or nothing that pays).
+
+How "auto" weighs them: each request keeps, per drafter, an estimate ``rate`` of the chance that a draft token is
+accepted given the one before it was (a running average of its verified drafts), so its i-th draft token is
+expected to add ``rate ** i`` tokens. A request's estimate starts from its drafter's ``prior``: the same running
+average over every request's drafts (from PRIOR_RATE), since a new request on a server whose draft model is right
+99 times in 100 is better guessed by that than by a constant.
+
+The step times come from the engine's own steps (``StepTimes``): what an extra row costs differs by orders of
+magnitude between kernels (a dense float32 forward of 1 to 16 rows reads the same weights in the same time; a
+quantized one may stream them once per few rows) and with the other load on the machine. Of all candidate draft
+tokens, best first, the step keeps the number D that maximizes
+``(tokens the step yields + expected accepted drafts) / time(step tokens + D)``, per drafter in turn (a later one
+weighs its drafts in a step that holds the earlier ones'). Prompt lookup's drafts are free, so they are looked up
+first and cut to what pays; a draft model's cost ``seconds(depth)`` joins the step's time, and it is asked only
+for the depths that pay. Estimates that keep a request or a step size from drafting would never be revised: a
+request that could draft and does not drifts back towards its drafter's prior, a step size not yet timed runs
+without drafts once, and every EXPLORE_EVERY-th step that could draft takes all its drafts (and so measures them).
 """
 
 from __future__ import annotations
@@ -37,11 +46,13 @@ from ember.runtimes.text.spec_decode.interface import Drafter
 
 SpeculativeMode = Literal["auto", "always", "off"]
 
-# A request's acceptance rate before it has drafted, and how fast its estimate follows what it sees (per drafted
-# token verified) and drifts back to the prior (per step it could draft and did not).
+# A drafter's acceptance rate before any of its drafts was verified; how fast a request's estimate follows what it
+# sees (per drafted token verified) and drifts back to its drafter's prior (per step it could draft and did not);
+# how fast the prior follows every request's drafts (per drafted token verified, slower: it is many requests').
 PRIOR_RATE = 0.5
 RATE_WEIGHT = 0.2
 RATE_DRIFT = 0.05
+PRIOR_WEIGHT = 0.02
 # Every this many steps with drafts on offer, all are taken: step times and acceptance rates are measured again.
 EXPLORE_EVERY = 64
 # Step sizes (tokens) whose times are kept; larger steps are taken to cost in proportion to their tokens.
@@ -96,12 +107,17 @@ class StepTimes:
 class Speculator:
     """Plans drafts within a step's spare room and learns what they are worth. Engine thread only."""
 
-    def __init__(self, config: SpecConfig, drafter: Drafter, max_context: int) -> None:
+    def __init__(self, config: SpecConfig, drafters: Sequence[Drafter], max_context: int) -> None:
+        """``drafters``: asked in this order, each for the requests the ones before it left without a draft."""
         if config.mode == "off":
             raise ValueError("speculative='off' runs without a Speculator")
+        if not drafters or len({d.name for d in drafters}) < len(drafters):
+            raise ValueError(f"drafters must be one or more, with distinct names: {[d.name for d in drafters]}")
         self.config = config
-        self.drafter = drafter
+        self.drafters = list(drafters)
         self.max_context = max_context
+        # By drafter name: the acceptance rate of every request's drafts, where a request's own estimate starts.
+        self.prior = {d.name: PRIOR_RATE for d in self.drafters}
         self.times = StepTimes()
         self._offers = 0
         # Seconds the drafter took in the current step (not part of what the step's size costs).
@@ -129,48 +145,77 @@ class Speculator:
         if judge:
             self._offers += 1
             judge = self._offers % EXPLORE_EVERY != 0
-        if judge and not self.drafter.free:
-            # A model's drafts cost its forwards: decide how deep to draft before drafting.
-            depths = self._depths(chosen, limits, len(reqs), step_tokens)
-            limits = [depths.get(id(r), 0) for r in chosen]
-            chosen, limits = [r for r, n in zip(chosen, limits, strict=True) if n], [n for n in limits if n]
-        started = time.perf_counter()
-        proposed = self.drafter.propose(chosen, limits) if chosen else []
-        self._draft_seconds += time.perf_counter() - started
-        offered = {id(r): d[:n] for r, d, n in zip(chosen, proposed, limits, strict=True)}
-        if judge and self.drafter.free and any(offered.values()):
-            depths = self._depths(chosen, [len(offered[id(r)]) for r in chosen], len(reqs), step_tokens)
-            for r in chosen:
-                offered[id(r)] = offered[id(r)][: depths.get(id(r), 0)]
+        offered: dict[int, list[int]] = {}
+        for drafter in self.drafters:
+            asking = [(r, n) for r, n in zip(chosen, limits, strict=True) if id(r) not in offered]
+            if not asking:
+                break
+            # The step's tokens so far: its own and the drafts the drafters before this one placed.
+            tokens = step_tokens + sum(map(len, offered.values()))
+            drafted = self._draft(drafter, [r for r, _ in asking], [n for _, n in asking], judge, len(reqs), tokens)
+            for r, _ in asking:
+                if id(r) in drafted:
+                    offered[id(r)] = drafted[id(r)]
+                    r.draft.source = drafter.name
         return [offered.get(id(r), []) for r in reqs]
 
-    def _depths(self, reqs: Sequence[Request], lengths: Sequence[int], yields: int, step_tokens: int) -> dict[int, int]:
-        """How many of each request's draft tokens (of ``lengths`` on offer) raise the step's expected tokens per
-        second; by ``id(request)``, absent for none."""
+    def _draft(
+        self, drafter: Drafter, reqs: list[Request], limits: list[int], judge: bool, yields: int, step_tokens: int
+    ) -> dict[int, list[int]]:
+        """``drafter``'s drafts for these requests, up to ``limits``; where ``judge``, cut to what pays. By
+        ``id(request)``, only those that got a draft."""
+        if judge and not drafter.free:
+            # A model's drafts cost its forwards: decide how deep to draft before drafting.
+            depths = self._depths(drafter, reqs, limits, yields, step_tokens)
+            limits = [depths.get(id(r), 0) for r in reqs]
+            reqs, limits = [r for r, n in zip(reqs, limits, strict=True) if n], [n for n in limits if n]
+            if not reqs:
+                return {}
+        started = time.perf_counter()
+        proposed = drafter.propose(reqs, limits)
+        self._draft_seconds += time.perf_counter() - started
+        drafts = {id(r): d[:n] for r, d, n in zip(reqs, proposed, limits, strict=True) if d and n}
+        if judge and drafter.free and drafts:
+            got = [r for r in reqs if id(r) in drafts]
+            depths = self._depths(drafter, got, [len(drafts[id(r)]) for r in got], yields, step_tokens)
+            drafts = {rid: d[: depths[rid]] for rid, d in drafts.items() if rid in depths}
+        return drafts
+
+    def _depths(
+        self, drafter: Drafter, reqs: Sequence[Request], lengths: Sequence[int], yields: int, step_tokens: int
+    ) -> dict[int, int]:
+        """How many of each request's draft tokens (of ``lengths`` on offer from ``drafter``) raise the step's
+        expected tokens per second; by ``id(request)``, absent for none."""
+        name = drafter.name
         # (expected gain, request, depth): a request's gains fall with depth, so the best D are prefixes.
         candidates = sorted(
-            ((_rate(r) ** i, id(r), i) for r, n in zip(reqs, lengths, strict=True) for i in range(1, n + 1)),
+            ((self.rate(r, name) ** i, id(r), i) for r, n in zip(reqs, lengths, strict=True) for i in range(1, n + 1)),
             reverse=True,
             key=lambda c: c[0],
         )
         base = self.times.seconds(step_tokens)
+        if not base:
+            # No step this small has been timed: this one runs without drafts and is, so that a draft's cost can be
+            # weighed against something. (Weighed against nothing, drafts looked free: a draft model asked from the
+            # first step on drafted in every step after it, so no plain step was ever timed.)
+            return {}
         # Tokens per second relative to the step without drafts: (yields + expected gain) / yields / time ratio.
         best, best_speed, gain, deepest = 0, 1.0, 0.0, 0
         for d, (g, _, i) in enumerate(candidates, start=1):
             gain += g
             deepest = max(deepest, i)
-            ratio = self.times.ratio(step_tokens, step_tokens + d)
-            if base:
-                ratio += self.drafter.seconds(deepest) / base
+            ratio = self.times.ratio(step_tokens, step_tokens + d) + drafter.seconds(deepest) / base
             speed = (yields + gain) / yields / ratio
             if speed > best_speed:
                 best, best_speed = d, speed
         depths: dict[int, int] = {}
         for _, rid, i in candidates[:best]:
             depths[rid] = max(depths.get(rid, 0), i)
+        prior = self.prior[name]
         for r, n in zip(reqs, lengths, strict=True):
             if n and id(r) not in depths:
-                r.draft.rate = _rate(r) + RATE_DRIFT * (PRIOR_RATE - _rate(r))
+                rate = self.rate(r, name)
+                r.draft.rates[name] = rate + RATE_DRIFT * (prior - rate)
         return depths
 
     def observe(self, req: Request, drafted: int, accepted: int) -> None:
@@ -183,10 +228,17 @@ class Speculator:
         self.accepted_tokens += accepted
         self.verify_steps += 1
         # Each accepted token is a success, the first rejected one a failure (those after it were never tried).
-        rate = _rate(req)
+        name = record.source
+        rate, prior = self.rate(req, name), self.prior[name]
         for outcome in [1.0] * accepted + [0.0] * (accepted < drafted):
             rate += RATE_WEIGHT * (outcome - rate)
-        record.rate = rate
+            prior += PRIOR_WEIGHT * (outcome - prior)
+        record.rates[name], self.prior[name] = rate, prior
+
+    def rate(self, req: Request, drafter: str) -> float:
+        """The estimated chance that a token ``drafter`` drafts for ``req`` is accepted, given the one before it
+        was: the request's own estimate, or the drafter's prior before it has one."""
+        return req.draft.rates.get(drafter, self.prior[drafter])
 
     def timed(self, num_tokens: int, seconds: float) -> None:
         """A step of ``num_tokens`` tokens (drafts included) took ``seconds``, sampling and all (and drafting, which
@@ -195,7 +247,8 @@ class Speculator:
         self._draft_seconds = 0.0
 
     def finish(self, req: Request) -> None:
-        self.drafter.finish(req)
+        for drafter in self.drafters:
+            drafter.finish(req)
 
     def _limit(self, req: Request) -> int:
         """The most tokens ``req`` may draft now."""
@@ -206,8 +259,3 @@ class Speculator:
         # A step yields one token more than it drafts, and never past max_tokens; the drafts' KV must fit.
         headroom = min(req.params.max_tokens - req.num_output_tokens - 1, self.max_context - req.num_tokens)
         return min(self.config.num_tokens, headroom)
-
-
-def _rate(req: Request) -> float:
-    """The request's estimated chance that a draft token is accepted, given the one before it was."""
-    return PRIOR_RATE if req.draft.rate is None else req.draft.rate

@@ -218,7 +218,7 @@ def _request(rid: str, prompt: list[int], max_tokens: int = 32, **sampling: obje
 
 def _scheduler(mode: str = "always", *, step_tokens: int = 16, blocks: int = 64, k: int = 4) -> Scheduler:
     kv = KVCacheManager(BlockPool(blocks, 4))
-    speculator = Speculator(SpecConfig(mode, k), FixedDrafter(), max_context=1000)  # type: ignore[arg-type]
+    speculator = Speculator(SpecConfig(mode, k), [FixedDrafter()], max_context=1000)  # type: ignore[arg-type]
     return Scheduler(SchedulerConfig(max_batch=8, max_step_tokens=step_tokens), kv, speculator)
 
 
@@ -286,7 +286,7 @@ def test_blocks_holding_only_rejected_drafts_go_back_to_the_pool() -> None:
     assert req.block_ids and len(req.block_ids) == 2 and s.kv.pool.num_idle == idle - 1
     s.finish(req)
     assert s.kv.pool.num_idle == 63 and s.speculator is not None
-    assert s.speculator.drafter.finished == ["r"]  # type: ignore[attr-defined]
+    assert s.speculator.drafters[0].finished == ["r"]  # type: ignore[attr-defined]
 
 
 def test_drafts_stop_short_of_max_tokens_and_skip_grammar_requests() -> None:
@@ -306,7 +306,7 @@ def _timed(speculator: Speculator, ms: Callable[[int], float]) -> Speculator:
 
 
 def _auto(ms: Callable[[int], float]) -> Speculator:
-    return _timed(Speculator(SpecConfig("auto", 4), FixedDrafter(), max_context=1000), ms)
+    return _timed(Speculator(SpecConfig("auto", 4), [FixedDrafter()], max_context=1000), ms)
 
 
 def test_auto_drafts_whatever_is_expected_to_pay_when_rows_are_free() -> None:
@@ -321,14 +321,14 @@ def test_auto_drafts_nothing_where_each_row_costs_a_token() -> None:
     req = _request("r", [1, 2, 3])
     assert speculator.propose([req], 64, 1) == [[]]
     # ... unless the request's drafts are always right: then 4 drafts for 5 rows still break even at best.
-    req.draft.rate = 0.999
+    req.draft.rates["drafter"] = 0.999
     assert speculator.propose([req], 64, 1) == [[]]
 
 
 def test_auto_drafts_as_deep_as_the_acceptance_and_the_measured_cost_allow() -> None:
     speculator = _auto(lambda n: 20.0 + 5.0 * (n - 1))  # each extra row adds a quarter of a decode step
     good, poor, fresh = (_request(rid, [1, 2, 3]) for rid in ("good", "poor", "fresh"))
-    good.draft.rate, poor.draft.rate = 0.95, 0.2
+    good.draft.rates["drafter"], poor.draft.rates["drafter"] = 0.95, 0.2
     assert speculator.propose([good], 64, 1) == [[7] * 4]
     assert speculator.propose([poor], 64, 1) == [[]]
     assert speculator.propose([fresh], 64, 1) == [[7]]  # the prior (0.5) pays for one token, not two
@@ -340,20 +340,21 @@ def test_auto_drafts_as_deep_as_the_acceptance_and_the_measured_cost_allow() -> 
 def test_auto_still_measures_what_it_has_stopped_drafting() -> None:
     speculator = _auto(lambda n: 10.0 * n)
     req = _request("r", [1, 2, 3])
-    req.draft.rate = 0.1
+    req.draft.rates["drafter"] = 0.1
     offers = [speculator.propose([req], 64, 1)[0] for _ in range(EXPLORE_EVERY)]
     assert offers.count([7] * 4) == 1 and offers.count([]) == EXPLORE_EVERY - 1
-    assert req.draft.rate is not None and 0.4 < req.draft.rate < 0.5  # drifting back towards the prior
+    assert 0.4 < req.draft.rates["drafter"] < 0.5  # drifting back towards the prior
 
 
 def test_a_request_s_rate_follows_its_verified_drafts() -> None:
     speculator = _auto(lambda n: 10.0)
     req = _request("r", [1, 2, 3])
+    assert speculator.propose([req], 64, 1) == [[7] * 4]
     speculator.observe(req, 4, 4)
-    assert req.draft.rate is not None and req.draft.rate > 0.75
-    high = req.draft.rate
+    assert req.draft.rates["drafter"] > 0.75
+    high = req.draft.rates["drafter"]
     speculator.observe(req, 4, 1)  # one success, then a failure (the last two drafts were never tried)
-    assert req.draft.rate < high
+    assert req.draft.rates["drafter"] < high
     assert (req.draft.drafted, req.draft.accepted, req.draft.steps) == (8, 5, 2)
     assert (speculator.drafted_tokens, speculator.accepted_tokens, speculator.verify_steps) == (8, 5, 2)
 
@@ -365,3 +366,66 @@ def test_step_times_are_optimistic_where_unmeasured() -> None:
     times.record(3, 0.020)
     assert times.ratio(1, 2) == 1.0 and times.ratio(1, 5) == 2.0
     assert times.ratio(100, 110) == 1.1  # beyond the timed sizes: in proportion to the tokens
+
+
+class ModelLikeDrafter(FixedDrafter):
+    """Guesses token 8, at a cost: as the speculator sees a draft model."""
+
+    name = "model"
+    free = False
+
+    def propose(self, reqs: Sequence[Request], limits: Sequence[int]) -> list[list[int]]:
+        return [[8] * n for n in limits]
+
+    def seconds(self, depth: int) -> float:
+        return depth * 0.001
+
+
+class EvenLookup(FixedDrafter):
+    """A free drafter that finds a guess (token 7) only for requests whose prompt has an even length."""
+
+    name = "lookup"
+
+    def propose(self, reqs: Sequence[Request], limits: Sequence[int]) -> list[list[int]]:
+        return [[7] * n if req.num_prompt_tokens % 2 == 0 else [] for req, n in zip(reqs, limits, strict=True)]
+
+
+@pytest.mark.parametrize("mode", ["always", "auto"])
+def test_a_later_drafter_drafts_for_the_requests_the_earlier_left_without_a_draft(mode: str) -> None:
+    speculator = _timed(Speculator(SpecConfig(mode, 4), [EvenLookup(), ModelLikeDrafter()], 1000), lambda n: 50.0)
+    even, odd = _request("even", [1, 2]), _request("odd", [1, 2, 3])
+    assert speculator.propose([even, odd], 64, 2) == [[7] * 4, [8] * 4]
+    assert (even.draft.source, odd.draft.source) == ("lookup", "model")
+    # Each outcome goes to its own drafter's estimates: the request's, and the prior new requests start from.
+    speculator.observe(even, 4, 4)
+    speculator.observe(odd, 4, 0)
+    assert set(even.draft.rates) == {"lookup"} and set(odd.draft.rates) == {"model"}
+    assert speculator.prior["lookup"] > 0.5 > speculator.prior["model"]
+    # Two drafters by one name could not be told apart.
+    with pytest.raises(ValueError, match="distinct names"):
+        Speculator(SpecConfig(mode, 4), [FixedDrafter(), FixedDrafter()], 1000)
+
+
+def test_a_new_request_starts_from_what_its_drafter_s_drafts_have_been_worth() -> None:
+    # Each extra row adds 60 % of a decode step: the prior (0.5) does not pay for a single draft token.
+    speculator = _auto(lambda n: 20.0 + 12.0 * (n - 1))
+    assert speculator.propose([_request("first", [1, 2, 3])], 64, 1) == [[]]
+    # Other requests' drafts were nearly always right (every EXPLORE_EVERY-th offer takes all, as here).
+    for i in range(25):
+        req = _request(f"r{i}", [1, 2, 3])
+        req.draft.source = "drafter"
+        speculator.observe(req, 4, 4)
+    assert speculator.prior["drafter"] > 0.9
+    fresh = _request("fresh", [1, 2, 3])
+    assert len(speculator.propose([fresh], 64, 1)[0]) >= 2
+    assert "drafter" not in fresh.draft.rates  # still on the prior: it has verified nothing yet
+
+
+def test_auto_times_a_plain_step_before_it_weighs_drafts() -> None:
+    """Before any step of this size was timed, a draft's cost could be weighed against nothing and every draft would
+    look free: then no plain step would ever be timed (a draft model drafted in every step at 28 % acceptance)."""
+    speculator = Speculator(SpecConfig("auto", 4), [ModelLikeDrafter()], max_context=1000)
+    req = _request("r", [1, 2, 3])
+    assert speculator.propose([req], 64, 1) == [[]]
+    speculator.timed(1, 0.050)
+    assert speculator.propose([req], 64, 1) == [[8] * 4]  # larger steps untimed: tried, optimistically

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from ember.bus.messages import SamplingParams
 from ember.config import ConfigError, ModelSpec, Settings
 from ember.runtimes.text.engine import TextEngine
 from ember.runtimes.text.loader import LoadedModel, load_model
+from ember.runtimes.text.request import GenerateRequest, Request
+from ember.runtimes.text.spec_decode import PromptLookupDrafter
 from ember.runtimes.text.spec_decode.draft_model import DraftModelDrafter
 from ember.runtimes.text.worker import build_drafter, build_engine
 from tests.helpers.text_runner import new_runner
@@ -113,7 +116,8 @@ def test_the_worker_builds_a_drafter_from_the_model_spec(
     assert isinstance(drafter, DraftModelDrafter)
     engine = build_engine(settings.model("target"), loaded, cpu, torch.float32, drafter)
     assert isinstance(engine, TextEngine) and engine.speculator is not None
-    assert engine.speculator.drafter is drafter
+    assert [type(d) for d in engine.speculator.drafters] == [PromptLookupDrafter, DraftModelDrafter]
+    assert engine.speculator.drafters[1] is drafter
     assert build_drafter(settings, settings.model("plain"), loaded, cpu) is None
     off = settings.model("target").model_copy(update={"speculative": "off"})
     assert build_drafter(settings, off, loaded, cpu) is None
@@ -140,3 +144,16 @@ async def test_a_prompt_sent_again_enters_the_draft_model_from_its_cache(loaded:
     assert engine.spec_accepted_tokens > 0
     # Blocks past the prompt (which held drafts) were never indexed: only the prompt's full blocks are.
     assert drafter.kv.pool.num_cached == n // 4
+
+
+def test_a_draft_forward_s_time_is_taken_from_one_token_forwards_only(loaded: LoadedModel, tiny_model: Path) -> None:
+    """A shadow's catch-up (a whole prompt at first) is paid once, however deep the drafts go: timed in, it made
+    every draft token look like a prompt chunk, and ``auto`` stopped drafting."""
+    drafter = drafter_from(load_model(tiny_model))
+    prompt = loaded.tokenizer.encode(" ".join([REPETITIVE[0]] * 2), add_special_tokens=False)
+    req = Request(GenerateRequest("r", prompt, SamplingParams(temperature=0), 16))
+    [draft] = drafter.propose([req], [1])  # the prompt's forward, which yields the first draft token
+    assert len(draft) == 1 and drafter.forward_seconds == 0.0
+    req.token_ids.append(draft[0])  # the target accepted it: the next forward is that token's, then 2 more
+    [draft] = drafter.propose([req], [3])
+    assert len(draft) == 3 and drafter.forward_seconds > 0.0

@@ -57,7 +57,7 @@ class Oracle(Drafter):
 def engine_for(loaded: LoadedModel, speculative: str, drafter: Drafter | None = None, k: int = 4) -> TextEngine:
     runner = new_runner(loaded, num_blocks=256, block_size=4, max_step_tokens=64, max_batch=4)
     config = EngineConfig(max_batch=4, max_step_tokens=16, speculative=speculative, num_speculative_tokens=k)  # type: ignore[arg-type]
-    engine = TextEngine(runner, loaded.tokenizer, config, drafter)
+    engine = TextEngine(runner, loaded.tokenizer, config, [drafter] if drafter else [])
     engine.start()
     return engine
 
@@ -197,7 +197,7 @@ async def test_preemption_with_drafts_still_gives_the_same_replies(loaded: Loade
     runner = new_runner(loaded, num_blocks=1 + 22, block_size=4, max_step_tokens=64, max_batch=4)
     oracle = Oracle({r.request_id: tokens(o) for r, o in zip(reqs, plain, strict=True)})
     engine = TextEngine(
-        runner, loaded.tokenizer, EngineConfig(max_batch=4, max_step_tokens=16, speculative="always"), oracle
+        runner, loaded.tokenizer, EngineConfig(max_batch=4, max_step_tokens=16, speculative="always"), [oracle]
     )
     engine.start()
     drafted = await replies(engine, reqs)
