@@ -12,7 +12,7 @@ dequantization) exists.
 
 from __future__ import annotations
 
-from collections import Counter
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +25,9 @@ from ember.runtimes.text import kernels
 from ember.runtimes.text.quant.formats import QuantizedTensor, dequantize
 
 _PARTS = ("qweight", "scales", "mins", "super_scales", "super_mins")
+# Output features from which a layer is taken for a vocabulary projection (timed only where nothing else shares
+# its format).
+_VOCAB_LIKE = 32_000
 
 
 class _Quantized(nn.Module):
@@ -167,26 +170,79 @@ _TRIAL_ROWS = (8, 16, 32, 64, 128, 256, 512)
 Measure = Callable[[int], tuple[float, float]]
 
 
-def crossover(measure: Measure, trial_rows: Sequence[int] = _TRIAL_ROWS) -> tuple[int, dict[int, tuple[float, float]]]:
-    """The smallest of ``trial_rows`` from which the dense path is faster (twice the largest when it never is), and
-    what was measured. A win counts only when it holds when timed again, at that row count and the next: on a
-    shared machine one timing can lose to a neighbour's burst, and a dense path chosen too early takes those steps
-    off the native decode stack (NativeDecode covers rows below every layer's ``dense_from_rows``): measured, a
-    16-row SmolLM2-135M decode step takes 133 ms on the dense path against 68 ms on the stack."""
+def crossover(
+    measure: Measure, trial_rows: Sequence[int] = _TRIAL_ROWS, passes: int = 2
+) -> tuple[int, dict[int, tuple[float, float]]]:
+    """The smallest of ``trial_rows`` from which the dense path is faster at that row count and every larger one
+    (twice the largest when it is not faster at the largest), and what was measured: each path's fastest time at
+    each row count over ``passes`` passes through them all.
+
+    On a shared machine one timing can lose to a neighbour's burst, either way, and a wrong choice costs either way:
+    chosen too early, the dense path takes steps off the native decode stack (NativeDecode covers rows below every
+    layer's ``dense_from_rows``; a 16-row SmolLM2-135M decode step took 133 ms on the dense path against 68 ms on the
+    stack); too late, or never, a 512-row prefill chunk of Qwen2.5-Coder-1.5B runs on the streaming kernel, 1.7x
+    slower (a Q4_K worker that chose "never" took 8.9 s to its first token where another took 7.4). Passes through
+    every row count, rather than stopping at the first win, put each noisy timing beside a second one taken later,
+    and the rule trusts the large row counts, where the dense path wins by a margin, over one loss near the
+    crossover, where either path is about as fast."""
     timings: dict[int, tuple[float, float]] = {}
-    for i, rows in enumerate(trial_rows):
-        stream, dense = timings[rows] = measure(rows)
+    for _ in range(passes):
+        for rows in trial_rows:
+            stream, dense = measure(rows)
+            old = timings.get(rows, (stream, dense))
+            timings[rows] = (min(old[0], stream), min(old[1], dense))
+    chosen = trial_rows[-1] * 2
+    for rows in reversed(trial_rows):
+        stream, dense = timings[rows]
         if dense >= stream:
-            continue
-        again = map(measure, (rows, *trial_rows[i + 1 : i + 2]))  # lazy: stops at the first loss
-        if all(dense < stream for stream, dense in again):
-            return rows, timings
-    return trial_rows[-1] * 2, timings
+            break
+        chosen = rows
+    return chosen, timings
+
+
+# Weight bytes of the layers a format's timing calls in turn (or all of its layers, if fewer): more than a CPU's
+# caches hold, so that each call reads its weights from memory, as in a forward.
+_PROBE_BYTES = 8 * 2**20
+
+
+def probe_layers(group: Sequence[QuantLinear], budget: int = _PROBE_BYTES) -> list[QuantLinear]:
+    """The first layers of ``group`` (in model order: the shapes of the first blocks, in a forward's proportions)
+    whose quantized weights add up to ``budget`` bytes."""
+    chosen, total = [], 0
+    for layer in group:
+        chosen.append(layer)
+        total += layer.quantized().nbytes
+        if total >= budget:
+            break
+    return chosen
+
+
+def time_layers(fn: Callable[[QuantLinear], object], layers: Sequence[QuantLinear], *, warm_up: bool = True) -> float:
+    """Seconds for one call of ``fn`` on each of ``layers`` in turn, after (``warm_up``) a call on one layer of each
+    shape: oneDNN makes a kernel for each shape and row count on its first call. One layer called again and again
+    (kernels.time_call) keeps its weights, and the dense path its dequantized copy, in the cache, which no forward
+    does."""
+    if warm_up:
+        first: dict[tuple[int, int], QuantLinear] = {}
+        for layer in layers:
+            first.setdefault((layer.out_features, layer.in_features), layer)
+        for layer in first.values():
+            fn(layer)
+    started = time.perf_counter()
+    for layer in layers:
+        fn(layer)
+    return time.perf_counter() - started
 
 
 def choose_dense_rows(model: nn.Module, dtype: torch.dtype) -> list[DenseChoice]:
-    """Time the streaming kernel against dequantize + dense matmul on one layer of each weight format, and set every
-    QuantLinear's ``dense_from_rows`` to the smallest row count where the dense path wins (on this machine)."""
+    """Time the streaming kernel against dequantize + dense matmul on the first layers of each weight format (some
+    8 MiB of them, called in turn as a forward calls them), and set every QuantLinear's ``dense_from_rows`` to the
+    smallest row count where the dense path wins (on this machine).
+
+    Timed on one layer called repeatedly, the dense path ran from its cache: Qwen2.5-Coder-1.5B's 1536 x 1536 Q4_K
+    layer chose it from 32 or 64 rows, one load or the next, where over the model's layers the streaming kernel is
+    faster up to 128 (all 112 Q4_K layers, 2 threads, 32 rows: 337 against 983 ms); a 32-row step (a 28-token
+    prompt tail) took 1.1 s in the workers that chose 32 and 0.6 s in those that chose 64."""
     layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
     if not layers:
         return []
@@ -200,15 +256,21 @@ def choose_dense_rows(model: nn.Module, dtype: torch.dtype) -> list[DenseChoice]
     choices = []
     with torch.inference_mode():
         for kind, group in by_kind.items():
-            # The most common shape of the format: the vocabulary projection alone would take seconds to time.
-            shapes = Counter((m.out_features, m.in_features) for m in group)
-            probe = next(m for m in group if (m.out_features, m.in_features) == shapes.most_common(1)[0][0])
-            w = probe.quantized()
+            # The vocabulary projection only where it is all of its format (SmolLM2-135M's Q8_0): one such matrix is
+            # tens of MiB, ~1 s to time through every row count.
+            probes = probe_layers([m for m in group if m.out_features < _VOCAB_LIKE] or group)
 
-            def measure(rows: int, p: QuantLinear = probe, w: QuantizedTensor = w) -> tuple[float, float]:
-                x = torch.randn(rows, p.in_features).to(dtype)
-                stream = kernels.time_call(lambda: kernels.quant_linear(x, w, p.bias))
-                dense = kernels.time_call(lambda: F.linear(x, p.dense(dtype)))
+            warm: set[int] = set()  # row counts measured once: crossover's second pass needs no warm-up
+
+            def measure(rows: int, probes: list[QuantLinear] = probes, warm: set[int] = warm) -> tuple[float, float]:
+                xs = {k: torch.randn(rows, k).to(dtype) for k in {p.in_features for p in probes}}
+                cold = rows not in warm
+                warm.add(rows)
+                # The streaming kernel has nothing to make on a first call: the passes' fastest time serves.
+                stream = time_layers(
+                    lambda p: kernels.quant_linear(xs[p.in_features], p.quantized(), p.bias), probes, warm_up=False
+                )
+                dense = time_layers(lambda p: F.linear(xs[p.in_features], p.dense(dtype)), probes, warm_up=cold)
                 return stream, dense
 
             chosen, timings = crossover(measure)

@@ -19,7 +19,14 @@ from ember.runtimes.text import kernels
 from ember.runtimes.text.loader import LoadedModel, load_model
 from ember.runtimes.text.quant.formats import QuantizedTensor, dequantize
 from ember.runtimes.text.quant.gguf_blocks import REPACK, repack
-from ember.runtimes.text.quant.layers import QuantEmbedding, QuantLinear, crossover
+from ember.runtimes.text.quant.layers import (
+    QuantEmbedding,
+    QuantLinear,
+    choose_dense_rows,
+    crossover,
+    probe_layers,
+    time_layers,
+)
 from ember.runtimes.text.quant.quantize import quantize
 from tests.helpers.quant_blocks import random_blocks
 from tests.helpers.text_runner import Driver, new_runner
@@ -222,30 +229,64 @@ class ScriptedTimings:
     """Timings a load-time trial would see: (streaming, dense) seconds by row count, with one-off bursts (a timing
     that a neighbour's load made slow) consumed the first time their row count is measured."""
 
-    def __init__(self, crossing: int, bursts: dict[int, tuple[float, float]] | None = None) -> None:
+    def __init__(
+        self, crossing: int, bursts: dict[int, tuple[float, float]] | None = None, wins: set[int] | None = None
+    ) -> None:
         self.crossing = crossing
         self.bursts = dict(bursts or {})
+        # Row counts past the crossing where the streaming kernel wins anyway, every time.
+        self.wins = wins or set()
         self.calls: list[int] = []
 
     def __call__(self, rows: int) -> tuple[float, float]:
         self.calls.append(rows)
         if rows in self.bursts:
             return self.bursts.pop(rows)
-        return (1.0, 0.5) if rows >= self.crossing else (0.5, 1.0)
+        return (1.0, 0.5) if rows >= self.crossing and rows not in self.wins else (0.5, 1.0)
+
+    def crossover_timings(self) -> dict[int, tuple[float, float]]:
+        """What a quiet machine's trial records."""
+        return {r: (1.0, 0.5) if r >= self.crossing else (0.5, 1.0) for r in (8, 16, 32, 64, 128, 256, 512)}
 
 
-def test_dense_path_taken_from_where_it_wins_when_timed_again() -> None:
+def test_dense_path_taken_from_where_it_wins_at_every_larger_row_count() -> None:
     quiet = ScriptedTimings(crossing=32)
-    assert crossover(quiet)[0] == 32
-    assert quiet.calls == [8, 16, 32, 32, 64]  # the win at 32 confirmed at 32 and at 64
-    # A burst slows the streaming kernel's first timing at 8 rows: the dense path seems to win, and does not again.
+    chosen, timings = crossover(quiet)
+    assert chosen == 32 and timings[32] == (1.0, 0.5) and timings[16] == (0.5, 1.0)
+    assert quiet.calls == [8, 16, 32, 64, 128, 256, 512] * 2  # two passes through every row count
+    # A burst slows one timing of the streaming kernel at 8 rows; its other timing holds.
     noisy = ScriptedTimings(crossing=32, bursts={8: (3.0, 1.0)})
-    chosen, timings = crossover(noisy)
-    assert chosen == 32 and timings[8] == (3.0, 1.0)
-    # A burst at the confirmation's next row count holds the choice back to where the dense path wins twice.
-    held = ScriptedTimings(crossing=32, bursts={64: (0.5, 1.0)})
-    assert crossover(held)[0] == 64
+    assert crossover(noisy) == (32, quiet.crossover_timings())
+    # A burst slows the dense path at 512 rows once: the other pass holds the choice (it used to be "never").
+    burst = ScriptedTimings(crossing=32, bursts={512: (1.0, 9.0)})
+    assert crossover(burst)[0] == 32
+    # A streaming win near the crossover, in both passes: the dense path is taken only from where it wins after it.
+    held = ScriptedTimings(crossing=32, wins={64})
+    assert crossover(held)[0] == 128
     assert crossover(ScriptedTimings(crossing=10_000))[0] == 1024  # never: past the largest trial
+
+
+def test_the_crossover_is_timed_over_layers_in_turn_as_a_forward_calls_them() -> None:
+    """Timed on one layer called again and again, the dense path ran from its cache (Qwen2.5-Coder-1.5B chose it
+    from 32 rows, where over the model's layers the streaming kernel is 2.9x faster). The probe is the first layers
+    in model order up to a byte budget, never a vocabulary projection, each called once a round after one warm-up
+    call per shape."""
+    shapes = [(64, 256), (128, 256), (64, 512)] * 4
+    layers = [QuantLinear(weights(GT.Q4_1, n, k)) for n, k in shapes]
+    each = layers[0].quantized().nbytes
+    assert probe_layers(layers, budget=6 * each) == layers[:4]  # sizes 1, 2, 2, 1 of the smallest: 6 at the 4th
+    assert probe_layers(layers, budget=10**9) == layers
+    calls: list[QuantLinear] = []
+    time_layers(calls.append, layers[:6])
+    assert calls[:3] == layers[:3]  # the warm-up: one call of each shape
+    assert calls[3:] == layers[:6]
+    calls.clear()
+    time_layers(calls.append, layers[:6], warm_up=False)
+    assert calls == layers[:6]
+    vocabulary = QuantLinear(weights(GT.Q4_1, 32_768, 64))
+    model = torch.nn.Sequential(vocabulary, *layers)
+    [choice] = choose_dense_rows(model, torch.float32)
+    assert choice.kind == "Q4_1" and vocabulary.dense_from_rows == layers[0].dense_from_rows == choice.dense_from_rows
 
 
 @pytest.mark.parametrize("quantization", ["int8", "int4"])
