@@ -9,6 +9,8 @@ Systems, each a real server on loopback driven over HTTP with streamed OpenAI re
 ember-before, llama.cpp, vllm; a workload's baseline system is added for that workload alone):
   ember           this checkout at its defaults (`ember worker text` + `ember gateway` + nats-server)
   ember-nospec    the same with speculative decoding off (the baseline of the code-edit workload)
+  ember-draft     the same with draft_model = qwen2.5-coder-0.5b-instruct (prompt lookup first, the draft model
+                  where lookup finds nothing that pays); for the Qwen2.5 models, whose tokenizer it shares
   ember-nocache   the same with prefix_cache = "off" (the baseline of the prefix-caching workload)
   ember-1t        the same with threads = 1 (the model's compute on one core, the other left to the gateway, NATS
                   and the worker's event loop)
@@ -73,7 +75,7 @@ from benchmarks.peers import bandwidth
 from benchmarks.peers.ember_stack import EmberStack
 from benchmarks.peers.llama_server import LlamaServer
 from benchmarks.peers.vllm_cpu import VllmServer, VllmUnavailable, first_error, hf_folder, install_vllm
-from ember.config import SMOLLM2_MODEL, load_settings
+from ember.config import QWEN_05B_MODEL, SMOLLM2_MODEL, load_settings
 from ember.config.weights import resolve_weights
 from ember.runtimes.dtypes import resolve_dtype
 
@@ -84,6 +86,7 @@ OLD_ENGINE_REF = "fc140c6"
 SYSTEMS = (
     "ember",
     "ember-nospec",
+    "ember-draft",
     "ember-nocache",
     "ember-1t",
     "ember-int",
@@ -101,6 +104,7 @@ BASELINES = {"code-edit": "ember-nospec", "shared16": "ember-nocache"}
 SPECULATION_OFF = {"speculative": "off"}
 SPEC_OVERRIDES: dict[str, dict[str, Any]] = {
     "ember-nospec": SPECULATION_OFF,
+    "ember-draft": {"draft_model": QWEN_05B_MODEL},
     "ember-nocache": {"prefix_cache": "off"},
     "ember-1t": {"threads": 1},
 }
@@ -506,6 +510,7 @@ def token_bytes_models(
     return {
         "ember": quantized,
         "ember-nospec": quantized,
+        "ember-draft": quantized,
         "ember-nocache": quantized,
         "ember-1t": quantized,
         "ember-int": quantized,

@@ -182,9 +182,9 @@ def crossover(
     layer's ``dense_from_rows``; a 16-row SmolLM2-135M decode step took 133 ms on the dense path against 68 ms on the
     stack); too late, or never, a 512-row prefill chunk of Qwen2.5-Coder-1.5B runs on the streaming kernel, 1.7x
     slower (a Q4_K worker that chose "never" took 8.9 s to its first token where another took 7.4). Passes through
-    every row count, rather than stopping at the first win, put each noisy timing beside a second one taken later,
-    and the rule trusts the large row counts, where the dense path wins by a margin, over one loss near the
-    crossover, where either path is about as fast."""
+    every row count, rather than stopping at the first win, put each noisy timing beside a second one taken later;
+    and since the choice is where the dense path wins from there on, a loss near the crossover (where either path
+    is about as fast) moves it one row count up, not to "never"."""
     timings: dict[int, tuple[float, float]] = {}
     for _ in range(passes):
         for rows in trial_rows:
@@ -200,8 +200,10 @@ def crossover(
     return chosen, timings
 
 
-# Weight bytes of the layers a format's timing calls in turn (or all of its layers, if fewer): more than a CPU's
-# caches hold, so that each call reads its weights from memory, as in a forward.
+# Weight bytes of the layers a format's timing calls in turn (or all of its layers, if fewer): their dense copies
+# (bfloat16, ~4x the bytes) outgrow the caches as a forward's do, where one layer's stayed in them; the streaming
+# kernel is bound by its arithmetic from a few rows on, so that 8 MiB of its weights may sit in a large L3 matters
+# little.
 _PROBE_BYTES = 8 * 2**20
 
 
