@@ -437,8 +437,9 @@ def build_engine(
     spec: ModelSpec, loaded: LoadedModel, device: torch.device, dtype: torch.dtype, drafter: Drafter | None = None
 ) -> TextEngine:
     """The engine for a loaded model: a KV pool of the configured budget, a runner sized for the largest step.
-    ``drafter``, a draft model's, drafts for the requests that prompt lookup finds nothing for (its drafts are free
-    and, where the text repeats, long and right: Qwen2.5-Coder-0.5B's forward costs ~40 % of the 1.5B's here)."""
+    ``drafter`` (a draft model's) drafts for the requests prompt lookup finds nothing for: lookup's drafts are free
+    and, where the text repeats, long and right, while Qwen2.5-Coder-0.5B's forward costs ~40 % of the 1.5B's step
+    on a 2-core CPU."""
     budget = spec.kv_cache_bytes
     if spec.kv_cache_fraction is not None:
         budget = int(free_memory(device) * spec.kv_cache_fraction)
