@@ -25,9 +25,6 @@ from ember.runtimes.text import kernels
 from ember.runtimes.text.quant.formats import QuantizedTensor, dequantize
 
 _PARTS = ("qweight", "scales", "mins", "super_scales", "super_mins")
-# Output features from which a layer is taken for a vocabulary projection (timed only where nothing else shares
-# its format).
-_VOCAB_LIKE = 32_000
 
 
 class _Quantized(nn.Module):
@@ -252,6 +249,7 @@ def choose_dense_rows(model: nn.Module, dtype: torch.dtype) -> list[DenseChoice]
         for layer in layers:
             layer.dense_from_rows = 0
         return []
+    head = getattr(model, "lm_head", None)  # CausalLM's vocabulary projection
     by_kind: dict[str, list[QuantLinear]] = {}
     for layer in layers:
         by_kind.setdefault(layer.kind, []).append(layer)
@@ -260,7 +258,7 @@ def choose_dense_rows(model: nn.Module, dtype: torch.dtype) -> list[DenseChoice]
         for kind, group in by_kind.items():
             # The vocabulary projection only where it is all of its format (SmolLM2-135M's Q8_0): one such matrix is
             # tens of MiB, ~1 s to time through every row count.
-            probes = probe_layers([m for m in group if m.out_features < _VOCAB_LIKE] or group)
+            probes = probe_layers([m for m in group if m is not head] or group)
 
             warm: set[int] = set()  # row counts measured once: crossover's second pass needs no warm-up
 

@@ -4,7 +4,7 @@ quantization at load, and the real SmolLM2 against its own dequantized weights (
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from ember.config import ModelSpec
 from ember.config.weights import resolve_weights
 from ember.runtimes.text import kernels
 from ember.runtimes.text.loader import LoadedModel, load_model
+from ember.runtimes.text.quant import layers as quant_layers
 from ember.runtimes.text.quant.formats import QuantizedTensor, dequantize
 from ember.runtimes.text.quant.gguf_blocks import REPACK, repack
 from ember.runtimes.text.quant.layers import (
@@ -266,7 +267,7 @@ def test_dense_path_taken_from_where_it_wins_at_every_larger_row_count() -> None
     assert crossover(ScriptedTimings(crossing=10_000))[0] == 1024  # never: past the largest trial
 
 
-def test_the_crossover_is_timed_over_layers_in_turn_as_a_forward_calls_them() -> None:
+def test_the_crossover_is_timed_over_layers_in_turn_as_a_forward_calls_them(monkeypatch: pytest.MonkeyPatch) -> None:
     """Timed on one layer called again and again, the dense path ran from its cache (Qwen2.5-Coder-1.5B chose it
     from 32 rows, where over the model's layers the streaming kernel is 2.9x faster). The probe is the first layers
     in model order up to a byte budget, never a vocabulary projection, each called once a round after one warm-up
@@ -283,10 +284,20 @@ def test_the_crossover_is_timed_over_layers_in_turn_as_a_forward_calls_them() ->
     calls.clear()
     time_layers(calls.append, layers[:6], warm_up=False)
     assert calls == layers[:6]
-    vocabulary = QuantLinear(weights(GT.Q4_1, 32_768, 64))
-    model = torch.nn.Sequential(vocabulary, *layers)
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList(layers)
+    model.lm_head = QuantLinear(weights(GT.Q4_1, 32_768, 64))
+    timed: list[QuantLinear] = []
+
+    def recorded(fn: Callable[[QuantLinear], object], probes: list[QuantLinear], **kw: bool) -> float:
+        timed.extend(probes)
+        return time_layers(fn, probes, **kw)
+
+    monkeypatch.setattr(quant_layers, "time_layers", recorded)
     [choice] = choose_dense_rows(model, torch.float32)
-    assert choice.kind == "Q4_1" and vocabulary.dense_from_rows == layers[0].dense_from_rows == choice.dense_from_rows
+    assert timed and model.lm_head not in timed  # the head is timed only where it is all of its format
+    head = model.lm_head
+    assert choice.kind == "Q4_1" and head.dense_from_rows == layers[0].dense_from_rows == choice.dense_from_rows
 
 
 @pytest.mark.parametrize("quantization", ["int8", "int4"])
