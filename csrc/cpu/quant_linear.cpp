@@ -23,6 +23,11 @@
 #include "quant_input.h"
 #include "quant_view.h"
 
+// GCC warns of an "uninitialized" operand in every AVX-512 intrinsic that takes _mm512_undefined_*() for its
+// masked-off lanes (a full mask: none is read) once the tiles inline thousands of them: silenced, not a fault.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
 // One copy per instruction set (isa_variants.h).
 #define EMBER_KERNEL_IMPL "quant_linear_impl.h"
 #include "isa_variants.h"
@@ -34,6 +39,7 @@
 namespace ember::cpu::vnni {
 #include "quant_linear_impl.h"
 #include "quant_linear_vnni_impl.h"
+#include "quant_linear_int8x_impl.h"
 }
 #undef EMBER_AVX512
 #pragma GCC pop_options
@@ -135,22 +141,39 @@ QuantView view(const at::Tensor& q, const at::Tensor& scales, const std::optiona
   return w;
 }
 
-// Whether bfloat16 x takes the bfloat16-dot kernel where it can (set_quant_kernel): by default wherever the CPU has
-// AVX512-BF16, or as EMBER_QUANT_KERNEL ("bf16" or "int") says at load.
-std::atomic<bool> prefer_bf16_dot{[] {
-  const char* env = std::getenv("EMBER_QUANT_KERNEL");
-  return env == nullptr || std::strcmp(env, "int") != 0;
-}()};
+// The kernel bfloat16 x on 4- and 6-bit weights takes (quant_kernel): the bfloat16-dot one (x as it is), the
+// integer one (x rounded to 16 bits) or the 8-bit x one (x rounded to 8 bits per group of 32). By default the 8-bit
+// x one wherever the CPU has AVX512-VNNI, or as EMBER_QUANT_KERNEL ("bf16", "int" or "int8") says at load.
+enum class XKernel : int { kAuto, kBf16, kInt, kInt8 };
 
-// Whether x of type T against w runs on the bfloat16-dot kernel: bfloat16 x, 4- or 6-bit weights, a CPU with
-// AVX512-BF16, and not set aside. One kernel for every row count, so that a row's output does not depend on how
-// many rows share its call (speculative decoding's verification step against a plain decode step).
+XKernel parse_kernel(const char* name) {
+  if (name == nullptr || std::strcmp(name, "auto") == 0 || name[0] == 0) return XKernel::kAuto;
+  if (std::strcmp(name, "bf16") == 0) return XKernel::kBf16;
+  if (std::strcmp(name, "int") == 0) return XKernel::kInt;
+  if (std::strcmp(name, "int8") == 0) return XKernel::kInt8;
+  return XKernel::kAuto;
+}
+
+std::atomic<XKernel> chosen_kernel{parse_kernel(std::getenv("EMBER_QUANT_KERNEL"))};
+
+// The choice made concrete for this CPU: the bfloat16-dot kernel needs AVX512-BF16, the 8-bit x one VNNI.
+XKernel bf16_x_kernel() {
+  const XKernel k = chosen_kernel.load(std::memory_order_relaxed);
+  if (!cpu_has_vnni()) return XKernel::kInt;  // the float kernel
+  if (k == XKernel::kBf16 && cpu_has_bf16()) return XKernel::kBf16;
+  if (k == XKernel::kInt) return XKernel::kInt;
+  return XKernel::kInt8;
+}
+
+// Which kernel x of type T against w runs on: bfloat16 x on 4- or 6-bit weights as chosen above, everything else
+// on the integer kernel (float32 x keeps its 16 bits). One kernel for every row count, so that a row's output does
+// not depend on how many rows share its call (speculative decoding's verification step against a plain decode step).
 template <typename T>
-bool takes_bf16_dot(const QuantView& w) {
+XKernel kernel_for(const QuantView& w) {
   if constexpr (!std::is_same_v<T, uint16_t>) {
-    return false;
+    return XKernel::kInt;
   } else {
-    return w.bits != 8 && cpu_has_bf16() && prefer_bf16_dot.load(std::memory_order_relaxed);
+    return w.bits != 8 ? bf16_x_kernel() : XKernel::kInt;
   }
 }
 
@@ -160,6 +183,7 @@ void part_isa(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_
               int64_t n_end) {
   if constexpr (BITS != 8 && std::is_same_v<T, uint16_t>) {
     if (p.bf16) return bf16dot::bf16_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
+    if (p.int8) return vnni::int8x_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
   }
   if (cpu_has_vnni()) return vnni::vnni_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
   switch (current_isa()) {
@@ -175,7 +199,7 @@ void part_isa(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_
 template <int BITS, int GS, typename T>
 void linear_isa(const QuantView& w, const T* x, T* out, int64_t rows) {
   if (cpu_has_vnni()) {
-    // x prepared once for the integer or the bfloat16-dot kernel; part_isa takes the one it was prepared for.
+    // x prepared once for the kernel kernel_for names; part_isa takes the one it was prepared for.
     PreparedX p;
     quant_linear_prepare(w, x, rows, p);
     at::parallel_for(0, w.n, 64, [&](int64_t begin, int64_t end) {
@@ -232,10 +256,13 @@ void quant_linear_rows(const QuantView& w, const T* x, T* out, int64_t rows) {
 
 template <typename T>
 void quant_linear_prepare(const QuantView& w, const T* x, int64_t rows, PreparedX& p) {
+  const XKernel kernel = kernel_for<T>(w);
   if constexpr (std::is_same_v<T, uint16_t>) {
-    if (takes_bf16_dot<T>(w)) return bf16dot::prepare_x_bf16(w, x, rows, p);
+    if (kernel == XKernel::kBf16) return bf16dot::prepare_x_bf16(w, x, rows, p);
+    if (kernel == XKernel::kInt8) return vnni::prepare_x_int8(w, x, rows, p);
   }
   p.bf16 = false;
+  p.int8 = false;
   if (cpu_has_vnni()) vnni::prepare_x(w, x, rows, p);  // the float kernels read x as it is
 }
 
@@ -260,11 +287,19 @@ template void quant_linear_rows<float>(const QuantView&, const float*, float*, i
 template void quant_linear_rows<uint16_t>(const QuantView&, const uint16_t*, uint16_t*, int64_t);
 
 std::string quant_kernel(const std::string& choice) {
-  TORCH_CHECK(choice.empty() || choice == "auto" || choice == "bf16" || choice == "int",
-              "quant_kernel takes '', 'auto', 'bf16' or 'int', got '", choice, "'");
+  TORCH_CHECK(choice.empty() || choice == "auto" || choice == "bf16" || choice == "int" || choice == "int8",
+              "quant_kernel takes '', 'auto', 'bf16', 'int' or 'int8', got '", choice, "'");
   TORCH_CHECK(choice != "bf16" || cpu_has_bf16(), "this CPU has no AVX512-BF16 for the bfloat16-dot kernel");
-  if (!choice.empty()) prefer_bf16_dot.store(choice != "int", std::memory_order_relaxed);
-  return cpu_has_bf16() && prefer_bf16_dot.load(std::memory_order_relaxed) ? "bf16" : "int";
+  TORCH_CHECK(choice != "int8" || cpu_has_vnni(), "this CPU has no AVX512-VNNI for the 8-bit x kernel");
+  if (!choice.empty()) chosen_kernel.store(parse_kernel(choice.c_str()), std::memory_order_relaxed);
+  switch (bf16_x_kernel()) {
+    case XKernel::kBf16:
+      return "bf16";
+    case XKernel::kInt8:
+      return "int8";
+    default:
+      return "int";
+  }
 }
 
 QuantView quant_view(const at::Tensor& q, const at::Tensor& scales, const std::optional<at::Tensor>& mins,

@@ -73,6 +73,7 @@ def load_model(
     device: torch.device | str = "cpu",
     cache_dir: Path | None = None,
     quantization: str = "auto",
+    activations: str = "auto",
 ) -> LoadedModel:
     """Load a model folder, a `.gguf` file, or a folder holding exactly one `.gguf`.
 
@@ -84,6 +85,9 @@ def load_model(
         cache_dir: where GGUF conversions are kept; default `~/.cache/ember/models`.
         quantization: "auto" (a GGUF's own formats; a safetensors checkpoint as it is), "none" (float weights),
             "int8" or "int4" (weight matrices quantized at load).
+        activations: how bfloat16 activations enter the 4- and 6-bit streaming kernel, process-wide ("auto",
+            "int8", "int16", "bfloat16": ModelSpec.activations); set before the load-time kernel timing, whose
+            crossover to the dense path depends on it.
 
     Returns:
         The LoadedModel.
@@ -115,14 +119,15 @@ def load_model(
     del state_dict
     fuse_projections(model)
     tile_for_kernel(model)
+    choose_activation_kernel(activations)
     choices = [
         f"{c.kind} weights: the streaming kernel below {c.dense_from_rows} rows, dequantize + dense matmul from there"
         for c in choose_dense_rows(model, dtype)
     ]
     choices += choose_linear_paths(model, dtype)
     four_or_six = any(isinstance(m, QuantLinear) and m.quantized().bits in (4, 6) for m in model.modules())
-    if four_or_six and dtype == torch.bfloat16 and kernels.quant_kernel() == "bf16":
-        choices.append("4- and 6-bit weights: bfloat16 dot products (AVX512-BF16) on the model's bfloat16 activations")
+    if four_or_six and dtype == torch.bfloat16 and kernels.quant_kernel() in ACTIVATION_KERNELS:
+        choices.append(f"4- and 6-bit weights, bfloat16 activations: {ACTIVATION_KERNELS[kernels.quant_kernel()]}")
     formats, nbytes = weight_summary(model)
     release_freed_memory()
     return LoadedModel(
@@ -137,6 +142,31 @@ def load_model(
         weight_bytes=nbytes,
         kernel_choices=choices,
     )
+
+
+# ModelSpec.activations -> the native kernel's name for it (kernels.quant_kernel), and what each one does.
+KERNEL_FOR_ACTIVATIONS = {"int8": "int8", "int16": "int", "bfloat16": "bf16"}
+ACTIVATION_KERNELS = {
+    "int8": "rounded to 8 bits per group of 32, integer dot products (AVX512-VNNI)",
+    "int": "rounded to 16 bits per group of 32, integer dot products (AVX512-VNNI)",
+    "bf16": "bfloat16 dot products on the activations as they are (AVX512-BF16)",
+}
+
+
+def choose_activation_kernel(activations: str) -> None:
+    """Sets how bfloat16 activations enter the 4- and 6-bit streaming kernel (ModelSpec.activations), for the
+    process; "auto" leaves the extension's default (int8 where the CPU has AVX512-VNNI) or EMBER_QUANT_KERNEL's.
+    Raises ModelLoadError where this CPU or build cannot run the one asked for."""
+    if activations == "auto":
+        return
+    if activations not in KERNEL_FOR_ACTIVATIONS:
+        raise ModelLoadError(f"activations must be auto, int8, int16 or bfloat16, got {activations!r}")
+    if not kernels.quant_kernel():
+        raise ModelLoadError(f"activations = {activations!r} needs ember._C's quantized kernels, which are not built")
+    try:
+        kernels.quant_kernel(KERNEL_FOR_ACTIVATIONS[activations])
+    except RuntimeError as e:  # the CPU lacks the instructions: the extension says which
+        raise ModelLoadError(f"activations = {activations!r}: {str(e).splitlines()[0]}") from None
 
 
 def read_gguf(gguf_file: Path, folder: Path, *, quantization: str, dtype: torch.dtype) -> Weights:

@@ -528,7 +528,12 @@ async def start_model_thread(model_id: str, settings: Settings) -> tuple[LoadedM
 
     def load() -> tuple[LoadedModel, TextEngine]:
         loaded = load_model(
-            path, dtype=dtype, device=device, cache_dir=settings.cache_dir, quantization=spec.quantization
+            path,
+            dtype=dtype,
+            device=device,
+            cache_dir=settings.cache_dir,
+            quantization=spec.quantization,
+            activations=spec.activations,
         )
         formats = ", ".join(f"{name} {count / 1e6:.1f}M" for name, count in loaded.weight_formats.items())
         log.info("%s weights: %s; %.0f MiB read per forward", model_id, formats, loaded.weight_bytes / 2**20)

@@ -22,9 +22,14 @@ def test_the_extension_is_built_unless_left_out_on_purpose() -> None:
     assert kernels.available() == BUILT
     if BUILT:
         assert torch.ops.ember.cpu_isa() in ("avx512+vnni+bf16", "avx512+vnni", "avx512", "avx2", "baseline")
-        # bfloat16 x takes the bfloat16-dot kernel exactly where the CPU has its instructions (unless set aside).
-        takes_bf16 = torch.ops.ember.cpu_isa().endswith("+bf16") and os.environ.get("EMBER_QUANT_KERNEL") != "int"
-        assert kernels.quant_kernel() == ("bf16" if takes_bf16 else "int")
+        # bfloat16 x takes the 8-bit x kernel exactly where the CPU has AVX512-VNNI, unless EMBER_QUANT_KERNEL
+        # names another it can run.
+        isa = torch.ops.ember.cpu_isa()
+        asked = os.environ.get("EMBER_QUANT_KERNEL", "auto")
+        expected = "int8" if "vnni" in isa else "int"
+        if "vnni" in isa and (asked == "int" or (asked == "bf16" and isa.endswith("+bf16"))):
+            expected = asked
+        assert kernels.quant_kernel() == expected
 
 
 def paged_inputs(
