@@ -14,8 +14,9 @@ ember-before, llama.cpp, vllm; a workload's baseline system is added for that wo
   ember-nocache   the same with prefix_cache = "off" (the baseline of the prefix-caching workload)
   ember-1t        the same with threads = 1 (the model's compute on one core, the other left to the gateway, NATS
                   and the worker's event loop)
-  ember-int       the same with bfloat16 activations on the integer kernel (EMBER_QUANT_KERNEL=int) where the CPU
-                  would take the bfloat16-dot one (AVX512-BF16)
+  ember-bf16      the same with activations = "bfloat16": the 4- and 6-bit streaming kernel on bfloat16 dot products
+                  (AVX512-BF16), x as it is, where the default rounds it to 8 bits (AVX512-VNNI)
+  ember-int       the same with activations = "int16": x rounded to 16 bits on the integer kernel
   ember-before    Ember before the quantized-weights issue: a git worktree of --before-ref, at its defaults
   ember-old       the engine before v2: a git worktree of --old-ref, at its defaults
   llama.cpp       llama-server built from the source llama-cpp-python vendors (benchmarks/peers/llama_server.py),
@@ -89,6 +90,7 @@ SYSTEMS = (
     "ember-draft",
     "ember-nocache",
     "ember-1t",
+    "ember-bf16",
     "ember-int",
     "ember-before",
     "ember-old",
@@ -107,9 +109,9 @@ SPEC_OVERRIDES: dict[str, dict[str, Any]] = {
     "ember-draft": {"draft_model": QWEN_05B_MODEL},
     "ember-nocache": {"prefix_cache": "off"},
     "ember-1t": {"threads": 1},
+    "ember-bf16": {"activations": "bfloat16"},
+    "ember-int": {"activations": "int16"},
 }
-# Environment per Ember variant, for what is chosen per process rather than per model.
-ENV_OVERRIDES: dict[str, dict[str, str]] = {"ember-int": {"EMBER_QUANT_KERNEL": "int"}}
 QUESTIONS = [
     "Which city should I visit first?",
     "Do I need a visa?",
@@ -254,7 +256,7 @@ def start_system(name: str, args: argparse.Namespace, gguf: Path) -> Iterator[Sy
     spec: dict[str, Any] = {k: v for k, v in where.items() if v is not None} | {"threads": args.threads}
     spec |= SPEC_OVERRIDES.get(name, {})
     ref = {"ember-old": args.old_ref, "ember-before": args.before_ref}.get(name)
-    with EmberStack(args.model, spec, ref=ref, env=ENV_OVERRIDES.get(name)) as stack:
+    with EmberStack(args.model, spec, ref=ref) as stack:
         yield System(name, stack.url, stack.worker_pid, args.model)
 
 
@@ -513,6 +515,7 @@ def token_bytes_models(
         "ember-draft": quantized,
         "ember-nocache": quantized,
         "ember-1t": quantized,
+        "ember-bf16": quantized,
         "ember-int": quantized,
         "ember-before": quantized if before_quantized else dense("auto"),
         "ember-old": dense("float32"),
