@@ -3,6 +3,7 @@ rows of x, with the bytes each call reads and the read bandwidth that makes.
 
     python benchmarks/quant_kernel.py                                   # Qwen2.5-Coder-1.5B, 1-16 rows
     python benchmarks/quant_kernel.py --model smollm2-135m-instruct --rows 1,4
+    python benchmarks/quant_kernel.py --kernels int8,bf16               # two kernels interleaved, and their ratio
 
 Batch-1 decode reads every weight once per token, so a matrix whose kernel reads at the machine's DRAM bandwidth
 (measured here in the same run, as text_serving.py does) is as fast as it can be; one well under it is bound by
@@ -11,7 +12,9 @@ rows of x against the same weights, where the same bytes serve more products, so
 what each extra row costs. Each kind of matrix (projection name and format) is timed over all the layers that hold
 one, called in turn as a forward calls them: timed on one layer over and over, a matrix the last-level cache
 holds (Qwen2.5-Coder-1.5B's whole MLP fits a 32 MB one) reads from there, not from memory. Kinds are interleaved
-round by round and each cell is the best of ``--repeats`` rounds.
+round by round and each cell is the best of ``--repeats`` rounds. ``--kernels`` names the streaming kernels that
+bfloat16 x takes (int8, bf16, int: ``kernels.quant_kernel``), timed in turn within each round: a table each, then
+the step's matmul time (every matrix once) by kernel and row count, and each kernel's speed-up over the first.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only", default="", help="comma-separated matrix names to time (default: all)")
+    parser.add_argument("--kernels", default="", help="comma-separated kernels for bfloat16 x (default: the default)")
     args = parser.parse_args()
     if not kernels.has_quant_linear():
         raise SystemExit("ember._C is not built: nothing to time (EMBER_NATIVE=1 python setup.py build_ext --inplace)")
@@ -78,18 +82,48 @@ def main() -> None:
         wanted = args.only.split(",")
         kinds = {kind: group for kind, group in kinds.items() if kind.split()[0] in wanted}
     row_counts = [int(r) for r in args.rows.split(",")]
-    best: dict[tuple[str, int], float] = {}
+    names = args.kernels.split(",") if args.kernels else [kernels.quant_kernel()]
+    best: dict[tuple[str, str, int], float] = {}
     bandwidths = []
     with torch.inference_mode():
         for _ in range(args.repeats):
             bandwidths.append(read_bandwidth(args.threads, dram_buffer_bytes(), repeats=3, min_seconds=0.2).best)
             for kind, group in kinds.items():
                 for rows in row_counts:
-                    t = time_rows(group, rows, dtype)
-                    best[kind, rows] = min(best.get((kind, rows), float("inf")), t)
+                    for name in names:
+                        kernels.quant_kernel(name)
+                        t = time_rows(group, rows, dtype)
+                        best[name, kind, rows] = min(best.get((name, kind, rows), float("inf")), t)
     dram = max(bandwidths)
     print(f"# {loaded.name}, {args.threads} threads, bfloat16 x, ISA {torch.ops.ember.cpu_isa()}")
-    print(f"# DRAM read bandwidth (best of {args.repeats}): {dram / 1e9:.1f} GB/s\n")
+    print(f"# DRAM read bandwidth (best of {args.repeats}): {dram / 1e9:.1f} GB/s")
+    for name in names:
+        print(f"\n## kernel {name}\n")
+        print_table(name, kinds, row_counts, best, dram)
+    print("\n| step's matmuls (each matrix once), ms | " + " | ".join(f"{r} rows" for r in row_counts) + " |")
+    print("|---|" + "---|" * len(row_counts))
+    totals = {
+        name: [sum(best[name, kind, rows] * len(group) for kind, group in kinds.items()) for rows in row_counts]
+        for name in names
+    }
+    for name in names:
+        cells = [f"{t * 1e3:.1f}" for t in totals[name]]
+        if name != names[0]:
+            cells = [
+                f"{c} ({first / t:.2f}x)" for c, first, t in zip(cells, totals[names[0]], totals[name], strict=True)
+            ]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def print_table(
+    name: str,
+    kinds: dict[str, list[QuantLinear]],
+    row_counts: list[int],
+    best: dict[tuple[str, str, int], float],
+    dram: float,
+) -> None:
+    """One kernel's table: per kind of matrix, per row count, the time per call (1 row: its read bandwidth and
+    share of DRAM's; more rows: the time over 1 row's)."""
     print("| matrix | layers | N x K | MB | " + " | ".join(f"{r} row{'s' if r > 1 else ''}" for r in row_counts) + " |")
     print("|---|---|---|---|" + "---|" * len(row_counts))
     for kind, group in kinds.items():
@@ -98,12 +132,12 @@ def main() -> None:
         mb = w.nbytes / 1e6
         cells = []
         for rows in row_counts:
-            t = best[kind, rows]
+            t = best[name, kind, rows]
             cell = f"{t * 1e6:.0f} us"
             if rows == 1:
                 cell += f" ({w.nbytes / t / 1e9:.1f} GB/s, {w.nbytes / t / dram:.0%})"
             else:
-                cell += f" ({t / best[kind, row_counts[0]]:.2f}x)"
+                cell += f" ({t / best[name, kind, row_counts[0]]:.2f}x)"
             cells.append(cell)
         shape = f"{layer.out_features}x{layer.in_features}"
         print(f"| {kind} | {len(group)} | {shape} | {mb:.2f} | " + " | ".join(cells) + " |")

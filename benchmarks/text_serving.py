@@ -14,7 +14,7 @@ ember-before, llama.cpp, vllm; a workload's baseline system is added for that wo
   ember-nocache   the same with prefix_cache = "off" (the baseline of the prefix-caching workload)
   ember-1t        the same with threads = 1 (the model's compute on one core, the other left to the gateway, NATS
                   and the worker's event loop)
-  ember-bf16      the same with activations = "bfloat16": the 4- and 6-bit streaming kernel on bfloat16 dot products
+  ember-bf16      the same with activations = "bfloat16": the quantized streaming kernel on bfloat16 dot products
                   (AVX512-BF16), x as it is, where the default rounds it to 8 bits (AVX512-VNNI)
   ember-int       the same with activations = "int16": x rounded to 16 bits on the integer kernel
   ember-before    Ember before the quantized-weights issue: a git worktree of --before-ref, at its defaults

@@ -141,7 +141,7 @@ QuantView view(const at::Tensor& q, const at::Tensor& scales, const std::optiona
   return w;
 }
 
-// The kernel bfloat16 x on 4- and 6-bit weights takes (quant_kernel): the bfloat16-dot one (x as it is), the
+// The kernel bfloat16 x on quantized weights takes (quant_kernel): the bfloat16-dot one (x as it is), the
 // integer one (x rounded to 16 bits) or the 8-bit x one (x rounded to 8 bits per group of 32). By default the 8-bit
 // x one wherever the CPU has AVX512-VNNI, or as EMBER_QUANT_KERNEL ("bf16", "int" or "int8") says at load.
 enum class XKernel : int { kAuto, kBf16, kInt, kInt8 };
@@ -165,15 +165,18 @@ XKernel bf16_x_kernel() {
   return XKernel::kInt8;
 }
 
-// Which kernel x of type T against w runs on: bfloat16 x on 4- or 6-bit weights as chosen above, everything else
-// on the integer kernel (float32 x keeps its 16 bits). One kernel for every row count, so that a row's output does
-// not depend on how many rows share its call (speculative decoding's verification step against a plain decode step).
+// Which kernel x of type T against w runs on: bfloat16 x as chosen above (8-bit weights: the 8-bit x kernel for
+// groups of 32 where chosen, else the integer one), float32 x on the integer kernel (it keeps its 16 bits). One
+// kernel for every row count, so that a row's output does not depend on how many rows share its call (speculative
+// decoding's verification step against a plain decode step).
 template <typename T>
 XKernel kernel_for(const QuantView& w) {
   if constexpr (!std::is_same_v<T, uint16_t>) {
     return XKernel::kInt;
   } else {
-    return w.bits != 8 ? bf16_x_kernel() : XKernel::kInt;
+    const XKernel k = bf16_x_kernel();
+    if (w.bits != 8) return k;
+    return k == XKernel::kInt8 && w.group_size == 32 ? XKernel::kInt8 : XKernel::kInt;
   }
 }
 
@@ -183,6 +186,8 @@ void part_isa(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_
               int64_t n_end) {
   if constexpr (BITS != 8 && std::is_same_v<T, uint16_t>) {
     if (p.bf16) return bf16dot::bf16_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
+  }
+  if constexpr ((BITS != 8 || GS == 32) && std::is_same_v<T, uint16_t>) {
     if (p.int8) return vnni::int8x_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
   }
   if (cpu_has_vnni()) return vnni::vnni_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);

