@@ -125,8 +125,8 @@ def load_model(
         for c in choose_dense_rows(model, dtype)
     ]
     choices += choose_linear_paths(model, dtype)
-    four_or_six = any(isinstance(m, QuantLinear) and m.quantized().bits in (4, 6) for m in model.modules())
-    if four_or_six and dtype == torch.bfloat16 and kernels.quant_kernel() in ACTIVATION_KERNELS:
+    streams = any(isinstance(m, QuantLinear) for m in model.modules())
+    if streams and dtype == torch.bfloat16 and kernels.quant_kernel() in ACTIVATION_KERNELS:
         choices.append(f"quantized weights, bfloat16 activations: {ACTIVATION_KERNELS[kernels.quant_kernel()]}")
     formats, nbytes = weight_summary(model)
     release_freed_memory()

@@ -454,6 +454,21 @@ def test_smollm_bfloat16_streaming_kernel_stays_near_its_float32_weights(
 
 
 @native
+@pytest.mark.skipif("vnni" not in ISA, reason="this CPU has no AVX512-VNNI for the 8-bit x kernel")
+def test_the_load_says_how_bfloat16_activations_enter_the_kernel(tmp_path: Path) -> None:
+    folder = write_tiny_llama(tmp_path / "tiny", seed=3)
+    previous = kernels.quant_kernel()
+    try:
+        said = load_model(folder, quantization="int4", dtype=torch.bfloat16, activations="int16").kernel_choices
+        assert "quantized weights, bfloat16 activations: rounded to 16 bits per group of 32" in " ".join(said)
+        assert kernels.quant_kernel() == "int"
+        said = load_model(folder, quantization="int4", dtype=torch.bfloat16, activations="int8").kernel_choices
+        assert "quantized weights, bfloat16 activations: rounded to 8 bits per group of 32" in " ".join(said)
+    finally:
+        kernels.quant_kernel(previous)
+
+
+@native
 def test_model_spec_activations_set_the_streaming_kernel() -> None:
     previous = kernels.quant_kernel()
     try:
