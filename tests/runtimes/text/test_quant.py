@@ -126,8 +126,9 @@ def test_native_quant_linear_matches_the_reference(kind: GT, dtype: torch.dtype,
         expected = xr @ dequantize(w).double().t() + bias.double()
         got = kernels.quant_linear(x, w, bias).double()
         # The integer kernel rounds x to 16 bits per group of 32 (~2e-5 of the group's largest value); bfloat16
-        # output rounds to 8 bits of mantissa (the bf16 and int8 kernels' products are exact, their sums float32).
-        tolerance = 2e-4 if dtype == torch.float32 else 1e-2
+        # output rounds to 8 bits of mantissa, 2e-3 of a value at most (the bf16 and int8 kernels' products are
+        # exact, their sums float32).
+        tolerance = 2e-4 if dtype == torch.float32 else 5e-3
         scale = expected.abs().max()
         assert (got - expected).abs().max() <= tolerance * scale, (kind, m, n, k)
         if w.tileable:  # the same bytes tiled: the same sums, in the same order
