@@ -155,14 +155,15 @@ class ModelSpec(_Section):
     # of 32 (ember.runtimes.text.quant). Activations and the KV cache stay in dtype.
     quantization: Literal["auto", "none", "int8", "int4"] = "auto"
     # Text, quantized weights with bfloat16 activations on the CPU: how the activations enter the quantized matmul
-    # of decode and speculative steps (the streaming kernel; many-row prompt chunks take a dense bfloat16 matmul
-    # whatever this says). "int8": rounded to 8 bits per group of 32 (llama.cpp's numerics for its quantized dot
-    # products, Q8_0) with AVX512-VNNI, the fastest (per step's matmuls 1.4x at 2-16 rows on SmolLM2-135M and
-    # Qwen2.5-Coder-1.5B); "int16": rounded to 16 bits per group of 32; "bfloat16": as they are, with AVX512-BF16
-    # (4- and 6-bit weights; 8-bit ones take int16). Over 200 tokens against the float32 dequantized path (mean
-    # |log-prob difference|): int8 0.027 nats on Qwen2.5-Coder-1.5B, 0.061 on SmolLM2-135M; bfloat16 0.020 and
-    # 0.032; int16 0.017 and 0.033. "auto": int8 where the CPU has AVX512-VNNI (else the float kernel), or what
-    # EMBER_QUANT_KERNEL says. One choice per process: a draft model runs with its target's.
+    # of decode and speculative steps, and of prompt chunks below the row count from which the load measures a
+    # dense bfloat16 matmul faster (it logs it; with int8 on Qwen2.5-Coder-1.5B's Q4_K layers: none up to 512).
+    # "int8": rounded to 8 bits per group of 32 (llama.cpp's numerics for its quantized dot products, Q8_0) with
+    # AVX512-VNNI, the fastest (a step's matmuls 1.3-1.7x at 2-16 rows on SmolLM2-135M and Qwen2.5-Coder-1.5B);
+    # "int16": rounded to 16 bits per group of 32; "bfloat16": as they are, with AVX512-BF16 (4- and 6-bit weights;
+    # 8-bit ones take int16). Over 200 tokens against the float32 dequantized path (mean |log-prob difference|):
+    # int8 0.027 nats on Qwen2.5-Coder-1.5B, 0.061 on SmolLM2-135M; bfloat16 0.020 and 0.032; int16 0.017 and
+    # 0.033. "auto": int8 where the CPU has AVX512-VNNI (else the float kernel), or what EMBER_QUANT_KERNEL says.
+    # One choice per process: a draft model runs with its target's.
     activations: Literal["auto", "int8", "int16", "bfloat16"] = "auto"
     # Where the model runs: "auto" is the first CUDA GPU when there is one, else the CPU (ember.runtimes.devices).
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
