@@ -163,8 +163,6 @@ void int8x_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int6
   constexpr int kSpanGroups = 4 * kGroupsPerBlock;
   constexpr int kMapGroups = kSpanGroups < 16 ? 16 : kSpanGroups;  // maps16 writes 16
   constexpr int kBlockValues = BITS == 8 ? 64 : 128, kSpanValues = 4 * kBlockValues, kVectorValues = kBlockValues;
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   // Lane 4 c + k of a span sums its group 4 k + c (span_lane); for split groups, pair 4 k + c: groups 2 (4 k + c)
   // and the next, which permutex2var picks from the span's 32 scales; for 8 bits group 2 k + c / 2.
   alignas(64) int32_t order[16], even[16];
@@ -258,14 +256,11 @@ void int8x_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int6
       static_for<4>([&](auto b) EMBER_INLINE {
         constexpr int c = decltype(b)::value % kChains;
         __m512i wl, wh;
-        if constexpr (BITS == 4) {
-          wl = _mm512_and_si512(tl[b], low4);
-          wh = _mm512_and_si512(_mm512_srli_epi16(tl[b], 4), low4);
-        } else if constexpr (BITS == 6) {
+        if constexpr (BITS == 6) {  // expanded before the transposition (span_weights)
           wl = tl[b];
           wh = th[b];
         } else {
-          wl = _mm512_xor_si512(tl[b], flip);
+          unsigned_weights<BITS>(tl[b], nullptr, wl, wh);
         }
         static_for<MB>([&](auto i) EMBER_INLINE {
           const int8_t* xs = p.xq.data() + (m0 + i) * p.plane + span * kSpanValues + b * kVectorValues;
@@ -303,14 +298,7 @@ void int8x_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int6
       static_for<NB>([&](auto j) EMBER_INLINE {
         const __m512i raw = _mm512_maskz_loadu_epi8(mask, rows[j] + block * w.block_stride);
         __m512i wl, wh;
-        if constexpr (BITS == 4) {
-          wl = _mm512_and_si512(raw, low4);
-          wh = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
-        } else if constexpr (BITS == 6) {
-          expand6(raw, rows[j] + w.top_offset + block * w.top_stride, wl, wh);
-        } else {
-          wl = _mm512_xor_si512(raw, flip);
-        }
+        unsigned_weights<BITS>(raw, rows[j] + w.top_offset + block * w.top_stride, wl, wh);
         const __m512 sv = _mm512_permutexvar_ps(idx, _mm512_load_ps(s[j]));
         const __m512 sv_odd = kSplit ? _mm512_permutexvar_ps(idx_odd, _mm512_load_ps(s[j])) : sv;
         static_for<MB>([&](auto i) EMBER_INLINE {

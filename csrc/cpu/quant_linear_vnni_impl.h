@@ -191,6 +191,24 @@ inline void expand6(__m512i raw, const uint8_t* top_bytes, __m512i& wl, __m512i&
   wh = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(raw, 4), low4), _mm512_and_si512(t, bits45));
 }
 
+// A 64-byte block of weights `raw` as vpdpbusd's unsigned operands: 4 bits, its low nibbles (wl) and high ones
+// (wh); 6 bits, those with their top bits from top_bytes (expand6); 8 bits, the signed values with the sign bit
+// flipped (e + 128), wl and wh alike.
+template <int BITS>
+__attribute__((always_inline)) inline void unsigned_weights(__m512i raw, const uint8_t* top_bytes, __m512i& wl,
+                                                            __m512i& wh) {
+  if constexpr (BITS == 4) {
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    wl = _mm512_and_si512(raw, low4);
+    wh = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
+  } else if constexpr (BITS == 6) {
+    expand6(raw, top_bytes, wl, wh);
+  } else {
+    wl = _mm512_xor_si512(raw, _mm512_set1_epi8(static_cast<char>(0x80)));
+    wh = wl;
+  }
+}
+
 // f(std::integral_constant<int, 0>{}) ... f(std::integral_constant<int, N - 1>{}): indices known at compile time,
 // so that an array of accumulators indexed by them stays in registers (indexed by a loop variable, GCC kept it in
 // memory too and stored every accumulator back on each block: a 64-byte store per row, output and block).
@@ -236,8 +254,6 @@ void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
   constexpr bool kSplit = BITS == 6 && GS == 16;
   // Groups per 64-byte block (block_lanes spreads 16 groups' scales over a block's lanes).
   constexpr int kGroupsPerBlock = kSplit ? 8 : BITS != 8 || GS == 16 ? 4 : 2;
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  const __m512i flip = _mm512_set1_epi8(static_cast<char>(0x80));
   __m512 acc[MB][NB];
   static_for<MB>([&](auto i) { static_for<NB>([&](auto j) { acc[i][j] = _mm512_setzero_ps(); }); });
   alignas(64) float s[NB][16], m[NB][16];
@@ -263,16 +279,8 @@ void vnni_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int64
       const auto [block, mask, idx, idx_odd] = block_lanes<kSplit, kGroupsPerBlock>(g0, bi, nibble_bytes);
       static_for<NB>([&](auto j) {
         const __m512i raw = _mm512_maskz_loadu_epi8(mask, rows[j] + block * w.block_stride);
-        __m512i wl, wh;
-        if constexpr (BITS == 4) {
-          wl = _mm512_and_si512(raw, low4);
-          wh = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4);
-        } else if constexpr (BITS == 6) {
-          expand6(raw, rows[j] + w.top_offset + block * w.top_stride, wl, wh);  // K % 128 == 0: whole blocks
-        } else {
-          wl = _mm512_xor_si512(raw, flip);
-          wh = wl;
-        }
+        __m512i wl, wh;  // 6 bits: K % 128 == 0, whole blocks
+        unsigned_weights<BITS>(raw, rows[j] + w.top_offset + block * w.top_stride, wl, wh);
         const __m512 sv = _mm512_permutexvar_ps(idx, _mm512_load_ps(s[j]));
         const __m512 sv_odd = kSplit ? _mm512_permutexvar_ps(idx_odd, _mm512_load_ps(s[j])) : sv;
         static_for<MB>([&](auto i) {

@@ -103,9 +103,8 @@ def quant_kernel(choice: str = "") -> str:
     """Which kernel bfloat16 x on quantized weights takes: "int8" (x rounded to 8 bits per group of 32,
     AVX512-VNNI's dot products on 4 blocks of weights at a time; the default where the CPU has VNNI), "bf16"
     (AVX512-BF16 dot products on x as it is; 4- and 6-bit weights, 8-bit ones take "int") or "int" (x rounded to
-    16 bits, VNNI, else the float kernel);
-    ``choice`` "auto", "int8", "bf16" or "int" sets it for the process first. Float32 x always takes "int". ""
-    where the extension is not built or predates the choice."""
+    16 bits, VNNI, else the float kernel); ``choice`` "auto", "int8", "bf16" or "int" sets it for the process
+    first. Float32 x always takes "int". "" where the extension is not built or predates the choice."""
     if not has_quant_linear() or not hasattr(torch.ops.ember, "quant_kernel"):
         return ""
     return str(_ops().quant_kernel(choice))
