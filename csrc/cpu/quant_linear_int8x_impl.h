@@ -68,7 +68,10 @@ void prepare_x_int8(const QuantView& w, const T* x, int64_t rows, PreparedX& p) 
   p.groups_pad = (w.groups + 15) / 16 * 16;
   p.xq.assign(rows * p.plane, 0);
   p.lane_d.assign(rows * p.blocks * 16, 0.0f);
-  p.sums.assign(rows * p.groups_pad, 0.0f);
+  // 16 zeros past the last row: a tile loads a row's sums 16 at a time from the span's first group, and an 8-bit
+  // span is 8 groups, so the last row's last load reaches 8 past its end (there was garbage there, NaN now and then,
+  // multiplied by the zero maps of the lanes past the span: NaN outputs, seen once in ~10 runs of the tests).
+  p.sums.assign(rows * p.groups_pad + 16, 0.0f);
   const int64_t xgroups = k / 32;
   const int64_t groups_per_block = block_values / 32;
   const int64_t span_groups = p.spans * 4 * groups_per_block;
