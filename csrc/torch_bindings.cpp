@@ -26,6 +26,9 @@ TORCH_LIBRARY(ember, m) {
       "quant_linear(Tensor(a!) out, Tensor x, Tensor qweight, Tensor scales, Tensor? mins, Tensor? super_scales, "
       "Tensor? super_mins, Tensor? bias, int bits, int group_size) -> ()");
   m.def(
+      "quant_matmul(Tensor(a!) out, Tensor x, Tensor qweight, Tensor scales, Tensor? mins, Tensor? super_scales, "
+      "Tensor? super_mins, Tensor? bias, int bits, int group_size) -> ()");
+  m.def(
       "dequantize(Tensor(a!) out, Tensor qweight, Tensor scales, Tensor? mins, Tensor? super_scales, "
       "Tensor? super_mins, int bits, int group_size) -> ()");
   m.def("rms_norm(Tensor(a!) out, Tensor x, Tensor weight, float eps) -> ()");
@@ -40,6 +43,7 @@ TORCH_LIBRARY_IMPL(ember, CPU, m) {
   m.impl("paged_decode", &ember::cpu::paged_decode);
   m.impl("paged_prefill", &ember::cpu::paged_prefill);
   m.impl("quant_linear", &ember::cpu::quant_linear);
+  m.impl("quant_matmul", &ember::cpu::quant_matmul);
   m.impl("dequantize", &ember::cpu::dequantize);
   m.impl("rms_norm", &ember::cpu::rms_norm);
   m.impl("add_rms_norm", &ember::cpu::add_rms_norm);

@@ -28,10 +28,12 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <limits>
 #include <vector>
 
 #include "kernels.h"
@@ -45,6 +47,9 @@ namespace {
 struct Projection {
   QuantView w;
   std::vector<at::Tensor> held;
+  // Rows from which it runs as the 8-bit x kernel's matrix product: the layer's own choice (QuantLinear's
+  // product_from_rows), so that a step's sums are the torch model's at every row count.
+  int64_t product_from_rows = std::numeric_limits<int64_t>::max();
 };
 
 // The checked view of a quantized matrix's tensors for inputs of k columns, holding every tensor it points into.
@@ -168,19 +173,22 @@ class DecodeStack : public torch::CustomClassHolder {
   void add_projection(int64_t part, const at::Tensor& q, const at::Tensor& scales,
                       const std::optional<at::Tensor>& mins,
                       const std::optional<at::Tensor>& super_scales, const std::optional<at::Tensor>& super_mins,
-                      const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
+                      const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size,
+                      int64_t product_from_rows) {
     TORCH_CHECK(!layers_.empty(), "add_layer first");
     TORCH_CHECK(part >= kAttnIn && part <= kMlpOut, "part must be 0..3");
     const int64_t k = part == kAttnOut ? heads_ * head_dim_ : part == kMlpOut ? inner_ : hidden_;
     layers_.back().parts[part].push_back(
         projection(q, scales, mins, super_scales, super_mins, bias, bits, group_size, k));
+    layers_.back().parts[part].back().product_from_rows = product_from_rows;
   }
 
   // The vocabulary projection, for run's logits.
   void set_head(const at::Tensor& q, const at::Tensor& scales, const std::optional<at::Tensor>& mins,
                 const std::optional<at::Tensor>& super_scales, const std::optional<at::Tensor>& super_mins,
-                const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size) {
+                const std::optional<at::Tensor>& bias, int64_t bits, int64_t group_size, int64_t product_from_rows) {
     head_ = projection(q, scales, mins, super_scales, super_mins, bias, bits, group_size, hidden_);
+    head_->product_from_rows = product_from_rows;
   }
 
   // Checks that every layer has its four parts, of the widths the model's shapes call for.
@@ -312,7 +320,9 @@ class DecodeStack : public torch::CustomClassHolder {
       // then thread 0 copies separate matrices' outputs into their columns.
       auto project = [&](const std::vector<Projection>& ps, const T* in, T* out, int64_t width) {
         if (tid == 0) {
-          for (size_t i = 0; i < ps.size(); ++i) quant_linear_prepare(ps[i].w, in, rows, prepared[i]);
+          for (size_t i = 0; i < ps.size(); ++i) {
+            quant_linear_prepare(ps[i].w, in, rows, prepared[i], rows >= ps[i].product_from_rows);
+          }
           if (ps.size() > 1) {
             for (size_t i = 0; i < ps.size(); ++i) parts_out[i].resize(rows * ps[i].w.n);
           }
@@ -373,7 +383,9 @@ class DecodeStack : public torch::CustomClassHolder {
       if (tid == 0) add_rms_norm_rows(xs, residual.data(), ptr<T>(final_norm), rows, d, eps);
       if (logits != nullptr) {
         const QuantView& w = head_->w;
-        if (tid == 0) quant_linear_prepare(w, static_cast<const T*>(xs), rows, prepared[0]);
+        if (tid == 0) {
+          quant_linear_prepare(w, static_cast<const T*>(xs), rows, prepared[0], rows >= head_->product_from_rows);
+        }
         barrier.wait();
         share(w.n, [&](int64_t begin, int64_t end) {
           if constexpr (std::is_same_v<T, float>) {

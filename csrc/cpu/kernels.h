@@ -41,9 +41,10 @@ void paged_decode_part_rows(T* out, const T* q, int64_t q_stride, const T* k_cac
                             int64_t task_end);
 
 // A quantized linear split over threads that the caller runs: one prepares x (quant_linear_prepare), then each
-// computes its own output rows [n_begin, n_end) (quant_linear_part) on the calling thread.
+// computes its own output rows [n_begin, n_end) (quant_linear_part) on the calling thread. `product`: bfloat16 x
+// on the 8-bit x kernel runs as its matrix product (quant_matmul) rather than its streaming tiles.
 template <typename T>
-void quant_linear_prepare(const QuantView& w, const T* x, int64_t rows, PreparedX& p);
+void quant_linear_prepare(const QuantView& w, const T* x, int64_t rows, PreparedX& p, bool product = false);
 
 template <typename T>
 void quant_linear_part(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_t rows, int64_t n_begin,

@@ -32,9 +32,17 @@ void quant_linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweigh
                   const std::optional<at::Tensor>& super_mins, const std::optional<at::Tensor>& bias, int64_t bits,
                   int64_t group_size);
 
-// Which kernel bfloat16 x on 4- and 6-bit weights takes: "bf16" (AVX512-BF16 dot products, the default where the
-// CPU has them) or "int" (x rounded to 16-bit integers: AVX512-VNNI, else the float kernel). `choice` "auto",
-// "bf16" or "int" sets it for the process, "" leaves it; returns the one in effect.
+// quant_linear for many rows of x: where bfloat16 x takes the 8-bit x kernel, the same numbers as its matrix
+// product (quant_linear_gemm_impl.h: each strip of W unpacked once and swept by every row); else quant_linear.
+void quant_matmul(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                  const std::optional<at::Tensor>& mins, const std::optional<at::Tensor>& super_scales,
+                  const std::optional<at::Tensor>& super_mins, const std::optional<at::Tensor>& bias, int64_t bits,
+                  int64_t group_size);
+
+// Which kernel bfloat16 x on quantized weights takes: "int8" (x rounded to 8 bits per group of 32, AVX512-VNNI;
+// the default where the CPU has it), "bf16" (AVX512-BF16 dot products on x as it is) or "int" (x rounded to 16-bit
+// integers: AVX512-VNNI, else the float kernel). `choice` "auto", "int8", "bf16" or "int" sets it for the process,
+// "" leaves it; returns the one in effect.
 std::string quant_kernel(const std::string& choice);
 
 // The view the kernels read of a quantized weight's tensors for x with k columns, after checking them.

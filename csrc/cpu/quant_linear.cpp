@@ -40,6 +40,7 @@ namespace ember::cpu::vnni {
 #include "quant_linear_impl.h"
 #include "quant_linear_vnni_impl.h"
 #include "quant_linear_int8x_impl.h"
+#include "quant_linear_gemm_impl.h"
 }
 #undef EMBER_AVX512
 #pragma GCC pop_options
@@ -188,6 +189,7 @@ void part_isa(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_
     if (p.bf16) return bf16dot::bf16_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
   }
   if constexpr ((BITS != 8 || GS == 32) && std::is_same_v<T, uint16_t>) {
+    if (p.gemm) return vnni::gemm_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
     if (p.int8) return vnni::int8x_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
   }
   if (cpu_has_vnni()) return vnni::vnni_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
@@ -202,11 +204,12 @@ void part_isa(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_
 }
 
 template <int BITS, int GS, typename T>
-void linear_isa(const QuantView& w, const T* x, T* out, int64_t rows) {
+void linear_isa(const QuantView& w, const T* x, T* out, int64_t rows, bool product) {
   if (cpu_has_vnni()) {
-    // x prepared once for the kernel kernel_for names; part_isa takes the one it was prepared for.
+    // x prepared once for the kernel kernel_for names (or its matrix product); part_isa takes the one it was
+    // prepared for.
     PreparedX p;
-    quant_linear_prepare(w, x, rows, p);
+    quant_linear_prepare(w, x, rows, p, product);
     at::parallel_for(0, w.n, 64, [&](int64_t begin, int64_t end) {
       part_isa<BITS, GS, T>(w, p, x, out, rows, begin, end);
     });
@@ -223,12 +226,12 @@ void linear_isa(const QuantView& w, const T* x, T* out, int64_t rows) {
 }
 
 template <typename T>
-void linear_any(const QuantView& w, const T* x, T* out, int64_t rows) {
-  if (w.bits == 4) return linear_isa<4, 32, T>(w, x, out, rows);
-  if (w.bits == 6 && w.group_size == 32) return linear_isa<6, 32, T>(w, x, out, rows);
-  if (w.bits == 6) return linear_isa<6, 16, T>(w, x, out, rows);
-  if (w.group_size == 32) return linear_isa<8, 32, T>(w, x, out, rows);
-  return linear_isa<8, 16, T>(w, x, out, rows);
+void linear_any(const QuantView& w, const T* x, T* out, int64_t rows, bool product = false) {
+  if (w.bits == 4) return linear_isa<4, 32, T>(w, x, out, rows, product);
+  if (w.bits == 6 && w.group_size == 32) return linear_isa<6, 32, T>(w, x, out, rows, product);
+  if (w.bits == 6) return linear_isa<6, 16, T>(w, x, out, rows, product);
+  if (w.group_size == 32) return linear_isa<8, 32, T>(w, x, out, rows, product);
+  return linear_isa<8, 16, T>(w, x, out, rows, product);
 }
 
 template <int BITS, int GS, typename T>
@@ -260,10 +263,12 @@ void quant_linear_rows(const QuantView& w, const T* x, T* out, int64_t rows) {
 }
 
 template <typename T>
-void quant_linear_prepare(const QuantView& w, const T* x, int64_t rows, PreparedX& p) {
+void quant_linear_prepare(const QuantView& w, const T* x, int64_t rows, PreparedX& p, bool product) {
   const XKernel kernel = kernel_for<T>(w);
+  p.gemm = false;
   if constexpr (std::is_same_v<T, uint16_t>) {
     if (kernel == XKernel::kBf16) return bf16dot::prepare_x_bf16(w, x, rows, p);
+    if (kernel == XKernel::kInt8 && product) return vnni::prepare_x_gemm(w, x, rows, p);
     if (kernel == XKernel::kInt8) return vnni::prepare_x_int8(w, x, rows, p);
   }
   p.bf16 = false;
@@ -282,7 +287,7 @@ void quant_linear_part(const QuantView& w, const PreparedX& p, const T* x, T* ou
 }
 
 #define EMBER_INSTANTIATE(T)                                                                                    \
-  template void quant_linear_prepare<T>(const QuantView&, const T*, int64_t, PreparedX&);                       \
+  template void quant_linear_prepare<T>(const QuantView&, const T*, int64_t, PreparedX&, bool);                       \
   template void quant_linear_part<T>(const QuantView&, const PreparedX&, const T*, T*, int64_t, int64_t, int64_t);
 EMBER_INSTANTIATE(float)
 EMBER_INSTANTIATE(uint16_t)
@@ -313,10 +318,12 @@ QuantView quant_view(const at::Tensor& q, const at::Tensor& scales, const std::o
   return view(q, scales, mins, super_scales, super_mins, bias, bits, group_size, k);
 }
 
-void quant_linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
-                  const std::optional<at::Tensor>& mins, const std::optional<at::Tensor>& super_scales,
-                  const std::optional<at::Tensor>& super_mins, const std::optional<at::Tensor>& bias, int64_t bits,
-                  int64_t group_size) {
+namespace {
+
+void linear_op(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+               const std::optional<at::Tensor>& mins, const std::optional<at::Tensor>& super_scales,
+               const std::optional<at::Tensor>& super_mins, const std::optional<at::Tensor>& bias, int64_t bits,
+               int64_t group_size, bool product) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && out.dim() == 2 && out.is_contiguous(),
               "x and out must be contiguous [M, K] and [M, N]");
   TORCH_CHECK(x.scalar_type() == out.scalar_type() &&
@@ -330,8 +337,24 @@ void quant_linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweigh
     linear_any(w, x.data_ptr<float>(), out.data_ptr<float>(), rows);
   } else {
     linear_any(w, reinterpret_cast<const uint16_t*>(x.data_ptr()), reinterpret_cast<uint16_t*>(out.data_ptr()),
-               rows);
+               rows, product);
   }
+}
+
+}  // namespace
+
+void quant_linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                  const std::optional<at::Tensor>& mins, const std::optional<at::Tensor>& super_scales,
+                  const std::optional<at::Tensor>& super_mins, const std::optional<at::Tensor>& bias, int64_t bits,
+                  int64_t group_size) {
+  linear_op(out, x, qweight, scales, mins, super_scales, super_mins, bias, bits, group_size, false);
+}
+
+void quant_matmul(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& scales,
+                  const std::optional<at::Tensor>& mins, const std::optional<at::Tensor>& super_scales,
+                  const std::optional<at::Tensor>& super_mins, const std::optional<at::Tensor>& bias, int64_t bits,
+                  int64_t group_size) {
+  linear_op(out, x, qweight, scales, mins, super_scales, super_mins, bias, bits, group_size, true);
 }
 
 void dequantize(at::Tensor& out, const at::Tensor& qweight, const at::Tensor& scales,

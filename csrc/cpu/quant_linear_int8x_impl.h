@@ -50,6 +50,24 @@ __attribute__((always_inline)) inline void transpose4(const __m512i* r, __m512i*
   t[3] = _mm512_unpackhi_epi64(a1, a3);
 }
 
+// One group of 32 values of x rounded to signed bytes: d = max|x| / 127, q = x / d rounded to nearest even (the
+// default rounding mode; |q| <= 127), as llama.cpp's Q8_0; b0, b1 its halves' bytes, s0, s1 their d sum q.
+struct RoundedGroup {
+  float d, s0, s1;
+  __m128i b0, b1;
+};
+
+template <typename T>
+__attribute__((always_inline)) inline RoundedGroup round_group(const T* x) {
+  const __m512 v0 = load16(x), v1 = load16(x + 16);
+  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+  const float d = amax / 127.0f;
+  const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+  const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
+  return {d, d * static_cast<float>(_mm512_reduce_add_epi32(q0)), d * static_cast<float>(_mm512_reduce_add_epi32(q1)),
+          _mm512_cvtepi32_epi8(q0), _mm512_cvtepi32_epi8(q1)};
+}
+
 // x [rows, K] into p: per row, its whole spans (4 blocks of 64 nibble bytes: 512 values, 16 groups of 32; 8-bit
 // weights: 4 blocks of 64 values, 8 groups) in the transposed order of span_offset, then the blocks past the last
 // whole span in the integer kernel's order (plane_position), each x group's scale at the lanes that sum it (lane_d:
@@ -81,20 +99,14 @@ void prepare_x_int8(const QuantView& w, const T* x, int64_t rows, PreparedX& p) 
     float* lane_d = p.lane_d.data() + r * p.blocks * 16;
     float* sums = p.sums.data() + r * p.groups_pad;
     for (int64_t xg = 0; xg < xgroups; ++xg) {
-      const __m512 v0 = load16(xr + xg * 32), v1 = load16(xr + xg * 32 + 16);
-      const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-      const float d = amax / 127.0f;
-      const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
-      // Rounded to nearest even (the default rounding mode); |q| <= 127.
-      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, inv)), q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, inv));
-      const __m128i b0 = _mm512_cvtepi32_epi8(q0), b1 = _mm512_cvtepi32_epi8(q1);
-      const float s0 = d * static_cast<float>(_mm512_reduce_add_epi32(q0));
-      const float s1 = d * static_cast<float>(_mm512_reduce_add_epi32(q1));
+      const RoundedGroup rg = round_group(xr + xg * 32);
+      const float d = rg.d;
+      const __m128i b0 = rg.b0, b1 = rg.b1;
       if (w.group_size == 32) {
-        sums[xg] = s0 + s1;
+        sums[xg] = rg.s0 + rg.s1;
       } else {  // groups of 16: each half is a group
-        sums[2 * xg] = s0;
-        sums[2 * xg + 1] = s1;
+        sums[2 * xg] = rg.s0;
+        sums[2 * xg + 1] = rg.s1;
       }
       const int64_t block = xg / groups_per_block;
       const int c = static_cast<int>(xg % groups_per_block);

@@ -4,8 +4,9 @@ A step whose rows are all decodes (one query token each: plain decodes and verif
 most of a request's time, and at batch 1 a fifth to a third of that went to the ~20 torch ops per layer around the
 matmuls, each a dispatch and an allocation. The native stack runs the same kernels in the same order over the
 model's own tensors, so its hidden states and logits are bit-identical to ``CausalLM.forward``'s and ``logits``'
-(tests/runtimes/text/test_decode_stack.py). A quantized vocabulary projection runs in the same call; the embedding
-lookup before it stays in torch.
+(tests/runtimes/text/test_decode_stack.py): each projection takes the streaming kernel or, from its
+``product_from_rows``, the matrix product, as the layer does. A quantized vocabulary projection runs in the same
+call; the embedding lookup before it stays in torch.
 
 It covers models whose every decoder projection is quantized (``QuantLinear``, what a GGUF loads as), in float32
 or bfloat16 on the CPU, with the extension built; anything else, and steps with prefill rows or with rows from
@@ -77,12 +78,31 @@ class NativeDecode:
                     assert isinstance(p, QuantLinear)
                     w = p.quantized()
                     stack.add_projection(
-                        part, w.q, w.scales, w.mins, w.super_scales, w.super_mins, p.bias, w.bits, w.group_size
+                        part,
+                        w.q,
+                        w.scales,
+                        w.mins,
+                        w.super_scales,
+                        w.super_mins,
+                        p.bias,
+                        w.bits,
+                        w.group_size,
+                        p.product_from_rows,
                     )
         head = model.lm_head
         if isinstance(head, QuantLinear) and head.qweight.device.type == "cpu":
             w = head.quantized()
-            stack.set_head(w.q, w.scales, w.mins, w.super_scales, w.super_mins, head.bias, w.bits, w.group_size)
+            stack.set_head(
+                w.q,
+                w.scales,
+                w.mins,
+                w.super_scales,
+                w.super_mins,
+                head.bias,
+                w.bits,
+                w.group_size,
+                head.product_from_rows,
+            )
         stack.finish()
         max_rows = min(p.dense_from_rows for p in projections if isinstance(p, QuantLinear))
         return cls(model, stack, max_rows, has_head=isinstance(head, QuantLinear))

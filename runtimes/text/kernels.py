@@ -117,8 +117,12 @@ def quant_covers(x: Tensor) -> bool:
 
 def quant_linear(x: Tensor, w: QuantizedTensor, bias: Tensor | None) -> Tensor:
     """x [M, K] @ W^T (+ bias, float32 [N]) for a quantized W, as [M, N] in x's dtype; W is read as stored."""
+    return _quantized_op("quant_linear", x, w, bias)
+
+
+def _quantized_op(name: str, x: Tensor, w: QuantizedTensor, bias: Tensor | None) -> Tensor:
     out = x.new_empty(x.shape[0], w.shape[0])
-    _ops().quant_linear(
+    getattr(_ops(), name)(
         out,
         x.contiguous(),
         w.q,
@@ -131,6 +135,30 @@ def quant_linear(x: Tensor, w: QuantizedTensor, bias: Tensor | None) -> Tensor:
         w.group_size,
     )
     return out
+
+
+@functools.cache
+def has_quant_matmul() -> bool:
+    """Whether ``ember._C`` has the 8-bit x kernel's matrix product (an older build may lack it)."""
+    return has_quant_linear() and hasattr(torch.ops.ember, "quant_matmul")
+
+
+def quant_matmul_applies(dtype: torch.dtype, w: QuantizedTensor) -> bool:
+    """Whether ``quant_matmul`` computes differently from ``quant_linear`` for x of ``dtype`` on ``w``: bfloat16 x on
+    the 8-bit x kernel (8-bit weights in groups of 32 only, as that kernel takes them)."""
+    return (
+        dtype == torch.bfloat16
+        and has_quant_matmul()
+        and quant_kernel() == "int8"
+        and (w.bits != 8 or w.group_size == 32)
+    )
+
+
+def quant_matmul(x: Tensor, w: QuantizedTensor, bias: Tensor | None) -> Tensor:
+    """``quant_linear`` for many rows: where bfloat16 x takes the 8-bit x kernel, its matrix product (each strip of
+    W unpacked once and swept by every row; the same rounding of x, float32 sums in another order); else the
+    same as ``quant_linear``."""
+    return _quantized_op("quant_matmul", x, w, bias)
 
 
 def dequantize(w: QuantizedTensor, dtype: torch.dtype) -> Tensor:

@@ -27,7 +27,13 @@ from ember.runtimes.text.config import ModelConfig, ModelLoadError
 from ember.runtimes.text.model import CausalLM, choose_linear_paths, fuse_projections
 from ember.runtimes.text.quant.file_rows import FileEmbedding, FileRows
 from ember.runtimes.text.quant.formats import QuantizedTensor
-from ember.runtimes.text.quant.layers import QuantEmbedding, QuantLinear, choose_dense_rows, tile_for_kernel
+from ember.runtimes.text.quant.layers import (
+    DenseChoice,
+    QuantEmbedding,
+    QuantLinear,
+    choose_dense_rows,
+    tile_for_kernel,
+)
 from ember.runtimes.text.quant.quantize import quantizable, quantize
 from ember.runtimes.text.tokenizer import TextTokenizer
 
@@ -64,6 +70,19 @@ class LoadedModel:
     weight_bytes: int = 0
     # What the kernel choices measured at load, one line each (logged by the worker).
     kernel_choices: list[str] = field(default_factory=list)
+
+
+def _paths_said(c: DenseChoice) -> str:
+    """One weight format's paths by row count, as the log says them."""
+    if c.product_from_rows >= c.dense_from_rows:
+        return (
+            f"{c.kind} weights: the streaming kernel below {c.dense_from_rows} rows, dequantize + dense matmul "
+            "from there"
+        )
+    return (
+        f"{c.kind} weights: the streaming kernel below {c.product_from_rows} rows, its matrix product below "
+        f"{c.dense_from_rows}, dequantize + dense matmul from there"
+    )
 
 
 def load_model(
@@ -120,10 +139,7 @@ def load_model(
     fuse_projections(model)
     tile_for_kernel(model)
     choose_activation_kernel(activations)
-    choices = [
-        f"{c.kind} weights: the streaming kernel below {c.dense_from_rows} rows, dequantize + dense matmul from there"
-        for c in choose_dense_rows(model, dtype)
-    ]
+    choices = [_paths_said(c) for c in choose_dense_rows(model, dtype)]
     choices += choose_linear_paths(model, dtype)
     streams = any(isinstance(m, QuantLinear) for m in model.modules())
     if streams and dtype == torch.bfloat16 and kernels.quant_kernel() in ACTIVATION_KERNELS:

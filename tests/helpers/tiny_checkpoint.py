@@ -73,13 +73,15 @@ def tiny_config(
     qwen2: bool = False,
     tie_embeddings: bool = False,
     rope_scaling: dict[str, Any] | None = None,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
 ) -> dict[str, Any]:
     """config.json of a tiny Llama (or Qwen2) model, as transformers writes it."""
     config: dict[str, Any] = {
         "architectures": ["Qwen2ForCausalLM" if qwen2 else "LlamaForCausalLM"],
         "model_type": "qwen2" if qwen2 else "llama",
-        "hidden_size": 64,
-        "intermediate_size": 128,
+        "hidden_size": hidden_size,
+        "intermediate_size": intermediate_size,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
@@ -151,15 +153,24 @@ def write_tiny_llama(
     qwen2: bool = False,
     tie_embeddings: bool = False,
     rope_scaling: dict[str, Any] | None = None,
+    hidden_size: int = 64,
+    intermediate_size: int = 128,
 ) -> Path:
     """Write a tiny random-weight checkpoint folder in Hugging Face's format and return path.
 
     Files: config.json, model.safetensors, tokenizer.json, tokenizer_config.json (ChatML template),
-    generation_config.json. Hidden 64, 2 layers, 4 heads / 2 KV heads, context 512.
+    generation_config.json. Hidden 64 (or hidden_size), 2 layers, 4 heads / 2 KV heads, context 512.
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    config = tiny_config(vocab_size=vocab_size, qwen2=qwen2, tie_embeddings=tie_embeddings, rope_scaling=rope_scaling)
+    config = tiny_config(
+        vocab_size=vocab_size,
+        qwen2=qwen2,
+        tie_embeddings=tie_embeddings,
+        rope_scaling=rope_scaling,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+    )
     (path / "config.json").write_text(json.dumps(config, indent=2))
     save_file(tiny_state_dict(config, seed=seed), str(path / "model.safetensors"), metadata={"format": "pt"})
     (path / "tokenizer.json").write_text(tiny_tokenizer_json(vocab_size))

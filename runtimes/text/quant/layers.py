@@ -1,20 +1,23 @@
 """``QuantLinear`` and ``QuantEmbedding``: layers whose weight stays quantized (``formats.QuantizedTensor``).
 
-A linear layer has two ways to run:
+A linear layer has three ways to run:
 - the streaming kernel (``ember._C``'s quant_linear), which reads each quantized weight once per call and
   dequantizes it in registers: what decode steps want, since they are bound by the bytes of weights read;
-- a dense matmul on the weight dequantized for the call (oneDNN, AMX where the CPU has it): what long prefill
-  steps want, since they are bound by arithmetic and the dequantization is paid once for many rows.
-Which is faster from how many rows on depends on the CPU, so ``choose_dense_rows`` times both at load on this
-machine and sets ``dense_from_rows``; without the extension only the dense path (with the reference
-dequantization) exists.
+- where bfloat16 x takes the 8-bit x kernel, its matrix product (quant_matmul: the same rounding of x, each strip
+  of weights unpacked once per call and swept by every row): what prompt chunks want, bound by arithmetic, with
+  vpdpbusd's 64 products an instruction;
+- a dense matmul on the weight dequantized for the call (oneDNN, AMX where the CPU has it): long prefill steps
+  where the CPU's dense matmul beats both.
+Which is faster from how many rows on depends on the CPU, so ``choose_dense_rows`` times them at load on this
+machine and sets ``product_from_rows`` and ``dense_from_rows``; without the extension only the dense path (with
+the reference dequantization) exists.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -25,6 +28,9 @@ from ember.runtimes.text import kernels
 from ember.runtimes.text.quant.formats import QuantizedTensor, dequantize
 
 _PARTS = ("qweight", "scales", "mins", "super_scales", "super_mins")
+
+# A row count no call reaches: a path chosen "never".
+NEVER = 1 << 30
 
 
 class _Quantized(nn.Module):
@@ -96,13 +102,21 @@ class QuantLinear(_Quantized):
         self.out_features, self.in_features = weight.shape
         # Kept in float32: the kernel adds it to its float32 sums.
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
-        # Rows from which a call takes the dense path; set by choose_dense_rows.
+        # Rows from which a call takes the dense path, and below that the matrix product; set by choose_dense_rows.
         self.dense_from_rows = 64
+        self.product_from_rows = NEVER
+
+    def native(self, rows: Tensor) -> Tensor:
+        """rows [M, K] on the native kernels: the streaming kernel, or from ``product_from_rows`` its matrix
+        product."""
+        if rows.shape[0] >= self.product_from_rows:
+            return kernels.quant_matmul(rows, self.quantized(), self.bias)
+        return kernels.quant_linear(rows, self.quantized(), self.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         rows = x.reshape(-1, self.in_features)
         if rows.shape[0] < self.dense_from_rows and kernels.quant_covers(rows):
-            out = kernels.quant_linear(rows, self.quantized(), self.bias)
+            out = self.native(rows)
         else:
             bias = None if self.bias is None else self.bias.to(x.dtype)
             out = F.linear(rows, self.dense(x.dtype), bias)
@@ -156,12 +170,18 @@ class DenseChoice:
 
     kind: str
     dense_from_rows: int
-    # Seconds per call by row count: (streaming kernel, dequantize + dense matmul).
+    # Seconds per call by row count: (native kernels as chosen below, dequantize + dense matmul).
     timings: dict[int, tuple[float, float]]
+    # Rows from which the 8-bit x kernel runs as its matrix product (NEVER where it does not apply), and the
+    # seconds per call by row count: (streaming tiles, matrix product).
+    product_from_rows: int = NEVER
+    product_timings: dict[int, tuple[float, float]] = field(default_factory=dict)
 
 
 # Row counts tried; steps come in these buckets (runner.padded_rows).
 _TRIAL_ROWS = (8, 16, 32, 64, 128, 256, 512)
+# The streaming tiles against the matrix product: it wins from 16-32 rows (SmolLM2-135M's Q4_1, 2 threads: 24).
+_PRODUCT_TRIAL_ROWS = (8, 16, 24, 32, 48, 64, 128)
 
 # (seconds of the streaming kernel, seconds of dequantize + dense matmul) for a call of this many rows.
 Measure = Callable[[int], tuple[float, float]]
@@ -170,7 +190,7 @@ Measure = Callable[[int], tuple[float, float]]
 def crossover(
     measure: Measure, trial_rows: Sequence[int] = _TRIAL_ROWS, passes: int = 2
 ) -> tuple[int, dict[int, tuple[float, float]]]:
-    """The smallest of ``trial_rows`` from which the dense path is faster at that row count and every larger one
+    """The smallest of ``trial_rows`` from which the second path is faster at that row count and every larger one
     (twice the largest when it is not faster at the largest), and what was measured: each path's fastest time at
     each row count over ``passes`` passes through them all.
 
@@ -259,22 +279,52 @@ def choose_dense_rows(model: nn.Module, dtype: torch.dtype) -> list[DenseChoice]
             # The vocabulary projection only where it is all of its format (SmolLM2-135M's Q8_0): one such matrix is
             # tens of MiB, ~1 s to time through every row count.
             probes = probe_layers([m for m in group if m is not head] or group)
+            inputs: dict[int, dict[int, Tensor]] = {}
+
+            def xs_for(rows: int, probes: list[QuantLinear] = probes, inputs: dict = inputs) -> dict[int, Tensor]:
+                if rows not in inputs:
+                    inputs[rows] = {k: torch.randn(rows, k).to(dtype) for k in {p.in_features for p in probes}}
+                return inputs[rows]
+
+            # First the streaming tiles against the matrix product (neither has anything to make on a first call).
+            product_from, product_timings = NEVER, dict[int, tuple[float, float]]()
+            if kernels.quant_matmul_applies(dtype, group[0].quantized()):
+
+                def product(rows: int, probes: list[QuantLinear] = probes) -> tuple[float, float]:
+                    xs = xs_for(rows)
+                    stream = time_layers(
+                        lambda p: kernels.quant_linear(xs[p.in_features], p.quantized(), p.bias), probes, warm_up=False
+                    )
+                    matmul = time_layers(
+                        lambda p: kernels.quant_matmul(xs[p.in_features], p.quantized(), p.bias), probes, warm_up=False
+                    )
+                    return stream, matmul
+
+                product_from, product_timings = crossover(product, _PRODUCT_TRIAL_ROWS)
+            for layer in group:
+                layer.product_from_rows = product_from
 
             warm: set[int] = set()  # row counts measured once: crossover's second pass needs no warm-up
 
             def measure(rows: int, probes: list[QuantLinear] = probes, warm: set[int] = warm) -> tuple[float, float]:
-                xs = {k: torch.randn(rows, k).to(dtype) for k in {p.in_features for p in probes}}
+                xs = xs_for(rows)
                 cold = rows not in warm
                 warm.add(rows)
-                # The streaming kernel has nothing to make on a first call: the passes' fastest time serves.
-                stream = time_layers(
-                    lambda p: kernels.quant_linear(xs[p.in_features], p.quantized(), p.bias), probes, warm_up=False
-                )
+                # The native kernels have nothing to make on a first call: the passes' fastest time serves.
+                stream = time_layers(lambda p: p.native(xs[p.in_features]), probes, warm_up=False)
                 dense = time_layers(lambda p: F.linear(xs[p.in_features], p.dense(dtype)), probes, warm_up=cold)
                 return stream, dense
 
             chosen, timings = crossover(measure)
             for layer in group:
                 layer.dense_from_rows = chosen
-            choices.append(DenseChoice(kind=kind, dense_from_rows=chosen, timings=timings))
+            choices.append(
+                DenseChoice(
+                    kind=kind,
+                    dense_from_rows=chosen,
+                    timings=timings,
+                    product_from_rows=product_from,
+                    product_timings=product_timings,
+                )
+            )
     return choices

@@ -39,6 +39,9 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "llama": write_tiny_llama(root / "llama", seed=3),
         # Qwen2: biases on q/k/v; tied embeddings: the head reads the embedding's quantized tensors.
         "qwen2": write_tiny_llama(root / "qwen2", seed=4, qwen2=True, tie_embeddings=True),
+        # Rows of 512 and 1024 values (16 and 32 groups) and 4096 logits a row: wide enough that two orders of the
+        # float32 sums show in the bfloat16 outputs.
+        "wide": write_tiny_llama(root / "wide", seed=6, vocab_size=4096, hidden_size=512, intermediate_size=1024),
     }
 
 
@@ -177,6 +180,34 @@ def test_decode_steps_past_16_rows_run_natively_at_their_own_size(checkpoints: d
             twin.append(i, token)
         logits = twin.step(*[(i, 1) for i in ids])  # 18 rows: padded to 32 before
     assert twin.counted.calls == 2
+
+
+@pytest.mark.skipif(not kernels.has_quant_matmul(), reason="an older build without the matrix product")
+def test_decode_steps_take_the_matrix_product_from_where_the_layers_do(
+    checkpoints: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each projection of the native step takes the 8-bit x kernel's matrix product from its layer's
+    product_from_rows, as the torch model does: the two compute the same float32 sums only if they agree on it (on
+    this model a native step without it is off the torch model's)."""
+    loaded = load(checkpoints["wide"], "int4", torch.bfloat16)
+    if not kernels.quant_matmul_applies(torch.bfloat16, loaded.model.lm_head.quantized()):
+        pytest.skip("bfloat16 x does not take the 8-bit x kernel here")
+    for module in loaded.model.modules():
+        if isinstance(module, QuantLinear):
+            module.dense_from_rows, module.product_from_rows = 1000, 3
+    products: list[int] = []
+    matmul = kernels.quant_matmul
+    monkeypatch.setattr(kernels, "quant_matmul", lambda x, w, b: products.append(len(x)) or matmul(x, w, b))
+    twin = Twin(loaded, torch.bfloat16, max_batch=24, num_blocks=256)
+    ids = [twin.sequence([3 + i, 7, 11 + i, 5]) for i in range(16)]
+    logits = twin.step(*[(i, 4) for i in ids])  # prefill: the torch model
+    for _ in range(3):
+        for i, token in zip(ids, logits.argmax(-1).tolist(), strict=True):
+            twin.append(i, token)
+        products.clear()
+        logits = twin.step(*[(i, 1) for i in ids])  # 16 rows: the product, natively and in the torch model
+        assert products and set(products) == {16}  # the torch model's side took it
+    assert twin.counted.calls == 3
 
 
 def test_steps_it_does_not_cover_take_the_torch_model(checkpoints: dict[str, Path]) -> None:

