@@ -10,7 +10,8 @@ namespace ember::cpu {
 struct PreparedX {
   bool bf16 = false;  // prepared for the bfloat16-dot kernel (quant_linear_bf16_impl.h): xb, sums
   bool int8 = false;  // prepared for the 8-bit x kernel (quant_linear_int8x_impl.h): xq, lane_d, sums
-  bool gemm = false;  // prepared for its matrix product (quant_linear_gemm_impl.h): xq [rows][K], lane_d [rows][K/32], sums
+  // prepared for its matrix product (quant_linear_gemm_impl.h): xq [rows][K], lane_d [rows][K/32], sums
+  bool gemm = false;
   int64_t rows = 0;
   int64_t blocks = 0;      // 64-byte weight blocks per row of W (6 bits: its nibbles')
   int64_t plane = 0;       // values per row of hi / lo / xb: blocks * (128 for 4 and 6 bits, 64 for 8)

@@ -287,7 +287,7 @@ void quant_linear_part(const QuantView& w, const PreparedX& p, const T* x, T* ou
 }
 
 #define EMBER_INSTANTIATE(T)                                                                                    \
-  template void quant_linear_prepare<T>(const QuantView&, const T*, int64_t, PreparedX&, bool);                       \
+  template void quant_linear_prepare<T>(const QuantView&, const T*, int64_t, PreparedX&, bool);                 \
   template void quant_linear_part<T>(const QuantView&, const PreparedX&, const T*, T*, int64_t, int64_t, int64_t);
 EMBER_INSTANTIATE(float)
 EMBER_INSTANTIATE(uint16_t)
