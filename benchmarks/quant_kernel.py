@@ -4,6 +4,7 @@ rows of x, with the bytes each call reads and the read bandwidth that makes.
     python benchmarks/quant_kernel.py                                   # Qwen2.5-Coder-1.5B, 1-16 rows
     python benchmarks/quant_kernel.py --model smollm2-135m-instruct --rows 1,4
     python benchmarks/quant_kernel.py --kernels int8,bf16               # two kernels interleaved, and their ratio
+    python benchmarks/quant_kernel.py --kernels product,dense,int8 --rows 32,128,512   # prompt chunks
 
 Batch-1 decode reads every weight once per token, so a matrix whose kernel reads at the machine's DRAM bandwidth
 (measured here in the same run, as text_serving.py does) is as fast as it can be; one well under it is bound by
@@ -13,8 +14,10 @@ what each extra row costs. Each kind of matrix (projection name and format) is t
 one, called in turn as a forward calls them: timed on one layer over and over, a matrix the last-level cache
 holds (Qwen2.5-Coder-1.5B's whole MLP fits a 32 MB one) reads from there, not from memory. Kinds are interleaved
 round by round and each cell is the best of ``--repeats`` rounds. ``--kernels`` names the streaming kernels that
-bfloat16 x takes (int8, bf16, int: ``kernels.quant_kernel``), timed in turn within each round: a table each, then
-the step's matmul time (every matrix once) by kernel and row count, and each kernel's speed-up over the first.
+bfloat16 x takes (int8, bf16, int: ``kernels.quant_kernel``), or ``product`` (the 8-bit x kernel's matrix product,
+what prompt chunks take: ``kernels.quant_matmul``) and ``dense`` (the weight dequantized for a dense matmul), timed
+in turn within each round: a table each, then the step's matmul time (every matrix once) by kernel and row count,
+and each kernel's speed-up over the first.
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -46,19 +51,31 @@ def matrix_kinds(model: torch.nn.Module) -> dict[str, list[QuantLinear]]:
     return kinds
 
 
-def time_rows(layers: list[QuantLinear], rows: int, dtype: torch.dtype) -> float:
+# How each name of --kernels runs a layer on x: the streaming kernels as kernels.quant_kernel sets them.
+PATHS: dict[str, Callable[[QuantLinear, torch.Tensor], object]] = {
+    "product": lambda layer, x: kernels.quant_matmul(x, layer.quantized(), layer.bias),
+    "dense": lambda layer, x: F.linear(x, layer.dense(x.dtype)),
+}
+
+
+def streaming(layer: QuantLinear, x: torch.Tensor) -> object:
+    return kernels.quant_linear(x, layer.quantized(), layer.bias)
+
+
+def time_rows(
+    layers: list[QuantLinear], rows: int, dtype: torch.dtype, call: Callable[[QuantLinear, torch.Tensor], object]
+) -> float:
     """Seconds per call, calling each layer in turn as a forward does: the next layer's weights are not in the cache
     (a 32 MB last-level cache holds one layer's MLP: timing one layer over and over reads it from there)."""
     x = torch.randn(rows, layers[0].in_features).to(dtype)
-    weights = [(layer.quantized(), layer.bias) for layer in layers]
-    for w, bias in weights:
-        kernels.quant_linear(x, w, bias)
+    for layer in layers:
+        call(layer, x)
     t0 = time.perf_counter()
     calls = 0
-    while calls < 2 * len(weights) or time.perf_counter() - t0 < 0.05:
-        for w, bias in weights:
-            kernels.quant_linear(x, w, bias)
-        calls += len(weights)
+    while calls < 2 * len(layers) or time.perf_counter() - t0 < 0.05:
+        for layer in layers:
+            call(layer, x)
+        calls += len(layers)
     return (time.perf_counter() - t0) / calls
 
 
@@ -91,8 +108,8 @@ def main() -> None:
             for kind, group in kinds.items():
                 for rows in row_counts:
                     for name in names:
-                        kernels.quant_kernel(name)
-                        t = time_rows(group, rows, dtype)
+                        kernels.quant_kernel("int8" if name == "product" else "auto" if name == "dense" else name)
+                        t = time_rows(group, rows, dtype, PATHS.get(name, streaming))
                         best[name, kind, rows] = min(best.get((name, kind, rows), float("inf")), t)
     dram = max(bandwidths)
     print(f"# {loaded.name}, {args.threads} threads, bfloat16 x, ISA {torch.ops.ember.cpu_isa()}")
