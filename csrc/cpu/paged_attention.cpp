@@ -42,6 +42,12 @@ template <typename T>
 void paged_decode_rows(T* out, const T* q, int64_t q_stride, const T* k, const T* v, const int32_t* table,
                        const int32_t* lens, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
                        int64_t block_size, int64_t max_blocks, float scale) {
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    if (cpu_has_bf16()) {
+      return bf16dot::paged_decode(out, q, q_stride, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
+                                   max_blocks, scale);
+    }
+  }
   EMBER_ISA_CALL(paged_decode(out, q, q_stride, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
                               max_blocks, scale));
 }
@@ -51,6 +57,12 @@ void paged_decode_part_rows(T* out, const T* q, int64_t q_stride, const T* k, co
                             const int32_t* lens, int64_t heads, int64_t kv_heads, int64_t head_dim,
                             int64_t block_size, int64_t max_blocks, float scale, int64_t task_begin,
                             int64_t task_end) {
+  if constexpr (std::is_same_v<T, uint16_t>) {
+    if (cpu_has_bf16()) {
+      return bf16dot::paged_decode_part(out, q, q_stride, k, v, table, lens, heads, kv_heads, head_dim, block_size,
+                                        max_blocks, scale, task_begin, task_end);
+    }
+  }
   EMBER_ISA_CALL(paged_decode_part(out, q, q_stride, k, v, table, lens, heads, kv_heads, head_dim, block_size,
                                    max_blocks, scale, task_begin, task_end));
 }

@@ -58,6 +58,7 @@ SHAPES = [
     # batch, heads, kv_heads, head_dim, block_size, longest
     (16, 9, 3, 64, 16, 300),  # SmolLM2-135M
     (3, 12, 2, 128, 16, 100),  # Qwen2.5-1.5B
+    (4, 14, 2, 64, 32, 90),  # Qwen2.5-0.5B's groups of 7 heads, blocks of 32 tokens
     (5, 4, 4, 16, 4, 33),  # no grouping, a head_dim below one vector
     (2, 6, 2, 24, 3, 7),  # a head_dim that is no multiple of a vector, odd block size
     (1, 2, 1, 8, 16, 1),  # one token of context
