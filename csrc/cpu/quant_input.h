@@ -7,11 +7,16 @@
 
 namespace ember::cpu {
 
+// Which kernel x was prepared for: one value, so that a preparation for one kernel can never be read by another.
+enum class XLayout {
+  kPlain,  // the integer kernel's (quant_linear_vnni_impl.h: hi, lo, offset, sums), or x as it is
+  kBf16,   // the bfloat16-dot kernel's (quant_linear_bf16_impl.h): xb, sums
+  kInt8,   // the 8-bit x kernel's (quant_linear_int8x_impl.h): xq, lane_d, sums
+  kGemm,   // its matrix product's (quant_linear_gemm_impl.h): xq [rows][K], lane_d [rows][K/32], sums
+};
+
 struct PreparedX {
-  bool bf16 = false;  // prepared for the bfloat16-dot kernel (quant_linear_bf16_impl.h): xb, sums
-  bool int8 = false;  // prepared for the 8-bit x kernel (quant_linear_int8x_impl.h): xq, lane_d, sums
-  // prepared for its matrix product (quant_linear_gemm_impl.h): xq [rows][K], lane_d [rows][K/32], sums
-  bool gemm = false;
+  XLayout layout = XLayout::kPlain;
   int64_t rows = 0;
   int64_t blocks = 0;      // 64-byte weight blocks per row of W (6 bits: its nibbles')
   int64_t plane = 0;       // values per row of hi / lo / xb: blocks * (128 for 4 and 6 bits, 64 for 8)

@@ -186,11 +186,11 @@ template <int BITS, int GS, typename T>
 void part_isa(const QuantView& w, const PreparedX& p, const T* x, T* out, int64_t rows, int64_t n_begin,
               int64_t n_end) {
   if constexpr (BITS != 8 && std::is_same_v<T, uint16_t>) {
-    if (p.bf16) return bf16dot::bf16_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
+    if (p.layout == XLayout::kBf16) return bf16dot::bf16_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
   }
   if constexpr ((BITS != 8 || GS == 32) && std::is_same_v<T, uint16_t>) {
-    if (p.gemm) return vnni::gemm_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
-    if (p.int8) return vnni::int8x_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
+    if (p.layout == XLayout::kGemm) return vnni::gemm_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
+    if (p.layout == XLayout::kInt8) return vnni::int8x_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
   }
   if (cpu_has_vnni()) return vnni::vnni_part<BITS, GS, T>(w, p, out, rows, n_begin, n_end);
   switch (current_isa()) {
@@ -265,14 +265,12 @@ void quant_linear_rows(const QuantView& w, const T* x, T* out, int64_t rows) {
 template <typename T>
 void quant_linear_prepare(const QuantView& w, const T* x, int64_t rows, PreparedX& p, bool product) {
   const XKernel kernel = kernel_for<T>(w);
-  p.gemm = false;
   if constexpr (std::is_same_v<T, uint16_t>) {
     if (kernel == XKernel::kBf16) return bf16dot::prepare_x_bf16(w, x, rows, p);
     if (kernel == XKernel::kInt8 && product) return vnni::prepare_x_gemm(w, x, rows, p);
     if (kernel == XKernel::kInt8) return vnni::prepare_x_int8(w, x, rows, p);
   }
-  p.bf16 = false;
-  p.int8 = false;
+  p.layout = XLayout::kPlain;
   if (cpu_has_vnni()) vnni::prepare_x(w, x, rows, p);  // the float kernels read x as it is
 }
 

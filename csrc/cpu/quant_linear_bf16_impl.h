@@ -37,8 +37,7 @@ inline int bf16_plane_slot(int v) {
 // x [rows, K] bfloat16 into p: its plane [rows][blocks * 128] (zero past K) and its sums per weight group.
 inline void prepare_x_bf16(const QuantView& w, const uint16_t* x, int64_t rows, PreparedX& p) {
   const int64_t k = w.k;
-  p.bf16 = true;
-  p.int8 = false;
+  p.layout = XLayout::kBf16;
   p.rows = rows;
   p.blocks = (k / 2 + 63) / 64;
   p.plane = p.blocks * 128;

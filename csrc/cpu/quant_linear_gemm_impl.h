@@ -23,9 +23,7 @@
 template <typename T>
 void prepare_x_gemm(const QuantView& w, const T* x, int64_t rows, PreparedX& p) {
   const int64_t k = w.k, xgroups = k / 32;
-  p.int8 = false;
-  p.bf16 = false;
-  p.gemm = true;
+  p.layout = XLayout::kGemm;
   p.rows = rows;
   p.plane = k;
   p.groups_pad = (w.groups + 15) / 16 * 16;

@@ -75,8 +75,7 @@ __attribute__((always_inline)) inline RoundedGroup round_group(const T* x) {
 template <typename T>
 void prepare_x_int8(const QuantView& w, const T* x, int64_t rows, PreparedX& p) {
   const int64_t k = w.k;
-  p.int8 = true;
-  p.bf16 = false;
+  p.layout = XLayout::kInt8;
   p.rows = rows;
   const int64_t block_bytes = w.bits == 8 ? k : k / 2;  // the weights' bytes a row (6 bits: its nibbles')
   const int64_t block_values = w.bits == 8 ? 64 : 128;

@@ -377,7 +377,7 @@ def test_the_load_times_the_matrix_product_and_prompt_rows_take_it_from_where_it
     assert not timed and choice.product_from_rows == layers[0].product_from_rows == quant_layers.NEVER
     # The forward: the streaming kernel below the choice, the product from it.
     layer = layers[0]
-    layer.product_from_rows, layer.dense_from_rows = 24, 1 << 30
+    layer.product_from_rows, layer.dense_from_rows = 24, quant_layers.NEVER
     ran: list[tuple[str, int]] = []
     for name in ("quant_linear", "quant_matmul"):
         op = getattr(kernels, name)
@@ -499,8 +499,8 @@ def test_smollm_bfloat16_streaming_kernel_stays_near_its_float32_weights(
     streamed = [m for m in loaded.model.modules() if isinstance(m, QuantLinear)]
     assert {m.quantized().bits for m in streamed} == {4, 8}  # Q4_1, and the Q8_0 vocabulary projection
     for layer in streamed:
-        layer.dense_from_rows = 1 << 30
-        layer.product_from_rows = 1 if product else 1 << 30
+        layer.dense_from_rows = quant_layers.NEVER
+        layer.product_from_rows = 1 if product else quant_layers.NEVER
     ids = torch.tensor(loaded.tokenizer.encode(GUARD_TEXT))[:200]
     positions = torch.arange(len(ids))
     with torch.inference_mode():
