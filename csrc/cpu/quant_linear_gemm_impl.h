@@ -54,24 +54,60 @@ void prepare_x_gemm(const QuantView& w, const T* x, int64_t rows, PreparedX& p) 
 // Output rows a strip holds: two vectors of 16.
 constexpr int kStrip = 32;
 
+// 16 x 16 32-bit values in place: lane j of r[i] becomes lane i of r[j]. Pairs of rows interleaved by 32 then 64
+// bits (each 128-bit quarter then holds one column of 4 rows), then the quarters moved across registers.
+__attribute__((always_inline)) inline void transpose16x16(__m512i* r) {
+  __m512i t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+  }
+  // u[4 G + c], quarter L: column 4 L + c of rows 4 G .. 4 G + 3.
+  __m512i u[16];
+  for (int g = 0; g < 16; g += 4) {
+    u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+    u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+    u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+    u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44), v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
+    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+    const __m512i v3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
+    r[c] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+    r[4 + c] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
+    r[8 + c] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+    r[12 + c] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+  }
+}
+
+// Bytes of scratch pack_strip takes: each of the strip's rows unpacked, K + 128 bytes apart.
+inline int64_t strip_scratch_bytes(int64_t k) { return kStrip * (k + 128); }
+
 // A strip of W's rows n0 .. n0 + count - 1 (count <= kStrip; the rest zero) as the matrix product reads it:
 // panel [K / 4][kStrip][4] unsigned bytes (vpdpbusd's unsigned operand: e + 128 for 8 bits), and per weight group
-// g the outputs' scales scale[g][kStrip] and offsets offset[g][kStrip] = m - z s. `row` is scratch of K + 128 bytes.
+// g the outputs' scales scale[g][kStrip] and offsets offset[g][kStrip] = m - z s. `rows` is scratch of
+// strip_scratch_bytes(K): each row is unpacked there in order, then 16 rows x 16 words at a time are transposed in
+// registers into the panel. Why: a call packs every weight once whatever its row count, and speculative
+// verification steps (16 streams x 5 tokens) are calls of ~80 rows, where pack_strip took 8 % of a served
+// workload's samples with a scalar store per word; transposed in registers, a step's matmuls on SmolLM2-135M
+// (benchmarks/quant_kernel.py --kernels product) took 26.5 against 30.1 ms at 32 rows, 48.2 against 51.5 at 80.
 template <int BITS>
 void pack_strip(const QuantView& w, int64_t n0, int count, uint8_t* panel, float* scale, float* offset,
-                uint8_t* row) {
-  const int64_t k = w.k;
+                uint8_t* rows) {
+  const int64_t k = w.k, row_bytes = k + 128;
   const int64_t nibble_bytes = BITS == 8 ? k : k / 2;  // 8 bits: the values
   const int64_t blocks = (nibble_bytes + 63) / 64;
   const float z = BITS == 8 ? 128.0f : static_cast<float>(w.zero_point);
   if (count < kStrip) {
-    std::memset(panel, 0, k * kStrip);
+    std::memset(rows + count * row_bytes, 0, (kStrip - count) * row_bytes);
     std::memset(scale, 0, w.groups * kStrip * sizeof(float));
     std::memset(offset, 0, w.groups * kStrip * sizeof(float));
   }
   alignas(64) float s[16], m[16];
   for (int c = 0; c < count; ++c) {
     const uint8_t* src = row_start(w, n0 + c);
+    uint8_t* row = rows + c * row_bytes;
     // The row's values in order, as unsigned bytes.
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t left = nibble_bytes - b * 64;
@@ -94,9 +130,6 @@ void pack_strip(const QuantView& w, int64_t n0, int count, uint8_t* panel, float
         _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 112), _mm512_extracti32x4_epi32(wh, 3));
       }
     }
-    const uint32_t* words = reinterpret_cast<const uint32_t*>(row);
-    uint32_t* out = reinterpret_cast<uint32_t*>(panel) + c;
-    for (int64_t t = 0; t < k / 4; ++t) out[t * kStrip] = words[t];
     for (int64_t g0 = 0; g0 < w.groups; g0 += 16) {
       const int n = w.groups - g0 < 16 ? static_cast<int>(w.groups - g0) : 16;
       maps16(w, n0 + c, g0, n, s, m);
@@ -105,6 +138,21 @@ void pack_strip(const QuantView& w, int64_t n0, int count, uint8_t* panel, float
         offset[(g0 + g) * kStrip + c] = m[g] - z * s[g];
       }
     }
+  }
+  // panel word t * kStrip + c = word t of row c (4 consecutive values).
+  const int64_t quads = k / 4;
+  uint32_t* out = reinterpret_cast<uint32_t*>(panel);
+  int64_t t0 = 0;
+  for (; t0 + 16 <= quads; t0 += 16) {
+    for (int c0 = 0; c0 < kStrip; c0 += 16) {
+      __m512i r[16];
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_si512(rows + (c0 + i) * row_bytes + 4 * t0);
+      transpose16x16(r);
+      for (int i = 0; i < 16; ++i) _mm512_storeu_si512(out + (t0 + i) * kStrip + c0, r[i]);
+    }
+  }
+  for (; t0 < quads; ++t0) {
+    for (int c = 0; c < kStrip; ++c) std::memcpy(out + t0 * kStrip + c, rows + c * row_bytes + 4 * t0, 4);
   }
 }
 
@@ -189,7 +237,7 @@ void gemm_part(const QuantView& w, const PreparedX& p, T* out, int64_t rows, int
   thread_local std::vector<uint8_t> panel, row;
   thread_local std::vector<float> scale, offset;
   panel.resize(k * kStrip);
-  row.resize(k + 128);
+  row.resize(strip_scratch_bytes(k));
   scale.resize(w.groups * kStrip);
   offset.resize(w.groups * kStrip);
   for (int64_t n0 = n_begin; n0 < n_end; n0 += kStrip) {
