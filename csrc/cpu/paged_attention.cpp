@@ -23,8 +23,9 @@
 #define EMBER_KERNEL_IMPL "paged_attention_impl.h"
 #include "isa_variants.h"
 
-// A fourth copy for CPUs with AVX512-BF16, whose prefill takes its scores as bfloat16 dot products; in its own
-// region, so that no instruction of AVX512-BF16 reaches the copy that runs where the CPU lacks it.
+// A fourth copy for CPUs with AVX512-BF16, whose decode and prefill on a bfloat16 cache take their scores as
+// bfloat16 dot products; in its own region, so that no instruction of AVX512-BF16 reaches the copy that runs where
+// the CPU lacks it.
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512bf16,fma,f16c")
 #define EMBER_AVX512 1
@@ -38,18 +39,20 @@ namespace ember::cpu::bf16dot {
 
 namespace ember::cpu {
 
+// Returns CALL from the AVX512-BF16 copy for bfloat16 data (T = uint16_t) where the CPU has it, else from the
+// widest instruction set's copy (EMBER_ISA_CALL).
+#define EMBER_BF16_OR_ISA_CALL(T, CALL)             \
+  if constexpr (std::is_same_v<T, uint16_t>) {      \
+    if (cpu_has_bf16()) return bf16dot::CALL;        \
+  }                                                 \
+  EMBER_ISA_CALL(CALL)
+
 template <typename T>
 void paged_decode_rows(T* out, const T* q, int64_t q_stride, const T* k, const T* v, const int32_t* table,
                        const int32_t* lens, int64_t batch, int64_t heads, int64_t kv_heads, int64_t head_dim,
                        int64_t block_size, int64_t max_blocks, float scale) {
-  if constexpr (std::is_same_v<T, uint16_t>) {
-    if (cpu_has_bf16()) {
-      return bf16dot::paged_decode(out, q, q_stride, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
-                                   max_blocks, scale);
-    }
-  }
-  EMBER_ISA_CALL(paged_decode(out, q, q_stride, k, v, table, lens, batch, heads, kv_heads, head_dim, block_size,
-                              max_blocks, scale));
+  EMBER_BF16_OR_ISA_CALL(T, paged_decode(out, q, q_stride, k, v, table, lens, batch, heads, kv_heads, head_dim,
+                                         block_size, max_blocks, scale));
 }
 
 template <typename T>
@@ -57,28 +60,16 @@ void paged_decode_part_rows(T* out, const T* q, int64_t q_stride, const T* k, co
                             const int32_t* lens, int64_t heads, int64_t kv_heads, int64_t head_dim,
                             int64_t block_size, int64_t max_blocks, float scale, int64_t task_begin,
                             int64_t task_end) {
-  if constexpr (std::is_same_v<T, uint16_t>) {
-    if (cpu_has_bf16()) {
-      return bf16dot::paged_decode_part(out, q, q_stride, k, v, table, lens, heads, kv_heads, head_dim, block_size,
-                                        max_blocks, scale, task_begin, task_end);
-    }
-  }
-  EMBER_ISA_CALL(paged_decode_part(out, q, q_stride, k, v, table, lens, heads, kv_heads, head_dim, block_size,
-                                   max_blocks, scale, task_begin, task_end));
+  EMBER_BF16_OR_ISA_CALL(T, paged_decode_part(out, q, q_stride, k, v, table, lens, heads, kv_heads, head_dim,
+                                              block_size, max_blocks, scale, task_begin, task_end));
 }
 
 template <typename T>
 void paged_prefill_rows(T* out, const T* q, int64_t q_stride, const T* k, const T* v, const int64_t* blocks,
                         int64_t start, int64_t rows, int64_t heads, int64_t kv_heads, int64_t head_dim,
                         int64_t block_size, float scale) {
-  if constexpr (std::is_same_v<T, uint16_t>) {
-    if (cpu_has_bf16()) {
-      return bf16dot::paged_prefill(out, q, q_stride, k, v, blocks, start, rows, heads, kv_heads, head_dim,
-                                    block_size, scale);
-    }
-  }
-  EMBER_ISA_CALL(paged_prefill(out, q, q_stride, k, v, blocks, start, rows, heads, kv_heads, head_dim, block_size,
-                               scale));
+  EMBER_BF16_OR_ISA_CALL(T, paged_prefill(out, q, q_stride, k, v, blocks, start, rows, heads, kv_heads, head_dim,
+                                          block_size, scale));
 }
 
 template void paged_decode_part_rows<float>(float*, const float*, int64_t, const float*, const float*,
