@@ -369,7 +369,11 @@ void paged_decode_part(T* out, const T* q, int64_t q_stride, const T* k_cache, c
   std::vector<float> query(heads * head_dim), acc(heads * head_dim), inv_sum(heads), scores;
   std::vector<float> rows_buf(block_size * row_stride);
 #if defined(EMBER_BF16)
-  std::vector<float> part(heads * kLanes * kLanes);
+  // bfloat16 dot products (attend_bf16) for a bfloat16 cache; part holds their partial sums.
+  constexpr bool dots = std::is_same_v<T, uint16_t>;
+  std::vector<float> part(dots ? heads * kLanes * kLanes : 0);
+#else
+  constexpr bool dots = false;
 #endif
   for (int64_t task = task_begin; task < task_end;) {
     const int64_t b = task / kv_heads, g = task % kv_heads;
@@ -378,9 +382,9 @@ void paged_decode_part(T* out, const T* q, int64_t q_stride, const T* k_cache, c
     const int64_t length = context_lens[b];
     const int32_t* table = block_table + b * max_blocks;
     scores.resize(count * length);
+    if (dots && fixed) {
 #if defined(EMBER_BF16)
-    if constexpr (std::is_same_v<T, uint16_t>) {
-      if (fixed) {
+      if constexpr (std::is_same_v<T, uint16_t>) {
         const T* q16 = q + b * q_stride;  // the row's every head: score_block_bf16 indexes it by absolute head
         const int64_t g0 = whole ? 0 : g, g1 = whole ? kv_heads : g + 1;
         if (head_dim == 64) {
@@ -390,34 +394,29 @@ void paged_decode_part(T* out, const T* q, int64_t q_stride, const T* k_cache, c
           attend_bf16<128>(q16, acc.data(), inv_sum.data(), scores.data(), part.data(), k_cache, v_cache, table,
                            length, kv_heads, g0, g1, group, block_size, block_stride, scale);
         }
-        for (int64_t h = 0; h < count; ++h) {
-          T* dst = out + (b * heads + first_head + h) * head_dim;
-          for (int64_t i = 0; i < head_dim; ++i) store(dst, i, acc[h * head_dim + i] * inv_sum[h]);
-        }
-        task += whole ? kv_heads : 1;
-        continue;
       }
-    }
 #endif
-    for (int64_t h = 0; h < count; ++h) {
-      const T* src = q + b * q_stride + (first_head + h) * head_dim;
-      for (int64_t i = 0; i < head_dim; ++i) query[h * head_dim + i] = load(src, i) * scale;
-    }
-    if (whole && head_dim == 64) {
-      attend_row<T, 64>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache, v_cache,
-                        table, length, kv_heads, group, block_size, block_stride);
-    } else if (whole) {
-      attend_row<T, 128>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache, v_cache,
-                         table, length, kv_heads, group, block_size, block_stride);
-    } else if (head_dim == 64) {
-      attend_fixed<T, 64>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache,
-                          v_cache, table, length, group, block_size, row_stride, block_stride, g);
-    } else if (head_dim == 128) {
-      attend_fixed<T, 128>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache,
-                           v_cache, table, length, group, block_size, row_stride, block_stride, g);
     } else {
-      attend_any(query.data(), acc.data(), inv_sum.data(), scores.data(), k_cache, v_cache, table, length, group,
-                 head_dim, block_size, row_stride, block_stride, g);
+      for (int64_t h = 0; h < count; ++h) {
+        const T* src = q + b * q_stride + (first_head + h) * head_dim;
+        for (int64_t i = 0; i < head_dim; ++i) query[h * head_dim + i] = load(src, i) * scale;
+      }
+      if (whole && head_dim == 64) {
+        attend_row<T, 64>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache,
+                          v_cache, table, length, kv_heads, group, block_size, block_stride);
+      } else if (whole) {
+        attend_row<T, 128>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache,
+                           v_cache, table, length, kv_heads, group, block_size, block_stride);
+      } else if (head_dim == 64) {
+        attend_fixed<T, 64>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache,
+                            v_cache, table, length, group, block_size, row_stride, block_stride, g);
+      } else if (head_dim == 128) {
+        attend_fixed<T, 128>(query.data(), acc.data(), inv_sum.data(), scores.data(), rows_buf.data(), k_cache,
+                             v_cache, table, length, group, block_size, row_stride, block_stride, g);
+      } else {
+        attend_any(query.data(), acc.data(), inv_sum.data(), scores.data(), k_cache, v_cache, table, length, group,
+                   head_dim, block_size, row_stride, block_stride, g);
+      }
     }
     for (int64_t h = 0; h < count; ++h) {
       T* dst = out + (b * heads + first_head + h) * head_dim;
