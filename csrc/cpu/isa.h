@@ -6,7 +6,8 @@ namespace ember::cpu {
 
 enum class Isa { kBaseline, kAvx2, kAvx512 };
 
-// The widest variant this CPU runs: AVX-512 (F, BW, VL, DQ), else AVX2 with FMA, else the portable build.
+// The widest variant this CPU runs: AVX-512 (F, BW, VL, DQ), else AVX2 with FMA, else the portable build; no wider
+// than the environment variable EMBER_CPU_ISA allows where it names a level of isa_name() (isa.cpp).
 Isa current_isa();
 
 // "avx512", "avx2" or "baseline", with "+vnni" where the integer dot products of AVX512-VNNI run too and "+bf16"
