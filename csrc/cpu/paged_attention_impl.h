@@ -277,7 +277,8 @@ void attend_bf16(const uint16_t* q16, float* acc, float* inv_sum, float* scores,
 // far under the memory's bandwidth (10-11 GB/s of 33): the loads of each block stall (perf). Asking for the next
 // blocks ahead (into L1 or L2, 1 to 8 blocks ahead) and 2 MB pages for the cache changed it by under 10 %: not
 // kept.
-// A bfloat16 cache on a CPU with AVX512-BF16 takes attend_bf16 instead (no converted copy: 1.3-1.6x faster there).
+// A bfloat16 cache on a CPU with AVX512-BF16 takes attend_bf16 instead (no converted copy: 1.2-1.4x faster there,
+// benchmarks/paged_attention.py).
 template <typename T, int HD>
 void attend_row(const float* query, float* acc, float* inv_sum, float* scores, float* rows_buf, const T* k_cache,
                 const T* v_cache, const int32_t* table, int64_t length, int64_t kv_heads, int64_t group,
