@@ -33,7 +33,6 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
-#include <limits>
 #include <vector>
 
 #include "kernels.h"

@@ -40,12 +40,7 @@ void prepare_x_gemm(const QuantView& w, const T* x, int64_t rows, PreparedX& p) 
         _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + xg * 32), rg.b0);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(xq + xg * 32 + 16), rg.b1);
         p.lane_d[r * xgroups + xg] = rg.d;
-        if (w.group_size == 32) {
-          sums[xg] = rg.s0 + rg.s1;
-        } else {  // groups of 16: each half is a group
-          sums[2 * xg] = rg.s0;
-          sums[2 * xg + 1] = rg.s1;
-        }
+        put_group_sums(sums, xg, w.group_size, rg);
       }
     }
   });

@@ -68,6 +68,16 @@ __attribute__((always_inline)) inline RoundedGroup round_group(const T* x) {
           _mm512_cvtepi32_epi8(q0), _mm512_cvtepi32_epi8(q1)};
 }
 
+// x group xg's d sum q into the per weight group sums: one sum for weight groups of 32, each half's for groups of 16.
+inline void put_group_sums(float* sums, int64_t xg, int group_size, const RoundedGroup& rg) {
+  if (group_size == 32) {
+    sums[xg] = rg.s0 + rg.s1;
+  } else {
+    sums[2 * xg] = rg.s0;
+    sums[2 * xg + 1] = rg.s1;
+  }
+}
+
 // x [rows, K] into p: per row, its whole spans (4 blocks of 64 nibble bytes: 512 values, 16 groups of 32; 8-bit
 // weights: 4 blocks of 64 values, 8 groups) in the transposed order of span_offset, then the blocks past the last
 // whole span in the integer kernel's order (plane_position), each x group's scale at the lanes that sum it (lane_d:
@@ -101,12 +111,7 @@ void prepare_x_int8(const QuantView& w, const T* x, int64_t rows, PreparedX& p) 
       const RoundedGroup rg = round_group(xr + xg * 32);
       const float d = rg.d;
       const __m128i b0 = rg.b0, b1 = rg.b1;
-      if (w.group_size == 32) {
-        sums[xg] = rg.s0 + rg.s1;
-      } else {  // groups of 16: each half is a group
-        sums[2 * xg] = rg.s0;
-        sums[2 * xg + 1] = rg.s1;
-      }
+      put_group_sums(sums, xg, w.group_size, rg);
       const int64_t block = xg / groups_per_block;
       const int c = static_cast<int>(xg % groups_per_block);
       alignas(16) int32_t words[8];
