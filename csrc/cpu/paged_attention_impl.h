@@ -367,15 +367,17 @@ void paged_decode_part(T* out, const T* q, int64_t q_stride, const T* k_cache, c
   const int64_t row_stride = kv_heads * head_dim;  // between consecutive tokens in the cache
   const int64_t block_stride = block_size * row_stride;
   const bool fixed = head_dim == 64 || head_dim == 128;
-  std::vector<float> query(heads * head_dim), acc(heads * head_dim), inv_sum(heads), scores;
-  std::vector<float> rows_buf(block_size * row_stride);
 #if defined(EMBER_BF16)
   // bfloat16 dot products (attend_bf16) for a bfloat16 cache; part holds their partial sums.
   constexpr bool dots = std::is_same_v<T, uint16_t>;
-  std::vector<float> part(dots ? heads * kLanes * kLanes : 0);
 #else
   constexpr bool dots = false;
 #endif
+  // The converting kernels' scaled float32 query and converted block, allocated only where they run.
+  const bool converts = !(dots && fixed);
+  std::vector<float> query(converts ? heads * head_dim : 0), acc(heads * head_dim), inv_sum(heads), scores;
+  std::vector<float> rows_buf(converts ? block_size * row_stride : 0);
+  std::vector<float> part(converts ? 0 : heads * kLanes * kLanes);
   for (int64_t task = task_begin; task < task_end;) {
     const int64_t b = task / kv_heads, g = task % kv_heads;
     const bool whole = fixed && g == 0 && task + kv_heads <= task_end;
@@ -383,7 +385,7 @@ void paged_decode_part(T* out, const T* q, int64_t q_stride, const T* k_cache, c
     const int64_t length = context_lens[b];
     const int32_t* table = block_table + b * max_blocks;
     scores.resize(count * length);
-    if (dots && fixed) {
+    if (!converts) {
 #if defined(EMBER_BF16)
       if constexpr (std::is_same_v<T, uint16_t>) {
         const T* q16 = q + b * q_stride;  // the row's every head: score_block_bf16 indexes it by absolute head
