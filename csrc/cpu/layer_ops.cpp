@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "../op_checks.h"
 #include "isa.h"
 #include "kernels.h"
 #include "ops.h"
@@ -47,10 +48,6 @@ T* data(const at::Tensor& t) {
   return reinterpret_cast<T*>(t.data_ptr());
 }
 
-void check_rows(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 2 && t.stride(1) == 1, name, " must be [rows, dim] with contiguous rows");
-}
-
 }  // namespace
 
 // The raw entry points (kernels.h), for the CPU's widest instruction set.
@@ -86,41 +83,22 @@ EMBER_INSTANTIATE(uint16_t)
 #undef EMBER_INSTANTIATE
 
 void rms_norm(at::Tensor& out, const at::Tensor& x, const at::Tensor& weight, double eps) {
-  check_rows(x, "x");
-  TORCH_CHECK(out.is_contiguous() && out.sizes() == x.sizes(), "out must be contiguous with x's shape");
-  TORCH_CHECK(weight.is_contiguous() && weight.dim() == 1 && weight.size(0) == x.size(1), "weight must be [dim]");
-  TORCH_CHECK(out.scalar_type() == x.scalar_type() && weight.scalar_type() == x.scalar_type(),
-              "out, x and weight must share one dtype");
+  check_rms_norm(out, x, weight);
   EMBER_DISPATCH(x, rms_norm,
                  impl::rms_norm_rows(data<T>(out), data<T>(x), x.stride(0), data<T>(weight), x.size(0), x.size(1),
                                      static_cast<float>(eps)));
 }
 
 void add_rms_norm(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight, double eps) {
-  TORCH_CHECK(x.is_contiguous() && residual.is_contiguous() && x.dim() == 2 && residual.sizes() == x.sizes(),
-              "x and residual must be contiguous [rows, dim] of one shape");
-  TORCH_CHECK(weight.is_contiguous() && weight.dim() == 1 && weight.size(0) == x.size(1), "weight must be [dim]");
-  TORCH_CHECK(residual.scalar_type() == x.scalar_type() && weight.scalar_type() == x.scalar_type(),
-              "x, residual and weight must share one dtype");
+  check_add_rms_norm(x, residual, weight);
   EMBER_DISPATCH(x, add_rms_norm,
                  impl::add_rms_norm(data<T>(x), data<T>(residual), data<T>(weight), x.size(0), x.size(1),
                                     static_cast<float>(eps)));
 }
 
 void rotary(at::Tensor& q, at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& positions) {
-  TORCH_CHECK(cos.is_contiguous() && sin.is_contiguous() && cos.dim() == 2 && sin.sizes() == cos.sizes(),
-              "cos and sin must be contiguous [positions, head_dim]");
-  TORCH_CHECK(positions.scalar_type() == at::kLong && positions.is_contiguous() && positions.dim() == 1,
-              "positions must be a contiguous int64 [tokens]");
-  const int64_t hd = cos.size(1);
-  TORCH_CHECK(hd % 2 == 0, "head_dim must be even");
+  const int64_t hd = check_rotary(q, k, cos, sin, positions);
   const int64_t tokens = positions.size(0);
-  for (const at::Tensor* t : {&q, &k}) {
-    TORCH_CHECK(t->dim() == 3 && t->size(0) == tokens && t->size(2) == hd && t->stride(2) == 1 &&
-                    t->stride(1) == hd,
-                "q and k must be [tokens, heads, head_dim] with each token's heads contiguous");
-    TORCH_CHECK(t->scalar_type() == cos.scalar_type(), "q, k, cos and sin must share one dtype");
-  }
   const int64_t* pos = positions.data_ptr<int64_t>();
   for (int64_t t = 0; t < tokens; ++t) {
     TORCH_CHECK(pos[t] >= 0 && pos[t] < cos.size(0), "position ", pos[t], " is outside the rotary tables");
@@ -132,12 +110,7 @@ void rotary(at::Tensor& q, at::Tensor& k, const at::Tensor& cos, const at::Tenso
 }
 
 void silu_mul(at::Tensor& out, const at::Tensor& gate_up) {
-  TORCH_CHECK(gate_up.is_contiguous() && gate_up.dim() == 2 && gate_up.size(1) % 2 == 0,
-              "gate_up must be contiguous [rows, 2 * inner]");
-  const int64_t inner = gate_up.size(1) / 2;
-  TORCH_CHECK(out.is_contiguous() && out.dim() == 2 && out.size(0) == gate_up.size(0) && out.size(1) == inner,
-              "out must be contiguous [rows, inner]");
-  TORCH_CHECK(out.scalar_type() == gate_up.scalar_type(), "out and gate_up must share one dtype");
+  const int64_t inner = check_silu_mul(out, gate_up);
   EMBER_DISPATCH(gate_up, silu_mul, impl::silu_mul(data<T>(out), data<T>(gate_up), gate_up.size(0), inner));
 }
 

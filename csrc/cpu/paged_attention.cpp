@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../op_checks.h"
 #include "isa.h"
 #include "kernels.h"
 #include "ops.h"
@@ -98,28 +99,12 @@ void check_paged_context(const int32_t* table, const int32_t* lens, int64_t rows
 
 void paged_decode(at::Tensor& out, const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                   const at::Tensor& block_table, const at::Tensor& context_lens, double scale) {
-  TORCH_CHECK(q.dim() == 3, "q must be [B, H, hd], got ", q.sizes());
-  TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes(),
-              "k_cache and v_cache must both be [num_blocks, block_size, KV, hd]");
-  TORCH_CHECK(out.sizes() == q.sizes(), "out must have q's shape");
-  TORCH_CHECK(q.scalar_type() == k_cache.scalar_type() && q.scalar_type() == v_cache.scalar_type() &&
-                  q.scalar_type() == out.scalar_type(),
-              "q, out and the caches must share one dtype");
-  TORCH_CHECK(block_table.scalar_type() == at::kInt && context_lens.scalar_type() == at::kInt,
-              "block_table and context_lens must be int32");
-  TORCH_CHECK(q.is_contiguous() && out.is_contiguous() && k_cache.is_contiguous() && v_cache.is_contiguous() &&
-                  block_table.is_contiguous() && context_lens.is_contiguous(),
-              "every tensor must be contiguous");
-  const int64_t batch = q.size(0), heads = q.size(1), head_dim = q.size(2);
-  const int64_t block_size = k_cache.size(1), kv_heads = k_cache.size(2);
-  TORCH_CHECK(k_cache.size(3) == head_dim, "the caches' head_dim differs from q's");
-  TORCH_CHECK(heads % kv_heads == 0, "heads=", heads, " is not a multiple of kv_heads=", kv_heads);
-  TORCH_CHECK(block_table.dim() == 2 && block_table.size(0) == batch && context_lens.size(0) == batch,
-              "block_table must be [B, max_blocks] and context_lens [B]");
-  const int64_t max_blocks = block_table.size(1);
+  const PagedDecodeShape shape = check_paged_decode(out, q, k_cache, v_cache, block_table, context_lens);
+  const int64_t batch = shape.batch, heads = shape.heads, head_dim = shape.head_dim;
+  const int64_t block_size = shape.block_size, kv_heads = shape.kv_heads, max_blocks = shape.max_blocks;
   const int32_t* lens = context_lens.data_ptr<int32_t>();
   const int32_t* table = block_table.data_ptr<int32_t>();
-  check_paged_context(table, lens, batch, max_blocks, block_size, k_cache.size(0));
+  check_paged_context(table, lens, batch, max_blocks, block_size, shape.num_blocks);
   const float s = static_cast<float>(scale);
   if (q.scalar_type() == at::kFloat) {
     paged_decode_rows(out.data_ptr<float>(), q.data_ptr<float>(), heads * head_dim, k_cache.data_ptr<float>(),

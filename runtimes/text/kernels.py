@@ -1,8 +1,9 @@
-"""The text runtime's native CPU ops from ``ember._C``, when the extension is built; callers fall back otherwise.
+"""The text runtime's native ops from ``ember._C``, when the extension is built; callers fall back otherwise.
 
 Each op here has a pure-torch reference that the tests compare it with (``attention.paged_decode`` for the paged
 decode, ``quant.formats.dequantize`` under the quantized linear); the reference is what runs wherever the
-extension is not built.
+extension is not built. Every op has CPU kernels (csrc/cpu/); a CUDA build of the extension adds CUDA kernels for
+some (csrc/cuda/: the paged decode and the layer ops), and a CUDA tensor takes one only where its op has one.
 """
 
 from __future__ import annotations
@@ -40,9 +41,28 @@ def _cpu_float(x: Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
 
 
+@functools.cache
+def has_cuda_kernel(op: str) -> bool:
+    """Whether ``ember._C`` was built with a CUDA kernel for ``torch.ops.ember.<op>`` (a CUDA build, setup.py)."""
+    return available() and torch._C._dispatch_has_kernel_for_dispatch_key(f"ember::{op}", "CUDA")
+
+
+def _runs_natively(device_type: str, dtype: torch.dtype, op: str) -> bool:
+    """Whether ``op`` runs natively on tensors of this device type and dtype: on the CPU in float32 or bfloat16, or
+    on CUDA in those or float16 where the build has the op's CUDA kernel."""
+    if device_type == "cuda":
+        return dtype in (torch.float32, torch.bfloat16, torch.float16) and has_cuda_kernel(op)
+    return device_type == "cpu" and dtype in (torch.float32, torch.bfloat16) and available()
+
+
+def _native(x: Tensor, op: str) -> bool:
+    return _runs_natively(x.device.type, x.dtype, op)
+
+
 def covers(q: Tensor) -> bool:
-    """Whether the native paged decode runs for queries like ``q`` (built, on the CPU, float32 or bfloat16)."""
-    return _cpu_float(q) and available()
+    """Whether the native paged decode runs for queries like ``q`` (built; on the CPU, float32 or bfloat16, or on
+    CUDA where the build has its kernel)."""
+    return _native(q, "paged_decode")
 
 
 def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_table: Tensor, context_lens: Tensor) -> Tensor:
@@ -111,8 +131,16 @@ def quant_kernel(choice: str = "") -> str:
 
 
 def quant_covers(x: Tensor) -> bool:
-    """Whether the native quantized linear runs for inputs like ``x`` (built, on the CPU, float32 or bfloat16)."""
-    return _cpu_float(x) and has_quant_linear()
+    """Whether the native quantized linear runs for inputs like ``x`` (built; on the CPU, float32 or bfloat16, or on
+    CUDA where the build has its kernel: the decode GEMV)."""
+    return has_quant_linear() and _native(x, "quant_linear")
+
+
+def dequantize_covers(w: QuantizedTensor, dtype: torch.dtype) -> bool:
+    """Whether ``dequantize`` runs natively for ``w`` into ``dtype`` (on the CPU, float32 or bfloat16; on CUDA where
+    the build has its kernel, float16 too, and only the untiled layout, which is all that reaches a GPU)."""
+    device = w.q.device.type
+    return has_quant_linear() and _runs_natively(device, dtype, "dequantize") and not (device == "cuda" and w.tiled)
 
 
 def quant_linear(x: Tensor, w: QuantizedTensor, bias: Tensor | None) -> Tensor:
@@ -162,8 +190,8 @@ def quant_matmul(x: Tensor, w: QuantizedTensor, bias: Tensor | None) -> Tensor:
 
 
 def dequantize(w: QuantizedTensor, dtype: torch.dtype) -> Tensor:
-    """W [N, K] in dtype (float32 or bfloat16), natively: what ``quant.formats.dequantize`` computes, faster."""
-    out = torch.empty(w.shape, dtype=dtype)
+    """W [N, K] in dtype (``dequantize_covers``), natively: what ``quant.formats.dequantize`` computes, faster."""
+    out = torch.empty(w.shape, dtype=dtype, device=w.q.device)
     _ops().dequantize(out, w.q, w.scales, w.mins, w.super_scales, w.super_mins, w.bits, w.group_size)
     return out
 
@@ -187,8 +215,9 @@ def has_layer_ops() -> bool:
 
 
 def layer_ops_cover(x: Tensor) -> bool:
-    """Whether the native layer ops run for tensors like ``x`` (built, on the CPU, float32 or bfloat16)."""
-    return _cpu_float(x) and has_layer_ops()
+    """Whether the native layer ops run for tensors like ``x`` (built; on the CPU, float32 or bfloat16, or on CUDA
+    where the build has their kernels)."""
+    return has_layer_ops() and _native(x, "silu_mul")
 
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
@@ -196,7 +225,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     rows = x.reshape(-1, x.shape[-1])
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
-    out = torch.empty(rows.shape, dtype=x.dtype)
+    out = torch.empty(rows.shape, dtype=x.dtype, device=x.device)
     _ops().rms_norm(out, rows, weight, eps)
     return out.view(x.shape)
 

@@ -32,6 +32,11 @@ _PARTS = ("qweight", "scales", "mins", "super_scales", "super_mins")
 # A row count no call reaches: a path chosen "never".
 NEVER = 1 << 30
 
+# On a GPU, the rows of x below which a QuantLinear takes the decode GEMV (csrc/cuda/quant_linear.cu: 8 rows a pass
+# over the weights) rather than dequantize + cuBLAS: at 16 rows two passes read the 4-bit weights' ~0.56 bytes a
+# weight twice, where dequantizing writes and reads 2 bytes a weight of bfloat16 once. Set, not yet measured.
+GPU_GEMV_ROWS = 16
+
 
 class _Quantized(nn.Module):
     """Holds a QuantizedTensor's tensors as buffers (so ``.to()`` and the state dict see them)."""
@@ -84,7 +89,7 @@ class _Quantized(nn.Module):
     def dense(self, dtype: torch.dtype) -> Tensor:
         """The weight dequantized, [N, K] in dtype."""
         w = self.quantized()
-        if kernels.has_quant_linear() and dtype in (torch.float32, torch.bfloat16) and w.q.device.type == "cpu":
+        if kernels.dequantize_covers(w, dtype):
             return kernels.dequantize(w, dtype)
         return dequantize(w, dtype)
 
@@ -264,6 +269,13 @@ def choose_dense_rows(model: nn.Module, dtype: torch.dtype) -> list[DenseChoice]
     prompt tail) took 1.1 s in the workers that chose 32 and 0.6 s in those that chose 64."""
     layers = [m for m in model.modules() if isinstance(m, QuantLinear)]
     if not layers:
+        return []
+    if layers[0].qweight.device.type != "cpu":
+        # A GPU: the decode GEMV where the build has it, else dequantize + cuBLAS. Not timed here (the timings below
+        # are the CPU's); benchmarks/gpu_kernels.py measures the crossover on the GPU check.
+        gemv = kernels.quant_covers(torch.empty(0, dtype=dtype, device=layers[0].qweight.device))
+        for layer in layers:
+            layer.dense_from_rows = GPU_GEMV_ROWS if gemv else 0
         return []
     if dtype not in (torch.float32, torch.bfloat16) or not kernels.has_quant_linear():
         for layer in layers:

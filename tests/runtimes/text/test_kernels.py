@@ -14,6 +14,7 @@ from torch import Tensor
 
 from ember.runtimes.text import kernels
 from ember.runtimes.text.attention import paged_decode, paged_decode_native
+from tests.helpers.kernel_inputs import norm_inputs, paged_inputs, qk_views, rotary_inputs
 
 BUILT = os.environ.get("EMBER_NATIVE") != "0"
 
@@ -30,28 +31,6 @@ def test_the_extension_is_built_unless_left_out_on_purpose() -> None:
         if "vnni" in isa and (asked == "int" or (asked == "bf16" and isa.endswith("+bf16"))):
             expected = asked
         assert kernels.quant_kernel() == expected
-
-
-def paged_inputs(
-    batch: int, heads: int, kv_heads: int, head_dim: int, block_size: int, longest: int, dtype: torch.dtype, seed: int
-) -> tuple[torch.Tensor, ...]:
-    gen = torch.Generator().manual_seed(seed)
-    max_blocks = -(-longest // block_size)
-    num_blocks = batch * max_blocks + 3
-    k = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen).to(dtype)
-    v = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen).to(dtype)
-    k[0] = 0
-    v[0] = 0
-    # Each row's blocks anywhere in the cache, in any order; rows padded with the null block 0.
-    blocks = (torch.randperm(num_blocks - 1, generator=gen)[: batch * max_blocks] + 1).view(batch, max_blocks)
-    lens = torch.randint(1, longest + 1, (batch,), generator=gen, dtype=torch.int32)
-    lens[0] = longest
-    table = torch.zeros(batch, max_blocks, dtype=torch.int32)
-    for b in range(batch):
-        used = -(-int(lens[b]) // block_size)
-        table[b, :used] = blocks[b, :used].to(torch.int32)
-    q = torch.randn(batch, heads, head_dim, generator=gen).to(dtype)
-    return q, k, v, table, lens
 
 
 SHAPES = [
@@ -212,13 +191,7 @@ LAYER_DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)]
 def test_rms_norm_and_residual_add_match_the_reference(
     dtype: torch.dtype, tolerance: float, rows: int, dim: int
 ) -> None:
-    from ember.runtimes.text.model import RMSNorm
-
-    gen = torch.Generator().manual_seed(rows * dim)
-    norm = RMSNorm(dim, 1e-5)
-    norm.weight.data = torch.randn(dim, generator=gen).to(dtype)
-    x = (3 * torch.randn(rows, dim, generator=gen)).to(dtype)
-    residual = torch.randn(rows, dim, generator=gen).to(dtype)
+    norm, x, residual = norm_inputs(rows, dim, dtype)
     with torch.inference_mode():
         torch.testing.assert_close(norm(x), norm.forward_native(x), atol=tolerance, rtol=tolerance)
         expected_residual = x + residual
@@ -236,15 +209,8 @@ def test_rotary_in_place_matches_the_reference(
 ) -> None:
     from ember.runtimes.text.model import apply_rotary
 
-    gen = torch.Generator().manual_seed(tokens * head_dim)
-    angles = torch.rand(100, head_dim // 2, generator=gen) * 6
-    cos = torch.cat((angles.cos(), angles.cos()), -1).to(dtype)
-    sin = torch.cat((angles.sin(), angles.sin()), -1).to(dtype)
-    positions = torch.randint(0, 100, (tokens,), generator=gen)
-    # q and k as the joined projection's views: rows strided, heads contiguous within a row.
-    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim, generator=gen).to(dtype)
-    q = qkv[:, : heads * head_dim].view(tokens, heads, head_dim)
-    k = qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
+    qkv, cos, sin, positions = rotary_inputs(tokens, heads, kv_heads, head_dim, dtype)
+    q, k = qk_views(qkv, heads, kv_heads, head_dim)
     c, s = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
     expected_q, expected_k = apply_rotary(q, c, s), apply_rotary(k, c, s)
     v_before = qkv[:, (heads + kv_heads) * head_dim :].clone()

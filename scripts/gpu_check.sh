@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The GPU check: ember._C built with its CUDA kernels (csrc/cuda/), the gpu-marked tests, and the GPU benchmark,
+# each step's output kept under $OUT. What runs on a GPU machine whenever one is available.
+#   bash scripts/gpu_check.sh        # needs a CUDA GPU, nvcc, and a CUDA build of torch already installed
+# Where the machine cannot reach a package index, the wheels of Ember's other needs go in .whl/ beside this
+# checkout first (bash scripts/gpu_wheels.sh, on a machine that can); they are installed from there, and Ember
+# itself with --no-deps, so that nothing replaces the machine's torch. Where there is no GPU, scripts/cuda_check.py
+# compile-checks the same sources (the CPU suite runs it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+OUT=${OUT:-/tmp/ember-gpu-check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvcc --version | tail -1
+"$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda, torch.cuda.get_device_name())"
+
+if [ -d .whl ]; then
+    echo "== Ember's other needs from .whl/"
+    "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --upgrade \
+        --target /tmp/ember-site .whl/*.whl
+    export PYTHONPATH=/tmp/ember-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+echo "== build (EMBER_CUDA=1: fail rather than build without the CUDA kernels)"
+# For this GPU's architecture only, unless TORCH_CUDA_ARCH_LIST says otherwise.
+ARCH=$("$PY" -c "import torch; print('.'.join(map(str, torch.cuda.get_device_capability())))")
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$ARCH}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+START=$(date +%s)
+EMBER_NATIVE=1 EMBER_CUDA=1 "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+    -e . > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
+echo "built in $(( $(date +%s) - START )) s for sm_${ARCH/./}"
+
+echo "== tests: the CUDA kernels, the GPU runner, and the CPU kernels on this machine's CPU"
+set +e
+"$PY" -m pytest -q -p no:cacheprovider -x --timeout 600 tests/runtimes/text/test_cuda_kernels.py \
+    tests/runtimes/text/test_kernels.py tests/runtimes/test_devices.py \
+    "tests/runtimes/text/test_model.py::test_mixed_steps_on_cuda_equal_the_cpu" 2>&1 | tee "$OUT/tests.log"
+TESTS=${PIPESTATUS[0]}
+set -e
+
+echo "== benchmark"
+"$PY" benchmarks/gpu_kernels.py --rounds 3 2>&1 | tee "$OUT/bench.md"
+exit "$TESTS"

@@ -1,0 +1,63 @@
+"""Random inputs of the native ops' tests, the CPU kernels' and the CUDA kernels' alike: paged KV caches, the
+normalisation's and the rotary embedding's."""
+
+from __future__ import annotations
+
+import torch
+
+from ember.runtimes.text.model import RMSNorm
+
+
+def paged_inputs(
+    batch: int, heads: int, kv_heads: int, head_dim: int, block_size: int, longest: int, dtype: torch.dtype, seed: int
+) -> tuple[torch.Tensor, ...]:
+    """(q [batch, heads, head_dim], k and v caches [num_blocks, block_size, kv_heads, head_dim], block table
+    [batch, max_blocks] int32, context lengths [batch] int32), on the CPU: each row's blocks scattered over the cache
+    in any order, block 0 the null block (zeros) that pads the table, the first row `longest` tokens long."""
+    gen = torch.Generator().manual_seed(seed)
+    max_blocks = -(-longest // block_size)
+    num_blocks = batch * max_blocks + 3
+    k = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen).to(dtype)
+    v = torch.randn(num_blocks, block_size, kv_heads, head_dim, generator=gen).to(dtype)
+    k[0] = 0
+    v[0] = 0
+    # Each row's blocks anywhere in the cache, in any order; rows padded with the null block 0.
+    blocks = (torch.randperm(num_blocks - 1, generator=gen)[: batch * max_blocks] + 1).view(batch, max_blocks)
+    lens = torch.randint(1, longest + 1, (batch,), generator=gen, dtype=torch.int32)
+    lens[0] = longest
+    table = torch.zeros(batch, max_blocks, dtype=torch.int32)
+    for b in range(batch):
+        used = -(-int(lens[b]) // block_size)
+        table[b, :used] = blocks[b, :used].to(torch.int32)
+    q = torch.randn(batch, heads, head_dim, generator=gen).to(dtype)
+    return q, k, v, table, lens
+
+
+def norm_inputs(rows: int, dim: int, dtype: torch.dtype) -> tuple[RMSNorm, torch.Tensor, torch.Tensor]:
+    """An RMSNorm with a random weight in dtype, and x and a residual [rows, dim] (x three times the spread)."""
+    gen = torch.Generator().manual_seed(rows * dim)
+    norm = RMSNorm(dim, 1e-5)
+    norm.weight.data = torch.randn(dim, generator=gen).to(dtype)
+    x = (3 * torch.randn(rows, dim, generator=gen)).to(dtype)
+    return norm, x, torch.randn(rows, dim, generator=gen).to(dtype)
+
+
+def rotary_inputs(
+    tokens: int, heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, ...]:
+    """(the joined projection's output [tokens, (heads + 2 kv_heads) head_dim], cos and sin tables [100, head_dim]
+    in the rotate_half layout, positions [tokens] int64)."""
+    gen = torch.Generator().manual_seed(tokens * head_dim)
+    angles = torch.rand(100, head_dim // 2, generator=gen) * 6
+    cos = torch.cat((angles.cos(), angles.cos()), -1).to(dtype)
+    sin = torch.cat((angles.sin(), angles.sin()), -1).to(dtype)
+    positions = torch.randint(0, 100, (tokens,), generator=gen)
+    qkv = torch.randn(tokens, (heads + 2 * kv_heads) * head_dim, generator=gen).to(dtype)
+    return qkv, cos, sin, positions
+
+
+def qk_views(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k as the joined projection's views: rows strided, each row's heads contiguous."""
+    tokens = qkv.shape[0]
+    q = qkv[:, : heads * head_dim].view(tokens, heads, head_dim)
+    return q, qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
