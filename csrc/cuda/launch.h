@@ -45,9 +45,14 @@ cudaError_t launch_paged_decode(DType dtype, void* out, const void* q, const voi
                                 int64_t kv_heads, int64_t head_dim, int64_t num_blocks, int64_t block_size,
                                 int64_t max_blocks, float scale, float* workspace, cudaStream_t stream);
 
-// out [rows, N] = x [rows, K] W^T + bias for the quantized W (x and out contiguous, 16-byte aligned, like w.q).
+// Bytes of device memory quant_linear's workspace needs for `rows` rows of x [rows, k] of this dtype (16-bit x
+// rounded to 8 bits first: the bytes and their scales and sums; 0 for float32 x).
+int64_t quant_linear_workspace(DType dtype, int64_t rows, int64_t k);
+
+// out [rows, N] = x [rows, K] W^T + bias for the quantized W (x and out contiguous, 16-byte aligned, like w.q and
+// the workspace of quant_linear_workspace(...) bytes).
 cudaError_t launch_quant_linear(DType dtype, void* out, const void* x, int64_t rows, const QuantArgs& w,
-                                cudaStream_t stream);
+                                void* workspace, cudaStream_t stream);
 
 // out [N, K] = W (contiguous).
 cudaError_t launch_dequantize(DType dtype, void* out, const QuantArgs& w, cudaStream_t stream);

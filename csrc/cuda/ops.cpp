@@ -153,7 +153,11 @@ void quant_linear(at::Tensor& out, const at::Tensor& x, const at::Tensor& qweigh
   const c10::cuda::CUDAGuard guard(x.device());
   // The kernel reads x 16 bytes at a time: a view at an odd offset is copied first.
   const at::Tensor xs = reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 ? x : x.clone();
-  check_launch(launch_quant_linear(dtype_of(x, "quant_linear"), out.data_ptr(), xs.data_ptr(), x.size(0), w, stream()),
+  const DType dtype = dtype_of(x, "quant_linear");
+  // 16-bit x rounded to 8 bits, from torch's caching allocator on this stream (as paged_decode's workspace).
+  const at::Tensor workspace =
+      at::empty({quant_linear_workspace(dtype, x.size(0), x.size(1))}, x.options().dtype(at::kByte));
+  check_launch(launch_quant_linear(dtype, out.data_ptr(), xs.data_ptr(), x.size(0), w, workspace.data_ptr(), stream()),
                "quant_linear");
 }
 

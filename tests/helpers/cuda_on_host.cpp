@@ -83,7 +83,9 @@ int ember_host_quant_linear(int dtype, void* out, const void* x, long long rows,
                             int group_size, int supers, int zero_point) {
   const auto w = quant_args(q, scales, mins, super_scales, super_mins, bias, n, k, row_bytes, bits, groups,
                             group_size, supers, zero_point);
-  return ember::cuda::launch_quant_linear(static_cast<DType>(dtype), out, x, rows, w, nullptr);
+  const int64_t bytes = ember::cuda::quant_linear_workspace(static_cast<DType>(dtype), rows, k);
+  std::vector<float4> workspace((bytes + 15) / 16);  // 16-byte aligned, as the caching allocator's blocks are
+  return ember::cuda::launch_quant_linear(static_cast<DType>(dtype), out, x, rows, w, workspace.data(), nullptr);
 }
 
 int ember_host_dequantize(int dtype, void* out, const unsigned char* q, const void* scales, const void* mins,

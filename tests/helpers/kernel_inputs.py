@@ -61,3 +61,12 @@ def qk_views(qkv: torch.Tensor, heads: int, kv_heads: int, head_dim: int) -> tup
     tokens = qkv.shape[0]
     q = qkv[:, : heads * head_dim].view(tokens, heads, head_dim)
     return q, qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(tokens, kv_heads, head_dim)
+
+
+def rounded_to_int8(x: torch.Tensor) -> torch.Tensor:
+    """x [M, K] as the 8-bit x kernel multiplies it, in float64: each group of 32 values d q, d = max|x| / 127 and q
+    the nearest integer to x / d (ties to even)."""
+    groups = x.double().reshape(x.shape[0], -1, 32)
+    d = groups.abs().amax(-1, keepdim=True).float().double() / 127
+    q = torch.round(groups / torch.where(d > 0, d, 1))
+    return (q * d).reshape(x.shape)

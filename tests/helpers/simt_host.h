@@ -160,7 +160,7 @@ Call<Params...> launch(dim3 grid, dim3 threads, void (*kernel)(Params...)) {
 #define __global__
 #undef __shared__
 #define __shared__ static
-#define __launch_bounds__(threads)
+#define __launch_bounds__(...)
 
 inline void __syncthreads() { ember::host::wait(ember::host::Wait::kBlock); }
 inline int __syncthreads_or(int v) {
@@ -196,3 +196,11 @@ inline float __int_as_float(int v) {
 inline float rsqrtf(float v) { return 1.0f / std::sqrt(v); }
 inline float __expf(float v) { return std::exp(v); }
 inline int min(int a, int b) { return a < b ? a : b; }
+inline int __float2int_rn(float v) { return static_cast<int>(std::nearbyint(v)); }  // the default mode: ties to even
+// The sum of a's and b's 4 signed bytes' products, plus c.
+inline int __dp4a(int a, int b, int c) {
+  for (int i = 0; i < 4; ++i) {
+    c += static_cast<signed char>(a >> (8 * i)) * static_cast<signed char>(b >> (8 * i));
+  }
+  return c;
+}

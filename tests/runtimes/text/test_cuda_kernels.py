@@ -26,7 +26,7 @@ from ember.runtimes.text.quant.formats import QuantizedTensor, dequantize
 from ember.runtimes.text.quant.gguf_blocks import REPACK, repack
 from ember.runtimes.text.quant.layers import GPU_GEMV_ROWS, QuantLinear
 from tests.helpers.cuda_on_host import CudaOnHost, build
-from tests.helpers.kernel_inputs import norm_inputs, paged_inputs, qk_views, rotary_inputs
+from tests.helpers.kernel_inputs import norm_inputs, paged_inputs, qk_views, rotary_inputs, rounded_to_int8
 from tests.helpers.quant_blocks import random_blocks
 from tests.helpers.text_runner import Driver, new_runner
 from tests.helpers.tiny_checkpoint import write_tiny_gguf
@@ -235,15 +235,21 @@ def quant_cases(kind: GT) -> list[tuple[int, int, int]]:
 def test_quant_linear_matches_the_dequantized_reference(
     backend: Backend, kind: GT, dtype: torch.dtype, tolerance: float
 ) -> None:
+    """float32 x as it is; 16-bit x rounded to 8 bits per group of 32 first, as the CPU's 8-bit x kernel rounds it
+    (the same numbers but for the float32 sums' order: compared with that kernel too where this CPU has it)."""
     for m, n, k in quant_cases(kind):
         w = repack(kind, random_blocks(kind, n, k, seed=m), n, k)
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)).to(dtype)
         bias = torch.randn(n)
-        expected = x.double() @ dequantize(w).double().t() + bias.double()
+        xr = x.double() if dtype == torch.float32 else rounded_to_int8(x)
+        expected = xr @ dequantize(w).double().t() + bias.double()
         got = backend.ops.quant_linear(*backend.to(x), backend.move_weight(w), *backend.to(bias)).cpu()
         assert got.dtype == dtype and got.shape == (m, n)
         # Products exact, sums float32; the output rounded to dtype once.
         assert (got.double() - expected).abs().max() <= tolerance * expected.abs().max(), (kind, m, n, k)
+        if dtype == torch.bfloat16 and BUILT and kernels.quant_kernel() == "int8" and (w.bits != 8 or kind == GT.Q8_0):
+            cpu = kernels.quant_linear(x, w, bias)
+            torch.testing.assert_close(got, cpu, atol=tolerance * float(expected.abs().max()), rtol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)

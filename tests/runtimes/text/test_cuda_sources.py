@@ -25,13 +25,16 @@ def cuda_check() -> ModuleType:
 
 
 TYPES = ("float", "__nv_bfloat16", "__half")
-# Each kernel with its template arguments as NVRTC instantiates them: per storage type, and for the quantized ones
-# per bit width and (the decode GEMV) rows of x.
+HALVES = ("__nv_bfloat16", "__half")
+# Each kernel with its template arguments as NVRTC instantiates them: per storage type; the quantized ones per bit
+# width, the decode GEMVs per rows of x (float32 x in chunks of 8, 4, 2, 1; 16-bit x, rounded to 8 bits, 1 to 8).
 PER_TYPE = ["rms_norm_kernel", "add_rms_norm_kernel", "rotary_kernel", "silu_mul_kernel", "paged_decode_kernel"]
 PER_TYPE.append("paged_decode_combine")
 EXPECTED = [(kernel, t) for kernel in PER_TYPE for t in TYPES]
 EXPECTED += [("dequantize_kernel", f"{t}, {bits}") for t in TYPES for bits in (4, 6, 8)]
-EXPECTED += [("quant_gemv_kernel", f"{t}, {bits}, {m}") for t in TYPES for bits in (4, 6, 8) for m in range(1, 9)]
+EXPECTED += [("quant_gemv_kernel", f"float, {bits}, {m}") for bits in (4, 6, 8) for m in (1, 2, 4, 8)]
+EXPECTED += [("quant_gemv_q8_kernel", f"{t}, {bits}, {m}") for t in HALVES for bits in (4, 6, 8) for m in range(1, 9)]
+EXPECTED += [("quantize_x_kernel", t) for t in HALVES]
 
 
 def test_every_cuda_kernel_compiles_for_ampere_and_hopper_without_spilling() -> None:

@@ -30,6 +30,7 @@ from ember.runtimes.text.quant.layers import (
     time_layers,
 )
 from ember.runtimes.text.quant.quantize import quantize
+from tests.helpers.kernel_inputs import rounded_to_int8
 from tests.helpers.quant_blocks import random_blocks
 from tests.helpers.text_runner import Driver, new_runner
 from tests.helpers.tiny_checkpoint import write_tiny_llama
@@ -98,15 +99,6 @@ def quant_kernel(request: pytest.FixtureRequest) -> Iterator[str]:
     kernels.quant_kernel(request.param)
     yield request.param
     kernels.quant_kernel(previous)
-
-
-def rounded_to_int8(x: torch.Tensor) -> torch.Tensor:
-    """x [M, K] as the 8-bit x kernel multiplies it, in float64: each group of 32 values d q, d = max|x| / 127 and q
-    the nearest integer to x / d (ties to even)."""
-    groups = x.double().reshape(x.shape[0], -1, 32)
-    d = groups.abs().amax(-1, keepdim=True).float().double() / 127
-    q = torch.round(groups / torch.where(d > 0, d, 1))
-    return (q * d).reshape(x.shape)
 
 
 @native
