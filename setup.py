@@ -55,6 +55,7 @@ CUDA_SOURCES = [
 CUDA_HEADERS = [
     "csrc/cuda/common.cuh",
     "csrc/cuda/dtype_dispatch.cuh",
+    "csrc/cuda/kv_store.h",
     "csrc/cuda/launch.h",
     "csrc/cuda/quant_args.h",
 ]

@@ -139,6 +139,29 @@ def main() -> None:
             ),
             0,
         )
+    # rotary and the cache write, one kernel against torch's rotation and two index_copy_ (a layer's 12 + 2 heads).
+    k_cache = torch.zeros(512, 16, 2, 128, dtype=dtype, device="cuda")
+    v_cache = torch.zeros_like(k_cache)
+    for rows in (1, 64):
+        qkv = torch.randn(rows, 16 * 128, dtype=dtype, device="cuda")
+        q_, k_ = qkv[:, : 12 * 128].view(rows, 12, 128), qkv[:, 12 * 128 : 14 * 128].view(rows, 2, 128)
+        v_ = qkv[:, 14 * 128 :].view(rows, 2, 128)
+        positions = torch.randint(0, 4096, (rows,), device="cuda")
+        slots = torch.randperm(512 * 16, device="cuda")[:rows]
+
+        def torch_path(q=q_, k=k_, v=v_, p=positions, s=slots) -> None:
+            c, n = cos[p].unsqueeze(1), sin[p].unsqueeze(1)
+            apply_rotary(q, c, n)
+            k_cache.view(-1, 2, 128).index_copy_(0, s, apply_rotary(k, c, n))
+            v_cache.view(-1, 2, 128).index_copy_(0, s, v)
+
+        cases[f"rotary_cache {rows} x (12 + 2) x 128"] = (
+            lambda q=q_, k=k_, v=v_, p=positions, s=slots: kernels.rotary_cache(
+                q, k, v, cos, sin, p, k_cache, v_cache, s
+            ),
+            torch_path,
+            0,
+        )
     # Qwen2.5-Coder-1.5B's Q4_K_M matrices: the decode GEMV against dequantize + cuBLAS (what QuantLinear takes
     # from GPU_GEMV_ROWS rows on), with the bandwidth the GEMV's weight reads make.
     for name, kind, n, k in [

@@ -40,6 +40,23 @@ int64_t check_rotary(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   return hd;
 }
 
+int64_t check_rotary_cache(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                           const at::Tensor& sin, const at::Tensor& positions, const at::Tensor& k_cache,
+                           const at::Tensor& v_cache, const at::Tensor& slots) {
+  const int64_t hd = check_rotary(q, k, cos, sin, positions);
+  TORCH_CHECK(v.sizes() == k.sizes() && v.stride(2) == 1 && v.stride(1) == hd && v.scalar_type() == k.scalar_type(),
+              "v must be like k: [tokens, kv_heads, head_dim] with each token's heads contiguous, in k's dtype");
+  TORCH_CHECK(k_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes() && k_cache.is_contiguous() &&
+                  v_cache.is_contiguous() && k_cache.size(2) == k.size(1) && k_cache.size(3) == hd,
+              "k_cache and v_cache must both be contiguous [num_blocks, block_size, kv_heads, head_dim] of k's heads");
+  TORCH_CHECK(k_cache.scalar_type() == k.scalar_type() && v_cache.scalar_type() == k.scalar_type(),
+              "the caches must have k's dtype");
+  TORCH_CHECK(slots.scalar_type() == at::kLong && slots.dim() == 1 && slots.is_contiguous() &&
+                  slots.size(0) <= positions.size(0),
+              "slots must be a contiguous int64 [n], n at most the tokens");
+  return hd;
+}
+
 int64_t check_silu_mul(const at::Tensor& out, const at::Tensor& gate_up) {
   TORCH_CHECK(gate_up.is_contiguous() && gate_up.dim() == 2 && gate_up.size(1) % 2 == 0,
               "gate_up must be contiguous [rows, 2 * inner]");

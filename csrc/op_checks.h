@@ -21,6 +21,13 @@ void check_add_rms_norm(const at::Tensor& x, const at::Tensor& residual, const a
 int64_t check_rotary(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin,
                      const at::Tensor& positions);
 
+// rotary's q and k (check_rotary), and what its cache write takes: v [tokens, kv_heads, hd] like k, the caches
+// contiguous [num_blocks, block_size, kv_heads, hd] in q's dtype, slots int64 [n] (n <= tokens: the first n tokens
+// are written, the rest are padding); returns hd.
+int64_t check_rotary_cache(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                           const at::Tensor& sin, const at::Tensor& positions, const at::Tensor& k_cache,
+                           const at::Tensor& v_cache, const at::Tensor& slots);
+
 // out [rows, inner] = silu(gate_up[:, :inner]) * gate_up[:, inner:], both contiguous, one dtype; returns inner.
 int64_t check_silu_mul(const at::Tensor& out, const at::Tensor& gate_up);
 

@@ -34,6 +34,9 @@ TORCH_LIBRARY(ember, m) {
   m.def("rms_norm(Tensor(a!) out, Tensor x, Tensor weight, float eps) -> ()");
   m.def("add_rms_norm(Tensor(a!) x, Tensor(b!) residual, Tensor weight, float eps) -> ()");
   m.def("rotary(Tensor(a!) q, Tensor(b!) k, Tensor cos, Tensor sin, Tensor positions) -> ()");
+  m.def(
+      "rotary_cache(Tensor(a!) q, Tensor(b!) k, Tensor v, Tensor cos, Tensor sin, Tensor positions, "
+      "Tensor(c!) k_cache, Tensor(d!) v_cache, Tensor slots) -> ()");
   m.def("silu_mul(Tensor(a!) out, Tensor gate_up) -> ()");
   m.def("cpu_isa() -> str", &cpu_isa);
   m.def("quant_kernel(str choice='') -> str", &ember::cpu::quant_kernel);
@@ -48,6 +51,7 @@ TORCH_LIBRARY_IMPL(ember, CPU, m) {
   m.impl("rms_norm", &ember::cpu::rms_norm);
   m.impl("add_rms_norm", &ember::cpu::add_rms_norm);
   m.impl("rotary", &ember::cpu::rotary);
+  m.impl("rotary_cache", &ember::cpu::rotary_cache);
   m.impl("silu_mul", &ember::cpu::silu_mul);
 }
 

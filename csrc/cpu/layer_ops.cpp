@@ -96,8 +96,11 @@ void add_rms_norm(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
                                     static_cast<float>(eps)));
 }
 
-void rotary(at::Tensor& q, at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& positions) {
-  const int64_t hd = check_rotary(q, k, cos, sin, positions);
+namespace {
+
+// q and k rotated in place (shapes checked).
+void rotate(at::Tensor& q, at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& positions,
+            int64_t hd) {
   const int64_t tokens = positions.size(0);
   const int64_t* pos = positions.data_ptr<int64_t>();
   for (int64_t t = 0; t < tokens; ++t) {
@@ -106,6 +109,36 @@ void rotary(at::Tensor& q, at::Tensor& k, const at::Tensor& cos, const at::Tenso
   EMBER_DISPATCH(q, rotary, {
     impl::rotary(data<T>(q), q.stride(0), tokens, q.size(1), hd, data<T>(cos), data<T>(sin), pos);
     impl::rotary(data<T>(k), k.stride(0), tokens, k.size(1), hd, data<T>(cos), data<T>(sin), pos);
+  });
+}
+
+}  // namespace
+
+void rotary(at::Tensor& q, at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& positions) {
+  rotate(q, k, cos, sin, positions, check_rotary(q, k, cos, sin, positions));
+}
+
+void rotary_cache(at::Tensor& q, at::Tensor& k, const at::Tensor& v, const at::Tensor& cos, const at::Tensor& sin,
+                  const at::Tensor& positions, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots) {
+  const int64_t hd = check_rotary_cache(q, k, v, cos, sin, positions, k_cache, v_cache, slots);
+  const int64_t n = slots.size(0), capacity = k_cache.size(0) * k_cache.size(1);
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  for (int64_t t = 0; t < n; ++t) {
+    TORCH_CHECK(slot[t] >= 0 && slot[t] < capacity, "slot ", slot[t], " is outside the cache");
+  }
+  rotate(q, k, cos, sin, positions, hd);
+  // Each token's heads are contiguous in k and v, and a slot's in the caches: one copy a token and tensor.
+  const int64_t row_bytes = k.size(1) * hd * k.element_size();
+  char* k_out = static_cast<char*>(k_cache.data_ptr());
+  char* v_out = static_cast<char*>(v_cache.data_ptr());
+  const char* k_in = static_cast<const char*>(k.data_ptr());
+  const char* v_in = static_cast<const char*>(v.data_ptr());
+  const int64_t k_ld = k.stride(0) * k.element_size(), v_ld = v.stride(0) * v.element_size();
+  at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      std::memcpy(k_out + slot[t] * row_bytes, k_in + t * k_ld, row_bytes);
+      std::memcpy(v_out + slot[t] * row_bytes, v_in + t * v_ld, row_bytes);
+    }
   });
 }
 

@@ -64,6 +64,11 @@ void add_rms_norm(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
 // q and k [tokens, heads, head_dim] rotated in place by cos/sin [P, head_dim] at positions [tokens].
 void rotary(at::Tensor& q, at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& positions);
 
+// rotary, then the first slots.size(0) tokens' k (rotated) and v stored in the paged caches at their flat slots
+// (block * block_size + offset): the attention layer's rotation and cache write in one call.
+void rotary_cache(at::Tensor& q, at::Tensor& k, const at::Tensor& v, const at::Tensor& cos, const at::Tensor& sin,
+                  const at::Tensor& positions, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots);
+
 // out [rows, inner] = silu(gate_up[:, :inner]) * gate_up[:, inner:].
 void silu_mul(at::Tensor& out, const at::Tensor& gate_up);
 

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "kv_store.h"
 #include "quant_args.h"
 
 namespace ember::cuda {
@@ -23,11 +24,12 @@ cudaError_t launch_add_rms_norm(DType dtype, void* x, void* residual, const void
                                 float eps, cudaStream_t stream);
 
 // q [tokens, q_heads, hd] and k [tokens, k_heads, hd] (token rows q_ld / k_ld apart) rotated in place by the tables
-// cos/sin [table_rows, hd] at positions [tokens] (int64, on the device). A position outside the tables makes that
-// token's rows NaN rather than a read out of bounds.
+// cos/sin [table_rows, hd] at positions [tokens] (int64, on the device); and where store.k_cache is set, the first
+// store.n tokens' rotated k and their v stored at their slots (rotary_cache). A position outside the tables makes
+// that token's rows NaN rather than a read out of bounds; a slot outside the cache is not written.
 cudaError_t launch_rotary(DType dtype, void* q, int64_t q_ld, int64_t q_heads, void* k, int64_t k_ld, int64_t k_heads,
                           int64_t tokens, int64_t hd, const void* cos, const void* sin, int64_t table_rows,
-                          const int64_t* positions, cudaStream_t stream);
+                          const int64_t* positions, const KVStore& store, cudaStream_t stream);
 
 // out [rows, inner] = silu(gate_up[:, :inner]) * gate_up[:, inner:].
 cudaError_t launch_silu_mul(DType dtype, void* out, const void* gate_up, int64_t rows, int64_t inner,

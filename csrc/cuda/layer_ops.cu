@@ -4,6 +4,7 @@
 // of their sums' order. Each op is one launch where torch takes 7 (RMSNorm) or 8 per tensor (rotary).
 
 #include "common.cuh"
+#include "kv_store.h"
 
 namespace ember::cuda {
 
@@ -49,26 +50,44 @@ __global__ void add_rms_norm_kernel(T* __restrict__ x, T* __restrict__ residual,
 }
 
 // One token's q and k heads rotated at its position (Hugging Face's rotate_half layout): (x1, x2) -> (x1 cos - x2
-// sin, x2 cos + x1 sin) on the two halves of each head. One block a token, a thread a pair of values.
+// sin, x2 cos + x1 sin) on the two halves of each head; and where `store` has caches, the token's rotated k and its
+// v stored at its slot too (rotary_cache: the cache write of the attention layer, in the same pass). One block a
+// token, a thread a pair of values. A slot outside the cache is not written (the CPU op raises instead).
 template <typename T>
 __global__ void rotary_kernel(T* __restrict__ q, long long q_ld, int q_heads, T* __restrict__ k, long long k_ld,
                               int k_heads, int hd, const T* __restrict__ cos, const T* __restrict__ sin,
-                              long long table_rows, const long long* __restrict__ positions) {
+                              long long table_rows, const long long* __restrict__ positions, const KVStore store) {
   const int t = blockIdx.x, half = hd / 2;
   const long long pos = positions[t];
   const bool inside = pos >= 0 && pos < table_rows;
   const T* c = cos + (inside ? pos : 0) * hd;
   const T* s = sin + (inside ? pos : 0) * hd;
+  long long slot = -1;
+  if (store.k_cache != nullptr && t < store.n && store.slots[t] >= 0 && store.slots[t] < store.capacity) {
+    slot = store.slots[t];
+  }
+  const long long row = static_cast<long long>(k_heads) * hd;  // a token's k (and v) values
+  T* k_out = slot >= 0 ? static_cast<T*>(store.k_cache) + slot * row : nullptr;
   for (int pair = threadIdx.x; pair < (q_heads + k_heads) * half; pair += blockDim.x) {
     const int head = pair / half, i = pair % half;
     T* v = head < q_heads ? q + t * q_ld + head * hd : k + t * k_ld + (head - q_heads) * hd;
-    if (!inside) {
+    if (inside) {
+      const float a = to_float(v[i]), b = to_float(v[i + half]);
+      v[i] = from_float<T>(a * to_float(c[i]) - b * to_float(s[i]));
+      v[i + half] = from_float<T>(b * to_float(c[i + half]) + a * to_float(s[i + half]));
+    } else {
       v[i] = v[i + half] = from_float<T>(quiet_nan());
-      continue;
     }
-    const float a = to_float(v[i]), b = to_float(v[i + half]);
-    v[i] = from_float<T>(a * to_float(c[i]) - b * to_float(s[i]));
-    v[i + half] = from_float<T>(b * to_float(c[i + half]) + a * to_float(s[i + half]));
+    if (head >= q_heads && k_out != nullptr) {
+      T* o = k_out + (head - q_heads) * hd;
+      o[i] = v[i];
+      o[i + half] = v[i + half];
+    }
+  }
+  if (slot >= 0) {
+    const T* v_in = static_cast<const T*>(store.v) + t * store.v_ld;
+    T* v_out = static_cast<T*>(store.v_cache) + slot * row;
+    for (long long i = threadIdx.x; i < row; i += blockDim.x) v_out[i] = v_in[i];
   }
 }
 
@@ -99,7 +118,8 @@ __global__ void silu_mul_kernel(T* __restrict__ out, const T* __restrict__ gate_
   template __global__ void ember::cuda::rms_norm_kernel<T>(T*, const T*, long long, const T*, int, float);      \
   template __global__ void ember::cuda::add_rms_norm_kernel<T>(T*, T*, const T*, int, float);                   \
   template __global__ void ember::cuda::rotary_kernel<T>(T*, long long, int, T*, long long, int, int, const T*, \
-                                                         const T*, long long, const long long*);               \
+                                                         const T*, long long, const long long*,               \
+                                                         const ember::cuda::KVStore);                         \
   template __global__ void ember::cuda::silu_mul_kernel<T>(T*, const T*, long long, long long);
 EMBER_FOR_STORAGE_TYPES(EMBER_INSTANTIATE)
 #undef EMBER_INSTANTIATE
@@ -140,7 +160,7 @@ cudaError_t launch_add_rms_norm(DType dtype, void* x, void* residual, const void
 
 cudaError_t launch_rotary(DType dtype, void* q, int64_t q_ld, int64_t q_heads, void* k, int64_t k_ld, int64_t k_heads,
                           int64_t tokens, int64_t hd, const void* cos, const void* sin, int64_t table_rows,
-                          const int64_t* positions, cudaStream_t stream) {
+                          const int64_t* positions, const KVStore& store, cudaStream_t stream) {
   if (tokens == 0) return cudaSuccess;
   const int64_t pairs = (q_heads + k_heads) * hd / 2;
   const int threads = pairs >= 256 ? 256 : static_cast<int>((pairs + 31) / 32 * 32);
@@ -149,7 +169,7 @@ cudaError_t launch_rotary(DType dtype, void* q, int64_t q_ld, int64_t q_heads, v
     EMBER_LAUNCH(static_cast<unsigned>(tokens), threads, stream, rotary_kernel<T>)(
         static_cast<T*>(q), q_ld, static_cast<int>(q_heads), static_cast<T*>(k), k_ld, static_cast<int>(k_heads),
         static_cast<int>(hd), static_cast<const T*>(cos), static_cast<const T*>(sin), table_rows,
-        reinterpret_cast<const long long*>(positions));
+        reinterpret_cast<const long long*>(positions), store);
   });
 }
 

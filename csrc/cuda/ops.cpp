@@ -69,14 +69,34 @@ void add_rms_norm(at::Tensor& x, at::Tensor& residual, const at::Tensor& weight,
                "add_rms_norm");
 }
 
+// q and k rotated in place, and the tokens' k and v stored where `store` says (shapes checked).
+void rotate(at::Tensor& q, at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& positions,
+            int64_t hd, const KVStore& store, const char* op) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  check_launch(launch_rotary(dtype_of(q, op), q.data_ptr(), q.stride(0), q.size(1), k.data_ptr(), k.stride(0),
+                             k.size(1), positions.size(0), hd, cos.data_ptr(), sin.data_ptr(), cos.size(0),
+                             positions.data_ptr<int64_t>(), store, stream()),
+               op);
+}
+
 void rotary(at::Tensor& q, at::Tensor& k, const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& positions) {
   check_device(q, {&k, &cos, &sin, &positions}, "rotary");
-  const int64_t hd = check_rotary(q, k, cos, sin, positions);
-  const c10::cuda::CUDAGuard guard(q.device());
-  check_launch(launch_rotary(dtype_of(q, "rotary"), q.data_ptr(), q.stride(0), q.size(1), k.data_ptr(), k.stride(0),
-                             k.size(1), positions.size(0), hd, cos.data_ptr(), sin.data_ptr(), cos.size(0),
-                             positions.data_ptr<int64_t>(), stream()),
-               "rotary");
+  rotate(q, k, cos, sin, positions, check_rotary(q, k, cos, sin, positions), KVStore{}, "rotary");
+}
+
+void rotary_cache(at::Tensor& q, at::Tensor& k, const at::Tensor& v, const at::Tensor& cos, const at::Tensor& sin,
+                  const at::Tensor& positions, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& slots) {
+  check_device(q, {&k, &v, &cos, &sin, &positions, &k_cache, &v_cache, &slots}, "rotary_cache");
+  const int64_t hd = check_rotary_cache(q, k, v, cos, sin, positions, k_cache, v_cache, slots);
+  KVStore store{};
+  store.v = v.data_ptr();
+  store.v_ld = v.stride(0);
+  store.k_cache = k_cache.data_ptr();
+  store.v_cache = v_cache.data_ptr();
+  store.slots = reinterpret_cast<const long long*>(slots.data_ptr<int64_t>());
+  store.n = slots.size(0);
+  store.capacity = k_cache.size(0) * k_cache.size(1);
+  rotate(q, k, cos, sin, positions, hd, store, "rotary_cache");
 }
 
 void silu_mul(at::Tensor& out, const at::Tensor& gate_up) {
@@ -180,6 +200,7 @@ TORCH_LIBRARY_IMPL(ember, CUDA, m) {
   m.impl("rms_norm", &ember::cuda::rms_norm);
   m.impl("add_rms_norm", &ember::cuda::add_rms_norm);
   m.impl("rotary", &ember::cuda::rotary);
+  m.impl("rotary_cache", &ember::cuda::rotary_cache);
   m.impl("silu_mul", &ember::cuda::silu_mul);
   m.impl("quant_linear", &ember::cuda::quant_linear);
   m.impl("dequantize", &ember::cuda::dequantize);

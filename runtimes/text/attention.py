@@ -103,10 +103,12 @@ class AttentionBatch:
     prefills: list[PrefillSpan] = field(default_factory=list)
 
 
-def attend(layer: int, q: Tensor, k: Tensor, v: Tensor, batch: AttentionBatch) -> Tensor:
-    """Write this layer's new K/V into the cache and attend: q [N, H, hd], k/v [N, KV, hd] -> [N, H, hd]."""
+def attend(layer: int, q: Tensor, k: Tensor, v: Tensor, batch: AttentionBatch, *, stored: bool = False) -> Tensor:
+    """Write this layer's new K/V into the cache (unless ``stored``: the rotation's native call did) and attend:
+    q [N, H, hd], k/v [N, KV, hd] -> [N, H, hd]."""
     n = batch.num_tokens
-    batch.cache.write(layer, batch.slots, k[:n], v[:n])
+    if not stored:
+        batch.cache.write(layer, batch.slots, k[:n], v[:n])
     out = torch.empty_like(q)
     out[n:] = 0  # padding rows
     d = batch.num_decodes

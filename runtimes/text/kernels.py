@@ -240,6 +240,33 @@ def rotary(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor, positions: Tensor) ->
     _ops().rotary(q, k, cos, sin, positions)
 
 
+@functools.cache
+def has_rotary_cache() -> bool:
+    """Whether ``ember._C`` has the rotation fused with the cache write (an older build may lack it)."""
+    return available() and hasattr(torch.ops.ember, "rotary_cache")
+
+
+def rotary_cache_covers(q: Tensor) -> bool:
+    """Whether ``rotary_cache`` runs natively for queries like ``q`` (as ``layer_ops_cover``)."""
+    return has_rotary_cache() and _native(q, "rotary_cache")
+
+
+def rotary_cache(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cos: Tensor,
+    sin: Tensor,
+    positions: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    slots: Tensor,
+) -> None:
+    """In place: ``rotary`` on q and k, then the first ``slots.shape[0]`` tokens' k and v [N, KV, hd] stored in one
+    layer's caches [num_blocks, block_size, KV, hd] at their flat slots [n] int64 (``PagedKVCache.write``)."""
+    _ops().rotary_cache(q, k, v, cos, sin, positions, k_cache, v_cache, slots)
+
+
 def silu_mul(gate_up: Tensor) -> Tensor:
     """silu(gate_up[:, :I]) * gate_up[:, I:] for gate_up [N, 2I] (contiguous)."""
     out = gate_up.new_empty(gate_up.shape[0], gate_up.shape[1] // 2)

@@ -232,6 +232,19 @@ class Rope:
         cos, sin = self._gathered
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 
+    def apply_and_store(self, q: Tensor, k: Tensor, v: Tensor, layer: int, batch: AttentionBatch) -> bool:
+        """Rotate q and k in place and store the step's k and v in ``layer``'s cache at ``batch.slots``, in one
+        native call (attention's cache write, which ``attend`` then skips); False, with nothing done, where that
+        call does not run for these tensors."""
+        views = (q.stride(1), k.stride(1), v.stride(1), v.stride(2)) == (q.shape[2], k.shape[2], v.shape[2], 1)
+        if not (views and kernels.rotary_cache_covers(q)):
+            return False
+        cache = batch.cache
+        kernels.rotary_cache(
+            q, k, v, self.cos_table, self.sin_table, self.positions, cache.k[layer], cache.v[layer], batch.slots
+        )
+        return True
+
 
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
@@ -258,9 +271,12 @@ class Attention(nn.Module):
         q = q.view(n, self.n_heads, hd)  # [N, H, hd]
         k = k.view(n, self.n_kv_heads, hd)  # [N, KV, hd]
         v = v.view(n, self.n_kv_heads, hd)  # [N, KV, hd]
-        q, k = rope.apply(q, k)
-        # No batch: the N tokens are one whole sequence from position 0, and nothing is cached.
-        out = causal(q, k, v) if batch is None else attend(self.layer_idx, q, k, v, batch)  # [N, H, hd]
+        if batch is not None and rope.apply_and_store(q, k, v, self.layer_idx, batch):
+            out = attend(self.layer_idx, q, k, v, batch, stored=True)  # [N, H, hd]
+        else:
+            q, k = rope.apply(q, k)
+            # No batch: the N tokens are one whole sequence from position 0, and nothing is cached.
+            out = causal(q, k, v) if batch is None else attend(self.layer_idx, q, k, v, batch)
         return self.o_proj(out.reshape(n, self.n_heads * self.head_dim))
 
 

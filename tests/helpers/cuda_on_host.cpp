@@ -59,7 +59,17 @@ int ember_host_rotary(int dtype, void* q, long long q_ld, long long q_heads, voi
                       long long k_heads, long long tokens, long long hd, const void* cos, const void* sin,
                       long long table_rows, const long long* positions) {
   return ember::cuda::launch_rotary(static_cast<DType>(dtype), q, q_ld, q_heads, k, k_ld, k_heads, tokens, hd, cos,
-                                    sin, table_rows, reinterpret_cast<const int64_t*>(positions), nullptr);
+                                    sin, table_rows, reinterpret_cast<const int64_t*>(positions),
+                                    ember::cuda::KVStore{}, nullptr);
+}
+
+int ember_host_rotary_cache(int dtype, void* q, long long q_ld, long long q_heads, void* k, long long k_ld,
+                            long long k_heads, long long tokens, long long hd, const void* cos, const void* sin,
+                            long long table_rows, const long long* positions, const void* v, long long v_ld,
+                            void* k_cache, void* v_cache, const long long* slots, long long n, long long capacity) {
+  const ember::cuda::KVStore store{v, v_ld, k_cache, v_cache, slots, n, capacity};
+  return ember::cuda::launch_rotary(static_cast<DType>(dtype), q, q_ld, q_heads, k, k_ld, k_heads, tokens, hd, cos,
+                                    sin, table_rows, reinterpret_cast<const int64_t*>(positions), store, nullptr);
 }
 
 int ember_host_silu_mul(int dtype, void* out, const void* gate_up, long long rows, long long inner) {

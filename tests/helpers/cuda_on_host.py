@@ -74,6 +74,18 @@ class CudaOnHost:
         )  # fmt: skip
         self._check(rc, "rotary")
 
+    def rotary_cache(self, *tensors: Tensor) -> None:
+        """kernels.rotary_cache's arguments: q, k, v, cos, sin, positions, k_cache, v_cache, slots."""
+        q, k, v, cos, sin, positions, k_cache, v_cache, slots = tensors
+        ll = ctypes.c_longlong
+        rc = self.lib.ember_host_rotary_cache(
+            DTYPES[q.dtype], _p(q), ll(q.stride(0)), ll(q.shape[1]), _p(k), ll(k.stride(0)), ll(k.shape[1]),
+            ll(q.shape[0]), ll(cos.shape[1]), _p(cos), _p(sin), ll(cos.shape[0]), _p(positions), _p(v),
+            ll(v.stride(0)), _p(k_cache), _p(v_cache), _p(slots), ll(slots.shape[0]),
+            ll(k_cache.shape[0] * k_cache.shape[1]),
+        )  # fmt: skip
+        self._check(rc, "rotary_cache")
+
     def silu_mul(self, gate_up: Tensor) -> Tensor:
         out = gate_up.new_empty(gate_up.shape[0], gate_up.shape[1] // 2)
         rc = self.lib.ember_host_silu_mul(

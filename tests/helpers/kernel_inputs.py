@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ember.runtimes.text.attention import PagedKVCache
 from ember.runtimes.text.model import RMSNorm
 
 
@@ -70,3 +71,18 @@ def rounded_to_int8(x: torch.Tensor) -> torch.Tensor:
     d = groups.abs().amax(-1, keepdim=True).float().double() / 127
     q = torch.round(groups / torch.where(d > 0, d, 1))
     return (q * d).reshape(x.shape)
+
+
+def cache_inputs(
+    tokens: int, written: int, kv_heads: int, head_dim: int, block_size: int, dtype: torch.dtype
+) -> tuple[PagedKVCache, torch.Tensor]:
+    """A random 2-layer paged cache of 8 blocks, and `written` distinct flat slots [written] int64 anywhere in it
+    (the step's first `written` of `tokens` tokens; the rest are padding)."""
+    gen = torch.Generator().manual_seed(tokens * head_dim + written)
+    cache = PagedKVCache(
+        layers=2, num_blocks=8, block_size=block_size, kv_heads=kv_heads, head_dim=head_dim,
+        device=torch.device("cpu"), dtype=dtype,
+    )  # fmt: skip
+    cache.k.copy_(torch.randn(cache.k.shape, generator=gen))
+    cache.v.copy_(torch.randn(cache.v.shape, generator=gen))
+    return cache, torch.randperm(8 * block_size, generator=gen)[:written]

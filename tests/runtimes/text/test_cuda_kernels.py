@@ -26,14 +26,23 @@ from ember.runtimes.text.quant.formats import QuantizedTensor, dequantize
 from ember.runtimes.text.quant.gguf_blocks import REPACK, repack
 from ember.runtimes.text.quant.layers import GPU_GEMV_ROWS, QuantLinear
 from tests.helpers.cuda_on_host import CudaOnHost, build
-from tests.helpers.kernel_inputs import norm_inputs, paged_inputs, qk_views, rotary_inputs, rounded_to_int8
+from tests.helpers.kernel_inputs import (
+    cache_inputs,
+    norm_inputs,
+    paged_inputs,
+    qk_views,
+    rotary_inputs,
+    rounded_to_int8,
+)
 from tests.helpers.quant_blocks import random_blocks
 from tests.helpers.text_runner import Driver, new_runner
 from tests.helpers.tiny_checkpoint import write_tiny_gguf
 
 BUILT = os.environ.get("EMBER_NATIVE") != "0"
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
-CUDA_OPS = ["paged_decode", "rms_norm", "add_rms_norm", "rotary", "silu_mul", "quant_linear", "dequantize"]
+CUDA_OPS = [
+    "paged_decode", "rms_norm", "add_rms_norm", "rotary", "rotary_cache", "silu_mul", "quant_linear", "dequantize"
+]  # fmt: skip
 DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)]
 
 
@@ -205,6 +214,50 @@ def test_rotary_writes_nan_for_a_position_outside_the_tables_and_leaves_the_othe
 
 
 @pytest.mark.parametrize(("dtype", "tolerance"), DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 9, 3, 64, 16), (7, 5, 4, 2, 6, 4), (17, 17, 12, 2, 128, 16)], ids=str)
+def test_rotary_cache_is_rotary_then_the_cache_write(
+    backend: Backend, shape: tuple[int, ...], dtype: torch.dtype, tolerance: float
+) -> None:
+    tokens, written, heads, kv_heads, head_dim, block_size = shape
+    qkv, cos, sin, positions = rotary_inputs(tokens, heads, kv_heads, head_dim, dtype)
+    cache, slots = cache_inputs(tokens, written, kv_heads, head_dim, block_size, dtype)
+    q, k = qk_views(qkv, heads, kv_heads, head_dim)
+    c, s = cos[positions].unsqueeze(1), sin[positions].unsqueeze(1)
+    expected_q, expected_k = apply_rotary(q, c, s), apply_rotary(k, c, s)
+    expected_v = qkv[:, (heads + kv_heads) * head_dim :].view(tokens, kv_heads, head_dim)
+    expected_k_cache, expected_v_cache = cache.k[1].clone(), cache.v[1].clone()
+    expected_k_cache.view(-1, kv_heads, head_dim)[slots] = expected_k[:written]
+    expected_v_cache.view(-1, kv_heads, head_dim)[slots] = expected_v[:written]
+    qkv_b, cos_b, sin_b, positions_b, k_cache, v_cache, slots_b = backend.to(
+        qkv, cos, sin, positions, cache.k[1], cache.v[1], slots
+    )
+    q_b, k_b = qk_views(qkv_b, heads, kv_heads, head_dim)
+    v_b = qkv_b[:, (heads + kv_heads) * head_dim :].view(tokens, kv_heads, head_dim)
+    backend.ops.rotary_cache(q_b, k_b, v_b, cos_b, sin_b, positions_b, k_cache, v_cache, slots_b)
+    got_q, got_k = qk_views(qkv_b.cpu(), heads, kv_heads, head_dim)
+    torch.testing.assert_close(got_q, expected_q, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(got_k, expected_k, atol=tolerance, rtol=tolerance)
+    # The cache holds the rotated k as the kernel stored it in k, and v as it was.
+    expected_k_cache.view(-1, kv_heads, head_dim)[slots] = got_k[:written]
+    assert torch.equal(k_cache.cpu(), expected_k_cache) and torch.equal(v_cache.cpu(), expected_v_cache)
+
+
+def test_rotary_cache_leaves_a_slot_outside_the_cache_unwritten(backend: Backend) -> None:
+    qkv, cos, sin, positions = rotary_inputs(3, 4, 2, 16, torch.float32)
+    cache, slots = cache_inputs(3, 3, 2, 16, 4, torch.float32)
+    slots[1] = 8 * 4
+    qkv_b, cos_b, sin_b, positions_b, k_cache, v_cache, slots_b = backend.to(
+        qkv, cos, sin, positions, cache.k[0], cache.v[0], slots
+    )
+    q_b, k_b = qk_views(qkv_b, 4, 2, 16)
+    v_b = qkv_b[:, 96:].view(3, 2, 16)
+    backend.ops.rotary_cache(q_b, k_b, v_b, cos_b, sin_b, positions_b, k_cache, v_cache, slots_b)
+    expected_v = cache.v[0].clone()
+    expected_v.view(-1, 2, 16)[slots[[0, 2]]] = qkv[[0, 2], 96:].view(2, 2, 16)
+    assert torch.equal(v_cache.cpu(), expected_v)  # tokens 0 and 2 stored, token 1 nowhere
+
+
+@pytest.mark.parametrize(("dtype", "tolerance"), DTYPES, ids=str)
 @pytest.mark.parametrize(("rows", "inner"), [(1, 1536), (3, 37), (16, 8960)])
 def test_silu_mul_matches_the_reference_and_the_cpu(
     backend: Backend, dtype: torch.dtype, tolerance: float, rows: int, inner: int
@@ -292,6 +345,10 @@ class TestOnTheGpu:
         qkv, cos, sin, positions = (t.cuda() for t in rotary_inputs(3, 4, 2, 16, torch.float32))
         q, k = (t.contiguous() for t in qk_views(qkv, 4, 2, 16))
         torch.library.opcheck(torch.ops.ember.rotary, (q, k, cos, sin, positions))
+        cache, slots = cache_inputs(3, 2, 2, 16, 4, torch.float32)
+        v = qkv[:, 96:].view(3, 2, 16).contiguous()
+        caches = (cache.k[0].cuda(), cache.v[0].cuda())
+        torch.library.opcheck(torch.ops.ember.rotary_cache, (q, k, v, cos, sin, positions, *caches, slots.cuda()))
         gate_up = torch.randn(4, 96, generator=gen).cuda()
         torch.library.opcheck(torch.ops.ember.silu_mul, (gate_up.new_empty(4, 48), gate_up))
 

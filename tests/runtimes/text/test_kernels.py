@@ -6,6 +6,7 @@ and then these tests check that the references take over.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -14,7 +15,7 @@ from torch import Tensor
 
 from ember.runtimes.text import kernels
 from ember.runtimes.text.attention import paged_decode, paged_decode_native
-from tests.helpers.kernel_inputs import norm_inputs, paged_inputs, qk_views, rotary_inputs
+from tests.helpers.kernel_inputs import cache_inputs, norm_inputs, paged_inputs, qk_views, rotary_inputs
 
 BUILT = os.environ.get("EMBER_NATIVE") != "0"
 
@@ -218,6 +219,43 @@ def test_rotary_in_place_matches_the_reference(
     torch.testing.assert_close(q, expected_q, atol=tolerance, rtol=tolerance)
     torch.testing.assert_close(k, expected_k, atol=tolerance, rtol=tolerance)
     assert torch.equal(qkv[:, (heads + kv_heads) * head_dim :], v_before)  # v untouched
+
+
+# tokens, written (the rest padding), heads, kv_heads, head_dim, block_size
+ROTARY_CACHE_SHAPES = [(1, 1, 9, 3, 64, 16), (7, 5, 4, 2, 6, 4), (17, 17, 12, 2, 128, 16)]
+
+
+@pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", ROTARY_CACHE_SHAPES, ids=str)
+def test_rotary_cache_is_rotary_then_the_cache_write(shape: tuple[int, ...], dtype: torch.dtype) -> None:
+    tokens, written, heads, kv_heads, head_dim, block_size = shape
+    qkv, cos, sin, positions = rotary_inputs(tokens, heads, kv_heads, head_dim, dtype)
+    cache, slots = cache_inputs(tokens, written, kv_heads, head_dim, block_size, dtype)
+    expected_qkv, expected_cache = qkv.clone(), copy.deepcopy(cache)
+    q, k = qk_views(expected_qkv, heads, kv_heads, head_dim)
+    v = expected_qkv[:, (heads + kv_heads) * head_dim :].view(tokens, kv_heads, head_dim)
+    kernels.rotary(q, k, cos, sin, positions)
+    expected_cache.write(1, slots, k[:written], v[:written])
+    q, k = qk_views(qkv, heads, kv_heads, head_dim)
+    v = qkv[:, (heads + kv_heads) * head_dim :].view(tokens, kv_heads, head_dim)
+    kernels.rotary_cache(q, k, v, cos, sin, positions, cache.k[1], cache.v[1], slots)
+    # The same rotation, and a copy: bit for bit.
+    assert torch.equal(qkv, expected_qkv)
+    assert torch.equal(cache.k, expected_cache.k) and torch.equal(cache.v, expected_cache.v)
+
+
+@pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
+def test_rotary_cache_refuses_a_slot_outside_the_cache_before_touching_anything() -> None:
+    qkv, cos, sin, positions = rotary_inputs(3, 4, 2, 16, torch.float32)
+    cache, slots = cache_inputs(3, 3, 2, 16, 4, torch.float32)
+    slots[1] = 8 * 4
+    before = (qkv.clone(), cache.k.clone())
+    q, k = qk_views(qkv, 4, 2, 16)
+    v = qkv[:, 96:].view(3, 2, 16)
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        kernels.rotary_cache(q, k, v, cos, sin, positions, cache.k[0], cache.v[0], slots)
+    assert torch.equal(qkv, before[0]) and torch.equal(cache.k, before[1])
 
 
 @pytest.mark.skipif(not BUILT, reason="EMBER_NATIVE=0: ember._C is left out on purpose")
