@@ -293,7 +293,7 @@ def test_quant_linear_matches_the_dequantized_reference(
     for m, n, k in quant_cases(kind):
         w = repack(kind, random_blocks(kind, n, k, seed=m), n, k)
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)).to(dtype)
-        bias = torch.randn(n)
+        bias = torch.randn(n, generator=torch.Generator().manual_seed(k))
         xr = x.double() if dtype == torch.float32 else rounded_to_int8(x)
         expected = xr @ dequantize(w).double().t() + bias.double()
         got = backend.ops.quant_linear(*backend.to(x), backend.move_weight(w), *backend.to(bias)).cpu()

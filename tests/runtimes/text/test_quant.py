@@ -110,7 +110,7 @@ def test_native_quant_linear_matches_the_reference(kind: GT, dtype: torch.dtype,
             continue
         w = weights(kind, n, k, seed=m)
         x = torch.randn(m, k, generator=torch.Generator().manual_seed(n)).to(dtype)
-        bias = torch.randn(n)
+        bias = torch.randn(n, generator=torch.Generator().manual_seed(k))
         # The 8-bit x kernel multiplies x rounded per group of 32 (its own numerics, held here exactly); float32 x
         # takes the integer kernel whatever the choice, and so do 8-bit weights in groups of 16.
         by_int8 = quant_kernel == "int8" and dtype == torch.bfloat16 and (w.bits != 8 or w.group_size == 32)
