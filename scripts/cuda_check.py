@@ -123,14 +123,20 @@ def demangle(name: str) -> str:
 def check_kernels(archs: list[str], sources: Path, report: Report) -> None:
     """Each kernel file for each architecture, compiled side by side (NVRTC programs are independent, and a ctypes
     call lets go of the GIL)."""
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
     nvrtc = Nvrtc()
     runtime_include = nvidia_path("cuda_runtime") / "include"
     jobs = [(source, arch) for source in sorted(sources.glob("*.cu")) for arch in archs]
 
+    # The macros torch's extension build passes nvcc (torch.utils.cpp_extension.COMMON_NVCC_FLAGS): no implicit
+    # half/bfloat16 conversions or operators, which code that compiles here must then not use either.
+    torch_defines = [f for f in COMMON_NVCC_FLAGS if f.startswith("-D")]
+
     def compile_one(job: tuple[Path, str]) -> tuple[bool, str]:
         source, arch = job
         options = [f"--gpu-architecture={arch}", "--std=c++17", f"-I{sources}", f"-I{runtime_include}", "-Xptxas=-v"]
-        return nvrtc.compile(source.read_text(), source.name, options)
+        return nvrtc.compile(source.read_text(), source.name, options + torch_defines)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         results = list(pool.map(compile_one, jobs))

@@ -3,7 +3,8 @@
 Each op here has a pure-torch reference that the tests compare it with (``attention.paged_decode`` for the paged
 decode, ``quant.formats.dequantize`` under the quantized linear); the reference is what runs wherever the
 extension is not built. Every op has CPU kernels (csrc/cpu/); a CUDA build of the extension adds CUDA kernels for
-some (csrc/cuda/: the paged decode and the layer ops), and a CUDA tensor takes one only where its op has one.
+most (csrc/cuda/: all but the prefill attention, quant_matmul and the decode stack), and a CUDA tensor takes one
+only where its op has one.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
 
 from ember.runtimes.text.quant.formats import QuantizedTensor
 
@@ -27,7 +28,9 @@ def build(dest: Path) -> CudaOnHost:
     library = dest / "cuda_on_host.so"
     includes = [ROOT / "csrc" / "cuda", ROOT / "tests" / "helpers"]
     includes += [base / name / "include" for name in ("cuda_runtime", "cuda_nvcc", "cuda_cccl")]
-    command = ["c++", "-O1", "-std=c++17", "-shared", "-fPIC", *(f"-I{p}" for p in includes)]
+    # With the macros torch's CUDA build passes (no implicit half/bfloat16 conversions), as scripts/cuda_check.py.
+    defines = [f for f in COMMON_NVCC_FLAGS if f.startswith("-D")]
+    command = ["c++", "-O1", "-std=c++17", "-shared", "-fPIC", *defines, *(f"-I{p}" for p in includes)]
     subprocess.run([*command, str(ROOT / "tests" / "helpers" / "cuda_on_host.cpp"), "-o", str(library)], check=True)
     return CudaOnHost(library)
 
