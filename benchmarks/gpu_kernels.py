@@ -18,7 +18,6 @@ kernels, its rotary 8 per tensor).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import statistics
 import sys
@@ -76,12 +75,7 @@ def quantized_on_gpu(kind: GT, n: int, k: int) -> list[QuantizedTensor]:
     """Copies of one random n x k matrix of `kind` on the GPU, at least 256 MB of them: timed in turn, the weights
     come from HBM, where one matrix called over and over would stay in the 50 MB L2."""
     w = repack(kind, random_blocks(kind, n, k), n, k)
-    parts = {name: getattr(w, name) for name in ("q", "scales", "mins", "super_scales", "super_mins")}
-    copies = -(-(256 << 20) // w.nbytes)
-    return [
-        dataclasses.replace(w, **{name: None if t is None else t.cuda() for name, t in parts.items()})
-        for _ in range(copies)
-    ]
+    return [w.to("cuda") for _ in range(-(-(256 << 20) // w.nbytes))]
 
 
 def main() -> None:

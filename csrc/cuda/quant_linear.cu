@@ -55,35 +55,53 @@ __device__ __forceinline__ void span_nibbles(const unsigned char* row, long long
   }
 }
 
-// The 32 stored integers of span `span` of a row (values 32 span .. 32 span + 31) as floats: 0-15, 0-63, or signed
-// bytes for 8 bits.
+// The span's weights as 8 words of 4 signed bytes each, values 4 i .. 4 i + 3 of the span in word i: lo the first
+// 16 values, hi the last 16 (for 4 and 6 bits, the low and the high nibbles of the same 16 bytes).
 template <int BITS>
-__device__ __forceinline__ void span_values(const unsigned char* row, long long k, long long span, float (&v)[32]) {
+__device__ __forceinline__ void span_words(const unsigned char* row, long long k, long long span, int (&lo)[4],
+                                           int (&hi)[4]) {
   if constexpr (BITS == 8) {
     const uint4* p = reinterpret_cast<const uint4*>(row + span * 32);
     const uint4 a = p[0], b = p[1];
-    const unsigned words[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      // The sign bit flipped gives value + 128, 0-255.
-      v[i] = small_to_float(byte_of(words[i / 4], i % 4) ^ 0x80u) - 128.0f;
-    }
+    lo[0] = static_cast<int>(a.x), lo[1] = static_cast<int>(a.y), lo[2] = static_cast<int>(a.z);
+    lo[3] = static_cast<int>(a.w);
+    hi[0] = static_cast<int>(b.x), hi[1] = static_cast<int>(b.y), hi[2] = static_cast<int>(b.z);
+    hi[3] = static_cast<int>(b.w);
   } else {
     unsigned words[4], tops[4];
     int shift;
     span_nibbles<BITS>(row, k, span, words, tops, shift);
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const unsigned b = byte_of(words[j / 4], j % 4);
-      unsigned lo = b & 15u, hi = b >> 4;
+    for (int i = 0; i < 4; ++i) {
+      // Shifting the whole word moves bits across bytes, but the masks keep only each byte's own.
+      unsigned l = words[i] & 0x0F0F0F0Fu, h = (words[i] >> 4) & 0x0F0F0F0Fu;
       if constexpr (BITS == 6) {
-        const unsigned top = byte_of(tops[j / 4], j % 4);
-        lo |= ((top >> shift) & 3u) << 4;
-        hi |= ((top >> (shift + 4)) & 3u) << 4;
+        l |= ((tops[i] >> shift) & 0x03030303u) << 4;
+        h |= ((tops[i] >> (shift + 4)) & 0x03030303u) << 4;
       }
-      v[j] = small_to_float(lo);
-      v[j + 16] = small_to_float(hi);
+      lo[i] = static_cast<int>(l);
+      hi[i] = static_cast<int>(h);
     }
+  }
+}
+
+// Byte i of a span_words word as the integer it stores, as a float: 0-63 for 4 and 6 bits; a signed byte for 8, its
+// sign bit flipped giving value + 128 (0-255).
+template <int BITS>
+__device__ __forceinline__ float byte_value(int word, int i) {
+  const unsigned b = byte_of(static_cast<unsigned>(word), i);
+  return BITS == 8 ? small_to_float(b ^ 0x80u) - 128.0f : small_to_float(b);
+}
+
+// The 32 stored integers of span `span` of a row (values 32 span .. 32 span + 31) as floats.
+template <int BITS>
+__device__ __forceinline__ void span_values(const unsigned char* row, long long k, long long span, float (&v)[32]) {
+  int lo[4], hi[4];
+  span_words<BITS>(row, k, span, lo, hi);
+#pragma unroll
+  for (int i = 0; i < 16; ++i) {
+    v[i] = byte_value<BITS>(lo[i / 4], i % 4);
+    v[i + 16] = byte_value<BITS>(hi[i / 4], i % 4);
   }
 }
 
@@ -225,35 +243,6 @@ __global__ void quantize_x_kernel(const T* __restrict__ x, signed char* __restri
   }
 }
 
-// The span's weights as 8 words of 4 signed bytes each, values 4 i .. 4 i + 3 of the span in word i: lo the first
-// 16 values, hi the last 16 (for 4 and 6 bits, the low and the high nibbles of the same 16 bytes).
-template <int BITS>
-__device__ __forceinline__ void span_words(const unsigned char* row, long long k, long long span, int (&lo)[4],
-                                           int (&hi)[4]) {
-  if constexpr (BITS == 8) {
-    const uint4* p = reinterpret_cast<const uint4*>(row + span * 32);
-    const uint4 a = p[0], b = p[1];
-    lo[0] = static_cast<int>(a.x), lo[1] = static_cast<int>(a.y), lo[2] = static_cast<int>(a.z);
-    lo[3] = static_cast<int>(a.w);
-    hi[0] = static_cast<int>(b.x), hi[1] = static_cast<int>(b.y), hi[2] = static_cast<int>(b.z);
-    hi[3] = static_cast<int>(b.w);
-  } else {
-    unsigned words[4], tops[4];
-    int shift;
-    span_nibbles<BITS>(row, k, span, words, tops, shift);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      // Shifting the whole word moves bits across bytes, but the masks keep only each byte's own.
-      unsigned l = words[i] & 0x0F0F0F0Fu, h = (words[i] >> 4) & 0x0F0F0F0Fu;
-      if constexpr (BITS == 6) {
-        l |= ((tops[i] >> shift) & 0x03030303u) << 4;
-        h |= ((tops[i] >> (shift + 4)) & 0x03030303u) << 4;
-      }
-      lo[i] = static_cast<int>(l);
-      hi[i] = static_cast<int>(h);
-    }
-  }
-}
 
 // out[r, n] = x[r] . W[n] + bias[n] for M rows of x rounded to 8 bits (quantize_x_kernel), in gemv_rows's frame.
 // The span's integer dot products are exact; each is scaled once. At least 2 blocks an SM (up to 128 registers a

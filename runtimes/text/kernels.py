@@ -37,11 +37,6 @@ def _ops() -> Any:
     return torch.ops.ember
 
 
-def _cpu_float(x: Tensor) -> bool:
-    """On the CPU, in float32 or bfloat16: what every op here takes."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
-
-
 @functools.cache
 def has_cuda_kernel(op: str) -> bool:
     """Whether ``ember._C`` was built with a CUDA kernel for ``torch.ops.ember.<op>`` (a CUDA build, setup.py)."""
@@ -81,8 +76,9 @@ def has_paged_prefill() -> bool:
 
 
 def prefill_covers(q: Tensor) -> bool:
-    """Whether the native prefill attention runs for queries like ``q`` (built, on the CPU, float32 or bfloat16)."""
-    return _cpu_float(q) and has_paged_prefill()
+    """Whether the native prefill attention runs for queries like ``q`` (built; on the CPU, float32 or bfloat16: it
+    has no CUDA kernel yet)."""
+    return has_paged_prefill() and _native(q, "paged_prefill")
 
 
 def paged_prefill(q: Tensor, k_cache: Tensor, v_cache: Tensor, blocks: Tensor, start: int) -> Tensor:

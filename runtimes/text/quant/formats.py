@@ -91,6 +91,21 @@ class QuantizedTensor:
             return self
         return replace(self, q=_untile_q(self.q, self.bits, self.shape[1]))
 
+    def to(self, device: torch.device | str) -> QuantizedTensor:
+        """The same matrix with its tensors on ``device``."""
+
+        def move(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return replace(
+            self,
+            q=self.q.to(device),
+            scales=self.scales.to(device),
+            mins=move(self.mins),
+            super_scales=move(self.super_scales),
+            super_mins=move(self.super_mins),
+        )
+
     @property
     def groups(self) -> int:
         return self.shape[1] // self.group_size

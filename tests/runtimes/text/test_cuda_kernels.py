@@ -46,11 +46,6 @@ CUDA_OPS = [
 DTYPES = [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 2e-3)]
 
 
-def on_gpu(w: QuantizedTensor) -> QuantizedTensor:
-    parts = {name: getattr(w, name) for name in ("q", "scales", "mins", "super_scales", "super_mins")}
-    return dataclasses.replace(w, **{name: None if t is None else t.cuda() for name, t in parts.items()})
-
-
 @dataclasses.dataclass
 class Backend:
     """Where the CUDA code runs: ``ops`` has kernels' signatures (paged_decode, rms_norm, ..., quant_linear)."""
@@ -74,7 +69,7 @@ def backend(request: pytest.FixtureRequest) -> Backend:
     if request.param == "host":
         # Copies, as a move to the GPU makes: the ops work in place on what they are given.
         return Backend("host", request.getfixturevalue("emulator"), lambda t: t.clone(), lambda w: w)
-    return Backend("cuda", kernels, lambda t: t.cuda(), on_gpu)
+    return Backend("cuda", kernels, lambda t: t.cuda(), lambda w: w.to("cuda"))
 
 
 def cpu_kernel_runs(dtype: torch.dtype) -> bool:
@@ -356,8 +351,8 @@ class TestOnTheGpu:
         w = repack(GT.Q4_0, random_blocks(GT.Q4_0, 16, 512, seed=4), 16, 512)
         x = torch.randn(3, 512, device="cuda")
         with pytest.raises(RuntimeError, match="tiled layout"):
-            kernels.quant_linear(x, on_gpu(w.tile()), None)
-        g = on_gpu(w)
+            kernels.quant_linear(x, w.tile().to("cuda"), None)
+        g = w.to("cuda")
         args = (g.q, g.scales, g.mins, g.super_scales, g.super_mins)
         torch.library.opcheck(torch.ops.ember.quant_linear, (x.new_empty(3, 16), x, *args, None, g.bits, 32))
         out = torch.empty(16, 512, device="cuda")
