@@ -23,6 +23,7 @@ from ember.bus.connection import connect
 from ember.bus.messages import TTFT_WINDOW_S
 from ember.bus.worker import JobHandler, WorkerHost, serve
 from ember.config import Settings
+from ember.runtimes.device_group.slot import current_slot
 from ember.runtimes.fair_queue import FairQueue
 
 
@@ -125,6 +126,9 @@ async def run_worker(
         stop: set it to stop serving (default: stop on SIGINT/SIGTERM).
     """
     try:
+        slot = current_slot.get()
+        if slot is not None and slot.ledger is not None:
+            await slot.ledger.all_loaded.wait()  # a device group's runtimes serve once all have loaded
         nc = await connect(nats_url, name=f"ember-worker-{model_id}")
         try:
             handler = await make_handler(nc)
@@ -132,10 +136,11 @@ async def run_worker(
             await nc.close()
             raise
         stall = settings.worker.stall_limit_s
+        extra = slot.metrics if slot is not None else None
         host = (
-            WorkerHost(nc, handler, worker_id=worker_id, stall_limit_s=stall)
+            WorkerHost(nc, handler, worker_id=worker_id, stall_limit_s=stall, extra_metrics=extra)
             if worker_id
-            else WorkerHost(nc, handler, stall_limit_s=stall)
+            else WorkerHost(nc, handler, stall_limit_s=stall, extra_metrics=extra)
         )
         try:
             await serve(host, f"{handler.modality} model {model_id!r}", stop, settings.worker.drain_timeout_s)

@@ -35,13 +35,15 @@ EMBER_NATIVE=1 EMBER_CUDA=1 "$PY" -m pip install -q --disable-pip-version-check 
     -e . > "$OUT/build.log" 2>&1 || { tail -50 "$OUT/build.log"; exit 1; }
 echo "built in $(( $(date +%s) - START )) s for sm_${ARCH/./}"
 
-echo "== tests: the CUDA kernels, the GPU runner, and the CPU kernels on this machine's CPU"
+echo "== tests: the CUDA kernels, the GPU runner, a KV cache giving memory back, and the CPU kernels on this CPU"
 # The CUDA kernels' host-emulated runs are the CPU suite's (they build against ember[cuda-check]'s wheels): here
 # the same tests run on the GPU itself.
 set +e
 "$PY" -m pytest -q -p no:cacheprovider --timeout 600 -k "not host and not emulator" \
     tests/runtimes/text/test_cuda_kernels.py tests/runtimes/text/test_kernels.py tests/runtimes/test_devices.py \
-    "tests/runtimes/text/test_model.py::test_mixed_steps_on_cuda_equal_the_cpu" 2>&1 | tee "$OUT/tests.log"
+    "tests/runtimes/text/test_model.py::test_mixed_steps_on_cuda_equal_the_cpu" \
+    "tests/runtimes/text/test_kv_resize.py::test_a_real_out_of_memory_on_the_gpu_takes_kv_memory_back" \
+    2>&1 | tee "$OUT/tests.log"
 TESTS=${PIPESTATUS[0]}
 set -e
 

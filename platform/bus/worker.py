@@ -21,7 +21,7 @@ import logging
 import signal
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -202,6 +202,8 @@ class WorkerHost:
     # An engine inside one step for longer has stalled: the worker leaves the rotation until the step ends.
     stall_limit_s: float = 30.0
     replies: ReplyLog = field(default_factory=ReplyLog)
+    # More families for the metrics page than the handler's: a device group's memory shares (device_group).
+    extra_metrics: Callable[[], Iterable[Metric]] | None = None
     _job_subs: list[Subscription] = field(default_factory=list, init=False)
     _subs: list[Subscription] = field(default_factory=list, init=False)
     _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict, init=False)
@@ -435,7 +437,10 @@ class WorkerHost:
         if not msg.reply:
             return
         try:
-            page = worker_metrics_page(self.handler.metrics())
+            families = list(self.handler.metrics())
+            if self.extra_metrics is not None:
+                families += self.extra_metrics()
+            page = worker_metrics_page(families)
         except Exception as e:  # a failing collector must not take the worker's subscriptions down
             log.warning("metrics failed: %s", e)
             return

@@ -4,6 +4,7 @@ ember serve [--nats URL]               embedded NATS (unless --nats) + gateway +
 ember gateway --nats URL               the HTTP gateway alone
 ember scale --nats URL                 this machine's workers, autoscaled models between min and max_workers
 ember worker text|image|audio --model ID --nats URL
+ember worker gpu --model ID --model ID ... --nats URL   several models in one process on the device they share
 ember worker functions --module my_funcs --nats URL   built-in and user functions (@ember.function)
 ember models                           what is configured and where its weights are
 ember keys create|list|revoke|set-tier API keys, on the NATS at --nats URL (see ember.cli.keys)
@@ -24,7 +25,7 @@ from typing import Any
 from ember.cli import batch as batch_cli
 from ember.cli import keys as keys_cli
 from ember.cli import usage as usage_cli
-from ember.cli.runners import FUNCTIONS_WORKER, WORKER_RUNNERS
+from ember.cli.runners import DEVICE_GROUP, FUNCTIONS_WORKER, WORKER_RUNNERS
 from ember.config import ConfigError, Settings, load_settings
 
 
@@ -51,8 +52,14 @@ def _parser() -> argparse.ArgumentParser:
     gw.add_argument("--port", type=int)
 
     worker = sub.add_parser("worker", help="run one model worker")
-    worker.add_argument("modality", choices=sorted([*WORKER_RUNNERS, FUNCTIONS_WORKER]))
-    worker.add_argument("--model", help="a model id from the config (every modality but functions)")
+    worker.add_argument("modality", choices=sorted([*WORKER_RUNNERS, FUNCTIONS_WORKER, DEVICE_GROUP]))
+    worker.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        default=[],
+        help="a model id from the config (every modality but functions; gpu: one per model it serves)",
+    )
     worker.add_argument("--module", action="append", default=[], dest="modules", help="functions: a module to load")
     worker.add_argument("--nats", help="NATS URL (default: nats.url from config)")
     worker.add_argument("--worker-id", help="a stable name for this worker (default: random)")
@@ -125,19 +132,46 @@ def main(argv: list[str] | None = None) -> int:
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
     if args.modality == FUNCTIONS_WORKER:
         return _functions_worker(args, settings)
-    if not args.model:
-        raise ConfigError(f"`ember worker {args.modality}` needs --model ID")
-    spec = settings.model(args.model)  # fail on an unknown id before importing torch
+    if args.modality == DEVICE_GROUP:
+        return _device_group(args, settings)
+    if len(args.models) != 1:
+        raise ConfigError(f"`ember worker {args.modality}` needs one --model ID")
+    model_id = args.models[0]
+    spec = settings.model(model_id)  # fail on an unknown id before importing torch
     if spec.modality.value != args.modality:
-        raise ConfigError(f"model {args.model!r} is a {spec.modality.value} model, not {args.modality}")
+        raise ConfigError(f"model {model_id!r} is a {spec.modality.value} model, not {args.modality}")
     url = _nats_url(args, settings)
     if spec.threads is not None:
         import torch
 
         torch.set_num_threads(spec.threads)
-    module, name = WORKER_RUNNERS[args.modality]
-    run = getattr(importlib.import_module(module), name)
-    asyncio.run(run(settings, args.model, url, worker_id=args.worker_id))
+    asyncio.run(_runner(args.modality)(settings, model_id, url, worker_id=args.worker_id))
+    return 0
+
+
+def _runner(modality: str) -> Any:
+    module, name = WORKER_RUNNERS[modality]
+    return getattr(importlib.import_module(module), name)
+
+
+def _device_group(args: argparse.Namespace, settings: Settings) -> int:
+    """`ember worker gpu`: every --model in this one process, on the device they share (ember.runtimes.device_group).
+    Each model's worker gets a random id (--worker-id names one worker, and here there are several)."""
+    if not args.models:
+        raise ConfigError("`ember worker gpu` needs a --model ID for each model it serves")
+    if args.worker_id:
+        raise ConfigError("`ember worker gpu` runs several workers: leave out --worker-id")
+    modalities = [settings.model(model_id).modality.value for model_id in args.models]  # unknown ids fail here
+    url = _nats_url(args, settings)
+    from ember.runtimes.device_group.host import Member, MemberFailed, run_device_group
+
+    members = [Member(m, modality, _runner(modality)) for m, modality in zip(args.models, modalities, strict=True)]
+    try:
+        asyncio.run(run_device_group(settings, members, url))
+    except MemberFailed as e:
+        logging.getLogger("ember.device_group").debug("the group stopped", exc_info=e.error)
+        print(f"ember worker gpu: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -14,3 +14,6 @@ WORKER_RUNNERS: dict[str, tuple[str, str]] = {
 
 # `ember worker functions --module M`: built-ins and user modules, no --model (ember.functions.worker).
 FUNCTIONS_WORKER = "functions"
+
+# `ember worker gpu --model A --model B ...`: several models in one process on one device (ember.runtimes.device_group).
+DEVICE_GROUP = "gpu"

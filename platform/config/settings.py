@@ -167,6 +167,10 @@ class ModelSpec(_Section):
     activations: Literal["auto", "int8", "int16", "bfloat16"] = "auto"
     # Where the model runs: "auto" is the first CUDA GPU when there is one, else the CPU (ember.runtimes.devices).
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    # In a device group (`ember worker gpu`, several models in one process on one device): device memory set aside
+    # for this model's work beyond its weights (activations, image batches), which the group's text models leave
+    # free when they size their KV caches by kv_cache_fraction. Shown on /metrics with what each model holds.
+    memory_budget_bytes: int | None = Field(default=None, ge=0)
     # Requests run together: sequences decoded in one step (text), images denoised together, audio windows; speech
     # requests taking turns sentence by sentence. Unset: 32 for text (its memory is the KV budget below, not this),
     # 8 for the others.

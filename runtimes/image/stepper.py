@@ -23,6 +23,7 @@ import torch
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ember.runtimes.device_group.slot import with_reclaim
 from ember.runtimes.image.diffusers_types import SchedulerMixin, UNet2DConditionModel
 from ember.runtimes.image.text_encoder import PromptEncoder
 
@@ -168,7 +169,11 @@ class PixelStepper:
             # and in bfloat16 that rounding difference can grow into another picture over the steps. Running a
             # lone row twice keeps "same seed, same image" whatever the batch, for the price of one tiny row.
             model_in, t_in, states = model_in.repeat(2, 1, 1, 1), t_in.repeat(2), states.repeat(2, 1, 1)
-        out = self.unet(model_in.to(dtype), t_in, encoder_hidden_states=states.to(dtype)).sample.float()
+        # The forward alone changes no row, so where it runs out of device memory in a device group it may run again
+        # once the group's text runtimes gave back KV blocks (device_group.slot.with_reclaim).
+        out = with_reclaim(
+            lambda: self.unet(model_in.to(dtype), t_in, encoder_hidden_states=states.to(dtype)).sample.float()
+        )
         pred = out[: len(rows)].clone()
         if guided:
             scale = torch.tensor([rows[i].guidance_scale for i in guided], device=out.device).view(-1, 1, 1, 1)

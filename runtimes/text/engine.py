@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Literal
 
@@ -107,6 +108,11 @@ class _Entry:
     out: OutputState
 
 
+# An idle engine whose KV pool was shrunk for another runtime grows it back no sooner than this after the shrink
+# (and only where there is room): the memory was needed a moment ago, likely again soon.
+GROW_BACK_AFTER_S = 30.0
+
+
 class TextEngine:
     """Runs a ModelRunner over many concurrent requests; ``generate`` is the asyncio entry point.
 
@@ -164,6 +170,13 @@ class TextEngine:
         self.generated_tokens = 0
         # Probes report a stuck engine from it.
         self.clock = StepClock()
+        # KV pool resizes asked for from other threads (resize_kv), applied between steps.
+        self._kv_resizes: list[tuple[Callable[[], int], Future[int]]] = []
+        # The pool's size as configured, which an idle engine grows back to after a shrink once ``may_grow``
+        # (bytes more) says the device has room (a device group sets it: device_group.slot); None: never.
+        self.kv_blocks_configured = runner.cache.num_blocks
+        self.may_grow: Callable[[int], bool] | None = None
+        self._shrunk_at = 0.0
 
     # ---- asyncio side -------------------------------------------------------------------------------------
 
@@ -259,6 +272,30 @@ class TextEngine:
                 self._stops.add(request_id)
                 self._lock.notify()
 
+    def resize_kv(self, num_blocks: int) -> Future[int]:
+        """Make the KV pool ``num_blocks`` blocks (never fewer than one max_context sequence needs), between two
+        steps: every running request goes back to the waiting queue and recomputes its blocks when it runs again
+        (its output so far is kept, greedy output unchanged), and the prefix cache is emptied, since the cache's
+        memory is given up before the new one is allocated. Thread-safe; the future gives the bytes freed
+        (negative when the pool grew). For a device group: another runtime that ran out of memory takes it back."""
+        return self._ask_resize(lambda: num_blocks)
+
+    def release_kv(self, nbytes: int) -> Future[int]:
+        """Shrink the KV pool by at least ``nbytes`` (``resize_kv``'s way); the future gives the bytes freed."""
+
+        def target() -> int:
+            per_block = self.runner.cache.nbytes // self.kv.pool.num_blocks
+            return self.kv.pool.num_blocks - -(-nbytes // per_block)
+
+        return self._ask_resize(target)
+
+    def _ask_resize(self, target: Callable[[], int]) -> Future[int]:
+        done: Future[int] = Future()
+        with self._lock:
+            self._kv_resizes.append((target, done))
+            self._lock.notify()
+        return done
+
     # ---- engine thread ------------------------------------------------------------------------------------
 
     def run(self) -> None:
@@ -273,15 +310,25 @@ class TextEngine:
                     or self._aborts
                     or self._stops
                     or self._withdrawals
+                    or self._kv_resizes
                     or len(self.scheduler)
                 ):
-                    self._lock.wait()
+                    self._lock.wait(timeout=self._idle_wait())
+                    if self._grow_back():
+                        continue
                 if self._stop:
                     break
+                resizes, self._kv_resizes = self._kv_resizes, []
                 arrivals, self._arrivals = self._arrivals, []
                 aborts, self._aborts = self._aborts, set()
                 stops, self._stops = self._stops - aborts, set()
                 withdrawals, self._withdrawals = self._withdrawals, {}
+            for target, done in resizes:
+                try:
+                    done.set_result(self._resize_kv(target()))
+                except Exception as e:  # an allocation that failed: the asker hears of it, the engine serves on
+                    log.exception("resizing the KV pool failed")
+                    done.set_exception(e)
             for entry in arrivals:
                 self.scheduler.add(entry.req)
             for rid, answer in withdrawals.items():
@@ -301,6 +348,44 @@ class TextEngine:
             withdrawals, self._withdrawals = self._withdrawals, {}
         for answer in withdrawals.values():
             answer(False)
+
+    def _resize_kv(self, num_blocks: int) -> int:
+        num_blocks = max(num_blocks, self.runner.min_cache_blocks)
+        before = self.runner.cache.nbytes
+        if num_blocks == self.kv.pool.num_blocks:
+            return 0
+        preempted = self.scheduler.preempt_all()
+        try:
+            self.runner.resize_cache(num_blocks)
+        finally:  # the cache the runner has now, the asked size or (it failed) the least one
+            self.kv.pool = BlockPool(self.runner.cache.num_blocks, self.runner.block_size)
+        freed = before - self.runner.cache.nbytes
+        if freed > 0:
+            self._shrunk_at = time.monotonic()
+        log.info(
+            "KV pool resized to %d blocks (%+.0f MiB), %d running requests preempted",
+            num_blocks,
+            -freed / 2**20,
+            len(preempted),
+        )
+        return freed
+
+    def _idle_wait(self) -> float | None:
+        """How long an idle engine sleeps before it looks again whether its shrunk KV pool may grow back."""
+        shrunk = self.kv.pool.num_blocks < self.kv_blocks_configured
+        return GROW_BACK_AFTER_S if shrunk and self.may_grow is not None else None
+
+    def _grow_back(self) -> bool:
+        """Called idle, under the lock: grow a shrunk pool back to its configured size once it has been
+        ``GROW_BACK_AFTER_S`` since the shrink and ``may_grow`` finds room; True when it did."""
+        missing = self.kv_blocks_configured - self.kv.pool.num_blocks
+        if missing <= 0 or self.may_grow is None or time.monotonic() - self._shrunk_at < GROW_BACK_AFTER_S:
+            return False
+        per_block = self.runner.cache.nbytes // self.kv.pool.num_blocks
+        if not self.may_grow(missing * per_block):
+            return False
+        self._resize_kv(self.kv_blocks_configured)
+        return True
 
     def _withdraw(self, request_id: str) -> bool:
         req = next((r for r in self.scheduler.waiting_requests() if r.request_id == request_id), None)

@@ -157,6 +157,34 @@ class ModelRunner:
         # Steps of decode rows only run through the layers in one native call where the model allows it.
         self.native_decode = NativeDecode.build(model, dtype) if device.type == "cpu" else None
 
+    @property
+    def min_cache_blocks(self) -> int:
+        """The fewest blocks the cache may shrink to: one sequence of max_context tokens, and the null block (a
+        request the worker accepted must always fit, or it would wait forever)."""
+        return -(-self.max_context // self.block_size) + 1
+
+    def resize_cache(self, num_blocks: int) -> None:
+        """Replace the KV cache by an empty one of ``num_blocks`` blocks (at least ``min_cache_blocks``); every
+        block's contents are lost, so no request may hold one (``TextEngine.resize_kv``). Where that much memory
+        cannot be had, the cache takes ``min_cache_blocks`` instead, and the error is raised after: the runner
+        stays usable either way."""
+        if num_blocks < self.min_cache_blocks:
+            raise ValueError(f"{num_blocks} KV blocks cannot hold one sequence of max_context={self.max_context}")
+        old = self.cache
+        try:
+            self.cache = old.resized(num_blocks)
+        except (torch.OutOfMemoryError, RuntimeError):  # RuntimeError: what the CPU allocator raises
+            self.cache = PagedKVCache(
+                layers=self.config.num_hidden_layers,
+                num_blocks=self.min_cache_blocks,
+                block_size=self.block_size,
+                kv_heads=self.config.num_key_value_heads,
+                head_dim=self.config.head_dim,
+                device=self.device,
+                dtype=self.dtype,
+            )
+            raise
+
     def step_rows(self, n: int) -> int:
         """The rows a step of ``n`` tokens with a prompt chunk runs at (padded_rows), where a step may hold that many
         tokens; the scheduler gives the padding to prompt tokens that wait."""

@@ -307,6 +307,14 @@ class Scheduler:
             return False
         return self.kv.next_key(req, hit.entries) in prefilling
 
+    def preempt_all(self) -> list[Request]:
+        """Send every running request back to the waiting queue, its blocks freed (it recomputes them when it
+        runs again: its output so far is kept, and greedy output is unchanged); returns them."""
+        out = SchedulerOutput()
+        for req in list(self.running):
+            self._preempt(req, out)
+        return out.preempted
+
     def _preempt(self, req: Request, out: SchedulerOutput) -> None:
         self.running.remove(req)
         self.kv.free(req)

@@ -31,6 +31,7 @@ from ember.bus.messages import (
 from ember.bus.worker import JobHandler, ReplySink
 from ember.config import ConfigError, ModelSpec, Settings
 from ember.config.weights import resolve_weights
+from ember.runtimes.device_group.slot import current_slot
 from ember.runtimes.devices import free_memory, resolve_device
 from ember.runtimes.dtypes import resolve_dtype
 from ember.runtimes.engine_thread import start_engine_thread
@@ -441,8 +442,11 @@ def build_engine(
     and, where the text repeats, long and right, while Qwen2.5-Coder-0.5B's forward costs ~40 % of the 1.5B's step
     on a 2-core CPU."""
     budget = spec.kv_cache_bytes
+    slot = current_slot.get()
     if spec.kv_cache_fraction is not None:
-        budget = int(free_memory(device) * spec.kv_cache_fraction)
+        # In a device group, of what the other runtimes left free and did not set aside (device_group).
+        fraction = spec.kv_cache_fraction
+        budget = slot.kv_memory(fraction) if slot is not None else int(free_memory(device) * fraction)
     cache = CacheConfig.from_bytes(budget, loaded.config, dtype, spec.kv_block_size)
     runner = ModelRunner(
         loaded.model,
@@ -475,7 +479,11 @@ def build_engine(
         spec.num_speculative_tokens,
     )
     drafters = [PromptLookupDrafter(), drafter] if drafter is not None else []
-    return TextEngine(runner, loaded.tokenizer, config, drafters)
+    engine = TextEngine(runner, loaded.tokenizer, config, drafters)
+    if slot is not None:
+        slot.add_kv_cache(lambda: runner.cache.nbytes)
+        slot.attach_kv_pool(engine)
+    return engine
 
 
 def build_drafter(
@@ -508,6 +516,9 @@ def build_drafter(
         device=device,
         dtype=dtype,
     )
+    slot = current_slot.get()
+    if slot is not None:
+        slot.add_kv_cache(lambda: runner.cache.nbytes)
     log.info("drafting with %s (%s, KV cache %.0f MiB)", spec.draft_model, dtype, budget / 2**20)
     return DraftModelDrafter(runner, vocab_size=target.tokenizer.vocab_size, prefill_budget=DRAFT_PREFILL_BUDGET)
 
