@@ -31,7 +31,7 @@ from ember.bus import children
 from ember.bus.connection import connect
 from ember.bus.nats_server import EmbeddedNats
 from ember.bus.tasks import cancel_and_wait
-from ember.cli.runners import FUNCTIONS_WORKER, WORKER_RUNNERS
+from ember.cli.runners import DEVICE_GROUP, FUNCTIONS_WORKER, WORKER_RUNNERS
 from ember.cli.scaler import Scaler
 from ember.config import ConfigError, Settings
 from ember.config.weights import resolve_weights
@@ -56,6 +56,8 @@ class WorkerProcess:
     modality: str
     model: str
     cmd: list[str]
+    # The models it serves: its model, or a device group's (`ember worker gpu`).
+    serves: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -154,28 +156,47 @@ def worker_commands(
     """The worker processes to start: each model's fixed count, or its min_workers when it is autoscaled."""
     chosen = only or sorted(settings.models)
     out = []
+    groups: dict[str, list[str]] = {}
     for model_id in chosen:
         spec = settings.model(model_id)
         if spec.modality.value not in WORKER_RUNNERS:
             raise ConfigError(f"model {model_id!r}: the {spec.modality.value} runtime is not available in this build")
         # Fail now, with the reason, rather than in N child processes (and join a split model once, here).
         resolve_weights(spec, settings.cache_dir)
+        if spec.device_group is not None:
+            groups.setdefault(spec.device_group, []).append(model_id)
+            continue
         out += [model_process(settings, model_id, nats_url, config_path) for _ in range(spec.worker_range[0])]
+    out += [group_process(settings, name, models, nats_url, config_path) for name, models in sorted(groups.items())]
     fn = functions_command(settings, nats_url, config_path) if functions else None
     return out + ([fn] if fn is not None else [])
+
+
+def group_process(
+    settings: Settings, name: str, models: list[str], nats_url: str, config_path: Path | None
+) -> WorkerProcess:
+    """The `ember worker gpu` process of a device group: its models in one process on their shared device."""
+    cmd = [*_cli(settings, config_path), "worker", DEVICE_GROUP, "--nats", nats_url]
+    cmd += [arg for model_id in models for arg in ("--model", model_id)]
+    return WorkerProcess(DEVICE_GROUP, f"device group {name!r}", cmd, serves=tuple(models))
+
+
+def _cli(settings: Settings, config_path: Path | None) -> list[str]:
+    """`ember` as a child process runs it, with this serve's config and log level."""
+    cmd = [sys.executable, "-m", "ember.cli"]
+    if config_path is not None:
+        cmd += ["--config", str(config_path)]
+    return [*cmd, "--log-level", settings.log_level]
 
 
 def model_process(settings: Settings, model_id: str, nats_url: str, config_path: Path | None) -> WorkerProcess:
     """One (not yet started) worker of a model; an autoscaled model's is named, for its scaler."""
     spec = settings.model(model_id)
-    cmd = [sys.executable, "-m", "ember.cli"]
-    if config_path is not None:
-        cmd += ["--config", str(config_path)]
-    cmd += ["--log-level", settings.log_level, "worker", spec.modality.value, "--model", model_id, "--nats", nats_url]
+    cmd = [*_cli(settings, config_path), "worker", spec.modality.value, "--model", model_id, "--nats", nats_url]
     worker_id = f"w-{uuid.uuid4().hex[:12]}" if spec.autoscaled else None
     if worker_id is not None:
         cmd += ["--worker-id", worker_id]
-    return WorkerProcess(spec.modality.value, model_id, cmd, worker_id=worker_id)
+    return WorkerProcess(spec.modality.value, model_id, cmd, serves=(model_id,), worker_id=worker_id)
 
 
 def functions_command(settings: Settings, nats_url: str, config_path: Path | None) -> WorkerProcess | None:
@@ -189,10 +210,7 @@ def functions_command(settings: Settings, nats_url: str, config_path: Path | Non
         raise ConfigError(str(e)) from None
     if not names:
         return None
-    cmd = [sys.executable, "-m", "ember.cli"]
-    if config_path is not None:
-        cmd += ["--config", str(config_path)]
-    cmd += ["--log-level", settings.log_level, "worker", FUNCTIONS_WORKER, "--nats", nats_url]
+    cmd = [*_cli(settings, config_path), "worker", FUNCTIONS_WORKER, "--nats", nats_url]
     return WorkerProcess(FUNCTIONS_WORKER, names[0], cmd)
 
 
@@ -354,8 +372,9 @@ async def _report_ready(server: uvicorn.Server, app: Starlette, supervisor: Supe
     # Keyed by (is a function, name): a function and a model may share a name.
     expected: dict[tuple[bool, str], int] = {}
     for w in supervisor.workers:
-        key = (w.modality == FUNCTIONS_WORKER, w.model)
-        expected[key] = expected.get(key, 0) + 1
+        for name in w.serves or (w.model,):
+            key = (w.modality == FUNCTIONS_WORKER, name)
+            expected[key] = expected.get(key, 0) + 1
     started = time.monotonic()
     pending = set(expected)
     from ember.gateway.state import GatewayState, gateway_state

@@ -171,6 +171,9 @@ class ModelSpec(_Section):
     # for this model's work beyond its weights (activations, image batches), which the group's text models leave
     # free when they size their KV caches by kv_cache_fraction. Shown on /metrics with what each model holds.
     memory_budget_bytes: int | None = Field(default=None, ge=0)
+    # `ember serve` and `ember scale` run the models that name the same device_group in one `ember worker gpu`
+    # process (one worker each; not autoscaled). None: a process of its own per worker.
+    device_group: str | None = Field(default=None, pattern=r"^[\w.-]+$")
     # Requests run together: sequences decoded in one step (text), images denoised together, audio windows; speech
     # requests taking turns sentence by sentence. Unset: 32 for text (its memory is the KV budget below, not this),
     # 8 for the others.
@@ -253,6 +256,8 @@ class ModelSpec(_Section):
                 raise ValueError("set 'workers' (a fixed count) or min_workers / max_workers (a range), not both")
             if self.worker_range[0] > self.max_workers:
                 raise ValueError(f"min_workers={self.min_workers} exceeds max_workers={self.max_workers}")
+        if self.device_group is not None and (self.autoscaled or self.workers != 1):
+            raise ValueError(f"a model in device_group {self.device_group!r} has one worker (its group's process)")
         if self.parts is not None:
             if self.sha256 is None:
                 raise ValueError("'parts' needs 'sha256', the checksum of the joined file")

@@ -31,6 +31,7 @@ import torch
 from ember.runtimes.audio.decoding import BatchDecoder
 from ember.runtimes.audio.loader import LoadedWhisper
 from ember.runtimes.audio.pipeline import Segment, Transcription
+from ember.runtimes.device_group.slot import with_reclaim
 from ember.runtimes.fair_queue import FairQueue
 from ember.runtimes.serving import EngineOverloaded, Withdrawn, request_events, withdraw_waiting
 from ember.runtimes.step_clock import StepClock
@@ -185,7 +186,9 @@ class AudioEngine:
         model = self.loaded.model
         dtype = torch.float16 if self.fp16 else torch.float32
         mels = torch.stack([r.transcription.window()[0] for r in batch]).to(self.loaded.device, dtype)
-        features = model.embed_audio(mels)  # [B, n_audio_ctx, n_audio_state]: one encoder pass for the batch
+        # [B, n_audio_ctx, n_audio_state]: one encoder pass for the batch. It changes nothing until it returns, so
+        # where it runs out of device memory in a device group it runs again once the text models gave KV memory back.
+        features = with_reclaim(lambda: model.embed_audio(mels))
         unknown = [i for i, r in enumerate(batch) if r.transcription.language is None]
         if unknown:
             _, probs = model.detect_language(features[unknown], batch[unknown[0]].transcription.tokenizer)

@@ -57,11 +57,7 @@ def test_serve_runs_everything_and_stops_everything(tiny_model: Path, tmp_path: 
     finally:
         for c in closing:
             c.close()
-        serve.proc.send_signal(signal.SIGINT)
-        try:
-            code = serve.proc.wait(timeout=30)
-        finally:
-            serve.close()
+        code = serve.interrupt()
     assert code == 0
     assert all(is_gone(child) for child in children)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -53,6 +54,14 @@ class ServeProcess:
 
     def children(self) -> list[int]:
         return children_of(self.proc.pid)
+
+    def interrupt(self, timeout: float = 30.0) -> int:
+        """Ctrl-C: SIGINT, its exit status once it stops (within ``timeout``), then ``close``."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            self.close()
 
     def close(self) -> None:
         """Kill it if it still runs, and close its output."""

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from ember.bus import children
+from ember.bus.nats_server import free_port
 from ember.config import ConfigError, load_settings
 from ember.runtimes.device_group.host import Member, plan_group
 from ember.runtimes.device_group.ledger import DeviceLedger
@@ -26,6 +27,7 @@ from ember.runtimes.device_group.slot import RuntimeSlot, kv_budget
 from tests.helpers.audio_files import tone_wav
 from tests.helpers.cluster import GatewayThread, wait_for_model, write_config
 from tests.helpers.metrics import scrape, total
+from tests.helpers.serve_process import ServeProcess
 from tests.helpers.tiny_diffusion import write_tiny_pixel
 from tests.helpers.tiny_whisper import write_tiny_whisper
 
@@ -219,3 +221,43 @@ def test_a_model_that_fails_to_load_fails_the_group(tmp_path: Path, nats_url: st
     assert "Traceback" not in printed
     # The image model loaded first (text models load last) but never served: a group serves all its models or none.
     assert "ok-image" not in "".join(line for line in printed.splitlines() if "ready" in line)
+
+
+def test_serve_runs_a_device_group_as_one_process(tiny_model: Path, tmp_path: Path) -> None:
+    """`ember serve` with two models naming one device_group: one `ember worker gpu` child serves both."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "ember.toml",
+        {
+            "first": {"path": str(tiny_model), "device": "cpu", "max_batch": 2, "device_group": "box"},
+            "second": {"path": str(tiny_model), "device": "cpu", "max_batch": 2, "device_group": "box"},
+        },
+        gateway={"port": port},
+        nats={"port": 0, "data_dir": str(tmp_path / "nats-data")},
+        functions={"builtins": False},
+    )
+    serve = ServeProcess(config)
+    try:
+        serve.wait_for_line("all models ready", timeout=90)
+        printed = serve.output()
+        assert "model 'first' ready" in printed and "model 'second' ready" in printed
+        workers = [pid for pid in serve.children() if "\0worker\0" in Path(f"/proc/{pid}/cmdline").read_text()]
+        assert len(workers) == 1
+        cmdline = Path(f"/proc/{workers[0]}/cmdline").read_text().split("\0")
+        assert cmdline[cmdline.index("worker") + 1] == "gpu"
+        for model in ("first", "second"):
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions",
+                json={"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+                timeout=60,
+            )
+            assert r.status_code == 200, r.text
+    finally:
+        code = serve.interrupt()
+    assert code == 0
+
+
+def test_a_grouped_model_has_one_worker(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "ember.toml", {"m": {"path": str(tmp_path), "device_group": "g", "workers": 2}})
+    with pytest.raises(ConfigError, match="one worker"):
+        load_settings(config)
