@@ -134,8 +134,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
         return _functions_worker(args, settings)
     if args.modality == DEVICE_GROUP:
         return _device_group(args, settings)
-    if len(args.models) != 1:
-        raise ConfigError(f"`ember worker {args.modality}` needs one --model ID")
+    if not args.models:
+        raise ConfigError(f"`ember worker {args.modality}` needs --model ID")
+    if len(args.models) > 1:
+        raise ConfigError(f"`ember worker {args.modality}` serves one model; `ember worker gpu` serves several")
     model_id = args.models[0]
     spec = settings.model(model_id)  # fail on an unknown id before importing torch
     if spec.modality.value != args.modality:

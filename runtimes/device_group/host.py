@@ -78,7 +78,7 @@ async def run_device_group(
     settings: Settings, members: Sequence[Member], nats_url: str, *, stop: asyncio.Event | None = None
 ) -> DeviceLedger:
     """Serve ``members`` from this process until ``stop`` is set (or SIGINT/SIGTERM); returns the group's ledger.
-    Raises what a member raised when one fails (a load included), after stopping the others."""
+    Raises MemberFailed, after stopping the others, when a member fails (its load included)."""
     device, ordered = plan_group(settings, members)
     stop = stop_event(stop)
     ledger = DeviceLedger(device)
