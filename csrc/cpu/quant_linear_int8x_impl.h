@@ -221,11 +221,19 @@ void int8x_tile(const QuantView& w, const PreparedX& p, T* out, int64_t m0, int6
   // Coder-1.5B's gate/up at 20 GB/s against 29 for the bfloat16-dot kernel, which reads a block of all 8 rows at
   // a time). Each output row asks for an eighth of the span's bytes, at a distance: a tile of all 8 rows of a tile
   // of the layout for those 4 KB on in address order, a tile of fewer rows (the tiles after it do the rest) for
-  // those of the next tile of the layout, into L2 where that is more than 16 KB on (K = 8960: 35-54 KB).
+  // those of the next tile of the layout.
+  // Long rows (a tile of the layout over 16 KB: Qwen2.5-Coder-1.5B's down projection, K = 8960, 35-54 KB) ask into
+  // L2 only, and 16 KB on. Asked into L1 4 KB on like short rows, that projection read DRAM at 0.78 (Q4_K) and 0.80
+  // (Q6_K) of gate/up's speed, against the same speed from the caches: its 14.5 KB of prepared x, re-read every
+  // tile, and the prefetched lines evicted each other from L1's 32 KB. Into L2 16 KB on: 0.88 and 0.84 (medians of 5
+  // interleaved rounds, quant_kernel.py --kernels int8 --rows 1; 8 KB on: 0.92 and 0.78), a decode step's matmuls
+  // about 4 % faster. Short rows stay as they were: into L2 they read slower (gate/up 26-29 GB/s against 30-33).
   constexpr bool kWholeTile = NB == kTileRows;
   const int64_t group_bytes = kTileRows * w.row_bytes;
-  const int64_t ahead = !w.tiled || n0 + 2 * kTileRows > w.n ? 0 : kWholeTile ? 4096 : group_bytes;
-  const bool to_l1 = kWholeTile || group_bytes <= 16 * 1024;
+  const bool long_rows = group_bytes > 16 * 1024;
+  const int64_t whole_ahead = long_rows ? 16 * 1024 : 4096;
+  const int64_t ahead = !w.tiled || n0 + 2 * kTileRows > w.n ? 0 : kWholeTile ? whole_ahead : group_bytes;
+  const bool to_l1 = !long_rows;
   const uint8_t* group = w.q + (n0 / kTileRows) * kTileRows * w.row_bytes;
   const uint8_t* const end = w.q + w.n * w.row_bytes;
   for (int64_t span = 0; span < p.spans; ++span) {
