@@ -384,7 +384,11 @@ class TextEngine:
         per_block = self.runner.cache.nbytes // self.kv.pool.num_blocks
         if not self.may_grow(missing * per_block):
             return False
-        self._resize_kv(self.kv_blocks_configured)
+        try:
+            self._resize_kv(self.kv_blocks_configured)
+        except Exception:  # the room was gone by the time of the allocation: the pool is as small as it may be now
+            log.exception("growing the KV pool back failed; trying again in %.0f s", GROW_BACK_AFTER_S)
+            self._shrunk_at = time.monotonic()
         return True
 
     def _withdraw(self, request_id: str) -> bool:

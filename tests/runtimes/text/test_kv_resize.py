@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,11 +84,26 @@ async def test_the_pool_never_shrinks_below_one_full_context(loaded: LoadedModel
         engine.stop()
 
 
+async def until(check: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll ``check`` until it holds or ``within`` seconds pass (the engine's pool changes have no event)."""
+    deadline = time.monotonic() + within
+    while not check() and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+
+
+def shrinking_engine(
+    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch, may_grow: Callable[[int], bool]
+) -> TextEngine:
+    """An engine that grows its pool back 0.2 s after a shrink where ``may_grow`` says so."""
+    monkeypatch.setattr(engine_module, "GROW_BACK_AFTER_S", 0.2)
+    engine = make_engine(loaded)
+    engine.may_grow = may_grow
+    return engine
+
+
 async def test_an_idle_engine_grows_its_pool_back_once_there_is_room(
     loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_module, "GROW_BACK_AFTER_S", 0.2)
-    engine = make_engine(loaded)
     room = {"ok": False}
     asked: list[int] = []
 
@@ -95,7 +111,7 @@ async def test_an_idle_engine_grows_its_pool_back_once_there_is_room(
         asked.append(nbytes)
         return room["ok"]
 
-    engine.may_grow = may_grow
+    engine = shrinking_engine(loaded, monkeypatch, may_grow)
     try:
         await asyncio.wrap_future(engine.resize_kv(FLOOR))
         await asyncio.sleep(0.8)
@@ -103,12 +119,37 @@ async def test_an_idle_engine_grows_its_pool_back_once_there_is_room(
         per_block = engine.runner.cache.nbytes // FLOOR
         assert asked[-1] == (BLOCKS - FLOOR) * per_block
         room["ok"] = True
-        deadline = time.monotonic() + 5
-        while engine.kv.pool.num_blocks != BLOCKS and time.monotonic() < deadline:  # noqa: ASYNC110 (no event to wait on)
-            await asyncio.sleep(0.05)
+        await until(lambda: engine.kv.pool.num_blocks == BLOCKS)
         assert engine.kv.pool.num_blocks == engine.runner.cache.num_blocks == BLOCKS
         outs = await run(engine, request(loaded, "after", PROMPTS[0]))
         assert len(tokens(outs)) == 12
+    finally:
+        engine.stop()
+
+
+async def test_a_grow_back_that_cannot_allocate_leaves_the_engine_serving(
+    loaded: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    room = {"ok": False}
+    engine = shrinking_engine(loaded, monkeypatch, lambda nbytes: room["ok"])
+    try:
+        await asyncio.wrap_future(engine.resize_kv(FLOOR))
+        failed: list[int] = []
+
+        def no_memory(num_blocks: int) -> PagedKVCache:
+            failed.append(num_blocks)
+            raise RuntimeError("DefaultCPUAllocator: not enough memory")  # what the CPU allocator raises
+
+        monkeypatch.setattr(engine.runner.cache, "resized", no_memory)
+        room["ok"] = True
+        await until(lambda: bool(failed))
+        assert failed == [BLOCKS]
+        # The runner made the least cache instead; the engine serves on...
+        assert engine.runner.cache.num_blocks == FLOOR
+        assert len(tokens(await run(engine, request(loaded, "after", PROMPTS[2])))) == 12
+        # ...and grows back once an allocation succeeds again (the new cache's own `resized`).
+        await until(lambda: engine.kv.pool.num_blocks == BLOCKS)
+        assert engine.kv.pool.num_blocks == engine.runner.cache.num_blocks == BLOCKS
     finally:
         engine.stop()
 
