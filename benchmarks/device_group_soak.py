@@ -58,7 +58,7 @@ def model_specs(args: argparse.Namespace, root: Path) -> dict[str, dict[str, Any
         from tests.helpers.tiny_whisper import write_tiny_whisper
 
         text["path"] = str(write_tiny_llama(root / "text"))
-        image["path"] = str(write_tiny_pixel(root / "pixel"))
+        image["path"] = str(write_tiny_pixel(root / "pixel", own_encoder=True))  # no package needed
         audio["path"] = str(write_tiny_whisper(root / "whisper.pt"))
     else:
         defaults = load_settings(None).models

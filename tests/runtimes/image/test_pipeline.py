@@ -89,6 +89,24 @@ def test_lcm_and_turbo_layouts_get_few_step_defaults(tmp_path: Path) -> None:
     assert loaded.sizes == [(32, 32), (64, 32)]
 
 
+def test_a_pixel_folder_can_carry_its_own_text_encoder(tmp_path: Path) -> None:
+    """`text_encoder_dir`: the encoder inside the folder (here a tiny random BERT), no package needed."""
+    loaded = load_pipeline(write_tiny_pixel(tmp_path / "own", own_encoder=True))
+    assert loaded.runner.pipe.prompt_encoder.dim == 32
+    first, again = (loaded.runner.generate(BatchInput(spec(), ["a red circle"], [3]))[0] for _ in range(2))
+    assert first.size == (16, 16)
+    assert np.abs(pixels(first) - pixels(again)).max() <= 2
+    states, mask = loaded.runner.pipe.prompt_encoder.encode(["a red circle", "a blue square"])
+    assert states.shape == (2, 16, 32) and mask[:, 0].all()
+    assert not torch.allclose(states[0], states[1])  # each prompt its own states
+    folder = write_tiny_pixel(tmp_path / "lost", own_encoder=True)
+    for f in (folder / "text_encoder").iterdir():
+        f.unlink()
+    (folder / "text_encoder").rmdir()
+    with pytest.raises(ImageModelLoadError, match="text_encoder_dir"):
+        load_pipeline(folder)
+
+
 def test_bad_folders_are_refused_with_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(ImageModelLoadError, match=r"model_index\.json"):
         load_pipeline(tmp_path)
