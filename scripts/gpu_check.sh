@@ -2,6 +2,7 @@
 # The GPU check: ember._C built with its CUDA kernels (csrc/cuda/), the gpu-marked tests, and the GPU benchmark,
 # each step's output kept under $OUT. What runs on a GPU machine whenever one is available.
 #   bash scripts/gpu_check.sh        # needs a CUDA GPU, nvcc, and a CUDA build of torch already installed
+#   SOAK_S=240 bash scripts/gpu_check.sh   # also the three-runtime soak (its wheels: SOAK=1 gpu_wheels.sh)
 # Where the machine cannot reach a package index, the wheels of Ember's other needs go in .whl/ beside this
 # checkout first (bash scripts/gpu_wheels.sh, on a machine that can); they are installed from there, and Ember
 # itself with --no-deps, so that nothing replaces the machine's torch. Where there is no GPU, scripts/cuda_check.py
@@ -49,4 +50,15 @@ set -e
 
 echo "== benchmark"
 "$PY" benchmarks/gpu_kernels.py --rounds 3 2>&1 | tee "$OUT/bench.md"
+
+if [ -n "${SOAK_S:-}" ]; then
+    # Issue 18's soak: text, image and audio in one `ember worker gpu` process under a mixed load for SOAK_S
+    # seconds, its reserved memory sampled (the tests' tiny models: real ones cannot travel here). Needs the
+    # wheels of SOAK=1 bash scripts/gpu_wheels.sh.
+    echo "== soak: three runtimes on one GPU for $SOAK_S s"
+    set +e
+    "$PY" benchmarks/device_group_soak.py --tiny --device cuda --seconds "$SOAK_S" --warmup-s $((SOAK_S / 5)) \
+        --sample-s 10 --clients 2 2>&1 | tee "$OUT/soak.md"
+    set -e
+fi
 exit "$TESTS"
