@@ -35,6 +35,10 @@ ALLOWED = "wav, mp3, mp4/m4a, ogg/opus, flac, webm"
 # No network or file protocol can be opened from inside an upload ("pipe" is never reached: the bytes are
 # handed over as an in-memory file, and nested opens fail in ``_refuse_nested``).
 _OPTIONS = {"protocol_whitelist": "pipe", "enable_drefs": "0"}
+# Metadata that is not valid UTF-8 is ignored rather than refused. PyAV 19 dropped the argument that says so (and
+# av 19 is what pip takes on Python 3.12): there, such metadata still fails to decode, and the upload is refused
+# cleanly as unreadable (UnicodeDecodeError is among _FFMPEG_ERRORS).
+_OPEN_EXTRA: dict[str, Any] = {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
 # What PyAV raises for a file it cannot read (FFmpeg's errors, and Python's for damaged metadata).
 _FFMPEG_ERRORS = (av.FFmpegError, ValueError, IndexError, EOFError, OSError, UnicodeDecodeError)
 # ISO base media files start with a box; these are the top-level box types a real one may start with.
@@ -111,9 +115,9 @@ def _open(data: bytes, demuxer: str, timeout_s: float) -> av.container.InputCont
             mode="r",
             format=demuxer,
             options=_OPTIONS,
-            metadata_errors="ignore",
             timeout=timeout_s,
             io_open=_refuse_nested,
+            **_OPEN_EXTRA,
         )
     except _FFMPEG_ERRORS as e:
         raise AudioDecodeError(f"could not read the audio file: {e}") from None
