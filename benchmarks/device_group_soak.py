@@ -40,7 +40,7 @@ from ember.bus.nats_server import EmbeddedNats
 from ember.config import load_settings
 from ember.config.settings import DEFAULT_AUDIO_MODEL, DEFAULT_IMAGE_MODEL, SMOLLM2_MODEL
 from tests.helpers.audio_files import tone_wav
-from tests.helpers.cluster import GatewayThread, wait_for_model, write_config
+from tests.helpers.cluster import GatewayThread, start_group, wait_for_model, write_config
 from tests.helpers.metrics import scrape, total
 
 TEXT, IMAGE, AUDIO = "soak-text", "soak-image", "soak-audio"
@@ -118,10 +118,7 @@ def main() -> None:
         )
         gateway = GatewayThread(load_settings(config), nats.url).start()
         log = root / "group.log"
-        cmd = [sys.executable, "-m", "ember.cli", "--config", str(config), "worker", "gpu", "--nats", nats.url]
-        cmd += [arg for model in (TEXT, IMAGE, AUDIO) for arg in ("--model", model)]
-        with open(log, "ab") as out:
-            group = children.spawn(cmd, stdout=out, stderr=out)
+        group = start_group(config, [TEXT, IMAGE, AUDIO], nats.url, log=log)
         try:
             for model in (TEXT, IMAGE, AUDIO):
                 try:

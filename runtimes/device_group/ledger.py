@@ -24,10 +24,6 @@ log = logging.getLogger("ember.device_group")
 RECLAIM_TIMEOUT_S = 30.0
 
 
-def _kv_size(slot: RuntimeSlot) -> int:
-    return slot.kv_cache_bytes
-
-
 @dataclass
 class DeviceLedger:
     device: torch.device
@@ -53,8 +49,8 @@ class DeviceLedger:
         returns the bytes freed (which torch's allocator hands to the requester's next allocation). Called on the
         requester's engine thread, which waits."""
         freed = 0
-        holders = sorted((s for s in self.slots if s is not requester and s.kv_pool is not None), key=_kv_size)
-        for slot in reversed(holders):
+        holders = [s for s in self.slots if s is not requester and s.kv_pool is not None]
+        for slot in sorted(holders, key=lambda s: s.kv_cache_bytes, reverse=True):
             if freed >= nbytes:
                 break
             try:

@@ -50,33 +50,23 @@ class PagedKVCache:
         self.v[:, 0].zero_()
         self.num_blocks = num_blocks
         self.block_size = block_size
-        # Kept apart from the tensors: readers on other threads (metrics) still get it while `resized` runs.
+        # Kept apart from the tensors: readers on other threads (metrics) still get it after `release`.
         self.nbytes = self.k.nbytes + self.v.nbytes
 
     @staticmethod
     def bytes_per_block(*, layers: int, block_size: int, kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
         return 2 * layers * block_size * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
-    def resized(self, num_blocks: int) -> PagedKVCache:
-        """An empty cache like this one with ``num_blocks`` blocks, allocated after this one's tensors are given up
-        (a smaller one then never needs both at once): this cache holds no tensors afterwards."""
-        layers, _, block_size, kv_heads, head_dim = self.k.shape
-        device, dtype = self.k.device, self.k.dtype
+    def release(self) -> None:
+        """Give up the tensors (before a cache of another size is made, so that a smaller one never needs both at
+        once); the cache is unusable afterwards."""
+        device = self.k.device
         del self.k, self.v
         if device.type == "cuda":
             # Back to the driver before the new cache is made: carved out of the old one's cached segment instead,
             # the rest of that segment would stay with this stream's pool, where another runtime could not have it
             # (torch frees only whole unused segments when an allocation elsewhere runs short).
             torch.cuda.empty_cache()
-        return PagedKVCache(
-            layers=layers,
-            num_blocks=num_blocks,
-            block_size=block_size,
-            kv_heads=kv_heads,
-            head_dim=head_dim,
-            device=device,
-            dtype=dtype,
-        )
 
     def zero_blocks(self, blocks: Tensor) -> None:
         """Fill these blocks [n] int64 with zeros in every layer."""

@@ -175,6 +175,7 @@ class TextEngine:
         # The pool's size as configured, which an idle engine grows back to after a shrink once ``may_grow``
         # (bytes more) says the device has room (a device group sets it: device_group.slot); None: never.
         self.kv_blocks_configured = runner.cache.num_blocks
+        self._block_bytes = runner.cache.nbytes // runner.cache.num_blocks
         self.may_grow: Callable[[int], bool] | None = None
         self._shrunk_at = 0.0
 
@@ -284,8 +285,7 @@ class TextEngine:
         """Shrink the KV pool by at least ``nbytes`` (``resize_kv``'s way); the future gives the bytes freed."""
 
         def target() -> int:
-            per_block = self.runner.cache.nbytes // self.kv.pool.num_blocks
-            return self.kv.pool.num_blocks - -(-nbytes // per_block)
+            return self.kv.pool.num_blocks - -(-nbytes // self._block_bytes)
 
         return self._ask_resize(target)
 
@@ -381,8 +381,7 @@ class TextEngine:
         missing = self.kv_blocks_configured - self.kv.pool.num_blocks
         if missing <= 0 or self.may_grow is None or time.monotonic() - self._shrunk_at < GROW_BACK_AFTER_S:
             return False
-        per_block = self.runner.cache.nbytes // self.kv.pool.num_blocks
-        if not self.may_grow(missing * per_block):
+        if not self.may_grow(missing * self._block_bytes):
             return False
         try:
             self._resize_kv(self.kv_blocks_configured)

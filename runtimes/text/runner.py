@@ -132,15 +132,7 @@ class ModelRunner:
         self.max_context = min(max_context, cache.capacity_tokens)
         if model.rope_positions < self.max_context:
             model.setup_rope(self.max_context)
-        self.cache = PagedKVCache(
-            layers=config.num_hidden_layers,
-            num_blocks=cache.num_blocks,
-            block_size=cache.block_size,
-            kv_heads=config.num_key_value_heads,
-            head_dim=config.head_dim,
-            device=device,
-            dtype=dtype,
-        )
+        self.cache = self._new_cache(cache.num_blocks)
         max_blocks = -(-self.max_context // cache.block_size)
         self._buf = _HostBuffers(padded_rows(max_step_tokens), max_batch, max_blocks, device)
         self.max_step_tokens = max_step_tokens
@@ -170,20 +162,23 @@ class ModelRunner:
         stays usable either way."""
         if num_blocks < self.min_cache_blocks:
             raise ValueError(f"{num_blocks} KV blocks cannot hold one sequence of max_context={self.max_context}")
-        old = self.cache
+        self.cache.release()
         try:
-            self.cache = old.resized(num_blocks)
+            self.cache = self._new_cache(num_blocks)
         except (torch.OutOfMemoryError, RuntimeError):  # RuntimeError: what the CPU allocator raises
-            self.cache = PagedKVCache(
-                layers=self.config.num_hidden_layers,
-                num_blocks=self.min_cache_blocks,
-                block_size=self.block_size,
-                kv_heads=self.config.num_key_value_heads,
-                head_dim=self.config.head_dim,
-                device=self.device,
-                dtype=self.dtype,
-            )
+            self.cache = self._new_cache(self.min_cache_blocks)
             raise
+
+    def _new_cache(self, num_blocks: int) -> PagedKVCache:
+        return PagedKVCache(
+            layers=self.config.num_hidden_layers,
+            num_blocks=num_blocks,
+            block_size=self.block_size,
+            kv_heads=self.config.num_key_value_heads,
+            head_dim=self.config.head_dim,
+            device=self.device,
+            dtype=self.dtype,
+        )
 
     def step_rows(self, n: int) -> int:
         """The rows a step of ``n`` tokens with a prompt chunk runs at (padded_rows), where a step may hold that many

@@ -64,13 +64,23 @@ def start_worker(
     modality: str = "text",
 ) -> subprocess.Popen[bytes]:
     """A real `ember worker <modality>` process, which dies with this one (ember.bus.children)."""
-    cmd = [sys.executable, "-m", "ember.cli", "--config", str(config), "worker", modality, "--model", model]
+    extra = ["--worker-id", worker_id] if worker_id else []
+    return _spawn_worker(config, [modality, "--model", model, "--nats", nats_url, *extra], log)
+
+
+def start_group(config: Path, models: list[str], nats_url: str, *, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """A real `ember worker gpu` process serving ``models`` on their shared device (ember.runtimes.device_group)."""
+    return _spawn_worker(config, ["gpu", *(arg for m in models for arg in ("--model", m)), "--nats", nats_url], log)
+
+
+def _spawn_worker(config: Path, args: list[str], log: Path | None) -> subprocess.Popen[bytes]:
+    """`ember --config CONFIG worker ARGS`, its output appended to ``log`` (or dropped), dying with this process."""
+    cmd = [sys.executable, "-m", "ember.cli", "--config", str(config), "worker", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    args = [*cmd, "--nats", nats_url, *(["--worker-id", worker_id] if worker_id else [])]
     if log is None:
-        return children.spawn(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
+        return children.spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
     with open(log, "ab") as out:  # the child keeps its own copy of the descriptor
-        return children.spawn(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        return children.spawn(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 @contextlib.contextmanager

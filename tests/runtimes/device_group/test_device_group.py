@@ -6,13 +6,10 @@ and a tiny Whisper, on the session's real NATS, behind the real gateway; request
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
@@ -25,7 +22,7 @@ from ember.runtimes.device_group.host import Member, plan_group
 from ember.runtimes.device_group.ledger import DeviceLedger
 from ember.runtimes.device_group.slot import RuntimeSlot, kv_budget
 from tests.helpers.audio_files import tone_wav
-from tests.helpers.cluster import GatewayThread, wait_for_model, write_config
+from tests.helpers.cluster import GatewayThread, start_group, wait_for_model, write_config
 from tests.helpers.metrics import scrape, total
 from tests.helpers.serve_process import ServeProcess
 from tests.helpers.tiny_diffusion import write_tiny_pixel
@@ -115,9 +112,7 @@ def group(
     )
     gw = GatewayThread(load_settings(config), nats_url).start()
     log = root / "group.log"
-    cmd = ["--config", str(config), "worker", "gpu", "--model", TEXT, "--model", IMAGE, "--model", AUDIO]
-    with open(log, "ab") as out:
-        proc = spawn_cli([*cmd, "--nats", nats_url], out)
+    proc = start_group(config, [TEXT, IMAGE, AUDIO], nats_url, log=log)
     try:
         for model in (TEXT, IMAGE, AUDIO):
             try:
@@ -131,11 +126,6 @@ def group(
     finally:
         children.stop(proc, 15)
         gw.stop()
-
-
-def spawn_cli(args: list[str], out: IO[bytes]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return children.spawn([sys.executable, "-m", "ember.cli", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 def child_processes(pid: int) -> list[str]:
@@ -206,11 +196,7 @@ def test_a_model_that_fails_to_load_fails_the_group(tmp_path: Path, nats_url: st
         },
     )
     log = tmp_path / "group.log"
-    with open(log, "ab") as out:
-        proc = spawn_cli(
-            ["--config", str(config), "worker", "gpu", "--model", "broken", "--model", "ok-image", "--nats", nats_url],
-            out,
-        )
+    proc = start_group(config, ["broken", "ok-image"], nats_url, log=log)
     try:
         code = proc.wait(timeout=120)
     finally:

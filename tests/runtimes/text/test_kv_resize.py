@@ -135,19 +135,22 @@ async def test_a_grow_back_that_cannot_allocate_leaves_the_engine_serving(
     try:
         await asyncio.wrap_future(engine.resize_kv(FLOOR))
         failed: list[int] = []
+        make = engine.runner._new_cache
 
-        def no_memory(num_blocks: int) -> PagedKVCache:
-            failed.append(num_blocks)
-            raise RuntimeError("DefaultCPUAllocator: not enough memory")  # what the CPU allocator raises
+        def no_memory_once(num_blocks: int) -> PagedKVCache:
+            if num_blocks == BLOCKS and not failed:
+                failed.append(num_blocks)
+                raise RuntimeError("DefaultCPUAllocator: not enough memory")  # what the CPU allocator raises
+            return make(num_blocks)
 
-        monkeypatch.setattr(engine.runner.cache, "resized", no_memory)
+        monkeypatch.setattr(engine.runner, "_new_cache", no_memory_once)
         room["ok"] = True
         await until(lambda: bool(failed))
         assert failed == [BLOCKS]
         # The runner made the least cache instead; the engine serves on...
         assert engine.runner.cache.num_blocks == FLOOR
         assert len(tokens(await run(engine, request(loaded, "after", PROMPTS[2])))) == 12
-        # ...and grows back once an allocation succeeds again (the new cache's own `resized`).
+        # ...and grows back once an allocation succeeds again.
         await until(lambda: engine.kv.pool.num_blocks == BLOCKS)
         assert engine.kv.pool.num_blocks == engine.runner.cache.num_blocks == BLOCKS
     finally:
